@@ -1,0 +1,81 @@
+"""The seam between the service and the kernel: the :class:`Dataplane` protocol.
+
+The service decides *what* must exist (it owns the store and the model);
+a data plane makes the kernel match it. Every method is atomic: it either
+makes its whole change or raises :class:`~butterfly.errors.DataplaneError`
+with the kernel left as it was, so the service can roll back the store.
+
+The data plane receives the desired state *after* the change as a read-only
+:class:`~butterfly.model.StateView`, so it can look up the vnics that use a
+security group without keeping a copy of its own.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from butterfly.model import SecurityGroup, StateView, Vnic
+
+__all__ = ["Attachment", "Counters", "Dataplane", "SgChange"]
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """Where a guest plugs into a vnic, as answered in nic_add and nic_details."""
+
+    path: str
+    """The vhost-user socket, the tap's name or the netns the veth went into."""
+    mtu: int | None = None
+    """None when the data plane does not set one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """Bytes seen by the switch; "in" is what the vnic received from the switch
+    (towards the guest) and "out" what the guest sent into the switch."""
+
+    in_bytes: int = 0
+    out_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SgChange:
+    """One security group before and after a request (None: absent)."""
+
+    before: SecurityGroup | None
+    after: SecurityGroup | None
+
+
+class Dataplane(Protocol):
+    """Makes the kernel match the desired state, one atomic step at a time."""
+
+    def reconcile(self, state: StateView) -> None:
+        """Make everything match ``state``: at start-up, or to repair after a failure.
+
+        Creates what is missing, removes butterfly's objects the state does
+        not have, and leaves correct objects untouched (no traffic cut).
+        """
+
+    def plug(self, vnic: Vnic, replaced: Vnic | None, state: StateView) -> Attachment:
+        """Create ``vnic`` (replacing ``replaced``, the previous vnic of that id)."""
+
+    def update(self, before: Vnic, after: Vnic, state: StateView) -> None:
+        """Apply a nic_update (addresses, security groups, anti-spoof, tracing)."""
+
+    def unplug(self, vnic: Vnic, state: StateView) -> None:
+        """Remove ``vnic``; ``state`` no longer holds it."""
+
+    def update_security_groups(self, changes: Mapping[str, SgChange], state: StateView) -> None:
+        """Security groups whose rules or members changed, were created or deleted."""
+
+    def attachment(self, vnic: Vnic) -> Attachment:
+        """Where ``vnic`` is plugged (nic_details)."""
+
+    def counters(self, vnic: Vnic) -> Counters:
+        """The kernel's byte counters of ``vnic`` (nic_stats)."""
+
+    def graph(self, state: StateView) -> str:
+        """The data path as a Graphviz DOT graph (app_status)."""
+
+    def close(self) -> None:
+        """Stop background work; the kernel objects stay and keep forwarding."""

@@ -1,0 +1,92 @@
+"""The desired state of a switch: every vnic and security group, by id.
+
+The service keeps one :class:`State` in memory, mirrored by the store, and
+hands it (read-only, as :class:`StateView`) to the data plane, which needs to
+ask "which vnics use this security group" without scanning 10,000 vnics.
+"""
+
+from collections.abc import Hashable, Iterator
+from typing import Protocol, TypeVar
+
+from butterfly.model.security_group import SecurityGroup
+from butterfly.model.vnic import Vnic
+
+__all__ = ["State", "StateView"]
+
+K = TypeVar("K", bound=Hashable)
+
+
+class StateView(Protocol):
+    """What the data plane may read of the desired state."""
+
+    def vnic(self, vnic_id: str) -> Vnic | None: ...
+    def sg(self, sg_id: str) -> SecurityGroup | None: ...
+    def vnics(self) -> Iterator[Vnic]: ...
+    def sgs(self) -> Iterator[SecurityGroup]: ...
+    def vnics_using(self, sg_id: str) -> list[Vnic]: ...
+    def vnics_in(self, vni: int) -> list[Vnic]: ...
+
+
+class State:
+    """Vnics and security groups with the two indexes the data plane needs."""
+
+    def __init__(self) -> None:
+        self._vnics: dict[str, Vnic] = {}
+        self._sgs: dict[str, SecurityGroup] = {}
+        self._by_sg: dict[str, set[str]] = {}
+        self._by_vni: dict[int, set[str]] = {}
+
+    def vnic(self, vnic_id: str) -> Vnic | None:
+        return self._vnics.get(vnic_id)
+
+    def sg(self, sg_id: str) -> SecurityGroup | None:
+        return self._sgs.get(sg_id)
+
+    def vnics(self) -> Iterator[Vnic]:
+        """In id order, as listings want them."""
+        return (self._vnics[key] for key in sorted(self._vnics))
+
+    def sgs(self) -> Iterator[SecurityGroup]:
+        return (self._sgs[key] for key in sorted(self._sgs))
+
+    def vnic_count(self) -> int:
+        return len(self._vnics)
+
+    def vnics_using(self, sg_id: str) -> list[Vnic]:
+        return [self._vnics[v] for v in sorted(self._by_sg.get(sg_id, ()))]
+
+    def vnics_in(self, vni: int) -> list[Vnic]:
+        return [self._vnics[v] for v in sorted(self._by_vni.get(vni, ()))]
+
+    def put_vnic(self, vnic: Vnic) -> Vnic | None:
+        """Insert or replace; returns the replaced vnic."""
+        old = self.remove_vnic(vnic.id)
+        self._vnics[vnic.id] = vnic
+        for sg_id in vnic.security_groups:
+            self._by_sg.setdefault(sg_id, set()).add(vnic.id)
+        self._by_vni.setdefault(vnic.vni, set()).add(vnic.id)
+        return old
+
+    def remove_vnic(self, vnic_id: str) -> Vnic | None:
+        old = self._vnics.pop(vnic_id, None)
+        if old is not None:
+            for sg_id in old.security_groups:
+                _discard(self._by_sg, sg_id, old.id)
+            _discard(self._by_vni, old.vni, old.id)
+        return old
+
+    def put_sg(self, sg: SecurityGroup) -> SecurityGroup | None:
+        old = self._sgs.get(sg.id)
+        self._sgs[sg.id] = sg
+        return old
+
+    def remove_sg(self, sg_id: str) -> SecurityGroup | None:
+        return self._sgs.pop(sg_id, None)
+
+
+def _discard(index: dict[K, set[str]], key: K, vnic_id: str) -> None:
+    members = index.get(key)
+    if members is not None:
+        members.discard(vnic_id)
+        if not members:
+            del index[key]

@@ -1,0 +1,125 @@
+"""Virtual NICs: what a vnic is, and the rules a valid one obeys.
+
+A :class:`Vnic` is pure data: it names its VNI, addresses and security groups
+but knows nothing of the kernel objects that will carry it. Building one
+through :func:`make_vnic` is the only way in, so every Vnic in the program is
+valid and canonical.
+"""
+
+import enum
+from dataclasses import dataclass, replace
+
+from butterfly.errors import BadIp, BadNic, NotSupported
+from butterfly.model.addresses import canonical_ip, is_mac
+from butterfly.model.ids import check_id
+
+__all__ = ["MAX_VNI", "Vnic", "VnicType", "VnicUpdate", "make_vnic"]
+
+MAX_VNI = (1 << 24) - 1
+
+
+class VnicType(enum.IntEnum):
+    """How a guest is attached; the values are the wire protocol's."""
+
+    VHOST_USER_SERVER = 0
+    TAP = 1
+    BENCH = 2
+    NETNS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Vnic:
+    id: str
+    mac: str
+    vni: int
+    ips: tuple[str, ...] = ()
+    security_groups: tuple[str, ...] = ()
+    ip_anti_spoof: bool = False
+    bypass_filtering: bool = False
+    type: VnicType = VnicType.VHOST_USER_SERVER
+    netns: str = ""
+    """For NETNS vnics: the namespace (a name under /run/netns or a path)."""
+    packet_trace: bool | None = None
+    """None follows the daemon-wide default."""
+    packet_trace_path: str = ""
+    sniff_target_nic_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VnicUpdate:
+    """A nic_update: None leaves a field as it is."""
+
+    id: str
+    ips: tuple[str, ...] | None = None
+    security_groups: tuple[str, ...] | None = None
+    ip_anti_spoof: bool | None = None
+    packet_trace: bool | None = None
+    packet_trace_path: str | None = None
+
+    def apply_to(self, vnic: Vnic) -> Vnic:
+        """The vnic after this update, validated like a new one."""
+        changed = replace(
+            vnic,
+            ips=vnic.ips if self.ips is None else self.ips,
+            security_groups=(
+                vnic.security_groups if self.security_groups is None else self.security_groups
+            ),
+            ip_anti_spoof=(
+                vnic.ip_anti_spoof if self.ip_anti_spoof is None else self.ip_anti_spoof
+            ),
+            packet_trace=vnic.packet_trace if self.packet_trace is None else self.packet_trace,
+            packet_trace_path=(
+                vnic.packet_trace_path
+                if self.packet_trace_path is None
+                else self.packet_trace_path
+            ),
+        )
+        return make_vnic(changed)
+
+
+def _dedup(items: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def make_vnic(vnic: Vnic) -> Vnic:
+    """Validate ``vnic`` and return it in canonical form.
+
+    Raises BadNic, BadIp or NotSupported naming the vnic and the field.
+    """
+    what = f"nic {vnic.id!r}"
+    problem = check_id(vnic.id)
+    if problem:
+        raise BadNic(f"nic id {vnic.id!r} {problem}")
+    if not is_mac(vnic.mac):
+        raise BadNic(f"{what}: mac {vnic.mac!r} is not six hex pairs separated by colons")
+    if int(vnic.mac[:2], 16) & 1:
+        raise BadNic(f"{what}: mac {vnic.mac!r} is a multicast address")
+    if not 0 <= vnic.vni <= MAX_VNI:
+        raise BadNic(f"{what}: vni {vnic.vni} is out of range 0-{MAX_VNI}")
+    ips: list[str] = []
+    for ip in vnic.ips:
+        canonical = canonical_ip(ip)
+        if canonical is None:
+            raise BadIp(f"{what}: ip {ip!r} is not an IPv4 or IPv6 address")
+        ips.append(canonical)
+    for sg_id in vnic.security_groups:
+        problem = check_id(sg_id)
+        if problem:
+            raise BadNic(f"{what}: security group id {sg_id!r} {problem}")
+    if vnic.type == VnicType.BENCH:
+        raise NotSupported(f"{what}: type BENCH (built-in traffic generator) is not supported")
+    if vnic.type == VnicType.NETNS:
+        if not vnic.netns:
+            raise BadNic(f"{what}: type NETNS needs a path naming a network namespace")
+        if "\0" in vnic.netns or "\n" in vnic.netns:
+            raise BadNic(f"{what}: path {vnic.netns!r} is not a namespace name or path")
+    if vnic.sniff_target_nic_id:
+        raise NotSupported(f"{what}: sniff_target_nic_id is not supported; use packet_trace")
+    if "\0" in vnic.packet_trace_path:
+        raise BadNic(f"{what}: packet_trace_path {vnic.packet_trace_path!r} is not a path")
+    return replace(
+        vnic,
+        ips=_dedup(ips),
+        security_groups=_dedup(list(vnic.security_groups)),
+        netns=vnic.netns if vnic.type == VnicType.NETNS else "",
+    )
