@@ -68,6 +68,9 @@ class Dataplane(Protocol):
     def update_security_groups(self, changes: Mapping[str, SgChange], state: StateView) -> None:
         """Security groups whose rules or members changed, were created or deleted."""
 
+    def update_peers(self, vni: int, state: StateView) -> None:
+        """The static flooding peers of ``vni`` changed (``state.peers(vni)``)."""
+
     def attachment(self, vnic: Vnic) -> Attachment:
         """Where ``vnic`` is plugged (nic_details)."""
 

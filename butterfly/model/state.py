@@ -25,6 +25,7 @@ class StateView(Protocol):
     def sgs(self) -> Iterator[SecurityGroup]: ...
     def vnics_using(self, sg_id: str) -> list[Vnic]: ...
     def vnics_in(self, vni: int) -> list[Vnic]: ...
+    def peers(self, vni: int) -> tuple[str, ...]: ...
 
 
 class State:
@@ -35,6 +36,7 @@ class State:
         self._sgs: dict[str, SecurityGroup] = {}
         self._by_sg: dict[str, set[str]] = {}
         self._by_vni: dict[int, set[str]] = {}
+        self._peers: dict[int, tuple[str, ...]] = {}
 
     def vnic(self, vnic_id: str) -> Vnic | None:
         return self._vnics.get(vnic_id)
@@ -57,6 +59,20 @@ class State:
 
     def vnics_in(self, vni: int) -> list[Vnic]:
         return [self._vnics[v] for v in sorted(self._by_vni.get(vni, ()))]
+
+    def peers(self, vni: int) -> tuple[str, ...]:
+        """Static VXLAN flooding peers (underlay addresses) of ``vni``."""
+        return self._peers.get(vni, ())
+
+    def all_peers(self) -> dict[int, tuple[str, ...]]:
+        return dict(sorted(self._peers.items()))
+
+    def set_peers(self, vni: int, peers: tuple[str, ...]) -> tuple[str, ...]:
+        """Replace the peers of ``vni``; returns the previous ones."""
+        old = self._peers.pop(vni, ())
+        if peers:
+            self._peers[vni] = peers
+        return old
 
     def put_vnic(self, vnic: Vnic) -> Vnic | None:
         """Insert or replace; returns the replaced vnic."""
