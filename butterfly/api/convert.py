@@ -1,0 +1,132 @@
+"""Protobuf messages to model objects and back.
+
+Pure functions, no config and no service: what the wire says becomes a model
+object (validated by the model's ``make_*`` functions), and model objects
+become what the wire answers.
+"""
+
+from butterfly.api.proto.message0_pb2 import MessageV0
+from butterfly.service import Attachment
+from butterfly.errors import BadNic, BadRule
+from butterfly.model import (
+    Rule,
+    SecurityGroup,
+    Vnic,
+    VnicType,
+    VnicUpdate,
+    check_sg_id,
+    make_rule,
+    make_security_group,
+)
+
+__all__ = [
+    "nic_to_proto",
+    "rule_from_proto",
+    "rule_to_proto",
+    "sg_from_proto",
+    "sg_to_proto",
+    "update_from_proto",
+    "vnic_from_proto",
+]
+
+
+def vnic_from_proto(nic: MessageV0.Nic) -> Vnic:
+    """The Vnic a nic_add asks for (not yet validated: the service does it)."""
+    if nic.type not in VnicType._value2member_map_:
+        raise BadNic(f"nic {nic.id!r}: type {nic.type} is unknown")
+    vnic_type = VnicType(nic.type)
+    return Vnic(
+        id=nic.id,
+        mac=nic.mac,
+        vni=nic.vni,
+        ips=tuple(nic.ip),
+        security_groups=tuple(nic.security_group),
+        ip_anti_spoof=nic.ip_anti_spoof,
+        bypass_filtering=nic.bypass_filtering,
+        type=vnic_type,
+        netns=nic.path if vnic_type == VnicType.NETNS else "",
+        packet_trace=nic.packet_trace if nic.HasField("packet_trace") else None,
+        packet_trace_path=nic.packet_trace_path,
+        sniff_target_nic_id=nic.sniff_target_nic_id,
+    )
+
+
+def _replacement_list(values: list[str]) -> tuple[str, ...] | None:
+    """nic_update's list rule: absent keeps, one empty string clears, else replaces."""
+    if not values:
+        return None
+    return tuple(value for value in values if value != "")
+
+
+def update_from_proto(update: MessageV0.NicUpdateReq) -> VnicUpdate:
+    return VnicUpdate(
+        id=update.id,
+        ips=_replacement_list(list(update.ip)),
+        security_groups=_replacement_list(list(update.security_group)),
+        ip_anti_spoof=update.ip_anti_spoof if update.HasField("ip_anti_spoof") else None,
+        packet_trace=update.packet_trace if update.HasField("packet_trace") else None,
+        packet_trace_path=(
+            update.packet_trace_path if update.HasField("packet_trace_path") else None
+        ),
+    )
+
+
+def nic_to_proto(vnic: Vnic, attachment: Attachment, out: MessageV0.Nic) -> None:
+    out.id = vnic.id
+    out.mac = vnic.mac
+    out.vni = vnic.vni
+    out.ip.extend(vnic.ips)
+    out.security_group.extend(vnic.security_groups)
+    out.ip_anti_spoof = vnic.ip_anti_spoof
+    out.bypass_filtering = vnic.bypass_filtering
+    out.type = int(vnic.type)  # type: ignore[assignment]
+    out.path = attachment.path
+    if vnic.packet_trace is not None:
+        out.packet_trace = vnic.packet_trace
+    if vnic.packet_trace_path:
+        out.packet_trace_path = vnic.packet_trace_path
+    if attachment.mtu is not None:
+        out.mtu = attachment.mtu
+
+
+def rule_from_proto(sg_id: str, rule: MessageV0.Rule) -> Rule:
+    """A validated rule of ``sg_id``."""
+    check_sg_id(sg_id)
+    if rule.HasField("cidr") and rule.HasField("security_group"):
+        raise BadRule(f"security group {sg_id!r}: a rule needs exactly one of cidr and security_group")
+    return make_rule(
+        sg_id,
+        direction=rule.direction,
+        protocol=rule.protocol,
+        port_start=rule.port_start if rule.HasField("port_start") else None,
+        port_end=rule.port_end if rule.HasField("port_end") else None,
+        cidr=(rule.cidr.address, rule.cidr.mask_size) if rule.HasField("cidr") else None,
+        security_group=rule.security_group if rule.HasField("security_group") else None,
+    )
+
+
+def rule_to_proto(rule: Rule, out: MessageV0.Rule) -> None:
+    out.direction = int(rule.direction)  # type: ignore[assignment]
+    out.protocol = rule.protocol
+    if rule.port_start is not None:
+        out.port_start = rule.port_start
+    if rule.port_end is not None:
+        out.port_end = rule.port_end
+    if rule.cidr is not None:
+        out.cidr.address = rule.cidr.address
+        out.cidr.mask_size = rule.cidr.mask_size
+    if rule.security_group is not None:
+        out.security_group = rule.security_group
+
+
+def sg_from_proto(sg: MessageV0.Sg) -> SecurityGroup:
+    check_sg_id(sg.id)
+    rules = [rule_from_proto(sg.id, rule) for rule in sg.rule]
+    return make_security_group(sg.id, members=list(sg.member), rules=rules)
+
+
+def sg_to_proto(sg: SecurityGroup, out: MessageV0.Sg) -> None:
+    out.id = sg.id
+    out.member.extend(sg.members)
+    for rule in sg.rules:
+        rule_to_proto(rule, out.rule.add())

@@ -1,0 +1,1 @@
+"""The daemon: configuration, logging, the composition root and signals."""

@@ -1,0 +1,49 @@
+"""Where the daemon's logs go (syslog or stderr) and at which level.
+
+The level can change at run time (app_config), so it is set on the
+``butterfly`` logger, which every module's logger hangs under.
+"""
+
+import logging
+import logging.handlers
+import os
+import sys
+
+from butterfly.errors import BadRequest
+
+__all__ = ["LEVELS", "set_level", "setup_logging"]
+
+LEVELS = {
+    "none": logging.CRITICAL + 10,
+    "error": logging.ERROR,
+    "warning": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+}
+
+_root = logging.getLogger("butterfly")
+
+
+def setup_logging(*, syslog: bool, level: str) -> None:
+    handler: logging.Handler
+    if syslog and os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+        handler.setFormatter(logging.Formatter("butterflyd[%(process)d]: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s butterflyd %(levelname)s %(name)s: %(message)s")
+        )
+    _root.handlers[:] = [handler]
+    _root.propagate = False
+    set_level(level)
+    if syslog and not os.path.exists("/dev/log"):
+        _root.warning("no syslog socket at /dev/log: logging to stderr")
+
+
+def set_level(level: str) -> None:
+    if level not in LEVELS:
+        raise BadRequest(
+            f"Bad log level: {level!r} is not one of {', '.join(LEVELS)}"
+        )
+    _root.setLevel(LEVELS[level])

@@ -1,0 +1,112 @@
+"""butterflyd's entry point and composition root.
+
+This is the one place that picks implementations (SQLite store, kernel or
+control-only data plane) and wires them together; the only place, with the
+CLI, that exits the process.
+"""
+
+import logging
+import os
+import signal
+import sys
+import time
+
+from butterfly import __version__
+from butterfly.api.crypto import load_key
+from butterfly.api.server import ApiServer
+from butterfly.api.v0 import V0Handlers
+from butterfly.daemon.config import Config, parse_args
+from butterfly.daemon.logs import set_level, setup_logging
+from butterfly.dataplane import Dataplane
+from butterfly.dataplane.control_only import ControlOnlyDataplane
+from butterfly.errors import ButterflyError, ConfigError
+from butterfly.service import Switch
+from butterfly.store import SqliteStore
+
+__all__ = ["main"]
+
+log = logging.getLogger("butterfly.daemon")
+
+
+class Daemon:
+    """The App the API reports on: start date, log level, quitting."""
+
+    def __init__(self, server_stop: "list[ApiServer]") -> None:
+        self.started_at = time.time()
+        self._servers = server_stop
+
+    def set_log_level(self, level: str) -> None:
+        set_level(level)
+        log.warning("log level set to %s", level)
+
+    def request_quit(self) -> None:
+        log.info("app_quit received: stopping after this reply")
+        for server in self._servers:
+            server.stop_after_reply()
+
+
+def _make_dataplane(config: Config) -> Dataplane:
+    if not config.dataplane:
+        return ControlOnlyDataplane(socket_dir=config.socket_dir)
+    raise ConfigError("the kernel data plane is not available in this build: use --no-dataplane")
+
+
+def _signals_to_fd() -> int:
+    """A pipe that receives a byte on SIGTERM/SIGINT/SIGHUP, for the server's poll."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: None)
+    return read_fd
+
+
+def run(config: Config) -> None:
+    key = load_key(config.key_path) if config.key_path else None
+    os.makedirs(config.socket_dir, exist_ok=True)
+    store = SqliteStore(config.state_path)
+    try:
+        state = store.load()
+        dataplane = _make_dataplane(config)
+        try:
+            dataplane.reconcile(state)
+            switch = Switch(store=store, dataplane=dataplane, state=state)
+            servers: list[ApiServer] = []
+            daemon = Daemon(servers)
+            handlers = V0Handlers(switch=switch, app=daemon)
+            server = ApiServer(endpoint=config.endpoint, key=key, answer=handlers.answer)
+            servers.append(server)
+            try:
+                wakeup = _signals_to_fd()
+                log.info(
+                    "butterflyd %s ready on %s (%d vnics, %d security groups, %s)",
+                    __version__,
+                    config.endpoint,
+                    state.vnic_count(),
+                    len(switch.sg_ids()),
+                    "encrypted" if key else "clear text",
+                )
+                server.serve(wakeup)
+            finally:
+                server.close()
+        finally:
+            dataplane.close()
+    finally:
+        store.close()
+    log.info("butterflyd stopped; the data path keeps running")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_args(sys.argv[1:] if argv is None else argv)
+        setup_logging(syslog=config.syslog, level=config.log_level)
+        run(config)
+    except ButterflyError as error:
+        print(f"butterflyd: {error}", file=sys.stderr)
+        log.error("%s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
