@@ -28,7 +28,7 @@ class Client:
         self.endpoint = endpoint
         self._key = key
         self._timeout_ms = timeout_ms
-        self._context = zmq.Context.instance()
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._socket: zmq.Socket[bytes] | None = None
 
     def _connect(self) -> "zmq.Socket[bytes]":

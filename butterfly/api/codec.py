@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 from butterfly.api.crypto import seal, unseal
 from butterfly.api.proto.encrypted_pb2 import Encrypted
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.api.proto.message_pb2 import Error, Message, Messages
+from butterfly.api.proto.message_pb2 import Error, Messages
 from butterfly.errors import ClientError, ProtocolError
 
 __all__ = [

@@ -6,7 +6,6 @@ become what the wire answers.
 """
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.service import Attachment
 from butterfly.errors import BadNic, BadRule
 from butterfly.model import (
     Rule,
@@ -18,6 +17,7 @@ from butterfly.model import (
     make_rule,
     make_security_group,
 )
+from butterfly.service import Attachment
 
 __all__ = [
     "nic_to_proto",
@@ -93,7 +93,9 @@ def rule_from_proto(sg_id: str, rule: MessageV0.Rule) -> Rule:
     """A validated rule of ``sg_id``."""
     check_sg_id(sg_id)
     if rule.HasField("cidr") and rule.HasField("security_group"):
-        raise BadRule(f"security group {sg_id!r}: a rule needs exactly one of cidr and security_group")
+        raise BadRule(
+            f"security group {sg_id!r}: a rule needs exactly one of cidr and security_group"
+        )
     return make_rule(
         sg_id,
         direction=rule.direction,

@@ -161,7 +161,9 @@ class Switch:
 
     def export_vnic(self, vnic_id: str) -> bytes:
         self._get_vnic(vnic_id)
-        raise NotSupported(f"nic {vnic_id!r}: nic_export (firewall session export) is not supported")
+        raise NotSupported(
+            f"nic {vnic_id!r}: nic_export (firewall session export) is not supported"
+        )
 
     def _get_vnic(self, vnic_id: str) -> Vnic:
         vnic = self._state.vnic(vnic_id)
