@@ -126,6 +126,8 @@ class Switch:
     def add_vnic(self, vnic: Vnic) -> Attachment:
         """Create a vnic; an existing vnic of that id is fully replaced."""
         vnic = make_vnic(vnic)
+        if self._state.vnic(vnic.id) == vnic:
+            return self._dataplane.attachment(vnic)
         with self._change() as change:
             old = change.put_vnic(vnic)
             return self._dataplane.plug(vnic, old, self._state)
