@@ -1,0 +1,48 @@
+"""Fixtures for end-to-end tests that boot real QEMU guests (the machinery is in guest.py).
+
+`guest_image` builds (or finds in the cache) the image once per session; `guests` hands a
+test a factory whose guests are all killed and cleaned up when the test ends, pass or fail.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from guest import GuestFactory, GuestImage, build_image, reap_orphans
+
+# Pin the kernel with NAME or NAME=VERSION (default: what linux-image-amd64 depends on).
+KERNEL_ENV = "BUTTERFLY_GUEST_KERNEL"
+
+
+def _unavailable(reason: str) -> None:
+    """Skip on a developer's machine; fail under CI, where a skip would hide a missing
+    install step (CI must run `tools/guest-image --install-deps`)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"e2e guests unavailable under CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> GuestImage:
+    if os.geteuid() != 0:
+        _unavailable("booting guests on taps needs root")
+    if shutil.which("qemu-system-x86_64") is None:
+        _unavailable("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    # Guests of an earlier run that was killed outright (SIGKILL, OOM) are still running.
+    reaped = reap_orphans()
+    if reaped:
+        logging.getLogger(__name__).warning("killed orphaned guest QEMUs %s", reaped)
+    return build_image(kernel_package=os.environ.get(KERNEL_ENV) or None)
+
+
+@pytest.fixture
+def guests(guest_image: GuestImage) -> Iterator[GuestFactory]:
+    factory = GuestFactory(guest_image)
+    try:
+        yield factory
+    finally:
+        factory.close()
