@@ -68,6 +68,17 @@ def _answer_messages(request: Messages, answer: AnswerV0) -> Messages:
 
 def answer_frame(frame: bytes, key: bytes | None, answer: AnswerV0) -> bytes:
     """The reply frame to one request frame, whatever its bytes."""
+    try:
+        return _answer_frame(frame, key, answer)
+    except Exception:
+        # A bug, not the client's fault: answer it rather than stop serving.
+        log.exception("internal error while answering a frame of %d bytes", len(frame))
+        if key is not None:
+            return _encrypted_error(Encrypted.Error.INTERNAL_ERROR)
+        return _envelope_error(Error.INTERNAL_ERROR).SerializeToString()
+
+
+def _answer_frame(frame: bytes, key: bytes | None, answer: AnswerV0) -> bytes:
     request = _parse(frame)
     if request is None:
         return _envelope_error(Error.PARSE_ERROR).SerializeToString()

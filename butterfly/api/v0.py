@@ -82,7 +82,12 @@ class V0Handlers:
         self.request_counter += 1
         reply = MessageV0()
         if message.HasField("message_id"):
-            reply.message_id = message.message_id
+            # Copied as the bytes that came: proto2 strings need not be UTF-8,
+            # and such a string reads as bytes that cannot be assigned back.
+            reply.CopyFrom(message)
+            reply.ClearField("request")
+            reply.ClearField("response")
+            reply.DiscardUnknownFields()
         response = reply.response
         kind = message.request.WhichOneof("request") if message.HasField("request") else None
         try:
