@@ -5,6 +5,9 @@ object (validated by the model's ``make_*`` functions), and model objects
 become what the wire answers.
 """
 
+from google.protobuf.message import Message
+from google.protobuf.unknown_fields import UnknownFieldSet
+
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.errors import BadNic, BadRule
 from butterfly.model import (
@@ -30,11 +33,27 @@ __all__ = [
 ]
 
 
+def _enum_as_sent(message: Message, field_number: int, parsed: int) -> int:
+    """An enum field's number as the peer sent it.
+
+    proto2 enums are closed: the parser moves a number outside the enum to
+    the unknown fields and leaves the field unset (reading as its default),
+    so without this an unknown rule direction would silently read INBOUND.
+    """
+    unknown = UnknownFieldSet(message)
+    for index in range(len(unknown)):
+        field = unknown[index]
+        if field.field_number == field_number and isinstance(field.data, int):
+            return field.data
+    return parsed
+
+
 def vnic_from_proto(nic: MessageV0.Nic) -> Vnic:
     """The Vnic a nic_add asks for (not yet validated: the service does it)."""
-    if nic.type not in VnicType._value2member_map_:
-        raise BadNic(f"nic {nic.id!r}: type {nic.type} is unknown")
-    vnic_type = VnicType(nic.type)
+    type_number = _enum_as_sent(nic, 9, nic.type)
+    if type_number not in VnicType._value2member_map_:
+        raise BadNic(f"nic {nic.id!r}: type {type_number} is unknown")
+    vnic_type = VnicType(type_number)
     return Vnic(
         id=nic.id,
         mac=nic.mac,
@@ -98,7 +117,7 @@ def rule_from_proto(sg_id: str, rule: MessageV0.Rule) -> Rule:
         )
     return make_rule(
         sg_id,
-        direction=rule.direction,
+        direction=_enum_as_sent(rule, 1, rule.direction),
         protocol=rule.protocol,
         port_start=rule.port_start if rule.HasField("port_start") else None,
         port_end=rule.port_end if rule.HasField("port_end") else None,
