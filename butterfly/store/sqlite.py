@@ -177,12 +177,21 @@ class SqliteStore:
             directory = os.path.dirname(os.path.abspath(path))
             os.makedirs(directory, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except (sqlite3.Error, OSError) as error:
+            raise StoreError(f"state file {path}: cannot be used: {error}") from error
+        try:
+            # Checked before the first write (journal_mode = WAL rewrites the
+            # header), so a file that is refused is left exactly as it was.
+            self._check_and_migrate()
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.execute("PRAGMA foreign_keys = ON")
-            self._check_and_migrate()
         except (sqlite3.Error, OSError) as error:
+            self._db.close()
             raise StoreError(f"state file {path}: cannot be used: {error}") from error
+        except BaseException:
+            self._db.close()
+            raise
 
     def _check_and_migrate(self) -> None:
         result = self._db.execute("PRAGMA quick_check").fetchone()[0]
