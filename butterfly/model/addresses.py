@@ -40,7 +40,12 @@ def parse_ip(text: str) -> IpAddress | None:
 def canonical_ip(text: str) -> str | None:
     """The canonical text of an IP address, or None when it does not parse."""
     address = parse_ip(text)
-    return None if address is None else str(address)
+    if address is None:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # RFC 5952 section 5, as inet_ntop and Python 3.13 write it (3.11: ::ffff:a00:1)
+        return f"::ffff:{address.ipv4_mapped}"
+    return str(address)
 
 
 def ip_version(text: str) -> int:
