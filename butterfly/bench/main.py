@@ -1,0 +1,46 @@
+"""``butterfly-bench``: one subcommand per benchmark module.
+
+A benchmark module offers ``add_arguments(parser)`` and ``run(args) -> int``
+(the exit code). Adding one is adding its line to :data:`SUBCOMMANDS`; the
+module is imported only when its subcommand runs.
+"""
+
+import argparse
+import importlib
+import sys
+from typing import Protocol, cast
+
+__all__ = ["SUBCOMMANDS", "main"]
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module, one-line help)
+    "api": ("butterfly.bench.api", "control plane: API requests/s, latency, daemon memory"),
+}
+
+
+class Benchmark(Protocol):
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def _load(name: str) -> Benchmark:
+    return cast(Benchmark, importlib.import_module(SUBCOMMANDS[name][0]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="butterfly-bench", description="Measure butterfly against its targets."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    arguments = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in arguments if not a.startswith("-")), None)
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            _load(name).add_arguments(sub)
+    args = parser.parse_args(arguments)
+    return _load(args.command).run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
