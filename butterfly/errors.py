@@ -34,7 +34,23 @@ __all__ = [
     "ProtocolError",
     "SgNotFound",
     "StoreError",
+    "shown",
 ]
+
+_SHOWN_LIMIT = 80
+
+
+def shown(value: str) -> str:
+    """A caller's value quoted for an error message, cut so that a request
+    carrying megabytes never gets them echoed back in its error."""
+    if len(value) <= _SHOWN_LIMIT:
+        return repr(value)
+    return repr(value[:_SHOWN_LIMIT]) + f"... ({len(value)} characters)"
+
+
+def _bare(value: str) -> str:
+    """Unquoted as deployed daemons say it, unless too long to repeat."""
+    return value if len(value) <= _SHOWN_LIMIT else shown(value)
 
 
 class ButterflyError(Exception):
@@ -62,12 +78,12 @@ class BadIp(BadRequest):
 
 class NicNotFound(BadRequest):
     def __init__(self, nic_id: str) -> None:
-        super().__init__(f"NIC does not exist with id {nic_id}")
+        super().__init__(f"NIC does not exist with id {_bare(nic_id)}")
 
 
 class SgNotFound(BadRequest):
     def __init__(self, sg_id: str) -> None:
-        super().__init__(f"Security Group not found: {sg_id}")
+        super().__init__(f"Security Group not found: {_bare(sg_id)}")
 
 
 class NotSupported(BadRequest):

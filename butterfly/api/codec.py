@@ -50,6 +50,10 @@ def _parse(frame: bytes) -> Messages | None:
         messages.ParseFromString(frame)
     except (DecodeError, RuntimeError, ValueError):
         return None
+    if not messages.IsInitialized():
+        # Python's protobuf parses messages lacking required fields; the
+        # deployed C++ peers refuse them, and so do we.
+        return None
     return messages
 
 
@@ -97,9 +101,7 @@ def _answer_frame(frame: bytes, key: bytes | None, answer: AnswerV0) -> bytes:
         log.warning("rejected an encrypted request: %s", error)
         return _encrypted_error(Encrypted.Error.REJECTED)
     inner = _parse(content)
-    reply = (
-        _envelope_error(Error.PARSE_ERROR) if inner is None else _answer_messages(inner, answer)
-    )
+    reply = _envelope_error(Error.PARSE_ERROR) if inner is None else _answer_messages(inner, answer)
     sealed = Messages()
     sealed.encrypted.aes256cbc_sha512 = seal(reply.SerializeToString(), key)
     return sealed.SerializeToString()

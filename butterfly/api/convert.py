@@ -9,7 +9,7 @@ from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.errors import BadNic, BadRule
+from butterfly.errors import BadNic, BadRule, shown
 from butterfly.model import (
     Rule,
     SecurityGroup,
@@ -38,7 +38,8 @@ def _enum_as_sent(message: Message, field_number: int, parsed: int) -> int:
 
     proto2 enums are closed: the parser moves a number outside the enum to
     the unknown fields and leaves the field unset (reading as its default),
-    so without this an unknown rule direction would silently read INBOUND.
+    so without this an unknown nic type would silently read VHOST_USER_SERVER.
+    (A required enum, such as a rule's direction, fails to parse instead.)
     """
     unknown = UnknownFieldSet(message)
     for index in range(len(unknown)):
@@ -52,7 +53,7 @@ def vnic_from_proto(nic: MessageV0.Nic) -> Vnic:
     """The Vnic a nic_add asks for (not yet validated: the service does it)."""
     type_number = _enum_as_sent(nic, 9, nic.type)
     if type_number not in VnicType._value2member_map_:
-        raise BadNic(f"nic {nic.id!r}: type {type_number} is unknown")
+        raise BadNic(f"nic {shown(nic.id)}: type {type_number} is unknown")
     vnic_type = VnicType(type_number)
     return Vnic(
         id=nic.id,
@@ -113,11 +114,11 @@ def rule_from_proto(sg_id: str, rule: MessageV0.Rule) -> Rule:
     check_sg_id(sg_id)
     if rule.HasField("cidr") and rule.HasField("security_group"):
         raise BadRule(
-            f"security group {sg_id!r}: a rule needs exactly one of cidr and security_group"
+            f"security group {shown(sg_id)}: a rule needs exactly one of cidr and security_group"
         )
     return make_rule(
         sg_id,
-        direction=_enum_as_sent(rule, 1, rule.direction),
+        direction=rule.direction,
         protocol=rule.protocol,
         port_start=rule.port_start if rule.HasField("port_start") else None,
         port_end=rule.port_end if rule.HasField("port_end") else None,

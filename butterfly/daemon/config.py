@@ -44,30 +44,64 @@ def _parser() -> argparse.ArgumentParser:
         description="butterfly virtual switch daemon: VXLAN networks, security groups,"
         " vhost-user/tap/netns vnics, driven over a ZeroMQ API.",
     )
-    parser.add_argument("-c", "--config", metavar="FILE",
-                        help="ini file ([general], [security]); its values override options")
-    parser.add_argument("-i", "--ip", help="underlay IP address for VXLAN"
-                        " (default: the address of the interface with the default route)")
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="ini file ([general], [security]); its values override options",
+    )
+    parser.add_argument(
+        "-i",
+        "--ip",
+        help="underlay IP address for VXLAN"
+        " (default: the address of the interface with the default route)",
+    )
     parser.add_argument("-e", "--endpoint", help=f"API endpoint (default {DEFAULT_ENDPOINT})")
-    parser.add_argument("-s", "--socket-dir", metavar="DIR",
-                        help=f"vhost-user sockets and traces (default {DEFAULT_SOCKET_DIR})")
+    parser.add_argument(
+        "-s",
+        "--socket-dir",
+        metavar="DIR",
+        help=f"vhost-user sockets and traces (default {DEFAULT_SOCKET_DIR})",
+    )
     parser.add_argument("-l", "--log-level", choices=LOG_LEVELS, help="default: info")
-    parser.add_argument("-k", "--key", metavar="FILE",
-                        help="AES-256 key file (32 bytes in base64): encrypt the API")
-    parser.add_argument("-t", "--packet-trace", action="store_true", default=None,
-                        help="trace every vnic's packets to pcap files by default")
-    parser.add_argument("--no-syslog", action="store_true", default=None,
-                        help="log to stderr instead of syslog")
-    parser.add_argument("--state", metavar="FILE",
-                        help=f"SQLite state file (default {DEFAULT_STATE})")
-    parser.add_argument("--nic-mtu", type=int, metavar="MTU",
-                        help="MTU of vnics (default: underlay MTU minus VXLAN overhead)")
-    parser.add_argument("--vxlan-peers", metavar="IP[,IP...]",
-                        help="static VXLAN peers of every VNI, for underlays without multicast")
-    parser.add_argument("--no-dataplane", action="store_true", default=None,
-                        help="control plane only: program nothing in the kernel (tests)")
-    parser.add_argument("--cleanup", action="store_true",
-                        help="remove every kernel object butterfly created, then exit")
+    parser.add_argument(
+        "-k", "--key", metavar="FILE", help="AES-256 key file (32 bytes in base64): encrypt the API"
+    )
+    parser.add_argument(
+        "-t",
+        "--packet-trace",
+        action="store_true",
+        default=None,
+        help="trace every vnic's packets to pcap files by default",
+    )
+    parser.add_argument(
+        "--no-syslog", action="store_true", default=None, help="log to stderr instead of syslog"
+    )
+    parser.add_argument(
+        "--state", metavar="FILE", help=f"SQLite state file (default {DEFAULT_STATE})"
+    )
+    parser.add_argument(
+        "--nic-mtu",
+        type=int,
+        metavar="MTU",
+        help="MTU of vnics (default: underlay MTU minus VXLAN overhead)",
+    )
+    parser.add_argument(
+        "--vxlan-peers",
+        metavar="IP[,IP...]",
+        help="static VXLAN peers of every VNI, for underlays without multicast",
+    )
+    parser.add_argument(
+        "--no-dataplane",
+        action="store_true",
+        default=None,
+        help="control plane only: program nothing in the kernel (tests)",
+    )
+    parser.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="remove every kernel object butterfly created, then exit",
+    )
     parser.add_argument("-V", "--version", action="version", version=f"butterflyd {__version__}")
     return parser
 
@@ -92,8 +126,17 @@ def _read_file(path: str) -> dict[str, str]:
         raise ConfigError(f"config file {path}: {error}") from error
     values: dict[str, str] = {}
     known = {
-        "general": {"ip", "endpoint", "socket-dir", "log-level", "nic-mtu", "packet-trace",
-                    "state", "vxlan-peers", "no-syslog"},
+        "general": {
+            "ip",
+            "endpoint",
+            "socket-dir",
+            "log-level",
+            "nic-mtu",
+            "packet-trace",
+            "state",
+            "vxlan-peers",
+            "no-syslog",
+        },
         "security": {"encryption_key_path"},
     }
     for section in parser.sections():

@@ -43,7 +43,5 @@ def setup_logging(*, syslog: bool, level: str) -> None:
 
 def set_level(level: str) -> None:
     if level not in LEVELS:
-        raise BadRequest(
-            f"Bad log level: {level!r} is not one of {', '.join(LEVELS)}"
-        )
+        raise BadRequest(f"Bad log level: {level!r} is not one of {', '.join(LEVELS)}")
     _root.setLevel(LEVELS[level])

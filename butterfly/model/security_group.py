@@ -11,7 +11,7 @@ import enum
 import hashlib
 from dataclasses import dataclass, replace
 
-from butterfly.errors import BadIp, BadRequest, BadRule
+from butterfly.errors import BadIp, BadRequest, BadRule, shown
 from butterfly.model.addresses import Cidr, canonical_ip
 from butterfly.model.ids import check_id
 
@@ -104,7 +104,7 @@ class SecurityGroup:
 def check_sg_id(sg_id: str) -> None:
     problem = check_id(sg_id)
     if problem:
-        raise BadRequest(f"Bad Security Group format: security group id {sg_id!r} {problem}")
+        raise BadRequest(f"Bad Security Group format: security group id {shown(sg_id)} {problem}")
 
 
 def make_rule(
@@ -118,7 +118,7 @@ def make_rule(
     security_group: str | None = None,
 ) -> Rule:
     """Validate one rule of ``sg_id`` and return it in canonical form."""
-    what = f"security group {sg_id!r}"
+    what = f"security group {shown(sg_id)}"
     if direction not in (Direction.INBOUND, Direction.OUTBOUND):
         raise BadRule(f"{what}: direction {direction} is not INBOUND (0) or OUTBOUND (1)")
     if not ALL_PROTOCOLS <= protocol <= 255:
@@ -141,7 +141,7 @@ def make_rule(
         address, mask_size = cidr
         canonical = canonical_ip(address)
         if canonical is None:
-            raise BadRule(f"{what}: cidr address {address!r} is not an IPv4 or IPv6 address")
+            raise BadRule(f"{what}: cidr address {shown(address)} is not an IPv4 or IPv6 address")
         limit = 128 if ":" in canonical else 32
         if not 0 <= mask_size <= limit:
             raise BadRule(f"{what}: cidr mask size {mask_size} does not fit 0-{limit}")
@@ -149,7 +149,7 @@ def make_rule(
     if security_group is not None:
         problem = check_id(security_group)
         if problem:
-            raise BadRule(f"{what}: source security group {security_group!r} {problem}")
+            raise BadRule(f"{what}: source security group {shown(security_group)} {problem}")
     return Rule(
         direction=Direction(direction),
         protocol=protocol,
@@ -164,13 +164,13 @@ def make_member(sg_id: str, member: str) -> str:
     """The canonical form of a member address of ``sg_id``."""
     canonical = canonical_ip(member)
     if canonical is None:
-        raise BadIp(f"security group {sg_id!r}: member {member!r} is not an IPv4 or IPv6 address")
+        raise BadIp(
+            f"security group {shown(sg_id)}: member {shown(member)} is not an IPv4 or IPv6 address"
+        )
     return canonical
 
 
-def make_security_group(
-    sg_id: str, *, members: list[str], rules: list[Rule]
-) -> SecurityGroup:
+def make_security_group(sg_id: str, *, members: list[str], rules: list[Rule]) -> SecurityGroup:
     """A whole security group (sg_add): members canonical, both lists de-duplicated."""
     check_sg_id(sg_id)
     canonical = [make_member(sg_id, member) for member in members]

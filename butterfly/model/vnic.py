@@ -9,13 +9,15 @@ valid and canonical.
 import enum
 from dataclasses import dataclass, replace
 
-from butterfly.errors import BadIp, BadNic, NotSupported
+from butterfly.errors import BadIp, BadNic, NotSupported, shown
 from butterfly.model.addresses import canonical_ip, is_mac
 from butterfly.model.ids import check_id
 
 __all__ = ["MAX_VNI", "Vnic", "VnicType", "VnicUpdate", "make_vnic"]
 
 MAX_VNI = (1 << 24) - 1
+MAX_PATH = 4095
+"""Linux's PATH_MAX, less the terminating NUL."""
 
 
 class VnicType(enum.IntEnum):
@@ -69,9 +71,7 @@ class VnicUpdate:
             ),
             packet_trace=vnic.packet_trace if self.packet_trace is None else self.packet_trace,
             packet_trace_path=(
-                vnic.packet_trace_path
-                if self.packet_trace_path is None
-                else self.packet_trace_path
+                vnic.packet_trace_path if self.packet_trace_path is None else self.packet_trace_path
             ),
         )
         return make_vnic(changed)
@@ -86,37 +86,39 @@ def make_vnic(vnic: Vnic) -> Vnic:
 
     Raises BadNic, BadIp or NotSupported naming the vnic and the field.
     """
-    what = f"nic {vnic.id!r}"
+    what = f"nic {shown(vnic.id)}"
     problem = check_id(vnic.id)
     if problem:
-        raise BadNic(f"nic id {vnic.id!r} {problem}")
+        raise BadNic(f"nic id {shown(vnic.id)} {problem}")
     if not is_mac(vnic.mac):
-        raise BadNic(f"{what}: mac {vnic.mac!r} is not six hex pairs separated by colons")
+        raise BadNic(f"{what}: mac {shown(vnic.mac)} is not six hex pairs separated by colons")
     if int(vnic.mac[:2], 16) & 1:
-        raise BadNic(f"{what}: mac {vnic.mac!r} is a multicast address")
+        raise BadNic(f"{what}: mac {shown(vnic.mac)} is a multicast address")
     if not 0 <= vnic.vni <= MAX_VNI:
         raise BadNic(f"{what}: vni {vnic.vni} is out of range 0-{MAX_VNI}")
     ips: list[str] = []
     for ip in vnic.ips:
         canonical = canonical_ip(ip)
         if canonical is None:
-            raise BadIp(f"{what}: ip {ip!r} is not an IPv4 or IPv6 address")
+            raise BadIp(f"{what}: ip {shown(ip)} is not an IPv4 or IPv6 address")
         ips.append(canonical)
     for sg_id in vnic.security_groups:
         problem = check_id(sg_id)
         if problem:
-            raise BadNic(f"{what}: security group id {sg_id!r} {problem}")
+            raise BadNic(f"{what}: security group id {shown(sg_id)} {problem}")
     if vnic.type == VnicType.BENCH:
         raise NotSupported(f"{what}: type BENCH (built-in traffic generator) is not supported")
+    if len(vnic.netns) > MAX_PATH or len(vnic.packet_trace_path) > MAX_PATH:
+        raise BadNic(f"{what}: a path is longer than {MAX_PATH} characters")
     if vnic.type == VnicType.NETNS:
         if not vnic.netns:
             raise BadNic(f"{what}: type NETNS needs a path naming a network namespace")
         if "\0" in vnic.netns or "\n" in vnic.netns:
-            raise BadNic(f"{what}: path {vnic.netns!r} is not a namespace name or path")
+            raise BadNic(f"{what}: path {shown(vnic.netns)} is not a namespace name or path")
     if vnic.sniff_target_nic_id:
         raise NotSupported(f"{what}: sniff_target_nic_id is not supported; use packet_trace")
     if "\0" in vnic.packet_trace_path:
-        raise BadNic(f"{what}: packet_trace_path {vnic.packet_trace_path!r} is not a path")
+        raise BadNic(f"{what}: packet_trace_path {shown(vnic.packet_trace_path)} is not a path")
     return replace(
         vnic,
         ips=_dedup(ips),

@@ -14,7 +14,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from butterfly.dataplane import Attachment, Counters, Dataplane, SgChange
-from butterfly.errors import BadRequest, NicNotFound, NotSupported, SgNotFound, StoreError
+from butterfly.errors import (
+    BadRequest,
+    NicNotFound,
+    NotSupported,
+    SgNotFound,
+    StoreError,
+    shown,
+)
 from butterfly.model import (
     MAX_VNI,
     Rule,
@@ -164,7 +171,7 @@ class Switch:
     def export_vnic(self, vnic_id: str) -> bytes:
         self._get_vnic(vnic_id)
         raise NotSupported(
-            f"nic {vnic_id!r}: nic_export (firewall session export) is not supported"
+            f"nic {shown(vnic_id)}: nic_export (firewall session export) is not supported"
         )
 
     def _get_vnic(self, vnic_id: str) -> Vnic:
@@ -290,5 +297,7 @@ def _check_peer(vni: int, peer: str) -> str:
         raise BadRequest(f"Bad VNI format: vni {vni} is out of range 0-{MAX_VNI}")
     canonical = canonical_ip(peer)
     if canonical is None:
-        raise BadRequest(f"Bad IP format: vni {vni}: peer {peer!r} is not an IPv4 or IPv6 address")
+        raise BadRequest(
+            f"Bad IP format: vni {vni}: peer {shown(peer)} is not an IPv4 or IPv6 address"
+        )
     return canonical

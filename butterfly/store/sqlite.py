@@ -73,8 +73,9 @@ _RULE_MATCH = (
 )
 
 
-def _rule_columns(rule: Rule) -> tuple[int, int, int | None, int | None, str | None,
-                                       int | None, str | None]:
+def _rule_columns(
+    rule: Rule,
+) -> tuple[int, int, int | None, int | None, str | None, int | None, str | None]:
     return (
         int(rule.direction),
         rule.protocol,
@@ -156,9 +157,7 @@ class _Transaction:
         )
 
     def delete_member(self, sg_id: str, member: str) -> None:
-        self._db.execute(
-            "DELETE FROM sg_member WHERE sg_id = ? AND address = ?", (sg_id, member)
-        )
+        self._db.execute("DELETE FROM sg_member WHERE sg_id = ? AND address = ?", (sg_id, member))
 
     def set_peers(self, vni: int, peers: tuple[str, ...]) -> None:
         self._db.execute("DELETE FROM vni_peer WHERE vni = ?", (vni,))
@@ -268,8 +267,9 @@ class SqliteStore:
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
-            raise StoreError(f"state file {self._path}: cannot start a transaction: {error}") \
-                from error
+            raise StoreError(
+                f"state file {self._path}: cannot start a transaction: {error}"
+            ) from error
         try:
             yield _Transaction(self._db)
         except BaseException:

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from butterfly.errors import BadIp, BadNic, BadRequest, BadRule, NotSupported
+from butterfly.errors import BadIp, BadNic, BadRequest, BadRule, NotSupported, shown
 from butterfly.model import (
     MAX_VNI,
     Cidr,
@@ -157,7 +157,7 @@ def test_bad_ip(ip: str) -> None:
     ],
 )
 def test_bad_nic_id(nic_id: str, problem: str) -> None:
-    with raises(BadNic, f"Bad NIC format: nic id {nic_id!r} {problem}"):
+    with raises(BadNic, f"Bad NIC format: nic id {shown(nic_id)} {problem}"):
         make_vnic(vnic(id=nic_id))
 
 

@@ -89,6 +89,8 @@ def _expected_envelope(frame: bytes) -> tuple[str, Messages | None]:
         parsed.ParseFromString(frame)
     except Exception:  # any parse failure is a PARSE_ERROR
         return "parse", None
+    if not parsed.IsInitialized():  # so is a missing required field, as in C++
+        return "parse", None
     if parsed.HasField("encrypted"):
         return "encrypted", parsed
     if not parsed.messages:
