@@ -4,17 +4,44 @@ Every link butterfly creates starts with ``bf``, so a clean-up finds all of
 them by pattern and nothing else on the host is ever touched. Linux limits
 interface names to 15 characters: a vnic id that does not fit (or uses
 characters awkward in an interface name) is replaced by a digest of it.
+
+Links also carry an alias (``ip link`` shows it) starting with ``butterfly``:
+a link is butterfly's only when both its name and its alias say so. The
+nftables objects live in butterfly's own tables; their names inside those
+tables are digests of the ids, which nft accepts whatever the id holds.
 """
 
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 
-__all__ = ["PREFIX", "bridge_name", "tap_name", "vhost_socket_path", "vxlan_name"]
+__all__ = [
+    "LINK_ALIAS",
+    "PREFIX",
+    "TABLE",
+    "bridge_name",
+    "is_butterfly_link",
+    "member_set",
+    "profile_chains",
+    "sg_in_chain",
+    "sg_out_chain",
+    "tap_name",
+    "trace_path",
+    "trace_pidfile",
+    "vhost_socket_path",
+    "vni_alias",
+    "vnic_alias",
+    "vxlan_name",
+]
 
 PREFIX = "bf"
 IFNAMSIZ = 15
 _READABLE = re.compile(r"[A-Za-z0-9_.-]{1,12}")
+_LINK = re.compile(r"bfbr[0-9]{1,8}|bfvx[0-9]{1,8}|bf-[A-Za-z0-9_.-]{1,12}|bfh[0-9a-f]{12}")
+LINK_ALIAS = "butterfly"
+TABLE = "butterfly"
+"""The name of butterfly's nftables table in each family it uses."""
 
 
 def tap_name(vnic_id: str) -> str:
@@ -38,3 +65,49 @@ def vxlan_name(vni: int) -> str:
 def vhost_socket_path(socket_dir: str, vnic_id: str) -> str:
     """The original's socket naming, which orchestrators already rely on."""
     return os.path.join(socket_dir, f"qemu-vhost-{vnic_id}")
+
+
+def vni_alias(vni: int) -> str:
+    return f"{LINK_ALIAS} vni {vni}"
+
+
+def vnic_alias(vnic_id: str) -> str:
+    return f"{LINK_ALIAS} vnic {vnic_id}"
+
+
+def is_butterfly_link(name: str, alias: str | None) -> bool:
+    """True for a link butterfly created: its name's pattern and its alias agree."""
+    return _LINK.fullmatch(name) is not None and (alias or "").startswith(LINK_ALIAS + " ")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def profile_chains(sg_ids: Sequence[str]) -> tuple[str, str]:
+    """The inbound and outbound chains shared by vnics using exactly ``sg_ids``."""
+    digest = _digest("\0".join(sg_ids))
+    return f"in_{digest}", f"out_{digest}"
+
+
+def sg_in_chain(sg_id: str) -> str:
+    return f"si_{_digest(sg_id)}"
+
+
+def sg_out_chain(sg_id: str) -> str:
+    return f"so_{_digest(sg_id)}"
+
+
+def member_set(sg_id: str, family: int) -> str:
+    """The set of a security group's IPv4 (family 4) or IPv6 members."""
+    return f"m{family}_{_digest(sg_id)}"
+
+
+def trace_path(socket_dir: str, vnic_id: str) -> str:
+    """Default pcap file of a traced vnic (ends in .pcap, as tcpdump's AppArmor profile wants)."""
+    return os.path.join(socket_dir, f"trace-{vnic_id}.pcap")
+
+
+def trace_pidfile(socket_dir: str, vnic_id: str) -> str:
+    """Where the pid of a vnic's tracing process is kept across daemon restarts."""
+    return os.path.join(socket_dir, f".bf-trace-{_digest(vnic_id)}.pid")

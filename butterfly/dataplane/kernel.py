@@ -1,0 +1,1070 @@
+"""The Linux kernel data plane: bridges, VXLAN, taps, veths and nftables.
+
+Owns :class:`KernelDataplane`, the :class:`~butterfly.dataplane.base.Dataplane`
+that makes the kernel of the network namespace it runs in carry the model:
+
+- per VNI, a bridge ``bfbr<vni>`` and a VXLAN device ``bfvx<vni>`` on the
+  underlay (flooding to the VNI's multicast group, or to static peers),
+  present while the VNI has a vnic on this host;
+- per vnic, a port on that bridge: a persistent tap (TAP) or a veth whose
+  other end sits in the vnic's network namespace with its MAC and IPs (NETNS);
+- security groups, anti-spoofing and conntrack zones in butterfly's nftables
+  tables (see :mod:`butterfly.dataplane.ruleset` for the layout);
+- packet traces (:mod:`butterfly.dataplane.tracing`).
+
+Every request is atomic (:mod:`butterfly.dataplane.journal`): nftables
+changes go first when adding (a port never forwards unfiltered) and after
+the port is gone when removing, and any failure undoes the steps made.
+What the tables hold is mirrored in memory, so a request sends only the
+difference for the objects it touches; :meth:`KernelDataplane.reconcile`
+reads the kernel back and repairs everything, without touching what is
+already right, so established flows survive a daemon restart.
+
+Not thread-safe: the service calls one method at a time, from the thread
+that built the data plane.
+"""
+
+import contextlib
+import glob
+import ipaddress
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from typing import Any, TypeVar
+
+from butterfly.dataplane.base import Attachment, Counters, SgChange
+from butterfly.dataplane.graph import PortView, VniView, render
+from butterfly.dataplane.journal import FaultHook, Journal, journal
+from butterfly.dataplane.naming import (
+    TABLE,
+    bridge_name,
+    is_butterfly_link,
+    profile_chains,
+    tap_name,
+    trace_path,
+    trace_pidfile,
+    vhost_socket_path,
+    vni_alias,
+    vnic_alias,
+    vxlan_name,
+)
+from butterfly.dataplane.netlink import Link, Netlink
+from butterfly.dataplane.netns import open_netns, run_in_netns
+from butterfly.dataplane.nft import Nftables
+from butterfly.dataplane.ruleset import (
+    BOOTSTRAP,
+    BRIDGE,
+    INET,
+    MAX_ID,
+    Decl,
+    Key,
+    Layout,
+    Listing,
+    Obj,
+    Structural,
+    diff,
+    parse_listing,
+    tables,
+)
+from butterfly.dataplane.tracing import Tracer
+from butterfly.dataplane.underlay import Underlay, find_underlay, flood_group
+from butterfly.errors import ConfigError, DataplaneError, NotSupported
+from butterfly.model import SecurityGroup, StateView, Vnic, VnicType
+from butterfly.model.firewall import (
+    has_outbound,
+    referenced_groups,
+    sg_filter,
+    vnic_filter,
+)
+
+__all__ = ["NETNS_PREFIX_V4", "NETNS_PREFIX_V6", "KernelDataplane", "cleanup"]
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K", str, int)
+
+NETNS_PREFIX_V4 = 24
+"""Prefix length given to a NETNS vnic's IPv4 addresses (the model has none)."""
+NETNS_PREFIX_V6 = 64
+_PORTS = (VnicType.TAP, VnicType.NETNS)
+_BR_NETFILTER = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+_BRIDGE_OPTIONS = {
+    "IFLA_BR_STP_STATE": 0,
+    "IFLA_BR_FORWARD_DELAY": 0,
+    "IFLA_BR_MCAST_SNOOPING": 0,
+    "IFLA_BR_NF_CALL_IPTABLES": 1,
+    "IFLA_BR_NF_CALL_IP6TABLES": 1,
+}
+
+
+def _what(vnic: Vnic) -> str:
+    return f"nic {vnic.id!r}"
+
+
+class KernelDataplane:
+    """The kernel data plane of the network namespace it is created in.
+
+    ``underlay_ip``: the daemon's --ip; None takes the default route's
+    interface. ``socket_dir``: where traces and their pid files go by
+    default. ``nic_mtu``: the vnics' MTU (default: the underlay's minus the
+    VXLAN overhead). ``packet_trace_default``: trace vnics whose
+    ``packet_trace`` is None. ``static_peers``: VXLAN peers flooded for every
+    VNI (vxlan-peers). ``multicast``: flood to the VNI's multicast group
+    (default: only when no static peers are configured). ``fault_hook``:
+    tests only, see :mod:`butterfly.dataplane.journal`.
+
+    Raises ConfigError for an unusable option, DataplaneError when the
+    kernel lacks what is needed.
+    """
+
+    def __init__(
+        self,
+        *,
+        underlay_ip: str | None,
+        socket_dir: str,
+        nic_mtu: int | None = None,
+        packet_trace_default: bool = False,
+        vxlan_port: int = 4789,
+        static_peers: tuple[str, ...] = (),
+        multicast: bool | None = None,
+        fault_hook: FaultHook | None = None,
+    ) -> None:
+        if not os.path.exists(_BR_NETFILTER):
+            raise DataplaneError(
+                "security groups need the br_netfilter kernel module (modprobe br_netfilter)"
+            )
+        self._socket_dir = socket_dir
+        self._trace_default = packet_trace_default
+        self._vxlan_port = vxlan_port
+        self._multicast = not static_peers if multicast is None else multicast
+        self._fault_hook = fault_hook
+        self._netlink = Netlink()
+        try:
+            self._underlay: Underlay = find_underlay(self._netlink, underlay_ip)
+            for peer in static_peers:
+                if (":" in peer) != (self._underlay.version == 6):
+                    raise ConfigError(
+                        f"vxlan-peers: peer {peer} is not of the underlay's family "
+                        f"(underlay {self._underlay.address})"
+                    )
+            self._nft = Nftables()
+        except BaseException:
+            self._netlink.close()
+            raise
+        self._static_peers = static_peers
+        self._vnic_mtu = nic_mtu or self._underlay.vxlan_mtu
+        self._vxlan_mtu = min(self._vnic_mtu, self._underlay.vxlan_mtu)
+        self._layout = Layout(
+            underlay_ifname=self._underlay.ifname,
+            underlay_ip=self._underlay.address,
+            vxlan_port=vxlan_port,
+        )
+        self._infrastructure = self._layout.infrastructure()
+        self._mirror: dict[Key, Obj] | None = None
+        self._port_ids: dict[str, int] = {}
+        self._zones: dict[int, int] = {}
+        self._flood: dict[int, set[str]] = {}
+        self._flood_loaded = False
+        self._tracer = Tracer()
+        self._closed = False
+
+    # the Dataplane protocol
+
+    def reconcile(self, state: StateView) -> None:
+        """Repair everything towards ``state``; raises DataplaneError listing
+        the vnics that could not be repaired, after repairing all the others."""
+        problems: list[str] = []
+        self._flood.clear()
+        self._flood_loaded = False
+        with self._netlink.snapshot():
+            self._reconcile(state, problems)
+        if problems:
+            raise DataplaneError("reconcile: " + "; ".join(problems))
+
+    def _reconcile(self, state: StateView, problems: list[str]) -> None:
+        vnics = [vnic for vnic in state.vnics() if self._pluggable(vnic)]
+        wanted_ports = {tap_name(vnic.id): vnic for vnic in vnics}
+        owned = self._owned_links()
+        for name, link in owned.items():
+            if link.kind in ("tun", "veth") and name not in wanted_ports:
+                self._best_effort(
+                    problems, f"link {name}", partial(self._netlink.delete_link, link.index)
+                )
+        self._reconcile_nft(state, vnics)
+        for vni in sorted({vnic.vni for vnic in vnics}):
+            self._best_effort(problems, f"vni {vni}", partial(self._ensure_vni, None, vni, state))
+        for vnic in vnics:
+            self._best_effort(problems, _what(vnic), partial(self._ensure_port, None, vnic, None))
+        wanted_vnis = {vnic.vni for vnic in vnics}
+        for name, link in owned.items():
+            if link.kind in ("vxlan", "bridge") and int(name[4:]) not in wanted_vnis:
+                self._best_effort(
+                    problems, f"link {name}", partial(self._netlink.delete_link, link.index)
+                )
+        self._reconcile_traces(vnics, problems)
+
+    def plug(self, vnic: Vnic, replaced: Vnic | None, state: StateView) -> Attachment:
+        if vnic.type == VnicType.VHOST_USER_SERVER:
+            raise NotSupported(
+                f"{_what(vnic)}: type VHOST_USER_SERVER (vhost-user) is not supported yet; "
+                "use TAP or NETNS"
+            )
+        if vnic.type not in _PORTS:
+            raise NotSupported(f"{_what(vnic)}: type {vnic.type.name} is not supported")
+        self._load()
+        previous = replaced if replaced is not None and replaced.type in _PORTS else None
+        with journal(_what(vnic), self._fault_hook) as j:
+            if previous is not None and not self._reusable(previous, vnic):
+                self._tracer_stop(previous)
+                self._remove_port(j, previous)
+            self._commit(
+                j,
+                state,
+                vnics=[(replaced, vnic.id)],
+                vnis={vnic.vni} | ({previous.vni} if previous else set()),
+                sgs=_current(state, [*vnic.security_groups, *_groups(previous)]),
+            )
+            self._ensure_vni(j, vnic.vni, state)
+            self._ensure_port(j, vnic, previous)
+            if previous is not None and previous.vni != vnic.vni:
+                self._remove_vni_if_unused(j, previous.vni, state)
+            self._apply_trace(j, vnic)
+        return self.attachment(vnic)
+
+    def update(self, before: Vnic, after: Vnic, state: StateView) -> None:
+        if after.type not in _PORTS:
+            return
+        self._load()
+        with journal(_what(after), self._fault_hook) as j:
+            self._commit(
+                j,
+                state,
+                vnics=[(before, after.id)],
+                vnis={after.vni},
+                sgs=_current(state, [*before.security_groups, *after.security_groups]),
+            )
+            if after.type == VnicType.NETNS and before.ips != after.ips:
+                self._configure_peer(j, after, before)
+            self._apply_trace(j, after)
+
+    def unplug(self, vnic: Vnic, state: StateView) -> None:
+        if vnic.type not in _PORTS:
+            return
+        self._load()
+        with journal(_what(vnic), self._fault_hook) as j:
+            self._remove_port(j, vnic)
+            self._commit(
+                j,
+                state,
+                vnics=[(vnic, vnic.id)],
+                vnis={vnic.vni},
+                sgs=_current(state, vnic.security_groups),
+            )
+            self._remove_vni_if_unused(j, vnic.vni, state)
+        self._tracer_stop(vnic)
+
+    def update_security_groups(self, changes: Mapping[str, SgChange], state: StateView) -> None:
+        self._load()
+        referenced: set[str] = set()
+        profiles: set[tuple[str, ...]] = set()
+        for sg_id, change in changes.items():
+            for sg in (change.before, change.after):
+                if sg is not None:
+                    referenced |= referenced_groups([sg])
+            if has_outbound(change.before) != has_outbound(change.after):
+                profiles |= {
+                    vnic.security_groups for vnic in state.vnics_using(sg_id) if _filtered(vnic)
+                }
+        sgs = _current(state, referenced - set(changes))
+        sgs.update((sg_id, change.before) for sg_id, change in changes.items())
+        what = "security group " + ", ".join(repr(sg_id) for sg_id in sorted(changes))
+        with journal(what, self._fault_hook) as j:
+            self._commit(j, state, sgs=sgs, profiles=profiles)
+
+    def update_peers(self, vni: int, state: StateView) -> None:
+        self._load()
+        wanted = self._peers(vni, state)
+        with journal(f"vni {vni}", self._fault_hook) as j:
+            vxlan = self._netlink.link(vxlan_name(vni))
+            if vxlan is not None:
+                self._sync_peers(j, vxlan, wanted)
+
+    def attachment(self, vnic: Vnic) -> Attachment:
+        if vnic.type == VnicType.VHOST_USER_SERVER:
+            return Attachment(vhost_socket_path(self._socket_dir, vnic.id))
+        if vnic.type == VnicType.NETNS:
+            return Attachment(vnic.netns, self._vnic_mtu)
+        return Attachment(tap_name(vnic.id), self._vnic_mtu)
+
+    def counters(self, vnic: Vnic) -> Counters:
+        """The host-side interface's bytes: what it transmits went in to the
+        guest, what it received came out of the guest."""
+        if vnic.type not in _PORTS:
+            return Counters()
+        link = self._netlink.link(tap_name(vnic.id))
+        if link is None:
+            raise DataplaneError(f"{_what(vnic)}: interface {tap_name(vnic.id)} is missing")
+        return Counters(in_bytes=link.tx_bytes, out_bytes=link.rx_bytes)
+
+    def graph(self, state: StateView) -> str:
+        self._load()
+        links = {link.name: link for link in self._netlink.links()}
+        vnis = []
+        for vni in sorted({vnic.vni for vnic in state.vnics()}):
+            ports = tuple(self._port_view(vnic, links) for vnic in state.vnics_in(vni))
+            peers = self._peers(vni, state)
+            flooding = []
+            if self._multicast:
+                flooding.append(f"multicast {flood_group(vni, self._underlay.version)}")
+            if peers:
+                flooding.append("peers " + ", ".join(peers))
+            vnis.append(
+                VniView(
+                    vni=vni,
+                    bridge=bridge_name(vni),
+                    vxlan=vxlan_name(vni),
+                    flooding="; ".join(flooding) or "no flooding",
+                    zone=self._zones.get(vni),
+                    present=bridge_name(vni) in links and vxlan_name(vni) in links,
+                    ports=ports,
+                )
+            )
+        underlay = f"{self._underlay.ifname} {self._underlay.address} mtu {self._underlay.mtu}"
+        return render(underlay, vnis)
+
+    def close(self) -> None:
+        """Stop talking to the kernel; bridges, ports, rules and traces stay."""
+        if not self._closed:
+            self._closed = True
+            self._tracer.close()
+            self._nft.close()
+            self._netlink.close()
+
+    def cleanup(self) -> None:
+        """Remove every kernel object butterfly created here (butterflyd --cleanup)."""
+        cleanup(socket_dir=self._socket_dir)
+        self._mirror = None
+        self._flood.clear()
+        self._flood_loaded = False
+        self._port_ids.clear()
+        self._zones.clear()
+        self._tracer.close()
+
+    # nftables
+
+    def _load(self) -> None:
+        """Read butterfly's tables into the mirror, once."""
+        if self._mirror is None:
+            listing = self._listing()
+            self._mirror = listing.objects
+            self._port_ids = listing.allocations("port_marks")
+            self._zones = {int(br[4:]): z for br, z in listing.allocations("zones").items()}
+
+    def _listing(self) -> Listing:
+        listing = Listing()
+        for family in (BRIDGE, INET):
+            objects = self._nft.list({"table": {"family": family, "name": TABLE}})
+            if objects is not None:
+                listing.objects.update(parse_listing(family, objects).objects)
+        return listing
+
+    def _bootstrap(self, j: Journal | None, present: dict[Key, Obj]) -> None:
+        """Make the objects nft's JSON cannot declare if missing, and add them to
+        ``present`` (the undo takes them out of both)."""
+        missing: dict[Key, Obj] = {
+            key: obj
+            for key, obj in self._infrastructure.items()
+            if _bootstrapped(obj) and key not in present
+        }
+        if not missing:
+            return
+        made_tables = {key.family for key in missing if key.kind == "table"}
+        commands = [
+            {"delete": {"table": {"family": key.family, "name": TABLE}}}
+            if key.kind == "table"
+            else {"delete": {key.kind: {"family": key.family, "table": TABLE, "name": key.name}}}
+            for key in missing
+            if key.kind == "table" or key.family not in made_tables
+        ]
+
+        def make() -> None:
+            self._nft.run_text(BOOTSTRAP)
+            present.update(missing)
+
+        def undo() -> None:
+            self._nft.apply(commands)
+            for key in missing:
+                present.pop(key, None)
+
+        self._step(j, "nftables bootstrap", make, undo)
+
+    def _reconcile_nft(self, state: StateView, vnics: list[Vnic]) -> None:
+        listing = self._listing()
+        ports = {tap_name(vnic.id) for vnic in vnics}
+        vnis = {vnic.vni for vnic in vnics}
+        self._port_ids = {p: i for p, i in listing.allocations("port_marks").items() if p in ports}
+        self._zones = {
+            vni: zone
+            for bridge, zone in listing.allocations("zones").items()
+            if (vni := int(bridge[4:])) in vnis
+        }
+        wanted = dict(self._infrastructure)
+        for vni in sorted(vnis):
+            wanted.update(self._vni_objects(None, vni, state))
+        profiles = set()
+        for vnic in vnics:
+            wanted.update(self._vnic_objects(None, vnic.id, state))
+            if _filtered(vnic):
+                profiles.add(vnic.security_groups)
+        for profile in sorted(profiles):
+            wanted.update(self._profile_objects(profile, state))
+        known = {sg.id for sg in state.sgs()} | referenced_groups(state.sgs())
+        for vnic in vnics:
+            known.update(vnic.security_groups)
+        for sg_id in sorted(known):
+            sg = state.sg(sg_id)
+            wanted.update(self._layout.sg(sg_filter(sg_id, sg), _members(sg)))
+        present = dict(listing.objects)
+        try:
+            for key, obj in self._infrastructure.items():
+                if _bootstrapped(obj) and key in present and present[key] != obj:
+                    raise Structural(f"{key.kind} {key.family} {key.name} changed declaration")
+            self._bootstrap(None, present)
+            commands = diff(present, wanted)
+        except Structural as exc:
+            # An older layout: rebuilt in three transactions (the bootstrap
+            # speaks nft's syntax, the rest JSON); conntrack entries and so
+            # established flows survive, filtering pauses for the rebuild.
+            log.warning("rebuilding butterfly's nftables tables: %s", exc)
+            self._nft.apply(
+                [
+                    {"delete": {"table": {"family": key.family, "name": TABLE}}}
+                    for key in tables()
+                    if key in listing.objects
+                ]
+            )
+            self._nft.run_text(BOOTSTRAP)
+            commands = diff({k: v for k, v in wanted.items() if _bootstrapped(v)}, wanted)
+        if commands:
+            log.info("reconcile: %d nftables changes", len(commands))
+            self._nft.apply(commands)
+        self._mirror = wanted
+
+    def _commit(
+        self,
+        j: Journal,
+        state: StateView,
+        *,
+        vnics: Iterable[tuple[Vnic | None, str]] = (),
+        vnis: Iterable[int] = (),
+        sgs: Mapping[str, SecurityGroup | None] | None = None,
+        profiles: Iterable[tuple[str, ...]] = (),
+    ) -> None:
+        """One nftables transaction bringing these groups of objects to ``state``.
+
+        ``vnics`` pairs each vnic's id with its previous version (None when it
+        is new), ``sgs`` each group's id with its previous version: the
+        objects those had are the ones that may have to go.
+        """
+        assert self._mirror is not None
+        mirror = self._mirror
+        keys: set[Key] = set(self._infrastructure)
+        new: dict[Key, Obj] = dict(self._infrastructure)
+        touched = set(profiles)
+        for before, vnic_id in vnics:
+            port = tap_name(vnic_id)
+            if before is not None and before.type in _PORTS:
+                keys |= self._layout.vnic(
+                    port, vnic_filter(before, state), self._port_ids.get(port)
+                ).keys()
+                if _filtered(before):
+                    touched.add(before.security_groups)
+            objects = self._vnic_objects(j, vnic_id, state)
+            keys |= objects.keys()
+            new.update(objects)
+            after = state.vnic(vnic_id)
+            if after is not None and _filtered(after):
+                touched.add(after.security_groups)
+        for vni in vnis:
+            keys |= self._layout.vni(bridge_name(vni), vxlan_name(vni), 0).keys()
+            objects = self._vni_objects(j, vni, state)
+            keys |= objects.keys()
+            new.update(objects)
+        for profile in touched:
+            keys |= {Key("chain", INET, name) for name in profile_chains(profile)}
+            new.update(self._profile_objects(profile, state))
+        referenced: set[str] | None = None
+        for sg_id, before_sg in (sgs or {}).items():
+            keys |= self._layout.sg(sg_filter(sg_id, None), _members(before_sg)).keys()
+            sg = state.sg(sg_id)
+            if sg is None and not state.vnics_using(sg_id):
+                if referenced is None:
+                    referenced = referenced_groups(state.sgs())
+                if sg_id not in referenced:
+                    continue
+            objects = self._layout.sg(sg_filter(sg_id, sg), _members(sg))
+            keys |= objects.keys()
+            new.update(objects)
+        self._bootstrap(j, mirror)
+        old = {key: mirror[key] for key in keys if key in mirror}
+        try:
+            commands = diff(old, new)
+        except Structural as exc:
+            raise DataplaneError(f"nftables: {exc}; a reconcile will rebuild the tables") from exc
+        if not commands:
+            return
+
+        def replace(objects: Mapping[Key, Obj]) -> None:
+            for key in keys:
+                if key in objects:
+                    mirror[key] = objects[key]
+                else:
+                    mirror.pop(key, None)
+
+        def apply() -> None:
+            self._nft.apply(commands)
+            replace(new)
+
+        def undo() -> None:
+            self._nft.apply(diff(new, old))
+            replace(old)
+
+        j.step("nftables", apply, undo)
+
+    def _profile_objects(self, profile: tuple[str, ...], state: StateView) -> dict[Key, Obj]:
+        """A profile's chains, while a filtered vnic uses exactly these groups."""
+        if profile and not any(
+            vnic.security_groups == profile and _filtered(vnic)
+            for vnic in state.vnics_using(profile[0])
+        ):
+            return {}
+        restrict = any(has_outbound(state.sg(sg_id)) for sg_id in profile)
+        return self._layout.profile(profile, restrict)
+
+    def _vnic_objects(self, j: Journal | None, vnic_id: str, state: StateView) -> dict[Key, Obj]:
+        """The vnic's objects, allocating or freeing its mark id as needed."""
+        port = tap_name(vnic_id)
+        vnic = state.vnic(vnic_id)
+        if vnic is None or vnic.type not in _PORTS:
+            self._set_allocation(j, self._port_ids, port, None)
+            return {}
+        filtering = vnic_filter(vnic, state)
+        mark = None
+        if filtering is not None:
+            mark = self._port_ids.get(port) or self._allocate(self._port_ids.values(), "vnic")
+        self._set_allocation(j, self._port_ids, port, mark)
+        return self._layout.vnic(port, filtering, mark)
+
+    def _vni_objects(self, j: Journal | None, vni: int, state: StateView) -> dict[Key, Obj]:
+        if not any(vnic.type in _PORTS for vnic in state.vnics_in(vni)):
+            self._set_allocation(j, self._zones, vni, None)
+            return {}
+        zone = self._zones.get(vni) or self._allocate(self._zones.values(), "conntrack zone")
+        self._set_allocation(j, self._zones, vni, zone)
+        return self._layout.vni(bridge_name(vni), vxlan_name(vni), zone)
+
+    @staticmethod
+    def _allocate(used: Iterable[int], what: str) -> int:
+        taken = set(used)
+        for candidate in range(1, MAX_ID + 1):
+            if candidate not in taken:
+                return candidate
+        raise DataplaneError(f"no {what} id left (at most {MAX_ID} per host)")
+
+    @staticmethod
+    def _set_allocation(j: Journal | None, table: dict[K, int], key: K, value: int | None) -> None:
+        previous = table.get(key)
+        if previous == value:
+            return
+        if value is None:
+            del table[key]
+        else:
+            table[key] = value
+        if j is not None:
+
+            def restore() -> None:
+                if previous is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = previous
+
+            j.on_rollback(f"allocation of {key}", restore)
+
+    # links
+
+    def _pluggable(self, vnic: Vnic) -> bool:
+        if vnic.type in _PORTS:
+            return True
+        log.warning("%s: type %s has no kernel port yet; not plugged", _what(vnic), vnic.type.name)
+        return False
+
+    def _owned_links(self) -> dict[str, Link]:
+        return {
+            link.name: link
+            for link in self._netlink.links()
+            if is_butterfly_link(link.name, link.alias)
+        }
+
+    def _own(self, name: str, what: str) -> Link | None:
+        """The link ``name`` if it exists; refuses one that is not butterfly's."""
+        link = self._netlink.link(name)
+        if (
+            link is not None
+            and link.alias is not None
+            and not is_butterfly_link(link.name, link.alias)
+        ):
+            raise DataplaneError(f"{what}: interface {name} exists and is not butterfly's")
+        return link
+
+    def _ensure_vni(self, j: Journal | None, vni: int, state: StateView) -> None:
+        """The VNI's bridge and VXLAN device, created or put right."""
+        what = f"vni {vni}"
+        bridge = self._own(bridge_name(vni), what)
+        if bridge is not None and bridge.kind != "bridge":
+            self._step(j, f"delete {bridge.name}", partial(self._netlink.delete_link, bridge.index))
+            bridge = None
+        if bridge is None:
+            name = bridge_name(vni)
+            self._step(
+                j,
+                f"create bridge {name}",
+                lambda: self._netlink.add_bridge(name, mtu=self._vnic_mtu, alias=vni_alias(vni)),
+                partial(self._delete, name),
+            )
+            bridge = self._netlink.link(name)
+            assert bridge is not None
+        elif any(bridge.info.get(k) != v for k, v in _BRIDGE_OPTIONS.items()):
+            self._step(
+                j,
+                f"configure {bridge.name}",
+                partial(self._netlink.set_bridge_options, bridge.index),
+            )
+        self._fix_link(j, bridge, master=None, mtu=self._vnic_mtu)
+        vxlan = self._own(vxlan_name(vni), what)
+        if vxlan is not None and not self._vxlan_fits(vxlan, vni):
+            self._step(j, f"delete {vxlan.name}", partial(self._netlink.delete_link, vxlan.index))
+            vxlan = None
+        if vxlan is None:
+            name = vxlan_name(vni)
+            group = flood_group(vni, self._underlay.version) if self._multicast else None
+            self._step(
+                j,
+                f"create vxlan {name}",
+                lambda: self._netlink.add_vxlan(
+                    name,
+                    vni=vni,
+                    local=self._underlay.address,
+                    group=group,
+                    underlay_index=self._underlay.index,
+                    port=self._vxlan_port,
+                    mtu=self._vxlan_mtu,
+                    alias=vni_alias(vni),
+                ),
+                partial(self._delete, name),
+            )
+            vxlan = self._netlink.link(name)
+            assert vxlan is not None
+            self._flood[vxlan.index] = set()
+        self._fix_link(j, vxlan, master=bridge.index, mtu=self._vxlan_mtu)
+        self._sync_peers(j, vxlan, self._peers(vni, state))
+
+    def _vxlan_fits(self, vxlan: Link, vni: int) -> bool:
+        info = vxlan.info
+        v6 = self._underlay.version == 6
+        local = info.get("IFLA_VXLAN_LOCAL6" if v6 else "IFLA_VXLAN_LOCAL")
+        group = info.get("IFLA_VXLAN_GROUP6" if v6 else "IFLA_VXLAN_GROUP")
+        wanted_group = flood_group(vni, self._underlay.version) if self._multicast else None
+        return (
+            vxlan.kind == "vxlan"
+            and info.get("IFLA_VXLAN_ID") == vni
+            and local is not None
+            and ipaddress.ip_address(local) == ipaddress.ip_address(self._underlay.address)
+            and (str(ipaddress.ip_address(group)) if group else None) == wanted_group
+            and info.get("IFLA_VXLAN_LINK") == self._underlay.index
+            and info.get("IFLA_VXLAN_PORT") == self._vxlan_port
+            and info.get("IFLA_VXLAN_LEARNING") == 1
+        )
+
+    def _peers(self, vni: int, state: StateView) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([*self._static_peers, *state.peers(vni)]))
+
+    def _sync_peers(self, j: Journal | None, vxlan: Link, wanted: tuple[str, ...]) -> None:
+        """Make the VXLAN device flood to exactly ``wanted`` (besides its group)."""
+        for peer in wanted:
+            if (":" in peer) != (self._underlay.version == 6):
+                raise DataplaneError(
+                    f"peer {peer} is not of the underlay's family ({self._underlay.address})"
+                )
+        group = flood_group(int(vxlan.name[4:]), self._underlay.version)
+        present = self._flood_peers(vxlan.index) - {group}
+
+        def add(peer: str) -> None:
+            self._netlink.fdb_append(vxlan.index, peer)
+            self._flood_peers(vxlan.index).add(peer)
+
+        def remove(peer: str) -> None:
+            self._netlink.fdb_delete(vxlan.index, peer)
+            self._flood_peers(vxlan.index).discard(peer)
+
+        for peer in wanted:
+            if peer not in present:
+                self._step(
+                    j, f"add peer {peer} to {vxlan.name}", partial(add, peer), partial(remove, peer)
+                )
+        for peer in sorted(present - set(wanted)):
+            self._step(
+                j,
+                f"remove peer {peer} from {vxlan.name}",
+                partial(remove, peer),
+                partial(add, peer),
+            )
+
+    def _flood_peers(self, index: int) -> set[str]:
+        """The flooding peers of VXLAN device ``index``, from one dump of the
+        forwarding database kept up to date since (a dump is O(every entry))."""
+        if index not in self._flood and not self._flood_loaded:
+            for known, peers in self._netlink.flood_peers().items():
+                self._flood.setdefault(known, peers)
+            self._flood_loaded = True
+        return self._flood.setdefault(index, set())
+
+    def _remove_vni_if_unused(self, j: Journal, vni: int, state: StateView) -> None:
+        if any(vnic.type in _PORTS for vnic in state.vnics_in(vni)):
+            return
+        for name in (vxlan_name(vni), bridge_name(vni)):
+            link = self._netlink.link(name)
+            if link is not None:
+                self._step(
+                    j,
+                    f"delete {name}",
+                    partial(self._netlink.delete_link, link.index),
+                    lambda: self._ensure_vni(None, vni, state),
+                )
+
+    def _fix_link(self, j: Journal | None, link: Link, *, master: int | None, mtu: int) -> None:
+        """Set the MTU, master and up state of ``link`` where they differ."""
+        if link.mtu != mtu:
+            self._step(
+                j,
+                f"set mtu of {link.name}",
+                lambda: self._netlink.set_link(link.index, mtu=mtu),
+                lambda: self._netlink.set_link(link.index, mtu=link.mtu),
+            )
+        if master is not None and link.master != master:
+            self._step(
+                j,
+                f"attach {link.name}",
+                lambda: self._netlink.set_link(link.index, master=master),
+                lambda: self._netlink.set_link(
+                    link.index, master=link.master, nomaster=link.master is None
+                ),
+            )
+        if not link.up:
+            self._step(
+                j,
+                f"set {link.name} up",
+                lambda: self._netlink.set_link(link.index, up=True),
+                lambda: self._netlink.set_link(link.index, up=False),
+            )
+
+    def _reusable(self, previous: Vnic, vnic: Vnic) -> bool:
+        """Whether ``vnic`` can keep ``previous``'s port (a guest stays attached)."""
+        return previous.type == vnic.type and previous.netns == vnic.netns
+
+    def _ensure_port(self, j: Journal | None, vnic: Vnic, previous: Vnic | None) -> None:
+        """The vnic's port, created or put right, on its VNI's bridge."""
+        what = _what(vnic)
+        name = tap_name(vnic.id)
+        link = self._own(name, what)
+        if link is not None and not self._port_fits(link, vnic):
+            self._tracer_stop(vnic)
+            self._step(j, f"delete {name}", partial(self._netlink.delete_link, link.index))
+            link = None
+        if link is None:
+            self._step(
+                j, f"create {name}", partial(self._create_port, vnic), partial(self._delete, name)
+            )
+            link = self._netlink.link(name)
+            if link is None:
+                raise DataplaneError(f"{what}: interface {name} vanished")
+            previous = None
+        bridge = self._netlink.link(bridge_name(vnic.vni))
+        if bridge is None:
+            raise DataplaneError(f"{what}: bridge {bridge_name(vnic.vni)} is missing")
+        self._fix_link(j, link, master=bridge.index, mtu=self._vnic_mtu)
+        if link.alias is None:
+            self._netlink.set_link(link.index, alias=vnic_alias(vnic.id))
+        if vnic.type == VnicType.NETNS:
+            self._configure_peer(j, vnic, previous)
+
+    def _port_fits(self, link: Link, vnic: Vnic) -> bool:
+        if vnic.type == VnicType.TAP:
+            return link.kind == "tun"
+        if link.kind != "veth" or link.link_netnsid is None:
+            return False
+        fd = open_netns(vnic.netns, _what(vnic))
+        try:
+            return self._netlink.netnsid(fd) == link.link_netnsid
+        finally:
+            os.close(fd)
+
+    def _create_port(self, vnic: Vnic) -> None:
+        name = tap_name(vnic.id)
+        if vnic.type == VnicType.TAP:
+            self._netlink.add_tap(name, mtu=self._vnic_mtu, alias=vnic_alias(vnic.id))
+            return
+        fd = open_netns(vnic.netns, _what(vnic))
+        try:
+            self._netlink.add_veth(
+                name,
+                mtu=self._vnic_mtu,
+                alias=vnic_alias(vnic.id),
+                peer_netns_fd=fd,
+                peer_mac=vnic.mac,
+            )
+        finally:
+            os.close(fd)
+
+    def _remove_port(self, j: Journal, vnic: Vnic) -> None:
+        """Delete the vnic's port (its trace ends with it); the undo recreates it."""
+        name = tap_name(vnic.id)
+        link = self._netlink.link(name)
+        if link is None:
+            return
+        self._step(
+            j,
+            f"delete {name}",
+            lambda: self._netlink.delete_link(link.index),
+            lambda: self._ensure_port(None, vnic, None),
+        )
+
+    def _configure_peer(self, j: Journal | None, vnic: Vnic, previous: Vnic | None) -> None:
+        """The inside end of a NETNS vnic: its MAC, MTU, addresses, up.
+
+        Addresses of ``previous`` that ``vnic`` no longer has are removed;
+        addresses the namespace's owner added are left alone. All or nothing.
+        """
+        name = tap_name(vnic.id)
+        what = _what(vnic)
+        wanted = {_prefixed(ip) for ip in vnic.ips}
+        stale = {_prefixed(ip) for ip in previous.ips} - wanted if previous else set()
+        mtu = self._vnic_mtu
+
+        def inside() -> tuple[int, list[_PeerOp]]:
+            with Netlink() as netlink:
+                link = netlink.link(name)
+                if link is None:
+                    raise DataplaneError(f"{what}: interface {name} is missing in {vnic.netns}")
+                present = {(a.address, a.prefixlen) for a in netlink.addresses(link.index)}
+                todo: list[_PeerOp] = []
+                if link.mac != vnic.mac.lower() or link.mtu != mtu:
+                    todo.append(("set", (vnic.mac, mtu), (link.mac, link.mtu)))
+                todo += [("del", a, a) for a in sorted(stale & present)]
+                todo += [("add", a, a) for a in sorted(wanted - present)]
+                if not link.up:
+                    todo.append(("up", True, False))
+                done: list[_PeerOp] = []
+                try:
+                    for op in todo:
+                        _peer_op(netlink, link.index, op, forward=True)
+                        done.append(op)
+                except DataplaneError:
+                    _revert_peer(netlink, link.index, done)
+                    raise
+                return link.index, done
+
+        def configure() -> None:
+            index, done = run_in_netns(vnic.netns, what, inside)
+            if j is not None and done:
+
+                def undo() -> None:
+                    with Netlink() as netlink:
+                        _revert_peer(netlink, index, done)
+
+                j.on_rollback(
+                    f"configure {name} in {vnic.netns}",
+                    lambda: run_in_netns(vnic.netns, what, undo),
+                )
+
+        self._step(j, f"configure {name} in {vnic.netns}", configure)
+
+    def _delete(self, name: str) -> None:
+        link = self._netlink.link(name)
+        if link is not None:
+            self._netlink.delete_link(link.index)
+
+    def _step(
+        self,
+        j: Journal | None,
+        name: str,
+        do: Callable[[], None],
+        undo: Callable[[], None] | None = None,
+    ) -> None:
+        """A journaled step, or a plain one during reconcile (which repairs, not undoes)."""
+        if j is None:
+            do()
+        else:
+            j.step(name, do, undo)
+
+    @staticmethod
+    def _best_effort(problems: list[str], what: str, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except DataplaneError as exc:
+            log.error("reconcile: %s: %s", what, exc)
+            problems.append(str(exc) if str(exc).startswith(what) else f"{what}: {exc}")
+
+    # traces
+
+    def _trace_file(self, vnic: Vnic) -> str | None:
+        wanted = self._trace_default if vnic.packet_trace is None else vnic.packet_trace
+        if not wanted:
+            return None
+        return vnic.packet_trace_path or trace_path(self._socket_dir, vnic.id)
+
+    def _apply_trace(self, j: Journal, vnic: Vnic) -> None:
+        """Start, move or stop the vnic's trace: the last step of a request, so
+        its own failure is the only one it has to survive (the old trace runs on)."""
+        wanted = self._trace_file(vnic)
+        current = self._tracer.tracing(vnic.id)
+        if wanted == current:
+            return
+        pidfile = trace_pidfile(self._socket_dir, vnic.id)
+        if wanted is not None:
+            self._step(
+                j,
+                f"trace {vnic.id} to {wanted}",
+                partial(self._tracer.start, vnic.id, tap_name(vnic.id), wanted, pidfile),
+            )
+        else:
+            self._tracer.stop(vnic.id, pidfile)
+
+    def _tracer_stop(self, vnic: Vnic) -> None:
+        self._tracer.stop(vnic.id, trace_pidfile(self._socket_dir, vnic.id))
+
+    def _reconcile_traces(self, vnics: list[Vnic], problems: list[str]) -> None:
+        kept = set()
+        for vnic in vnics:
+            pidfile = trace_pidfile(self._socket_dir, vnic.id)
+            wanted = self._trace_file(vnic)
+            if wanted is None:
+                self._tracer.stop(vnic.id, pidfile)
+                self._tracer.orphan(pidfile)
+                continue
+            kept.add(pidfile)
+            if self._tracer.adopt(vnic.id, tap_name(vnic.id), wanted, pidfile):
+                continue
+            self._tracer.stop(vnic.id, pidfile)
+            self._tracer.orphan(pidfile)
+            self._best_effort(
+                problems,
+                _what(vnic),
+                partial(self._tracer.start, vnic.id, tap_name(vnic.id), wanted, pidfile),
+            )
+        for pidfile in glob.glob(os.path.join(glob.escape(self._socket_dir), ".bf-trace-*.pid")):
+            if pidfile not in kept:
+                self._tracer.orphan(pidfile)
+
+    # graph
+
+    def _port_view(self, vnic: Vnic, links: Mapping[str, Link]) -> PortView:
+        name = tap_name(vnic.id)
+        if vnic.bypass_filtering:
+            filtering, anti_spoof = "bypassed", "off (bypass)"
+        else:
+            groups = ", ".join(vnic.security_groups)
+            filtering = f"security groups {groups}" if groups else "no group: all in dropped"
+            anti_spoof = "mac + ip" if vnic.ip_anti_spoof else "mac"
+        kinds = {VnicType.TAP: "tap", VnicType.NETNS: "veth"}
+        return PortView(
+            vnic_id=vnic.id,
+            kind=kinds.get(vnic.type, vnic.type.name.lower() + ", not plugged"),
+            port=name if vnic.type in _PORTS else "-",
+            guest=vnic.netns if vnic.type == VnicType.NETNS else self.attachment(vnic).path,
+            mac=vnic.mac,
+            ips=vnic.ips,
+            filtering=filtering,
+            anti_spoof=anti_spoof,
+            trace=self._tracer.tracing(vnic.id),
+            present=name in links,
+        )
+
+
+_PeerOp = tuple[str, Any, Any]
+"""(operation, value to apply, value to restore) on the inside end of a veth."""
+
+
+def _prefixed(ip: str) -> tuple[str, int]:
+    return ip, NETNS_PREFIX_V6 if ":" in ip else NETNS_PREFIX_V4
+
+
+def _peer_op(netlink: Netlink, index: int, op: _PeerOp, *, forward: bool) -> None:
+    kind, value, previous = op
+    target = value if forward else previous
+    if kind == "set":
+        mac, mtu = target
+        netlink.set_link(index, mac=mac, mtu=mtu)
+    elif kind == "up":
+        netlink.set_link(index, up=target)
+    elif (kind == "add") == forward:
+        netlink.add_address(index, *target)
+    else:
+        netlink.delete_address(index, *target)
+
+
+def _revert_peer(netlink: Netlink, index: int, done: list[_PeerOp]) -> None:
+    for op in reversed(done):
+        _peer_op(netlink, index, op, forward=False)
+
+
+def _filtered(vnic: Vnic) -> bool:
+    return vnic.type in _PORTS and not vnic.bypass_filtering
+
+
+def _groups(vnic: Vnic | None) -> tuple[str, ...]:
+    return vnic.security_groups if vnic is not None else ()
+
+
+def _current(state: StateView, sg_ids: Iterable[str]) -> dict[str, SecurityGroup | None]:
+    """Groups that did not change: their previous version is the current one."""
+    return {sg_id: state.sg(sg_id) for sg_id in sg_ids}
+
+
+def _bootstrapped(obj: Obj) -> bool:
+    return isinstance(obj, Decl) and obj.bootstrapped
+
+
+def _members(sg: SecurityGroup | None) -> tuple[str, ...]:
+    return sg.members if sg is not None else ()
+
+
+def cleanup(*, socket_dir: str) -> None:
+    """Remove every kernel object butterfly created in this network namespace:
+    its nftables tables, its links (recognised by name and alias) and its traces."""
+    problems = []
+    nft = Nftables()
+    try:
+        for key in tables():
+            try:
+                if nft.list({"table": {"family": key.family, "name": TABLE}}) is not None:
+                    nft.apply([{"delete": {"table": {"family": key.family, "name": TABLE}}}])
+            except DataplaneError as exc:
+                problems.append(str(exc))
+    finally:
+        nft.close()
+    tracer = Tracer()
+    for pidfile in glob.glob(os.path.join(glob.escape(socket_dir), ".bf-trace-*.pid")):
+        tracer.orphan(pidfile)
+    with Netlink() as netlink:
+        owned = [link for link in netlink.links() if is_butterfly_link(link.name, link.alias)]
+        order = {"tun": 0, "veth": 0, "vxlan": 1, "bridge": 2}
+        for link in sorted(owned, key=lambda link: order.get(link.kind, 3)):
+            with contextlib.suppress(DataplaneError):
+                if netlink.link(link.name) is not None:
+                    netlink.delete_link(link.index)
+        left = [link.name for link in netlink.links() if is_butterfly_link(link.name, link.alias)]
+    if left:
+        problems.append("links left: " + ", ".join(left))
+    if problems:
+        raise DataplaneError("cleanup: " + "; ".join(problems))

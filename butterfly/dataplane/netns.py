@@ -1,0 +1,75 @@
+"""Entering another network namespace, for the inside end of NETNS vnics.
+
+Owns ``setns(2)`` (through ctypes: Python 3.11 has no ``os.setns``) and the
+rule that makes it safe in a multi-threaded daemon: only a short-lived
+thread ever changes namespace, so the caller's own sockets, netlink and
+nftables contexts stay where they are. Work done inside a namespace is a
+function run in that thread; its result or exception comes back.
+"""
+
+import ctypes
+import os
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from butterfly.errors import DataplaneError
+
+__all__ = ["NETNS_RUN_DIR", "netns_path", "open_netns", "run_in_netns"]
+
+T = TypeVar("T")
+
+NETNS_RUN_DIR = "/run/netns"
+_CLONE_NEWNET = 0x40000000
+
+
+def netns_path(netns: str) -> str:
+    """A vnic's path as a file: a name under /run/netns, or already a path."""
+    return netns if netns.startswith("/") else os.path.join(NETNS_RUN_DIR, netns)
+
+
+def open_netns(netns: str, what: str) -> int:
+    """A file descriptor of ``netns`` (the caller closes it); ``what`` names the vnic."""
+    path = netns_path(netns)
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DataplaneError(
+            f"{what}: path {netns!r} is not a network namespace: {exc.strerror}"
+        ) from exc
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+def run_in_netns(netns: str, what: str, work: Callable[[], T]) -> T:
+    """``work()`` run by a thread inside ``netns``; raises what it raises."""
+    fd = open_netns(netns, what)
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def enter_and_work() -> None:
+        try:
+            try:
+                _setns(fd)
+            except OSError as exc:
+                raise DataplaneError(
+                    f"{what}: cannot enter network namespace {netns!r}: {exc.strerror}"
+                ) from exc
+            outcome.append(work())
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    try:
+        thread = threading.Thread(target=enter_and_work, name="butterfly-netns", daemon=True)
+        thread.start()
+        thread.join()
+    finally:
+        os.close(fd)
+    if failure:
+        raise failure[0]
+    return outcome[0]

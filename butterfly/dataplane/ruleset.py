@@ -1,0 +1,738 @@
+"""butterfly's nftables ruleset: the objects it wants, and the commands that get there.
+
+Owns the layout of butterfly's two tables, the rendering of the abstract
+filters of :mod:`butterfly.model.firewall` into nftables JSON, the reading
+back of a listing, and the diff between two sets of objects as one ordered
+transaction. Pure: no I/O (the kernel data plane sends what this writes).
+
+The layout. Bridged IP reaches the inet family through br_netfilter with the
+*bridge* as iif/oif, so the bridge family, which still sees the ports, puts
+the ingress vnic's id in the packet mark; conntrack keeps it as the
+connection's mark; the bridge's forward hook then replaces the packet mark
+with the egress vnic's id (shifted 16 bits), and the inet family dispatches
+on both. Per-vnic data lives in maps and sets, not chains, so the number of
+chains does not grow with the vnics (nft reads every chain on each change)::
+
+    table bridge butterfly
+      ingress  prerouting -200   mark := @port_marks[iif] (vnic id, 0 for VXLAN
+                                 and bypass ports); goto @port_in[iif]
+      spoof_mac                  (iif . ether saddr) in @port_macs; IP/ARP only
+      spoof_ip                   the same, then by frame type: ARP sender and IP
+                                 source in @port_ip4, IPv6 source in @port_ip6,
+                                 neighbour advertisement target in @port_nd
+      egress   forward -200      mark := @egress_marks[oif] (id << 16, 0 for VXLAN
+                                 and bypass); towards a vnic: IP/ARP only
+    table inet butterfly
+      zone     prerouting raw    own VXLAN packets: notrack; ct zone := @zones[iif]
+      conn     prerouting -150   new connection: ct mark := mark (the sender's id)
+      raw_out  output raw        own VXLAN packets: notrack
+      filter   forward 0         not a butterfly bridge: accept; established,
+                                 related: accept; goto @in_dispatch[mark]
+                                 (receiver's in_P); goto out_check
+      out_check                  goto @out_dispatch[ct mark] (sender's out_P); accept
+      in_P                       ND/MLD accept; jump si_S for each group S; drop
+      out_P                      with OUTBOUND rules: ND/MLD accept; jump so_S
+                                 for each group S; drop. Without: accept
+      si_S / so_S                S's INBOUND rules ("goto out_check") / OUTBOUND
+                                 rules ("accept")
+      m4_S, m6_S                 S's members: every rule naming S uses these sets
+
+P is a *profile*: the list of security groups a vnic uses, shared by every
+vnic using the same list. A member change is one set element; a rule change
+rewrites one chain; a vnic is elements only.
+
+Every object is addressed by a :class:`Key`; a rule carries a digest of its
+statements as its comment, so a chain read back from the kernel compares
+equal to the wanted one exactly when it holds the same rules. Two objects
+need nft's ``typeof`` declarations, which its JSON input lacks: they are
+made by :data:`BOOTSTRAP`, in nft's own syntax, before any JSON.
+"""
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from butterfly.dataplane.naming import (
+    TABLE,
+    member_set,
+    profile_chains,
+    sg_in_chain,
+    sg_out_chain,
+)
+from butterfly.dataplane.nft import Json
+from butterfly.model.firewall import Match, SgFilter, VnicFilter
+
+__all__ = [
+    "BOOTSTRAP",
+    "BRIDGE",
+    "INET",
+    "MAX_ID",
+    "PRESENT",
+    "Base",
+    "Chain",
+    "Decl",
+    "Key",
+    "Layout",
+    "Listing",
+    "Obj",
+    "Structural",
+    "Verdict",
+    "diff",
+    "parse_listing",
+    "rule",
+    "tables",
+]
+
+BRIDGE = "bridge"
+INET = "inet"
+MAX_ID = 0xFFFF
+"""Vnic ids and conntrack zones are 16-bit."""
+
+BOOTSTRAP = f"""add table bridge {TABLE}
+add set bridge {TABLE} port_nd {{ typeof iifname . @th,64,128; }}
+add table inet {TABLE}
+add map inet {TABLE} zones {{ typeof iifname : ct zone; }}
+"""
+"""nft commands (its own syntax) making the objects JSON cannot declare."""
+
+_ND_TARGET: Json = {"payload": {"base": "th", "offset": 64, "len": 128}}
+_ND_TYPES = [
+    "nd-router-solicit",
+    "nd-router-advert",
+    "nd-neighbor-solicit",
+    "nd-neighbor-advert",
+    "mld-listener-query",
+    "mld-listener-report",
+    "mld-listener-done",
+    "mld2-listener-report",
+]
+_FRAME_TYPES = ["ip", "ip6", "arp"]
+
+
+ElementKey = int | str | tuple[str, ...]
+
+
+class Key(NamedTuple):
+    """One object: kind is table, chain, map, set or element."""
+
+    kind: str
+    family: str
+    name: str = ""
+    element: ElementKey | None = None
+    """For elements: the key inside set or map ``name``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Base:
+    type: str
+    hook: str
+    prio: int
+    policy: str = "accept"
+
+
+@dataclass(frozen=True, slots=True)
+class NftRule:
+    digest: str
+    statements: str = field(default="", compare=False)
+    """The canonical JSON of the statements (empty when read back)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    rules: tuple[NftRule, ...] = ()
+    base: Base | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decl:
+    """A table (no types), a set (key type) or a map (key type, value type)."""
+
+    types: tuple[str, ...] = ()
+    bootstrapped: bool = False
+    """Made by :data:`BOOTSTRAP`, not by JSON commands."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A verdict map's value: go to ``chain``."""
+
+    chain: str
+
+
+PRESENT = True
+"""The value of a set element (sets have keys only)."""
+
+Obj = Chain | Decl | Verdict | int | bool
+
+
+class Structural(Exception):
+    """Objects differ in a way an incremental change cannot fix (a set's or
+    map's type): the tables must be rebuilt."""
+
+
+def rule(*statements: Json) -> NftRule:
+    text = json.dumps(list(statements), sort_keys=True, separators=(",", ":"))
+    return NftRule(hashlib.sha256(text.encode()).hexdigest()[:16], text)
+
+
+# expressions
+
+
+def _meta(key: str) -> Json:
+    return {"meta": {"key": key}}
+
+
+def _payload(protocol: str, name: str) -> Json:
+    return {"payload": {"protocol": protocol, "field": name}}
+
+
+def _match(left: Json, right: Any, op: str = "==") -> Json:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _concat(*parts: Json) -> Json:
+    return {"concat": list(parts)}
+
+
+def _set(values: Iterable[Any]) -> Json:
+    return {"set": sorted(values)}
+
+
+def _goto(chain: str) -> Json:
+    return {"goto": {"target": chain}}
+
+
+def _jump(chain: str) -> Json:
+    return {"jump": {"target": chain}}
+
+
+def _vmap(key: Json, name: str) -> Json:
+    return {"vmap": {"key": key, "data": "@" + name}}
+
+
+def _set_from_map(target: Json, key: Json, name: str) -> Json:
+    return {"mangle": {"key": target, "value": {"map": {"key": key, "data": "@" + name}}}}
+
+
+_ACCEPT: Json = {"accept": None}
+_DROP: Json = {"drop": None}
+_IIF = _meta("iifname")
+
+
+def _nd_accept() -> NftRule:
+    return rule(_match(_payload("icmpv6", "type"), _set(_ND_TYPES)), _ACCEPT)
+
+
+def _hex128(address: str) -> str:
+    return f"0x{int(ipaddress.IPv6Address(address)):032x}"
+
+
+def _not_in(left: Json, name: str) -> NftRule:
+    return rule(_match(left, "@" + name, "!="), _DROP)
+
+
+def _spoof_chains() -> dict[str, Chain]:
+    """A port's anti-spoofing, the same for every port (its data is in sets).
+
+    ``spoof_mac`` checks the source MAC; ``spoof_ip`` also the addresses,
+    through one chain per frame type so a frame meets only its own checks.
+    Anything but IP, IPv6 and ARP (VLAN tags included) is dropped.
+    """
+    mac = _not_in(_concat(_IIF, _payload("ether", "saddr")), "port_macs")
+    return {
+        "spoof_mac": Chain(
+            (mac, rule(_match(_payload("ether", "type"), _set(_FRAME_TYPES), "!="), _DROP))
+        ),
+        "spoof_ip": Chain(
+            (
+                mac,
+                rule(
+                    {
+                        "vmap": {
+                            "key": _payload("ether", "type"),
+                            "data": {
+                                "set": [
+                                    ["ip", _goto("spoof_ip4")],
+                                    ["ip6", _goto("spoof_ip6")],
+                                    ["arp", _goto("spoof_arp")],
+                                ]
+                            },
+                        }
+                    }
+                ),
+                rule(_DROP),
+            )
+        ),
+        "spoof_ip4": Chain(
+            (
+                rule(
+                    _match(_payload("ip", "saddr"), "0.0.0.0"),
+                    _match(_payload("udp", "sport"), 68),
+                    _match(_payload("udp", "dport"), 67),
+                    _ACCEPT,
+                ),
+                _not_in(_concat(_IIF, _payload("ip", "saddr")), "port_ip4"),
+            )
+        ),
+        "spoof_ip6": Chain(
+            (
+                rule(
+                    _match(_payload("icmpv6", "type"), "nd-neighbor-advert"),
+                    _match(_concat(_IIF, _ND_TARGET), "@port_nd", "!="),
+                    _DROP,
+                ),
+                rule(
+                    _match(_payload("ip6", "saddr"), "::"),
+                    _match(_meta("l4proto"), "ipv6-icmp"),
+                    _ACCEPT,
+                ),
+                _not_in(_concat(_IIF, _payload("ip6", "saddr")), "port_ip6"),
+            )
+        ),
+        "spoof_arp": Chain(
+            (
+                _not_in(_concat(_IIF, _payload("arp", "saddr ether")), "port_macs"),
+                rule(_match(_payload("arp", "saddr ip"), "0.0.0.0"), _ACCEPT),
+                _not_in(_concat(_IIF, _payload("arp", "saddr ip")), "port_ip4"),
+            )
+        ),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The wanted objects, by group, for one host's underlay and VXLAN port."""
+
+    underlay_ifname: str
+    underlay_ip: str
+    vxlan_port: int
+
+    def infrastructure(self) -> dict[Key, Obj]:
+        """Tables, base chains, maps, shared sets and chains: always there."""
+        ip = "ip6" if ":" in self.underlay_ip else "ip"
+        bridge_decls = {
+            "port_marks": ("ifname", "mark"),
+            "egress_marks": ("ifname", "mark"),
+            "port_in": ("ifname", "verdict"),
+            "port_macs": ("ifname", "ether_addr"),
+            "port_ip4": ("ifname", "ipv4_addr"),
+            "port_ip6": ("ifname", "ipv6_addr"),
+        }
+        inet_decls = {
+            "in_dispatch": ("mark", "verdict"),
+            "out_dispatch": ("mark", "verdict"),
+        }
+        objects: dict[Key, Obj] = {
+            Key("table", BRIDGE): Decl(bootstrapped=True),
+            Key("table", INET): Decl(bootstrapped=True),
+            Key("set", BRIDGE, "port_nd"): Decl(("ifname", "integer"), bootstrapped=True),
+            Key("map", INET, "zones"): Decl(("ifname", "integer"), bootstrapped=True),
+        }
+        for family, decls in ((BRIDGE, bridge_decls), (INET, inet_decls)):
+            for name, types in decls.items():
+                kind = "map" if len(types) == 2 and types[1] in ("mark", "verdict") else "set"
+                objects[Key(kind, family, name)] = Decl(types)
+        chains = {
+            (BRIDGE, "ingress"): Chain(
+                (
+                    rule(_set_from_map(_meta("mark"), _IIF, "port_marks")),
+                    rule(_vmap(_IIF, "port_in")),
+                ),
+                Base("filter", "prerouting", -200),
+            ),
+            (BRIDGE, "egress"): Chain(
+                (
+                    rule(_set_from_map(_meta("mark"), _meta("oifname"), "egress_marks")),
+                    rule(
+                        _match(_meta("mark"), {"prefix": {"addr": 0, "len": 16}}, "!="),
+                        _match(_payload("ether", "type"), _set(_FRAME_TYPES), "!="),
+                        _DROP,
+                    ),
+                ),
+                Base("filter", "forward", -200),
+            ),
+            (INET, "zone"): Chain(
+                (
+                    rule(
+                        _match(_IIF, self.underlay_ifname),
+                        _match(_payload("udp", "dport"), self.vxlan_port),
+                        {"notrack": None},
+                    ),
+                    rule(_set_from_map({"ct": {"key": "zone"}}, _IIF, "zones")),
+                ),
+                Base("filter", "prerouting", -300),
+            ),
+            (INET, "conn"): Chain(
+                (
+                    rule(
+                        _match(_IIF, "bfbr*"),
+                        _match({"ct": {"key": "state"}}, "new"),
+                        {"mangle": {"key": {"ct": {"key": "mark"}}, "value": _meta("mark")}},
+                    ),
+                ),
+                Base("filter", "prerouting", -150),
+            ),
+            (INET, "raw_out"): Chain(
+                (
+                    rule(
+                        _match(_payload(ip, "saddr"), self.underlay_ip),
+                        _match(_payload("udp", "dport"), self.vxlan_port),
+                        {"notrack": None},
+                    ),
+                ),
+                Base("filter", "output", -300),
+            ),
+            (INET, "filter"): Chain(
+                (
+                    rule(_match(_IIF, "bfbr*", "!="), _ACCEPT),
+                    rule(
+                        _match({"ct": {"key": "state"}}, ["established", "related"], "in"),
+                        _ACCEPT,
+                    ),
+                    rule(_vmap(_meta("mark"), "in_dispatch")),
+                    rule(_goto("out_check")),
+                ),
+                Base("filter", "forward", 0),
+            ),
+            (INET, "out_check"): Chain(
+                (rule(_vmap({"ct": {"key": "mark"}}, "out_dispatch")), rule(_ACCEPT))
+            ),
+        }
+        chains.update({(BRIDGE, name): chain for name, chain in _spoof_chains().items()})
+        for (family, name), chain in chains.items():
+            objects[Key("chain", family, name)] = chain
+        return objects
+
+    def vni(self, bridge: str, vxlan: str, zone: int) -> dict[Key, Obj]:
+        """A VNI's conntrack zone, and its VXLAN port's marks reset."""
+        return {
+            Key("element", INET, "zones", bridge): zone,
+            Key("element", BRIDGE, "port_marks", vxlan): 0,
+            Key("element", BRIDGE, "egress_marks", vxlan): 0,
+        }
+
+    def vnic(
+        self, port: str, vnic_filter: VnicFilter | None, vnic_id: int | None
+    ) -> dict[Key, Obj]:
+        """A vnic's marks, anti-spoofing data and dispatch to its profile.
+
+        A vnic that bypasses filtering only gets its marks reset.
+        """
+        if vnic_filter is None or vnic_id is None:
+            return {
+                Key("element", BRIDGE, "port_marks", port): 0,
+                Key("element", BRIDGE, "egress_marks", port): 0,
+            }
+        spoof = vnic_filter.anti_spoof
+        profile_in, profile_out = profile_chains(vnic_filter.security_groups)
+        objects: dict[Key, Obj] = {
+            Key("element", BRIDGE, "port_marks", port): vnic_id,
+            Key("element", BRIDGE, "egress_marks", port): vnic_id << 16,
+            Key("element", BRIDGE, "port_in", port): Verdict(
+                "spoof_ip" if spoof.check_ip else "spoof_mac"
+            ),
+            Key("element", BRIDGE, "port_macs", (port, spoof.mac)): PRESENT,
+            Key("element", INET, "in_dispatch", vnic_id << 16): Verdict(profile_in),
+            Key("element", INET, "out_dispatch", vnic_id): Verdict(profile_out),
+        }
+        if spoof.check_ip:
+            for ip in spoof.ipv4:
+                objects[Key("element", BRIDGE, "port_ip4", (port, ip))] = PRESENT
+            for ip in spoof.ipv6:
+                objects[Key("element", BRIDGE, "port_ip6", (port, ip))] = PRESENT
+                objects[Key("element", BRIDGE, "port_nd", (port, _hex128(ip)))] = PRESENT
+        return objects
+
+    def profile(self, sg_ids: Sequence[str], restrict_outbound: bool) -> dict[Key, Obj]:
+        """The chains of the vnics using exactly these security groups."""
+        profile_in, profile_out = profile_chains(sg_ids)
+        outbound: tuple[NftRule, ...] = (rule(_ACCEPT),)
+        if restrict_outbound:
+            outbound = (
+                _nd_accept(),
+                *(rule(_jump(sg_out_chain(sg))) for sg in sg_ids),
+                rule(_DROP),
+            )
+        return {
+            Key("chain", INET, profile_in): Chain(
+                (_nd_accept(), *(rule(_jump(sg_in_chain(sg))) for sg in sg_ids), rule(_DROP))
+            ),
+            Key("chain", INET, profile_out): Chain(outbound),
+        }
+
+    def sg(self, sg_filter: SgFilter, members: Iterable[str]) -> dict[Key, Obj]:
+        """A security group's two rule chains and two member sets."""
+        sg_id = sg_filter.sg_id
+        objects: dict[Key, Obj] = {
+            Key("chain", INET, sg_in_chain(sg_id)): Chain(
+                tuple(
+                    rule(*_match_statements(m, "saddr"), _goto("out_check"))
+                    for m in sg_filter.inbound
+                )
+            ),
+            Key("chain", INET, sg_out_chain(sg_id)): Chain(
+                tuple(rule(*_match_statements(m, "daddr"), _ACCEPT) for m in sg_filter.outbound)
+            ),
+            Key("set", INET, member_set(sg_id, 4)): Decl(("ipv4_addr",)),
+            Key("set", INET, member_set(sg_id, 6)): Decl(("ipv6_addr",)),
+        }
+        for ip in members:
+            objects[Key("element", INET, member_set(sg_id, 6 if ":" in ip else 4), ip)] = PRESENT
+        return objects
+
+
+def _match_statements(match: Match, peer: str) -> list[Json]:
+    ip = "ip6" if match.family == 6 else "ip"
+    statements: list[Json] = []
+    if match.members_of is not None:
+        statements.append(
+            _match(_payload(ip, peer), "@" + member_set(match.members_of, match.family))
+        )
+    elif match.network is not None:
+        address, length = match.network.split("/")
+        full = 128 if match.family == 6 else 32
+        right: Any = (
+            address if int(length) == full else {"prefix": {"addr": address, "len": int(length)}}
+        )
+        statements.append(_match(_payload(ip, peer), right))
+    else:
+        statements.append(_match(_meta("nfproto"), "ipv6" if match.family == 6 else "ipv4"))
+    if match.ports is not None and match.protocol is not None:
+        name = "tcp" if match.protocol == 6 else "udp"
+        low, high = match.ports
+        statements.append(
+            _match(_payload(name, "dport"), low if low == high else {"range": [low, high]})
+        )
+    elif match.protocol is not None:
+        statements.append(_match(_meta("l4proto"), match.protocol))
+    return statements
+
+
+def tables() -> tuple[Key, Key]:
+    return Key("table", BRIDGE), Key("table", INET)
+
+
+# diff
+
+
+def _ref(key: Key) -> Json:
+    return {"family": key.family, "table": TABLE, "name": key.name}
+
+
+def _element(key: Key, value: Obj | None) -> Any:
+    """An element as nft's JSON wants it: the key, or [key, value] in a map."""
+    element: Any = key.element
+    if isinstance(element, tuple):
+        element = {"concat": list(element)}
+    if value is None or value is PRESENT:
+        return element
+    return [element, {"goto": {"target": value.chain}} if isinstance(value, Verdict) else value]
+
+
+def diff(old: Mapping[Key, Obj], new: Mapping[Key, Obj]) -> list[Json]:
+    """The commands, in a valid order for one transaction, that turn ``old`` into ``new``.
+
+    Keys absent from a mapping are absent objects. A base chain whose hook
+    changed is replaced (nothing refers to base chains). Objects made by the
+    bootstrap are never made here. Raises :class:`Structural` when a set or
+    map changed type, which needs the tables rebuilt.
+    """
+    replace: list[Json] = []
+    declare: list[Json] = []
+    drop_elements: dict[tuple[str, str], list[Any]] = {}
+    fill: list[Json] = []
+    add_elements: dict[tuple[str, str], list[Any]] = {}
+    flush_doomed: list[Json] = []
+    remove: list[Json] = []
+    remove_last: list[Json] = []
+    for key in sorted(set(old) | set(new), key=_order):
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        if key.kind == "element":
+            where = (key.family, key.name)
+            if before is not None:
+                drop_elements.setdefault(where, []).append(_element(key, None))
+            if after is not None:
+                add_elements.setdefault(where, []).append(_element(key, after))
+        elif key.kind == "chain":
+            assert before is None or isinstance(before, Chain)
+            assert after is None or isinstance(after, Chain)
+            ref = _ref(key)
+            if after is None:
+                flush_doomed.append({"flush": {"chain": ref}})
+                remove.append({"delete": {"chain": ref}})
+                continue
+            if before is not None and before.base != after.base:
+                replace += [{"flush": {"chain": ref}}, {"delete": {"chain": ref}}]
+                before = None
+            if before is None:
+                spec = dict(ref)
+                if after.base is not None:
+                    spec.update(
+                        type=after.base.type,
+                        hook=after.base.hook,
+                        prio=after.base.prio,
+                        policy=after.base.policy,
+                    )
+                declare.append({"add": {"chain": spec}})
+            else:
+                fill.append({"flush": {"chain": ref}})
+            fill.extend(
+                {
+                    "add": {
+                        "rule": {
+                            "family": key.family,
+                            "table": TABLE,
+                            "chain": key.name,
+                            "expr": json.loads(r.statements),
+                            "comment": r.digest,
+                        }
+                    }
+                }
+                for r in after.rules
+            )
+        else:
+            assert before is None or isinstance(before, Decl)
+            assert after is None or isinstance(after, Decl)
+            if before is not None and after is not None:
+                raise Structural(f"{key.kind} {key.family} {key.name} changed declaration")
+            if after is not None:
+                if after.bootstrapped:
+                    raise Structural(f"{key.kind} {key.family} {key.name} needs the bootstrap")
+                declare.append({"add": {key.kind: _declaration(key, after)}})
+            elif key.kind == "table":
+                remove_last.append({"delete": {"table": {"family": key.family, "name": TABLE}}})
+            else:
+                remove.append({"delete": {key.kind: _ref(key)}})
+    return [
+        *replace,
+        *declare,
+        *_elements("delete", drop_elements),
+        *fill,
+        *_elements("add", add_elements),
+        *flush_doomed,
+        *remove,
+        *remove_last,
+    ]
+
+
+def _declaration(key: Key, decl: Decl) -> Json:
+    if key.kind == "table":
+        return {"family": key.family, "name": TABLE}
+    if key.kind == "map":
+        return {**_ref(key), "type": decl.types[0], "map": decl.types[1]}
+    types: Any = list(decl.types) if len(decl.types) > 1 else decl.types[0]
+    return {**_ref(key), "type": types}
+
+
+_KIND_ORDER = {"table": 0, "map": 1, "set": 2, "chain": 3, "element": 4}
+
+
+def _order(key: Key) -> tuple[int, str, str, str]:
+    """Tables, maps, sets, chains, elements: makers before users, users before the used."""
+    return (_KIND_ORDER[key.kind], key.family, key.name, str(key.element))
+
+
+def _elements(command: str, elements: dict[tuple[str, str], list[Any]]) -> list[Json]:
+    return [
+        {command: {"element": {"family": family, "table": TABLE, "name": name, "elem": elems}}}
+        for (family, name), elems in elements.items()
+    ]
+
+
+# reading back
+
+
+@dataclass
+class Listing:
+    """butterfly's tables as the kernel holds them."""
+
+    objects: dict[Key, Obj] = field(default_factory=dict)
+
+    def allocations(self, name: str) -> dict[str, int]:
+        """Port name -> vnic id (``port_marks``), or bridge -> zone (``zones``)."""
+        return {
+            str(key.element): value
+            for key, value in self.objects.items()
+            if key.kind == "element" and key.name == name and type(value) is int and value
+        }
+
+
+_ADDRESS_TYPES = ("ipv4_addr", "ipv6_addr")
+
+
+def parse_listing(family: str, objects: Iterable[Json]) -> Listing:
+    """The objects of ``nft list table FAMILY butterfly`` (JSON), as :class:`Key` s."""
+    listing = Listing()
+    chains: dict[str, list[NftRule]] = {}
+    bases: dict[str, Base | None] = {}
+    bootstrapped = {Key("set", BRIDGE, "port_nd"), Key("map", INET, "zones")}
+    for obj in objects:
+        if "table" in obj:
+            listing.objects[Key("table", family)] = Decl(bootstrapped=True)
+        elif "chain" in obj:
+            spec = obj["chain"]
+            chains.setdefault(spec["name"], [])
+            bases[spec["name"]] = (
+                Base(spec["type"], spec["hook"], int(spec["prio"]), spec.get("policy", "accept"))
+                if "hook" in spec
+                else None
+            )
+        elif "rule" in obj:
+            spec = obj["rule"]
+            chains.setdefault(spec["chain"], []).append(NftRule(str(spec.get("comment", ""))))
+        elif "map" in obj or "set" in obj:
+            kind = "map" if "map" in obj else "set"
+            spec = obj[kind]
+            types = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
+            if kind == "map":
+                types = [*types, spec["map"]]
+            key = Key(kind, family, spec["name"])
+            listing.objects[key] = Decl(tuple(types), bootstrapped=key in bootstrapped)
+            for element in spec.get("elem", []):
+                if kind == "map":
+                    element_key, value = element
+                    listing.objects[
+                        Key("element", family, spec["name"], _element_key(element_key, types))
+                    ] = _map_value(value)
+                else:
+                    listing.objects[
+                        Key("element", family, spec["name"], _element_key(element, types))
+                    ] = PRESENT
+    for name, rules in chains.items():
+        listing.objects[Key("chain", family, name)] = Chain(tuple(rules), bases.get(name))
+    return listing
+
+
+def _element_key(element: Any, types: Sequence[str]) -> ElementKey:
+    """An element key read back, spelled as :class:`Layout` spells it."""
+    if isinstance(element, dict) and "elem" in element:
+        element = element["elem"]["val"]
+    if isinstance(element, dict) and "concat" in element:
+        return tuple(
+            _canonical(part, kind) for part, kind in zip(element["concat"], types, strict=False)
+        )
+    if types[0] in _ADDRESS_TYPES:
+        return str(ipaddress.ip_address(element))
+    return element if isinstance(element, int | str) else str(element)
+
+
+def _canonical(part: Any, kind: str) -> str:
+    if kind in _ADDRESS_TYPES:
+        return str(ipaddress.ip_address(part))
+    if kind == "integer":
+        return f"0x{int(part, 16) if isinstance(part, str) else int(part):032x}"
+    return str(part).lower() if kind == "ether_addr" else str(part)
+
+
+def _map_value(value: Any) -> Obj:
+    if isinstance(value, dict):
+        for verdict in ("goto", "jump"):
+            if verdict in value:
+                return Verdict(value[verdict]["target"])
+        raise ValueError(f"unexpected map value {value!r}")
+    return int(value, 0) if isinstance(value, str) else int(value)

@@ -1,0 +1,81 @@
+"""The underlay: the interface and address VXLAN runs on, and VXLAN's parameters.
+
+Owns the choice of the underlay at start-up (the interface holding the
+daemon's ``--ip``, or the one with the default route), the multicast group
+of each VNI, and the MTU arithmetic. The group is the original's:
+230.x.y.z, where x.y.z are the VNI's three bytes; an IPv6 underlay embeds
+that same 32-bit group in the site-local multicast prefix: ff05::e6xx:yyzz.
+"""
+
+import ipaddress
+from dataclasses import dataclass
+
+from butterfly.dataplane.netlink import Link, Netlink
+from butterfly.errors import ConfigError
+
+__all__ = ["VXLAN_OVERHEAD", "Underlay", "find_underlay", "flood_group"]
+
+VXLAN_OVERHEAD = {4: 50, 6: 70}
+"""Outer Ethernet is not counted: IP (20/40) + UDP (8) + VXLAN (8) + inner Ethernet (14)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Underlay:
+    ifname: str
+    index: int
+    address: str
+    mtu: int
+
+    @property
+    def version(self) -> int:
+        return 6 if ":" in self.address else 4
+
+    @property
+    def vxlan_mtu(self) -> int:
+        """The largest inner frame payload a VXLAN device on this underlay can carry."""
+        return self.mtu - VXLAN_OVERHEAD[self.version]
+
+
+def flood_group(vni: int, version: int) -> str:
+    """The multicast group flooding ``vni``'s broadcast and unknown unicast."""
+    group = (230 << 24) | vni
+    if version == 6:
+        return str(ipaddress.IPv6Address((0xFF05 << 112) | group))
+    return str(ipaddress.IPv4Address(group))
+
+
+def find_underlay(netlink: Netlink, ip: str | None) -> Underlay:
+    """The interface holding ``ip``, or when None the default route's (and its address).
+
+    Raises ConfigError naming the option when no interface fits.
+    """
+    links = {link.index: link for link in netlink.links()}
+    addresses = netlink.addresses()
+    if ip is not None:
+        wanted = ipaddress.ip_address(ip)
+        for address in addresses:
+            if ipaddress.ip_address(address.address) == wanted and address.index in links:
+                return _underlay(links[address.index], str(wanted))
+        raise ConfigError(f"ip {ip}: no interface holds this address (option --ip)")
+    for family in (4, 6):
+        route = netlink.default_route(family)
+        if route is None or route.oif not in links:
+            continue
+        if route.prefsrc:
+            return _underlay(links[route.oif], route.prefsrc)
+        for address in addresses:
+            if (
+                address.index == route.oif
+                and address.family == family
+                and not ipaddress.ip_address(address.address).is_link_local
+            ):
+                return _underlay(links[route.oif], address.address)
+        raise ConfigError(
+            f"ip: the default route's interface {links[route.oif].name} has no address; "
+            "give one with --ip"
+        )
+    raise ConfigError("ip: no --ip given and no default route to find the underlay by")
+
+
+def _underlay(link: Link, address: str) -> Underlay:
+    return Underlay(ifname=link.name, index=link.index, address=address, mtu=link.mtu)

@@ -1,0 +1,102 @@
+"""Two hypervisors, each with its own data plane, joined by VXLAN over a veth underlay."""
+
+import json
+from typing import Any
+
+import pytest
+
+from butterfly.dataplane import SgChange
+from butterfly.dataplane.naming import vxlan_name
+from butterfly.model import State, make_rule, make_security_group
+
+from .conftest import Dataplane, Guest, Host, Lab, netns_vnic, plug
+
+pytestmark = pytest.mark.root
+
+
+def _open(dataplane: Dataplane, state: State) -> None:
+    sg = make_security_group(
+        "open",
+        members=[],
+        rules=[
+            make_rule("open", direction=0, protocol=-1, cidr=("0.0.0.0", 0)),
+            make_rule("open", direction=0, protocol=-1, cidr=("::", 0)),
+        ],
+    )
+    state.put_sg(sg)
+    dataplane.update_security_groups({"open": SgChange(None, sg)}, state)
+
+
+def two_hosts(
+    lab: Lab, *, v6: bool = False, options: Any = None, vni: int = 7
+) -> tuple[list[Host], list[Dataplane], list[State], list[Guest]]:
+    hosts = [lab.host(v6=v6), lab.host(v6=v6)]
+    dataplanes, states, guests = [], [], []
+    for index, host in enumerate(hosts):
+        dataplane = host.dataplane(**(options(hosts, index) if options else {}))
+        state = State()
+        _open(dataplane, state)
+        guest = lab.guest()
+        plug(
+            dataplane,
+            state,
+            netns_vnic(
+                f"v{index}",
+                guest,
+                f"52:54:00:00:07:0{index + 1}",
+                (f"10.7.0.{index + 1}", f"2001:db8:7::{index + 1}"),
+                vni=vni,
+                security_groups=("open",),
+            ),
+        )
+        guest.listen("tcp", 80)
+        guest.listen("tcp", 80, family=6)
+        dataplanes.append(dataplane)
+        states.append(state)
+        guests.append(guest)
+    return hosts, dataplanes, states, guests
+
+
+def test_multicast_flooding_joins_two_hosts(lab: Lab) -> None:
+    _, _, _, guests = two_hosts(lab)
+    assert guests[0].reaches("tcp", "10.7.0.2", 80)
+    assert guests[1].reaches("tcp", "2001:db8:7::1", 80)
+
+
+def test_static_peers_join_two_hosts_without_multicast(lab: Lab) -> None:
+    hosts, _, _, guests = two_hosts(
+        lab, options=lambda hosts, i: {"static_peers": (hosts[1 - i].address,)}
+    )
+    vxlan = json.loads(hosts[0].ip("-d", "-j", "link", "show", vxlan_name(7)))[0]
+    assert "group" not in vxlan["linkinfo"]["info_data"]
+    assert guests[0].reaches("tcp", "10.7.0.2", 80)
+
+
+def test_peers_added_and_removed_per_vni(lab: Lab) -> None:
+    hosts, dataplanes, states, guests = two_hosts(
+        lab, options=lambda hosts, i: {"multicast": False}
+    )
+    assert guests[0].blocked("tcp", "10.7.0.2", 80), "flooded with no peer at all"
+    for index in (0, 1):
+        states[index].set_peers(7, (hosts[1 - index].address,))
+        dataplanes[index].update_peers(7, states[index])
+    shown = hosts[0].exec("bridge", "fdb", "show", "dev", vxlan_name(7))
+    assert f"00:00:00:00:00:00 dst {hosts[1].address}" in shown
+    assert guests[0].reaches("tcp", "10.7.0.2", 80)
+    states[0].set_peers(7, ())
+    dataplanes[0].update_peers(7, states[0])
+    shown = hosts[0].exec("bridge", "fdb", "show", "dev", vxlan_name(7))
+    assert "00:00:00:00:00:00" not in shown
+
+
+def test_an_ipv6_underlay_carries_ipv4_and_ipv6(lab: Lab) -> None:
+    _, _, _, guests = two_hosts(lab, v6=True)
+    assert guests[0].reaches("tcp", "10.7.0.2", 80)
+    assert guests[1].reaches("tcp", "2001:db8:7::1", 80)
+
+
+def test_an_ipv6_underlay_with_static_peers(lab: Lab) -> None:
+    _, _, _, guests = two_hosts(
+        lab, v6=True, options=lambda hosts, i: {"static_peers": (hosts[1 - i].address,)}
+    )
+    assert guests[0].reaches("tcp", "10.7.0.2", 80)
