@@ -19,7 +19,9 @@ from butterfly.daemon.config import Config, parse_args
 from butterfly.daemon.logs import set_level, setup_logging
 from butterfly.dataplane import Dataplane
 from butterfly.dataplane.control_only import ControlOnlyDataplane
-from butterfly.errors import ButterflyError, ConfigError
+from butterfly.dataplane.kernel import KernelDataplane, cleanup
+from butterfly.errors import ButterflyError, DataplaneError
+from butterfly.model import State
 from butterfly.service import Switch
 from butterfly.store import SqliteStore
 
@@ -48,7 +50,22 @@ class Daemon:
 def _make_dataplane(config: Config) -> Dataplane:
     if not config.dataplane:
         return ControlOnlyDataplane(socket_dir=config.socket_dir)
-    raise ConfigError("the kernel data plane is not available in this build: use --no-dataplane")
+    return KernelDataplane(
+        underlay_ip=config.ip,
+        socket_dir=config.socket_dir,
+        nic_mtu=config.nic_mtu,
+        packet_trace_default=config.packet_trace,
+        static_peers=config.vxlan_peers,
+    )
+
+
+def _reconcile(dataplane: Dataplane, state: State) -> None:
+    """Make the kernel match the store; what cannot be repaired (a vnic whose
+    namespace is gone, say) is logged, and the daemon serves all the rest."""
+    try:
+        dataplane.reconcile(state)
+    except DataplaneError as error:
+        log.error("start-up: %s", error)
 
 
 def _signals_to_fd() -> int:
@@ -69,7 +86,7 @@ def run(config: Config) -> None:
         state = store.load()
         dataplane = _make_dataplane(config)
         try:
-            dataplane.reconcile(state)
+            _reconcile(dataplane, state)
             switch = Switch(store=store, dataplane=dataplane, state=state)
             servers: list[ApiServer] = []
             daemon = Daemon(servers)
@@ -100,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_args(sys.argv[1:] if argv is None else argv)
         setup_logging(syslog=config.syslog, level=config.log_level)
-        run(config)
+        if config.cleanup:
+            cleanup(socket_dir=config.socket_dir)
+            log.info("removed every kernel object of butterfly")
+        else:
+            run(config)
     except ButterflyError as error:
         print(f"butterflyd: {error}", file=sys.stderr)
         log.error("%s", error)
