@@ -1,10 +1,14 @@
-"""A control-plane butterflyd in a child process, for benchmarks and tests.
+"""A butterflyd in a child process, for benchmarks and tests.
 
-:class:`DaemonProcess` starts ``butterflyd --no-dataplane`` on a free
-loopback port with its state and sockets in a folder it is given, waits
-until it answers, and stops it by pid (SIGTERM, or SIGKILL to simulate a
-crash). It can start again on the same state file. It only ever signals the
-process it started. Imports nothing of butterfly but the API client.
+:class:`DaemonProcess` starts ``butterflyd`` (by default ``--no-dataplane``
+on a free loopback port) with its state and sockets in a folder it is
+given, waits until it answers, and stops it by pid (SIGTERM, or SIGKILL to
+simulate a crash). It can start again on the same state file. It only ever
+signals the process it started. Optionally it runs the daemon inside a
+network namespace (``ip netns exec``, which execs the daemon in place, so
+the pid is the daemon's), with the kernel data plane, and on a fixed
+endpoint (an ``ipc://`` socket reaches a daemon in another namespace).
+Imports nothing of butterfly but the API client.
 """
 
 import os
@@ -55,10 +59,16 @@ def butterflyd_command() -> list[str]:
 
 
 class DaemonProcess:
-    """One butterflyd in control-plane mode, owned by the caller.
+    """One butterflyd, owned by the caller.
 
     ``directory`` holds ``state.db``, the vhost-user socket paths and
     ``butterflyd.log`` (its stdout and stderr, appended across restarts).
+    ``netns``: run inside that named network namespace. ``dataplane``: drive
+    the kernel (default: ``--no-dataplane``, the control plane alone).
+    ``endpoint``: a fixed API endpoint (e.g. ``ipc://DIR/api.sock``) instead
+    of a free loopback TCP port picked at each start; a TCP port lives in
+    one network namespace, so a daemon in another one needs ``ipc://``.
+    ``extra_args`` go last on the command line.
     """
 
     def __init__(
@@ -70,6 +80,9 @@ class DaemonProcess:
         extra_args: Sequence[str] = (),
         log_level: str = "info",
         state_path: str | None = None,
+        netns: str | None = None,
+        dataplane: bool = False,
+        endpoint: str | None = None,
     ) -> None:
         self.directory = directory
         self.state_path = state_path or os.path.join(directory, "state.db")
@@ -79,12 +92,17 @@ class DaemonProcess:
         self.config_path = config_path
         self.extra_args = list(extra_args)
         self.log_level = log_level
+        self.netns = netns
+        self.dataplane = dataplane
+        self.fixed_endpoint = endpoint
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
+        if self.fixed_endpoint is not None:
+            return self.fixed_endpoint
         return f"tcp://127.0.0.1:{self.port}"
 
     @property
@@ -102,8 +120,9 @@ class DaemonProcess:
 
     def command(self) -> list[str]:
         command = [
+            *(["ip", "netns", "exec", self.netns] if self.netns is not None else []),
             *butterflyd_command(),
-            "--no-dataplane",
+            *([] if self.dataplane else ["--no-dataplane"]),
             "--no-syslog",
             "--state",
             self.state_path,
@@ -133,7 +152,8 @@ class DaemonProcess:
         if self.alive():
             raise DaemonError(f"the daemon is already running (pid {self.pid})")
         self._reap()
-        self.port = port if port is not None else free_port()
+        if self.fixed_endpoint is None:
+            self.port = port if port is not None else free_port()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in _reap)
         self._process = subprocess.Popen(
             self.command(), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
@@ -143,8 +163,12 @@ class DaemonProcess:
         """Start and wait until it answers; DaemonError if it exits or hangs.
 
         A port taken by someone else between our pick and the daemon's bind
-        is retried on another port, unless ``keep_port``.
+        is retried on another port, unless ``keep_port`` (or a fixed endpoint).
         """
+        if self.fixed_endpoint is not None:
+            self.spawn()
+            self.wait_ready(timeout=timeout)
+            return
         for _ in range(_START_ATTEMPTS):
             log_size = len(self.log())
             self.spawn(port=self.port if keep_port and self.port else None)

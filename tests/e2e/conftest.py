@@ -1,7 +1,10 @@
-"""Fixtures for end-to-end tests that boot real QEMU guests (the machinery is in guest.py).
+"""Fixtures for end-to-end tests: real QEMU guests (the machinery is in guest.py) and
+switch labs of real butterflyd hosts (butterfly.bench.lab).
 
 `guest_image` builds (or finds in the cache) the image once per session; `guests` hands a
 test a factory whose guests are all killed and cleaned up when the test ends, pass or fail.
+`lab` is one lab per test module (hosts are shared by the module's tests, which use
+distinct vnic ids and VNIs), closed when the module ends, pass or fail.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 from guest import GuestFactory, GuestImage, build_image, reap_orphans
+
+from butterfly.bench.lab import Lab
 
 # Pin the kernel with NAME or NAME=VERSION (default: what linux-image-amd64 depends on).
 KERNEL_ENV = "BUTTERFLY_GUEST_KERNEL"
@@ -46,3 +51,14 @@ def guests(guest_image: GuestImage) -> Iterator[GuestFactory]:
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        _unavailable("switch labs need root (network namespaces, real kernel)")
+    made = Lab()
+    try:
+        yield made
+    finally:
+        made.close()

@@ -1,6 +1,6 @@
-"""A guest's hands in the data plane tests: runs inside a test netns, obeys JSON lines.
+"""A VM's hands in the labs (:mod:`butterfly.bench.lab`): runs inside a netns, obeys JSON lines.
 
-Started as ``ip netns exec NS python agent.py``; each line on stdin is one
+Started as ``ip netns exec NS python .../butterfly/bench/agent.py``; each line on stdin is one
 command, answered by one JSON line on stdout. It serves (TCP and UDP echo
 servers), probes (TCP connect and echo, UDP echo, ICMP echo), keeps TCP
 connections open across data plane changes, and sends and captures raw
@@ -132,7 +132,9 @@ def _checksum(data: bytes) -> int:
 def icmp(host: str, timeout: float) -> dict[str, Any]:
     """One ICMP or ICMPv6 echo; ok when the matching reply comes back."""
     v6 = ":" in host
-    ident = os.getpid() & 0xFFFF
+    # A fresh identifier per probe: conntrack keys ICMP echoes on it, and a probe must
+    # be a new flow, not an echo of an earlier one that a stateful filter still knows.
+    ident = int.from_bytes(os.urandom(2), "big")
     seq = int(time.monotonic() * 1000) & 0xFFFF
     kind = 128 if v6 else 8
     body = os.urandom(8)
