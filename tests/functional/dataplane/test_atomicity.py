@@ -67,7 +67,10 @@ def snapshot(host: Host, guests: list[Guest]) -> dict[str, Any]:
                     link["ifname"],
                     link["address"],
                     link["mtu"],
-                    sorted(a["local"] for a in link["addr_info"]),
+                    # the kernel adds link-local addresses on its own schedule
+                    sorted(
+                        a["local"] for a in link["addr_info"] if not a["local"].startswith("fe80:")
+                    ),
                 )
             )
     fdb = sorted(
