@@ -1,8 +1,9 @@
 """butterflyd's entry point and composition root.
 
 This is the one place that picks implementations (SQLite store, kernel or
-control-only data plane) and wires them together; the only place, with the
-CLI, that exits the process.
+control-only data plane, the vhost-user backend the kernel data plane hands
+vhost-user vnics to) and wires them together; the only place, with the CLI,
+that exits the process.
 """
 
 import logging
@@ -17,15 +18,16 @@ from butterfly.api.server import ApiServer
 from butterfly.api.v0 import V0Handlers
 from butterfly.daemon.config import Config, parse_args
 from butterfly.daemon.logs import set_level, setup_logging
-from butterfly.dataplane import Dataplane
+from butterfly.dataplane import Dataplane, VhostPorts
 from butterfly.dataplane.control_only import ControlOnlyDataplane
 from butterfly.dataplane.kernel import KernelDataplane, cleanup
 from butterfly.errors import ButterflyError, DataplaneError
 from butterfly.model import State
 from butterfly.service import Switch
 from butterfly.store import SqliteStore
+from butterfly.vhost import VhostSupervisor, VhostUserServer
 
-__all__ = ["main"]
+__all__ = ["SupervisedVhostPorts", "main"]
 
 log = logging.getLogger("butterfly.daemon")
 
@@ -47,7 +49,33 @@ class Daemon:
             server.stop_after_reply()
 
 
-def _make_dataplane(config: Config) -> Dataplane:
+class SupervisedVhostPorts:
+    """The kernel data plane's vhost-user backend (:class:`VhostPorts`): one
+    :class:`VhostUserServer` per vnic, on the supervisor's worker processes.
+
+    The workers start with the first vnic served, so a daemon without
+    vhost-user vnics runs none; stopping them is the daemon's job at exit.
+    """
+
+    def __init__(self, supervisor: VhostSupervisor) -> None:
+        self._supervisor = supervisor
+        self._servers: dict[str, VhostUserServer] = {}
+
+    def serve(self, vnic_id: str, *, socket_path: str, tap_name: str) -> None:
+        self._supervisor.start()
+        server = VhostUserServer(
+            supervisor=self._supervisor, vnic=vnic_id, socket_path=socket_path, tap_name=tap_name
+        )
+        server.start()
+        self._servers[vnic_id] = server
+
+    def stop(self, vnic_id: str) -> None:
+        server = self._servers.pop(vnic_id, None)
+        if server is not None:
+            server.stop()
+
+
+def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
     if not config.dataplane:
         return ControlOnlyDataplane(socket_dir=config.socket_dir)
     return KernelDataplane(
@@ -56,6 +84,7 @@ def _make_dataplane(config: Config) -> Dataplane:
         nic_mtu=config.nic_mtu,
         packet_trace_default=config.packet_trace,
         static_peers=config.vxlan_peers,
+        vhost=vhost,
     )
 
 
@@ -82,9 +111,10 @@ def run(config: Config) -> None:
     key = load_key(config.key_path) if config.key_path else None
     os.makedirs(config.socket_dir, exist_ok=True)
     store = SqliteStore(config.state_path)
+    supervisor = VhostSupervisor()
     try:
         state = store.load()
-        dataplane = _make_dataplane(config)
+        dataplane = _make_dataplane(config, SupervisedVhostPorts(supervisor))
         try:
             _reconcile(dataplane, state)
             switch = Switch(store=store, dataplane=dataplane, state=state)
@@ -109,8 +139,11 @@ def run(config: Config) -> None:
         finally:
             dataplane.close()
     finally:
+        # vhost-user guests are disconnected and their sockets removed; with
+        # reconnect=1 they come back by themselves when the daemon does.
+        supervisor.stop()
         store.close()
-    log.info("butterflyd stopped; the data path keeps running")
+    log.info("butterflyd stopped; the kernel data path keeps running")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from butterfly.model import SecurityGroup, StateView, Vnic
 
-__all__ = ["Attachment", "Counters", "Dataplane", "SgChange"]
+__all__ = ["Attachment", "Counters", "Dataplane", "SgChange", "VhostPorts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +82,24 @@ class Dataplane(Protocol):
 
     def close(self) -> None:
         """Stop background work; the kernel objects stay and keep forwarding."""
+
+
+class VhostPorts(Protocol):
+    """A vhost-user backend, as a data plane uses it: guests' rings to and from a tap.
+
+    The data plane owns the tap (created, enslaved, filtered, counted and
+    traced by the kernel like any other port); the backend only moves frames
+    between the tap and the guest that connects to the socket. So vhost-user
+    vnics get the kernel's filtering and counters, not a second copy of them.
+    """
+
+    def serve(self, vnic_id: str, *, socket_path: str, tap_name: str) -> None:
+        """Listen on ``socket_path`` and attach to the existing tap ``tap_name``.
+
+        Serving a vnic again replaces its server (a connected guest is
+        disconnected; QEMU with ``reconnect=1`` comes back). Raises
+        DataplaneError, naming the socket or the tap, when either is unusable.
+        """
+
+    def stop(self, vnic_id: str) -> None:
+        """Disconnect the vnic's guest and remove its socket; nothing when not served."""

@@ -8,6 +8,10 @@ that makes the kernel of the network namespace it runs in carry the model:
   present while the VNI has a vnic on this host;
 - per vnic, a port on that bridge: a persistent tap (TAP) or a veth whose
   other end sits in the vnic's network namespace with its MAC and IPs (NETNS);
+  a VHOST_USER_SERVER vnic gets the same persistent tap as a TAP vnic, which
+  a vhost-user backend (:class:`~butterfly.dataplane.base.VhostPorts`, given
+  by the daemon) serves on ``<socket-dir>/qemu-vhost-<id>``: filtering,
+  anti-spoofing, counters and tracing are the kernel's for every kind;
 - security groups, anti-spoofing and conntrack zones in butterfly's nftables
   tables (see :mod:`butterfly.dataplane.ruleset` for the layout);
 - packet traces (:mod:`butterfly.dataplane.tracing`).
@@ -33,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
-from butterfly.dataplane.base import Attachment, Counters, SgChange
+from butterfly.dataplane.base import Attachment, Counters, SgChange, VhostPorts
 from butterfly.dataplane.graph import PortView, VniView, render
 from butterfly.dataplane.journal import FaultHook, Journal, journal
 from butterfly.dataplane.naming import (
@@ -87,7 +91,8 @@ K = TypeVar("K", str, int)
 NETNS_PREFIX_V4 = 24
 """Prefix length given to a NETNS vnic's IPv4 addresses (the model has none)."""
 NETNS_PREFIX_V6 = 64
-_PORTS = (VnicType.TAP, VnicType.NETNS)
+_TAPS = (VnicType.TAP, VnicType.VHOST_USER_SERVER)
+"""Types whose port is a persistent tap (a vhost-user backend serves the second)."""
 _BR_NETFILTER = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 _BRIDGE_OPTIONS = {
     "IFLA_BR_STP_STATE": 0,
@@ -111,7 +116,9 @@ class KernelDataplane:
     VXLAN overhead). ``packet_trace_default``: trace vnics whose
     ``packet_trace`` is None. ``static_peers``: VXLAN peers flooded for every
     VNI (vxlan-peers). ``multicast``: flood to the VNI's multicast group
-    (default: only when no static peers are configured). ``fault_hook``:
+    (default: only when no static peers are configured). ``vhost``: the
+    backend that serves VHOST_USER_SERVER vnics' sockets on their taps;
+    without one such vnics are refused as not supported. ``fault_hook``:
     tests only, see :mod:`butterfly.dataplane.journal`.
 
     Raises ConfigError for an unusable option, DataplaneError when the
@@ -128,6 +135,7 @@ class KernelDataplane:
         vxlan_port: int = 4789,
         static_peers: tuple[str, ...] = (),
         multicast: bool | None = None,
+        vhost: VhostPorts | None = None,
         fault_hook: FaultHook | None = None,
     ) -> None:
         if not os.path.exists(_BR_NETFILTER):
@@ -139,6 +147,12 @@ class KernelDataplane:
         self._vxlan_port = vxlan_port
         self._multicast = not static_peers if multicast is None else multicast
         self._fault_hook = fault_hook
+        self._vhost = vhost
+        self._port_types = {VnicType.TAP, VnicType.NETNS}
+        if vhost is not None:
+            self._port_types.add(VnicType.VHOST_USER_SERVER)
+        self._served: dict[str, int] = {}
+        """vnic id -> ifindex of the tap the backend was asked to serve it on."""
         self._netlink = Netlink()
         try:
             self._underlay: Underlay = find_underlay(self._netlink, underlay_ip)
@@ -185,6 +199,9 @@ class KernelDataplane:
     def _reconcile(self, state: StateView, problems: list[str]) -> None:
         vnics = [vnic for vnic in state.vnics() if self._pluggable(vnic)]
         wanted_ports = {tap_name(vnic.id): vnic for vnic in vnics}
+        served = {vnic.id for vnic in vnics if vnic.type == VnicType.VHOST_USER_SERVER}
+        for vnic_id in sorted(set(self._served) - served):
+            self._best_effort(problems, f"nic {vnic_id!r}", partial(self._stop_serving, vnic_id))
         owned = self._owned_links()
         for name, link in owned.items():
             if link.kind in ("tun", "veth") and name not in wanted_ports:
@@ -196,6 +213,7 @@ class KernelDataplane:
             self._best_effort(problems, f"vni {vni}", partial(self._ensure_vni, None, vni, state))
         for vnic in vnics:
             self._best_effort(problems, _what(vnic), partial(self._ensure_port, None, vnic, None))
+            self._best_effort(problems, _what(vnic), partial(self._serve, None, vnic))
         wanted_vnis = {vnic.vni for vnic in vnics}
         for name, link in owned.items():
             if link.kind in ("vxlan", "bridge") and int(name[4:]) not in wanted_vnis:
@@ -205,15 +223,15 @@ class KernelDataplane:
         self._reconcile_traces(vnics, problems)
 
     def plug(self, vnic: Vnic, replaced: Vnic | None, state: StateView) -> Attachment:
-        if vnic.type == VnicType.VHOST_USER_SERVER:
+        if vnic.type == VnicType.VHOST_USER_SERVER and self._vhost is None:
             raise NotSupported(
-                f"{_what(vnic)}: type VHOST_USER_SERVER (vhost-user) is not supported yet; "
-                "use TAP or NETNS"
+                f"{_what(vnic)}: type VHOST_USER_SERVER (vhost-user) is not supported by a "
+                "data plane without a vhost-user backend; use TAP or NETNS"
             )
-        if vnic.type not in _PORTS:
+        if not self._has_port(vnic):
             raise NotSupported(f"{_what(vnic)}: type {vnic.type.name} is not supported")
         self._load()
-        previous = replaced if replaced is not None and replaced.type in _PORTS else None
+        previous = replaced if replaced is not None and self._has_port(replaced) else None
         with journal(_what(vnic), self._fault_hook) as j:
             if previous is not None and not self._reusable(previous, vnic):
                 self._tracer_stop(previous)
@@ -227,13 +245,14 @@ class KernelDataplane:
             )
             self._ensure_vni(j, vnic.vni, state)
             self._ensure_port(j, vnic, previous)
+            self._serve(j, vnic)
             if previous is not None and previous.vni != vnic.vni:
                 self._remove_vni_if_unused(j, previous.vni, state)
             self._apply_trace(j, vnic)
         return self.attachment(vnic)
 
     def update(self, before: Vnic, after: Vnic, state: StateView) -> None:
-        if after.type not in _PORTS:
+        if not self._has_port(after):
             return
         self._load()
         with journal(_what(after), self._fault_hook) as j:
@@ -249,7 +268,7 @@ class KernelDataplane:
             self._apply_trace(j, after)
 
     def unplug(self, vnic: Vnic, state: StateView) -> None:
-        if vnic.type not in _PORTS:
+        if not self._has_port(vnic):
             return
         self._load()
         with journal(_what(vnic), self._fault_hook) as j:
@@ -274,7 +293,9 @@ class KernelDataplane:
                     referenced |= referenced_groups([sg])
             if has_outbound(change.before) != has_outbound(change.after):
                 profiles |= {
-                    vnic.security_groups for vnic in state.vnics_using(sg_id) if _filtered(vnic)
+                    vnic.security_groups
+                    for vnic in state.vnics_using(sg_id)
+                    if self._filtered(vnic)
                 }
         sgs = _current(state, referenced - set(changes))
         sgs.update((sg_id, change.before) for sg_id, change in changes.items())
@@ -292,15 +313,17 @@ class KernelDataplane:
 
     def attachment(self, vnic: Vnic) -> Attachment:
         if vnic.type == VnicType.VHOST_USER_SERVER:
-            return Attachment(vhost_socket_path(self._socket_dir, vnic.id))
+            mtu = self._vnic_mtu if self._vhost is not None else None
+            return Attachment(vhost_socket_path(self._socket_dir, vnic.id), mtu)
         if vnic.type == VnicType.NETNS:
             return Attachment(vnic.netns, self._vnic_mtu)
         return Attachment(tap_name(vnic.id), self._vnic_mtu)
 
     def counters(self, vnic: Vnic) -> Counters:
         """The host-side interface's bytes: what it transmits went in to the
-        guest, what it received came out of the guest."""
-        if vnic.type not in _PORTS:
+        guest, what it received came out of the guest (for a vhost-user vnic,
+        what its backend read from and wrote to the tap)."""
+        if not self._has_port(vnic):
             return Counters()
         link = self._netlink.link(tap_name(vnic.id))
         if link is None:
@@ -334,7 +357,10 @@ class KernelDataplane:
         return render(underlay, vnis)
 
     def close(self) -> None:
-        """Stop talking to the kernel; bridges, ports, rules and traces stay."""
+        """Stop talking to the kernel; bridges, ports, rules and traces stay.
+
+        The vhost-user backend keeps serving: stopping it is its owner's call.
+        """
         if not self._closed:
             self._closed = True
             self._tracer.close()
@@ -342,7 +368,10 @@ class KernelDataplane:
             self._netlink.close()
 
     def cleanup(self) -> None:
-        """Remove every kernel object butterfly created here (butterflyd --cleanup)."""
+        """Remove every kernel object butterfly created here (butterflyd --cleanup),
+        after the backend has let go of the taps it served."""
+        for vnic_id in sorted(self._served):
+            self._stop_serving(vnic_id)
         cleanup(socket_dir=self._socket_dir)
         self._mirror = None
         self._flood.clear()
@@ -415,7 +444,7 @@ class KernelDataplane:
         profiles = set()
         for vnic in vnics:
             wanted.update(self._vnic_objects(None, vnic.id, state))
-            if _filtered(vnic):
+            if self._filtered(vnic):
                 profiles.add(vnic.security_groups)
         for profile in sorted(profiles):
             wanted.update(self._profile_objects(profile, state))
@@ -474,17 +503,17 @@ class KernelDataplane:
         touched = set(profiles)
         for before, vnic_id in vnics:
             port = tap_name(vnic_id)
-            if before is not None and before.type in _PORTS:
+            if before is not None and self._has_port(before):
                 keys |= self._layout.vnic(
                     port, vnic_filter(before, state), self._port_ids.get(port)
                 ).keys()
-                if _filtered(before):
+                if self._filtered(before):
                     touched.add(before.security_groups)
             objects = self._vnic_objects(j, vnic_id, state)
             keys |= objects.keys()
             new.update(objects)
             after = state.vnic(vnic_id)
-            if after is not None and _filtered(after):
+            if after is not None and self._filtered(after):
                 touched.add(after.security_groups)
         for vni in vnis:
             keys |= self._layout.vni(bridge_name(vni), vxlan_name(vni), 0).keys()
@@ -535,7 +564,7 @@ class KernelDataplane:
     def _profile_objects(self, profile: tuple[str, ...], state: StateView) -> dict[Key, Obj]:
         """A profile's chains, while a filtered vnic uses exactly these groups."""
         if profile and not any(
-            vnic.security_groups == profile and _filtered(vnic)
+            vnic.security_groups == profile and self._filtered(vnic)
             for vnic in state.vnics_using(profile[0])
         ):
             return {}
@@ -546,7 +575,7 @@ class KernelDataplane:
         """The vnic's objects, allocating or freeing its mark id as needed."""
         port = tap_name(vnic_id)
         vnic = state.vnic(vnic_id)
-        if vnic is None or vnic.type not in _PORTS:
+        if vnic is None or not self._has_port(vnic):
             self._set_allocation(j, self._port_ids, port, None)
             return {}
         filtering = vnic_filter(vnic, state)
@@ -557,7 +586,7 @@ class KernelDataplane:
         return self._layout.vnic(port, filtering, mark)
 
     def _vni_objects(self, j: Journal | None, vni: int, state: StateView) -> dict[Key, Obj]:
-        if not any(vnic.type in _PORTS for vnic in state.vnics_in(vni)):
+        if not any(self._has_port(vnic) for vnic in state.vnics_in(vni)):
             self._set_allocation(j, self._zones, vni, None)
             return {}
         zone = self._zones.get(vni) or self._allocate(self._zones.values(), "conntrack zone")
@@ -593,10 +622,20 @@ class KernelDataplane:
 
     # links
 
+    def _has_port(self, vnic: Vnic) -> bool:
+        """Whether ``vnic`` gets a port (and so filtering) from this data plane."""
+        return vnic.type in self._port_types
+
+    def _filtered(self, vnic: Vnic) -> bool:
+        return self._has_port(vnic) and not vnic.bypass_filtering
+
     def _pluggable(self, vnic: Vnic) -> bool:
-        if vnic.type in _PORTS:
+        if self._has_port(vnic):
             return True
-        log.warning("%s: type %s has no kernel port yet; not plugged", _what(vnic), vnic.type.name)
+        if vnic.type == VnicType.VHOST_USER_SERVER:
+            log.warning("%s: no vhost-user backend to serve it; not plugged", _what(vnic))
+        else:
+            log.warning("%s: type %s has no kernel port; not plugged", _what(vnic), vnic.type.name)
         return False
 
     def _owned_links(self) -> dict[str, Link]:
@@ -730,7 +769,7 @@ class KernelDataplane:
         return self._flood.setdefault(index, set())
 
     def _remove_vni_if_unused(self, j: Journal, vni: int, state: StateView) -> None:
-        if any(vnic.type in _PORTS for vnic in state.vnics_in(vni)):
+        if any(self._has_port(vnic) for vnic in state.vnics_in(vni)):
             return
         for name in (vxlan_name(vni), bridge_name(vni)):
             link = self._netlink.link(name)
@@ -799,7 +838,7 @@ class KernelDataplane:
             self._configure_peer(j, vnic, previous)
 
     def _port_fits(self, link: Link, vnic: Vnic) -> bool:
-        if vnic.type == VnicType.TAP:
+        if vnic.type in _TAPS:
             return link.kind == "tun"
         if link.kind != "veth" or link.link_netnsid is None:
             return False
@@ -811,7 +850,7 @@ class KernelDataplane:
 
     def _create_port(self, vnic: Vnic) -> None:
         name = tap_name(vnic.id)
-        if vnic.type == VnicType.TAP:
+        if vnic.type in _TAPS:
             self._netlink.add_tap(name, mtu=self._vnic_mtu, alias=vnic_alias(vnic.id))
             return
         fd = open_netns(vnic.netns, _what(vnic))
@@ -827,7 +866,18 @@ class KernelDataplane:
             os.close(fd)
 
     def _remove_port(self, j: Journal, vnic: Vnic) -> None:
-        """Delete the vnic's port (its trace ends with it); the undo recreates it."""
+        """Delete the vnic's port (its trace ends with it); the undo recreates it.
+
+        A vhost-user guest is disconnected first, so the backend never reads a
+        tap that is gone; the undo serves it again once the tap is back.
+        """
+        if vnic.id in self._served:
+            self._step(
+                j,
+                f"stop serving {vhost_socket_path(self._socket_dir, vnic.id)}",
+                partial(self._stop_serving, vnic.id),
+                partial(self._serve, None, vnic),
+            )
         name = tap_name(vnic.id)
         link = self._netlink.link(name)
         if link is None:
@@ -838,6 +888,35 @@ class KernelDataplane:
             lambda: self._netlink.delete_link(link.index),
             lambda: self._ensure_port(None, vnic, None),
         )
+
+    def _serve(self, j: Journal | None, vnic: Vnic) -> None:
+        """Have the backend serve a vhost-user vnic's socket on its tap.
+
+        Nothing to do when it already serves this very tap (same ifindex):
+        a replaced vnic keeps its socket and its guest stays connected. A tap
+        made anew (repaired, or first plugged) is served (again).
+        """
+        if vnic.type != VnicType.VHOST_USER_SERVER or self._vhost is None:
+            return
+        name = tap_name(vnic.id)
+        link = self._netlink.link(name)
+        if link is None:
+            raise DataplaneError(f"{_what(vnic)}: interface {name} is missing")
+        if self._served.get(vnic.id) == link.index:
+            return
+        vhost = self._vhost
+        path = vhost_socket_path(self._socket_dir, vnic.id)
+
+        def serve() -> None:
+            vhost.serve(vnic.id, socket_path=path, tap_name=name)
+            self._served[vnic.id] = link.index
+
+        self._step(j, f"serve {path}", serve, partial(self._stop_serving, vnic.id))
+
+    def _stop_serving(self, vnic_id: str) -> None:
+        if self._vhost is not None:
+            self._vhost.stop(vnic_id)
+        self._served.pop(vnic_id, None)
 
     def _configure_peer(self, j: Journal | None, vnic: Vnic, previous: Vnic | None) -> None:
         """The inside end of a NETNS vnic: its MAC, MTU, addresses, up.
@@ -977,10 +1056,12 @@ class KernelDataplane:
             filtering = f"security groups {groups}" if groups else "no group: all in dropped"
             anti_spoof = "mac + ip" if vnic.ip_anti_spoof else "mac"
         kinds = {VnicType.TAP: "tap", VnicType.NETNS: "veth"}
+        if self._vhost is not None:
+            kinds[VnicType.VHOST_USER_SERVER] = "tap, vhost-user"
         return PortView(
             vnic_id=vnic.id,
             kind=kinds.get(vnic.type, vnic.type.name.lower() + ", not plugged"),
-            port=name if vnic.type in _PORTS else "-",
+            port=name if self._has_port(vnic) else "-",
             guest=vnic.netns if vnic.type == VnicType.NETNS else self.attachment(vnic).path,
             mac=vnic.mac,
             ips=vnic.ips,
@@ -1016,10 +1097,6 @@ def _peer_op(netlink: Netlink, index: int, op: _PeerOp, *, forward: bool) -> Non
 def _revert_peer(netlink: Netlink, index: int, done: list[_PeerOp]) -> None:
     for op in reversed(done):
         _peer_op(netlink, index, op, forward=False)
-
-
-def _filtered(vnic: Vnic) -> bool:
-    return vnic.type in _PORTS and not vnic.bypass_filtering
 
 
 def _groups(vnic: Vnic | None) -> tuple[str, ...]:

@@ -97,6 +97,7 @@ class NetDevice:
         self.counters[_CONNECTED] = 0
         self._tap = -1
         self._listener: socket.socket | None = None
+        self._socket_file: tuple[int, int] | None = None
         self._conn: socket.socket | None = None
         self._reader: MessageReader | None = None
         self._memory: GuestMemory | None = None
@@ -141,11 +142,13 @@ class NetDevice:
         try:
             listener.bind(self.socket_path)
             listener.listen(4)
+            made = os.lstat(self.socket_path)
         except OSError as e:
             listener.close()
             raise DataplaneError(
                 f"vhost: cannot listen on socket {self.socket_path}: {e.strerror}"
             ) from None
+        self._socket_file = (made.st_dev, made.st_ino)
         return listener
 
     def stop(self) -> None:
@@ -155,13 +158,21 @@ class NetDevice:
             self._poller.unwatch(self._listener.fileno())
             self._listener.close()
             self._listener = None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.socket_path)
+            self._unlink_socket()
         if self._tap >= 0:
             self._watch_tap(0)
             os.close(self._tap)
             self._tap = -1
         log.info("vnic %s: stopped serving %s", self.vnic, self.socket_path)
+
+    def _unlink_socket(self) -> None:
+        """Remove our socket file, but not one that replaced it: a worker of the
+        previous daemon may exit after the new daemon's worker made its own."""
+        with contextlib.suppress(FileNotFoundError):
+            found = os.lstat(self.socket_path)
+            if (found.st_dev, found.st_ino) == self._socket_file:
+                os.unlink(self.socket_path)
+        self._socket_file = None
 
     def _on_accept(self, _events: int) -> None:
         assert self._listener is not None

@@ -206,11 +206,20 @@ class VhostSupervisor:
         self._lock = threading.RLock()
 
     def start(self) -> None:
+        """Start the workers (nothing if they run); DataplaneError if one cannot start."""
         with self._lock:
             if self._workers:
                 return
             callback = _DeathCallback(self)
-            self._workers = [_WorkerProcess(n, callback) for n in range(self._count)]
+            started: list[_WorkerProcess] = []
+            try:
+                for number in range(self._count):
+                    started.append(_WorkerProcess(number, callback))
+            except OSError as e:
+                for worker in started:
+                    worker.stop()
+                raise DataplaneError(f"vhost: cannot start a worker process: {e}") from None
+            self._workers = started
 
     def stop(self) -> None:
         """Stop every vnic (sockets removed, frontends disconnected) and every worker."""

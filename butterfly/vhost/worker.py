@@ -3,7 +3,15 @@
 Owns the epoll loop (the :class:`~butterfly.vhost.device.Poller` devices
 use), the control channel from the supervisor (add or remove a vnic, exit)
 and the forwarding of log records to the daemon. It sleeps in epoll when no
-ring or tap has work, so an idle worker costs no CPU. Started by
+ring or tap has work, so an idle worker costs no CPU.
+
+A worker never outlives its daemon: the kernel closes the daemon's end of
+the control channel however the daemon ends (SIGKILL included), and the
+worker, which watches that channel on every turn, busy or not, then stops
+its vnics and exits, so a restarted daemon can make the sockets again.
+(PR_SET_PDEATHSIG would not do: it fires when the *thread* that spawned the
+worker ends, and replacements of dead workers are spawned from short-lived
+threads.) Started by
 :mod:`butterfly.vhost.supervisor` as ``python -m butterfly.vhost.worker
 CONTROL_FD LOG_FD COUNTERS_FD``; it must not import the daemon, service, api
 or store.
@@ -168,8 +176,11 @@ class _LogForwarder(logging.Handler):
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     control_fd, log_fd, counters_fd = (int(a) for a in args)
+    # Signals for the whole process group (^C, a service manager stopping the
+    # daemon's cgroup) are the daemon's to act on: it stops its workers itself,
+    # and a worker that died first would be taken for a crash and restarted.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logger = logging.getLogger("butterfly")
     logger.addHandler(_LogForwarder(socket.socket(fileno=log_fd)))
     logger.setLevel(logging.DEBUG)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from butterfly.dataplane.naming import bridge_name, tap_name, vxlan_name
-from butterfly.errors import ConfigError, DataplaneError, NotSupported
+from butterfly.errors import ConfigError, DataplaneError
 from butterfly.model import State, Vnic, VnicType, make_vnic
 
 from .conftest import Lab, link_index, netns_vnic, plug
@@ -104,16 +104,6 @@ def test_replacing_a_tap_by_a_netns_vnic_moves_the_port(lab: Lab) -> None:
     links = _links(host.ip("-d", "-j", "link", "show"))
     assert links[tap_name("x")]["linkinfo"]["info_kind"] == "veth"
     assert tap_name("x") in _links(guest.ip("-j", "link", "show"))
-
-
-def test_vhost_user_vnics_are_not_supported_yet(lab: Lab) -> None:
-    host = lab.host()
-    dataplane = host.dataplane()
-    state = State()
-    vnic = make_vnic(Vnic(id="v", mac="52:54:00:00:00:01", vni=1))
-    state.put_vnic(vnic)
-    with pytest.raises(NotSupported, match="not supported yet"):
-        dataplane.plug(vnic, None, state)
 
 
 def test_a_missing_namespace_fails_cleanly(lab: Lab) -> None:

@@ -122,6 +122,8 @@ def test_frames_both_ways(
     if fe.header_size == 12:
         assert struct.unpack_from("<H", chain, 10)[0] == 1
     assert fe.rings[0].call >= 0 and os_eventfd_pending(fe.rings[0].call)
+    # The worker publishes counters after the burst that moved the frame.
+    wait_for(lambda: server.counters().to_guest_packets == 1, "the frame to be counted")
     counters = server.counters()
     assert counters.connected
     assert (counters.to_guest_packets, counters.from_guest_packets) == (1, 1)
