@@ -35,6 +35,7 @@ class Journal:
     def __init__(self, fault_hook: FaultHook | None) -> None:
         self._fault_hook = fault_hook
         self._undo: list[tuple[str, Callable[[], None]]] = []
+        self._after: list[tuple[str, Callable[[], None]]] = []
 
     def step(self, name: str, do: Callable[[], T], undo: Callable[[], None] | None = None) -> T:
         """Run ``do`` (after the fault hook); remember ``undo`` if it succeeds."""
@@ -48,6 +49,21 @@ class Journal:
     def on_rollback(self, name: str, undo: Callable[[], None]) -> None:
         """Remember ``undo`` for a change already made outside :meth:`step`."""
         self._undo.append((name, undo))
+
+    def after_success(self, name: str, action: Callable[[], None]) -> None:
+        """Run ``action`` once every step has succeeded: for what cannot be
+        undone (deleting a link), so that a failure never needs to undo it."""
+        self._after.append((name, action))
+
+    def finish(self) -> None:
+        """Run the after-success actions; a failure there is logged, not raised:
+        the request did succeed, and reconcile removes what is left over."""
+        for name, action in self._after:
+            try:
+                action()
+            except Exception as exc:
+                log.error("%s failed after the request succeeded: %s", name, exc)
+        self._after.clear()
 
     def rollback(self) -> list[str]:
         """Undo every recorded step, newest first; the steps that could not be undone."""
@@ -72,6 +88,7 @@ def journal(what: str, fault_hook: FaultHook | None) -> Iterator[Journal]:
     entries = Journal(fault_hook)
     try:
         yield entries
+        entries.finish()
     except BaseException as exc:
         failed = entries.rollback()
         if not isinstance(exc, DataplaneError):

@@ -45,6 +45,7 @@ from butterfly.dataplane.naming import (
     bridge_name,
     is_butterfly_link,
     profile_chains,
+    retired_name,
     tap_name,
     trace_path,
     trace_pidfile,
@@ -774,12 +775,9 @@ class KernelDataplane:
         for name in (vxlan_name(vni), bridge_name(vni)):
             link = self._netlink.link(name)
             if link is not None:
-                self._step(
-                    j,
-                    f"delete {name}",
-                    partial(self._netlink.delete_link, link.index),
-                    lambda: self._ensure_vni(None, vni, state),
-                )
+                # Only once the request has succeeded: a bridge re-created by
+                # an undo would come back with another MAC and bridge id.
+                j.after_success(f"delete {name}", partial(self._netlink.delete_link, link.index))
 
     def _fix_link(self, j: Journal | None, link: Link, *, master: int | None, mtu: int) -> None:
         """Set the MTU, master and up state of ``link`` where they differ."""
@@ -866,7 +864,10 @@ class KernelDataplane:
             os.close(fd)
 
     def _remove_port(self, j: Journal, vnic: Vnic) -> None:
-        """Delete the vnic's port (its trace ends with it); the undo recreates it.
+        """Set the vnic's port down (no frame crosses it) and rename it aside; it is
+        deleted once the whole request has succeeded. A failure after this
+        gives back the very same interface (same ifindex and MAC, the
+        guest's link never reset), which re-creating one could not.
 
         A vhost-user guest is disconnected first, so the backend never reads a
         tap that is gone; the undo serves it again once the tap is back.
@@ -882,12 +883,21 @@ class KernelDataplane:
         link = self._netlink.link(name)
         if link is None:
             return
+        index = link.index
+        if link.up:
+            self._step(
+                j,
+                f"set {name} down",
+                partial(self._netlink.set_link, index, up=False),
+                partial(self._netlink.set_link, index, up=True),
+            )
         self._step(
             j,
-            f"delete {name}",
-            lambda: self._netlink.delete_link(link.index),
-            lambda: self._ensure_port(None, vnic, None),
+            f"rename {name} aside",
+            partial(self._netlink.rename_link, index, retired_name(index)),
+            partial(self._netlink.rename_link, index, name),
         )
+        j.after_success(f"delete {name}", partial(self._netlink.delete_link, index))
 
     def _serve(self, j: Journal | None, vnic: Vnic) -> None:
         """Have the backend serve a vhost-user vnic's socket on its tap.

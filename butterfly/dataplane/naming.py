@@ -24,6 +24,7 @@ __all__ = [
     "is_butterfly_link",
     "member_set",
     "profile_chains",
+    "retired_name",
     "sg_in_chain",
     "sg_out_chain",
     "tap_name",
@@ -38,7 +39,9 @@ __all__ = [
 PREFIX = "bf"
 IFNAMSIZ = 15
 _READABLE = re.compile(r"[A-Za-z0-9_.-]{1,12}")
-_LINK = re.compile(r"bfbr[0-9]{1,8}|bfvx[0-9]{1,8}|bf-[A-Za-z0-9_.-]{1,12}|bfh[0-9a-f]{12}")
+_LINK = re.compile(
+    r"bfbr[0-9]{1,8}|bfvx[0-9]{1,8}|bf-[A-Za-z0-9_.-]{1,12}|bfh[0-9a-f]{12}|bfz[0-9a-f]{1,8}"
+)
 LINK_ALIAS = "butterfly"
 TABLE = "butterfly"
 """The name of butterfly's nftables table in each family it uses."""
@@ -52,6 +55,12 @@ def tap_name(vnic_id: str) -> str:
     if _READABLE.fullmatch(vnic_id):
         return f"{PREFIX}-{vnic_id}"
     return f"{PREFIX}h" + hashlib.sha256(vnic_id.encode()).hexdigest()[:12]
+
+
+def retired_name(ifindex: int) -> str:
+    """Where a removed port waits, off its bridge, until its request succeeds
+    (then it is deleted; if the request fails it gets its name back)."""
+    return f"{PREFIX}z{ifindex:x}"
 
 
 def bridge_name(vni: int) -> str:

@@ -301,6 +301,13 @@ class Netlink:
             )
         self._changed(index=index)
 
+    def rename_link(self, index: int, name: str) -> None:
+        old = self._name(index)
+        with _translated(f"netlink: renaming link {old} to {name}"):
+            self._ipr.link("set", index=index, ifname=name)
+        self._changed(old)
+        self._changed(name)
+
     def delete_link(self, index: int) -> None:
         name = self._name(index)
         with _translated(f"netlink: deleting link {name}"):

@@ -284,13 +284,6 @@ def test_a_failure_at_any_step_changes_neither_store_nor_kernel(lab: Lab) -> Non
         again.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a request that removes a port (nic_del, or nic_add replacing a "
-    "vnic by one of another type or namespace) deletes the port first; when a later step "
-    "fails, the rollback creates a new port (new ifindex, new host-side MAC, the VM's "
-    "interface reset, a TAP's open file descriptors orphaned) instead of restoring the old",
-)
 def test_a_failure_after_a_port_was_removed_restores_that_port(lab: Lab) -> None:
     host = lab.host(start=False)
     vms = [lab.vm(), lab.vm()]
