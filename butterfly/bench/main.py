@@ -15,6 +15,8 @@ __all__ = ["SUBCOMMANDS", "main"]
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
     "api": ("butterfly.bench.api", "control plane: API requests/s, latency, daemon memory"),
+    "dataplane": ("butterfly.bench.dataplane", "data path: latency, throughput, SG member changes"),
+    "vhost": ("butterfly.bench.vhost", "vhost-user: frames/s vs DPDK, TSO, guests, API under load"),
 }
 
 
