@@ -517,7 +517,7 @@ class KernelDataplane:
             if after is not None and self._filtered(after):
                 touched.add(after.security_groups)
         for vni in vnis:
-            keys |= self._layout.vni(bridge_name(vni), vxlan_name(vni), 0).keys()
+            keys |= self._layout.vni(bridge_name(vni), vxlan_name(vni), 0, quiet=True).keys()
             objects = self._vni_objects(j, vni, state)
             keys |= objects.keys()
             new.update(objects)
@@ -592,7 +592,8 @@ class KernelDataplane:
             return {}
         zone = self._zones.get(vni) or self._allocate(self._zones.values(), "conntrack zone")
         self._set_allocation(j, self._zones, vni, zone)
-        return self._layout.vni(bridge_name(vni), vxlan_name(vni), zone)
+        quiet = not any(self._filtered(vnic) for vnic in state.vnics_in(vni))
+        return self._layout.vni(bridge_name(vni), vxlan_name(vni), zone, quiet)
 
     @staticmethod
     def _allocate(used: Iterable[int], what: str) -> int:

@@ -23,11 +23,13 @@ chains does not grow with the vnics (nft reads every chain on each change)::
       egress   forward -200      mark := @egress_marks[oif] (id << 16, 0 for VXLAN
                                  and bypass); towards a vnic: IP/ARP only
     table inet butterfly
-      zone     prerouting raw    own VXLAN packets: notrack; ct zone := @zones[iif]
+      zone     prerouting raw    own VXLAN packets: notrack; a bridge in @quiet (no
+                                 filtered vnic here): notrack; ct zone := @zones[iif]
       conn     prerouting -150   new connection: ct mark := mark (the sender's id)
       raw_out  output raw        own VXLAN packets: notrack
-      filter   forward 0         not a butterfly bridge: accept; established,
-                                 related: accept; goto @in_dispatch[mark]
+      filter   forward 0         established, related: accept (first: the common
+                                 case); not a butterfly bridge, or quiet: accept;
+                                 goto @in_dispatch[mark]
                                  (receiver's in_P); goto out_check
       out_check                  goto @out_dispatch[ct mark] (sender's out_P); accept
       in_P                       ND/MLD accept; jump si_S for each group S; drop
@@ -322,6 +324,7 @@ class Layout:
             "port_ip6": ("ifname", "ipv6_addr"),
         }
         inet_decls = {
+            "quiet": ("ifname",),
             "in_dispatch": ("mark", "verdict"),
             "out_dispatch": ("mark", "verdict"),
         }
@@ -361,6 +364,7 @@ class Layout:
                         _match(_payload("udp", "dport"), self.vxlan_port),
                         {"notrack": None},
                     ),
+                    rule(_match(_IIF, "@quiet"), {"notrack": None}),
                     rule(_set_from_map({"ct": {"key": "zone"}}, _IIF, "zones")),
                 ),
                 Base("filter", "prerouting", -300),
@@ -387,11 +391,12 @@ class Layout:
             ),
             (INET, "filter"): Chain(
                 (
-                    rule(_match(_IIF, "bfbr*", "!="), _ACCEPT),
                     rule(
                         _match({"ct": {"key": "state"}}, ["established", "related"], "in"),
                         _ACCEPT,
                     ),
+                    rule(_match(_IIF, "bfbr*", "!="), _ACCEPT),
+                    rule(_match(_IIF, "@quiet"), _ACCEPT),
                     rule(_vmap(_meta("mark"), "in_dispatch")),
                     rule(_goto("out_check")),
                 ),
@@ -406,13 +411,20 @@ class Layout:
             objects[Key("chain", family, name)] = chain
         return objects
 
-    def vni(self, bridge: str, vxlan: str, zone: int) -> dict[Key, Obj]:
-        """A VNI's conntrack zone, and its VXLAN port's marks reset."""
-        return {
+    def vni(self, bridge: str, vxlan: str, zone: int, quiet: bool = False) -> dict[Key, Obj]:
+        """A VNI's conntrack zone, and its VXLAN port's marks reset.
+
+        ``quiet``: no vnic of this host in the VNI is filtered, so no rule
+        needs the state of its connections: they are not tracked at all.
+        """
+        objects: dict[Key, Obj] = {
             Key("element", INET, "zones", bridge): zone,
             Key("element", BRIDGE, "port_marks", vxlan): 0,
             Key("element", BRIDGE, "egress_marks", vxlan): 0,
         }
+        if quiet:
+            objects[Key("element", INET, "quiet", bridge)] = PRESENT
+        return objects
 
     def vnic(
         self, port: str, vnic_filter: VnicFilter | None, vnic_id: int | None
