@@ -63,20 +63,34 @@ context.term()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a smoke run for CI: {QUICK['requests']} requests per measure,"
-                        f" a state of {QUICK['vnics']} vnics and {QUICK['sgs']} SGs")
-    parser.add_argument("--requests", type=int, metavar="N",
-                        help=f"requests per measure (default {FULL['requests']})")
-    parser.add_argument("--vnics", type=int, metavar="N",
-                        help=f"vnics in the state for the memory figure (default {FULL['vnics']})")
-    parser.add_argument("--sgs", type=int, metavar="N",
-                        help=f"security groups in the state (default {FULL['sgs']})")
-    parser.add_argument("--dir", metavar="DIR",
-                        help="where the daemon's temporary folder goes (its file system decides"
-                        " what an fsync costs; default: the system's temporary folder)")
-    parser.add_argument("--strict", action="store_true",
-                        help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run for CI: {QUICK['requests']} requests per measure,"
+        f" a state of {QUICK['vnics']} vnics and {QUICK['sgs']} SGs",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        metavar="N",
+        help=f"requests per measure (default {FULL['requests']})",
+    )
+    parser.add_argument(
+        "--vnics",
+        type=int,
+        metavar="N",
+        help=f"vnics in the state for the memory figure (default {FULL['vnics']})",
+    )
+    parser.add_argument(
+        "--sgs", type=int, metavar="N", help=f"security groups in the state (default {FULL['sgs']})"
+    )
+    parser.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="where the daemon's temporary folder goes (its file system decides"
+        " what an fsync costs; default: the system's temporary folder)",
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +199,9 @@ class Results:
     full_size: bool
 
 
-def _benchmark(daemon: DaemonProcess, requests: int, vnics: int, sgs: int,
-               full_size: bool) -> Results:
+def _benchmark(
+    daemon: DaemonProcess, requests: int, vnics: int, sgs: int, full_size: bool
+) -> Results:
     frame = Messages()
     frame.messages.add(revision=REVISION).message_0.request.app_status = True
     echo_frame = frame.SerializeToString()
@@ -263,29 +278,36 @@ def render(results: Results, requests: int) -> tuple[str, bool]:
         verdict = "-" if target == "baseline" else _verdict(measure)
         if verdict != "-":
             verdicts.append(verdict)
-        rows.append((
-            measure.name,
-            str(len(measure.latencies_ns)),
-            f"{measure.per_second:,.0f}",
-            f"{measure.percentile_ms(0.50):.3f}",
-            f"{measure.percentile_ms(0.99):.3f}",
-            "-",
-            target,
-            verdict,
-        ))
+        rows.append(
+            (
+                measure.name,
+                str(len(measure.latencies_ns)),
+                f"{measure.per_second:,.0f}",
+                f"{measure.percentile_ms(0.50):.3f}",
+                f"{measure.percentile_ms(0.99):.3f}",
+                "-",
+                target,
+                verdict,
+            )
+        )
     rss_mb = results.rss_kib * 1024 / 1e6
     if results.full_size:
         memory_verdict = "PASS" if rss_mb < MAX_RSS_MB else "FAIL"
         verdicts.append(memory_verdict)
     else:
         memory_verdict = "n/a (state below target size)"
-    rows.append((
-        f"daemon VmRSS, {results.vnics} vnics + {results.sgs} SGs",
-        "-", "-", "-", "-",
-        f"{rss_mb:.1f}",
-        f"< {MAX_RSS_MB:g} MB",
-        memory_verdict,
-    ))
+    rows.append(
+        (
+            f"daemon VmRSS, {results.vnics} vnics + {results.sgs} SGs",
+            "-",
+            "-",
+            "-",
+            "-",
+            f"{rss_mb:.1f}",
+            f"< {MAX_RSS_MB:g} MB",
+            memory_verdict,
+        )
+    )
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
@@ -295,8 +317,7 @@ def render(results: Results, requests: int) -> tuple[str, bool]:
         ).rstrip()
 
     table = [
-        f"butterfly-bench api: {requests} requests per measure, one request per frame,"
-        " one client",
+        f"butterfly-bench api: {requests} requests per measure, one request per frame, one client",
         line(header),
         line(tuple("-" * width for width in widths)),
         *(line(row) for row in rows),
@@ -314,8 +335,10 @@ def run(args: argparse.Namespace) -> int:
         daemon = DaemonProcess(directory, log_level="warning")
         try:
             daemon.start()
-            print(f"butterflyd (pid {daemon.pid}) on {daemon.endpoint},"
-                  f" state in {daemon.state_path}", flush=True)
+            print(
+                f"butterflyd (pid {daemon.pid}) on {daemon.endpoint}, state in {daemon.state_path}",
+                flush=True,
+            )
             results = _benchmark(daemon, requests, vnics, sgs, full_size)
         except (BenchError, ClientError, DaemonError) as error:
             print(f"butterfly-bench api: {error}", file=sys.stderr)

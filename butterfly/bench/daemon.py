@@ -204,8 +204,7 @@ class DaemonProcess:
         try:
             code = self._process.wait(timeout=timeout)
         except subprocess.TimeoutExpired as error:
-            raise DaemonError(f"butterflyd (pid {self.pid}) did not exit in {timeout} s") \
-                from error
+            raise DaemonError(f"butterflyd (pid {self.pid}) did not exit in {timeout} s") from error
         self._close_log()
         return code
 
@@ -219,8 +218,7 @@ class DaemonProcess:
                 self._process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
-                raise DaemonError(f"butterflyd did not stop on SIGTERM in {timeout} s") \
-                    from None
+                raise DaemonError(f"butterflyd did not stop on SIGTERM in {timeout} s") from None
         return self.wait_exit()
 
     def kill(self) -> None:

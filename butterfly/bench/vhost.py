@@ -120,12 +120,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"a smoke run for CI: {QUICK.seconds} s per testpmd measure, {QUICK.rounds}"
         f" iperf3 round of {QUICK.iperf_seconds} s, {QUICK.requests} API requests",
     )
-    parser.add_argument("--seconds", type=int, metavar="S",
-                        help=f"seconds kept per testpmd measure (default {FULL.seconds})")
-    parser.add_argument("--rounds", type=int, metavar="N",
-                        help=f"iperf3 rounds per kind of vnic (default {FULL.rounds})")
-    parser.add_argument("--requests", type=int, metavar="N",
-                        help=f"API requests per latency figure (default {FULL.requests})")
+    parser.add_argument(
+        "--seconds",
+        type=int,
+        metavar="S",
+        help=f"seconds kept per testpmd measure (default {FULL.seconds})",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help=f"iperf3 rounds per kind of vnic (default {FULL.rounds})",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        metavar="N",
+        help=f"API requests per latency figure (default {FULL.requests})",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
 
 
@@ -653,8 +665,7 @@ def api_rows(
         Row(
             f"API p99, sg_member_add, src at full rate ({_mpps(rate)})",
             cell(loaded.member_add),
-            f"idle {cell(idle.member_add)}; CPUs busy, no vhost traffic"
-            f" {cell(busy.member_add)}",
+            f"idle {cell(idle.member_add)}; CPUs busy, no vhost traffic {cell(busy.member_add)}",
             target,
             _judge(loaded.member_add.p99_ms < MAX_API_P99_MS),
         ),

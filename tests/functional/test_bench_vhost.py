@@ -90,7 +90,10 @@ def test_bench_vhost_quick_prints_every_row() -> None:
 
 def test_bench_vhost_help_offers_quick_and_strict() -> None:
     result = subprocess.run(
-        [*_bench_command(), "vhost", "--help"], capture_output=True, text=True, timeout=60,
+        [*_bench_command(), "vhost", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=True,
     )
     assert "--quick" in result.stdout and "--strict" in result.stdout

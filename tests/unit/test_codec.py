@@ -73,8 +73,10 @@ def test_empty_request() -> None:
 def test_version_not_managed() -> None:
     request = Messages()
     request.messages.add(revision=0)
-    assert envelope_error(answer_frame(request.SerializeToString(), None, Recorder())) \
+    assert (
+        envelope_error(answer_frame(request.SerializeToString(), None, Recorder()))
         == Error.VERSION_NOT_MANAGED
+    )
 
 
 def test_messages_answered_in_order() -> None:
@@ -104,16 +106,20 @@ def test_encrypted_request_without_key_is_not_supported() -> None:
 def test_encrypted_without_blob_is_not_supported() -> None:
     request = Messages()
     request.encrypted.SetInParent()
-    assert encrypted_error(answer_frame(request.SerializeToString(), KEY, Recorder())) \
+    assert (
+        encrypted_error(answer_frame(request.SerializeToString(), KEY, Recorder()))
         == Encrypted.Error.NOT_SUPPORTED
+    )
 
 
 @pytest.mark.parametrize("blob", [b"", bytes(96), bytes(100)], ids=["empty", "zeros", "ragged"])
 def test_bad_blob_is_rejected(blob: bytes) -> None:
     request = Messages()
     request.encrypted.aes256cbc_sha512 = blob
-    assert encrypted_error(answer_frame(request.SerializeToString(), KEY, Recorder())) \
+    assert (
+        encrypted_error(answer_frame(request.SerializeToString(), KEY, Recorder()))
         == Encrypted.Error.REJECTED
+    )
 
 
 def test_wrong_key_is_rejected() -> None:
@@ -148,8 +154,10 @@ def test_a_bug_in_a_handler_still_gets_an_answer() -> None:
     def broken(message: MessageV0) -> MessageV0:
         raise RuntimeError("bug")
 
-    assert envelope_error(answer_frame(envelope("a").SerializeToString(), None, broken)) \
+    assert (
+        envelope_error(answer_frame(envelope("a").SerializeToString(), None, broken))
         == Error.INTERNAL_ERROR
+    )
     frame = answer_frame(encode_request(envelope("a"), KEY), KEY, broken)
     assert encrypted_error(frame) == Encrypted.Error.INTERNAL_ERROR
 

@@ -61,8 +61,10 @@ def test_good_mac_is_returned_as_given(mac: str) -> None:
     ],
 )
 def test_bad_mac(mac: str) -> None:
-    with raises(BadNic, f"Bad NIC format: nic 'vnic-1': mac {mac!r} is not six hex pairs"
-                f" separated by colons"):
+    with raises(
+        BadNic,
+        f"Bad NIC format: nic 'vnic-1': mac {mac!r} is not six hex pairs separated by colons",
+    ):
         make_vnic(vnic(mac=mac))
 
 
@@ -167,8 +169,11 @@ def test_good_nic_id(nic_id: str) -> None:
 
 
 def test_bad_sg_id_in_a_nic() -> None:
-    with raises(BadNic, "Bad NIC format: nic 'vnic-1': security group id 'a b' contains spaces"
-                " or control characters"):
+    with raises(
+        BadNic,
+        "Bad NIC format: nic 'vnic-1': security group id 'a b' contains spaces"
+        " or control characters",
+    ):
         make_vnic(vnic(security_groups=("ok", "a b")))
 
 
@@ -176,8 +181,9 @@ def test_sg_ids_of_a_nic_are_deduplicated_in_order() -> None:
     assert make_vnic(vnic(security_groups=("b", "a", "b"))).security_groups == ("b", "a")
 
 
-@pytest.mark.parametrize(("sg_id", "problem"), [("", "is empty"), ("a/b", "cannot be used as a"
-                                                                     " file name")])
+@pytest.mark.parametrize(
+    ("sg_id", "problem"), [("", "is empty"), ("a/b", "cannot be used as a file name")]
+)
 def test_check_sg_id(sg_id: str, problem: str) -> None:
     with raises(BadRequest, f"Bad Security Group format: security group id {sg_id!r} {problem}"):
         check_sg_id(sg_id)
@@ -187,23 +193,27 @@ def test_check_sg_id(sg_id: str, problem: str) -> None:
 
 
 def test_bench_nic_is_not_supported() -> None:
-    with raises(NotSupported, "nic 'vnic-1': type BENCH (built-in traffic generator) is not"
-                " supported"):
+    with raises(
+        NotSupported, "nic 'vnic-1': type BENCH (built-in traffic generator) is not supported"
+    ):
         make_vnic(vnic(type=VnicType.BENCH))
 
 
 def test_sniff_target_is_not_supported() -> None:
-    with raises(NotSupported, "nic 'vnic-1': sniff_target_nic_id is not supported;"
-                " use packet_trace"):
+    with raises(
+        NotSupported, "nic 'vnic-1': sniff_target_nic_id is not supported; use packet_trace"
+    ):
         make_vnic(vnic(sniff_target_nic_id="other"))
 
 
 def test_netns_nic_needs_a_namespace() -> None:
-    with raises(BadNic, "Bad NIC format: nic 'vnic-1': type NETNS needs a path naming a network"
-                " namespace"):
+    with raises(
+        BadNic, "Bad NIC format: nic 'vnic-1': type NETNS needs a path naming a network namespace"
+    ):
         make_vnic(vnic(type=VnicType.NETNS))
-    with raises(BadNic, "Bad NIC format: nic 'vnic-1': path 'a\\nb' is not a namespace name or"
-                " path"):
+    with raises(
+        BadNic, "Bad NIC format: nic 'vnic-1': path 'a\\nb' is not a namespace name or path"
+    ):
         make_vnic(vnic(type=VnicType.NETNS, netns="a\nb"))
     assert make_vnic(vnic(type=VnicType.NETNS, netns="blue")).netns == "blue"
 
@@ -213,8 +223,7 @@ def test_netns_is_dropped_for_other_types() -> None:
 
 
 def test_bad_packet_trace_path() -> None:
-    with raises(BadNic, "Bad NIC format: nic 'vnic-1': packet_trace_path 'a\\x00b' is not a"
-                " path"):
+    with raises(BadNic, "Bad NIC format: nic 'vnic-1': packet_trace_path 'a\\x00b' is not a path"):
         make_vnic(vnic(packet_trace_path="a\0b"))
 
 
@@ -270,22 +279,30 @@ def test_ports_are_dropped_for_non_tcp_udp(protocol: int) -> None:
 
 @pytest.mark.parametrize("protocol", [-2, 256, 1 << 31])
 def test_bad_protocol(protocol: int) -> None:
-    with raises(BadRule, f"Bad Security Group rule format: security group 'sg-1': protocol"
-                f" {protocol} is not -1 (all) or an IANA number 0-255"):
+    with raises(
+        BadRule,
+        f"Bad Security Group rule format: security group 'sg-1': protocol"
+        f" {protocol} is not -1 (all) or an IANA number 0-255",
+    ):
         rule(protocol=protocol)
 
 
 @pytest.mark.parametrize("direction", [2, -1, 100])
 def test_bad_direction(direction: int) -> None:
-    with raises(BadRule, f"Bad Security Group rule format: security group 'sg-1': direction"
-                f" {direction} is not INBOUND (0) or OUTBOUND (1)"):
+    with raises(
+        BadRule,
+        f"Bad Security Group rule format: security group 'sg-1': direction"
+        f" {direction} is not INBOUND (0) or OUTBOUND (1)",
+    ):
         rule(direction=direction)
 
 
 @pytest.mark.parametrize(("protocol", "name"), [(6, "tcp"), (17, "udp")])
 def test_tcp_udp_need_both_ports(protocol: int, name: str) -> None:
-    message = (f"Bad Security Group rule format: security group 'sg-1': a {name} rule needs"
-               " port_start and port_end")
+    message = (
+        f"Bad Security Group rule format: security group 'sg-1': a {name} rule needs"
+        " port_start and port_end"
+    )
     for ports in ({}, {"port_start": 1}, {"port_end": 1}):
         with raises(BadRule, message):
             rule(protocol=protocol, **ports)
@@ -304,8 +321,10 @@ def test_port_range() -> None:
 
 
 def test_exactly_one_source() -> None:
-    message = ("Bad Security Group rule format: security group 'sg-1': a rule needs exactly one"
-               " of cidr and security_group")
+    message = (
+        "Bad Security Group rule format: security group 'sg-1': a rule needs exactly one"
+        " of cidr and security_group"
+    )
     with raises(BadRule, message):
         rule(cidr=None)
     with raises(BadRule, message):
@@ -329,16 +348,20 @@ def test_bad_cidr(address: str, mask: int, problem: str) -> None:
         rule(cidr=(address, mask))
 
 
-@pytest.mark.parametrize(("address", "mask"), [("0.0.0.0", 0), ("10.1.2.3", 32), ("::", 0),
-                                               ("2001:db8::1", 128)])
+@pytest.mark.parametrize(
+    ("address", "mask"), [("0.0.0.0", 0), ("10.1.2.3", 32), ("::", 0), ("2001:db8::1", 128)]
+)
 def test_good_cidr_masks(address: str, mask: int) -> None:
     made = rule(cidr=(address, mask))
     assert made.cidr == Cidr(address, mask)
 
 
 def test_bad_source_sg_id() -> None:
-    with raises(BadRule, "Bad Security Group rule format: security group 'sg-1': source security"
-                " group 'a b' contains spaces or control characters"):
+    with raises(
+        BadRule,
+        "Bad Security Group rule format: security group 'sg-1': source security"
+        " group 'a b' contains spaces or control characters",
+    ):
         rule(cidr=None, security_group="a b")
 
 
@@ -347,8 +370,10 @@ def test_bad_source_sg_id() -> None:
 
 def test_members_are_canonical() -> None:
     assert make_member("sg-1", "2001:0DB8::0001") == "2001:db8::1"
-    with raises(BadIp, "Bad IP format: security group 'sg-1': member '10.0.0.1/32' is not an"
-                " IPv4 or IPv6 address"):
+    with raises(
+        BadIp,
+        "Bad IP format: security group 'sg-1': member '10.0.0.1/32' is not an IPv4 or IPv6 address",
+    ):
         make_member("sg-1", "10.0.0.1/32")
 
 
@@ -356,7 +381,8 @@ def test_make_security_group_deduplicates_in_order() -> None:
     one = rule(protocol=6, port_start=1, port_end=2)
     other = rule(cidr=None, security_group="x")
     sg = make_security_group(
-        "sg-1", members=["10.0.0.2", "10.0.0.1", "10.0.0.2", "::1", "0:0::1"],
+        "sg-1",
+        members=["10.0.0.2", "10.0.0.1", "10.0.0.2", "::1", "0:0::1"],
         rules=[one, other, one],
     )
     assert sg == SecurityGroup("sg-1", ("10.0.0.2", "10.0.0.1", "::1"), (one, other))
@@ -365,8 +391,9 @@ def test_make_security_group_deduplicates_in_order() -> None:
 def test_make_security_group_validates() -> None:
     with raises(BadRequest, "Bad Security Group format: security group id '' is empty"):
         make_security_group("", members=[], rules=[])
-    with raises(BadIp, "Bad IP format: security group 'sg-1': member 'x' is not an IPv4 or IPv6"
-                " address"):
+    with raises(
+        BadIp, "Bad IP format: security group 'sg-1': member 'x' is not an IPv4 or IPv6 address"
+    ):
         make_security_group("sg-1", members=["10.0.0.1", "x"], rules=[])
 
 

@@ -52,8 +52,14 @@ VNICS = [
         packet_trace=False,
         packet_trace_path="/var/trace b.pcap",
     ),
-    Vnic(id="c", mac="52:54:00:00:00:03", vni=0, type=VnicType.NETNS, netns="/proc/1/ns/net",
-         packet_trace=True),
+    Vnic(
+        id="c",
+        mac="52:54:00:00:00:03",
+        vni=0,
+        type=VnicType.NETNS,
+        netns="/proc/1/ns/net",
+        packet_trace=True,
+    ),
     Vnic(id="é/ü", mac="52:54:00:00:00:04", vni=5, sniff_target_nic_id="a"),
 ]
 RULES = (
@@ -94,9 +100,7 @@ def test_empty_store_loads_an_empty_state(store: SqliteStore, path: str) -> None
     assert snapshot(reopen(store, path)) == ([], [], {})
 
 
-def test_order_of_members_and_rules_is_kept_across_changes(
-    store: SqliteStore, path: str
-) -> None:
+def test_order_of_members_and_rules_is_kept_across_changes(store: SqliteStore, path: str) -> None:
     with store.transaction() as tx:
         for member in ("10.0.0.3", "10.0.0.1", "10.0.0.2"):
             tx.add_member("s", member)
@@ -216,8 +220,7 @@ def test_non_sqlite_file(path: str) -> None:
 def test_corrupt_butterfly_file(store: SqliteStore, path: str) -> None:
     with store.transaction() as tx:
         for index in range(300):
-            tx.put_vnic(Vnic(id=f"v{index}", mac="52:54:00:00:00:01", vni=index,
-                             ips=("10.0.0.1",)))
+            tx.put_vnic(Vnic(id=f"v{index}", mac="52:54:00:00:00:01", vni=index, ips=("10.0.0.1",)))
             tx.add_member("s", f"10.1.{index // 256}.{index % 256}")
     store.close()
     with open(path, "r+b") as file:

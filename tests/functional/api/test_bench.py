@@ -26,8 +26,13 @@ def test_bench_api_quick_prints_the_table(tmp_path: Path) -> None:
         r"^measure +requests +req/s +p50 ms +p99 ms +RSS MB +target +result$", out, re.M
     )
     assert header, out
-    for row in ("zmq echo round trip", "app_status, empty daemon", "nic_add",
-                "sg_member_add (100 SGs)", "daemon VmRSS, 500 vnics + 100 SGs"):
+    for row in (
+        "zmq echo round trip",
+        "app_status, empty daemon",
+        "nic_add",
+        "sg_member_add (100 SGs)",
+        "daemon VmRSS, 500 vnics + 100 SGs",
+    ):
         assert re.search(rf"^{re.escape(row)} ", out, re.M), (row, out)
     assert out.count(">= 2,000 req/s, p99 < 5 ms") == 2
     assert re.search(r"^daemon VmRSS.* [0-9.]+ +< 150 MB ", out, re.M), out
@@ -48,7 +53,10 @@ def test_bench_help_lists_the_subcommands() -> None:
     )
     assert "api" in result.stdout
     result = subprocess.run(
-        [*_bench_command(), "api", "--help"], capture_output=True, text=True, timeout=60,
+        [*_bench_command(), "api", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=True,
     )
     assert "--quick" in result.stdout and "--strict" in result.stdout

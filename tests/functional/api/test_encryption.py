@@ -137,8 +137,10 @@ def test_malformed_blobs_are_rejected(keyed: tuple[Daemon, bytes], blob: bytes) 
     daemon, _ = keyed
     data = Messages()
     data.encrypted.aes256cbc_sha512 = blob
-    assert _encrypted_error(_raw(daemon.client(), data.SerializeToString())) \
+    assert (
+        _encrypted_error(_raw(daemon.client(), data.SerializeToString()))
         == Encrypted.Error.REJECTED
+    )
 
 
 def test_tampered_blob_is_rejected(keyed: tuple[Daemon, bytes]) -> None:
@@ -147,8 +149,10 @@ def test_tampered_blob_is_rejected(keyed: tuple[Daemon, bytes]) -> None:
     blob[40] ^= 0x01
     data = Messages()
     data.encrypted.aes256cbc_sha512 = bytes(blob)
-    assert _encrypted_error(_raw(daemon.client(), data.SerializeToString())) \
+    assert (
+        _encrypted_error(_raw(daemon.client(), data.SerializeToString()))
         == Encrypted.Error.REJECTED
+    )
     assert list(ok(daemon.client(key=key), nic_list=True).nic_list) == []
 
 
@@ -156,8 +160,10 @@ def test_encrypted_without_blob_is_not_supported(keyed: tuple[Daemon, bytes]) ->
     daemon, _ = keyed
     data = Messages()
     data.encrypted.SetInParent()
-    assert _encrypted_error(_raw(daemon.client(), data.SerializeToString())) \
+    assert (
+        _encrypted_error(_raw(daemon.client(), data.SerializeToString()))
         == Encrypted.Error.NOT_SUPPORTED
+    )
 
 
 def test_encrypted_garbage_inside_gets_an_encrypted_parse_error(
@@ -178,8 +184,10 @@ def test_keyed_client_to_unkeyed_daemon_is_not_supported(daemon: Daemon) -> None
         keyed_client.call(request(nic_list=True))
     data = Messages()
     data.encrypted.aes256cbc_sha512 = seal(b"", os.urandom(32))
-    assert _encrypted_error(_raw(daemon.client(), data.SerializeToString())) \
+    assert (
+        _encrypted_error(_raw(daemon.client(), data.SerializeToString()))
         == Encrypted.Error.NOT_SUPPORTED
+    )
     ok(daemon.client(), nic_list=True)
 
 

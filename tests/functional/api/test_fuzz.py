@@ -176,11 +176,18 @@ def _valid_frames() -> list[bytes]:
         request(nic_update=MessageV0.NicUpdateReq(id="vnic-1", ip=["10.0.0.1"])),
         request(nic_details=""),
         request(nic_del="fz"),
-        request(sg_add=Sg(id="sg-1", member=["10.0.0.1", "2001:db8::1"],
-                          rule=[rule(protocol=6, ports=(22, 22), cidr=("10.0.0.0", 8)),
-                                rule(sg="sg-2")])),
-        request(sg_rule_add=MessageV0.SgRuleAddReq(
-            sg_id="sg-1", rule=rule(protocol=17, ports=(53, 53), cidr=("2001:db8::", 32)))),
+        request(
+            sg_add=Sg(
+                id="sg-1",
+                member=["10.0.0.1", "2001:db8::1"],
+                rule=[rule(protocol=6, ports=(22, 22), cidr=("10.0.0.0", 8)), rule(sg="sg-2")],
+            )
+        ),
+        request(
+            sg_rule_add=MessageV0.SgRuleAddReq(
+                sg_id="sg-1", rule=rule(protocol=17, ports=(53, 53), cidr=("2001:db8::", 32))
+            )
+        ),
         request(sg_member_add=MessageV0.SgMemberAddReq(sg_id="sg-1", member="10.0.0.1")),
         request(sg_details=""),
         request(app_status=True),
@@ -253,8 +260,9 @@ HUGE = 100_000
 texts = st.one_of(
     st.sampled_from(["", "vnic-1", "sg-1", "sg-2", "10.0.0.1", "2001:db8::1", "none", "debug"]),
     st.text(max_size=40),
-    st.builds(lambda c, n: c * n, st.sampled_from(["x", "é", "\0", "/", ":"]),
-              st.integers(1, HUGE)),
+    st.builds(
+        lambda c, n: c * n, st.sampled_from(["x", "é", "\0", "/", ":"]), st.integers(1, HUGE)
+    ),
 )
 ips = st.one_of(st.ip_addresses().map(str), texts)
 uint32 = st.one_of(st.integers(0, 70_000), st.integers(0, (1 << 32) - 1))
@@ -309,7 +317,8 @@ def absurd_requests(draw: st.DrawFn) -> MessageV0.Request:
         value = draw(absurd_nics())
     elif kind == "nic_update":
         value = MessageV0.NicUpdateReq(
-            id=draw(texts), ip=draw(st.lists(ips, max_size=4)),
+            id=draw(texts),
+            ip=draw(st.lists(ips, max_size=4)),
             security_group=draw(st.lists(texts, max_size=3)),
         )
         if draw(st.booleans()):
@@ -332,8 +341,9 @@ def absurd_requests(draw: st.DrawFn) -> MessageV0.Request:
     elif kind == "app_config":
         value = MessageV0.AppConfigReq()
         if draw(st.booleans()):
-            value.log_level = draw(st.sampled_from(["none", "error", "warning", "info",
-                                                    "debug", "loud", ""]))
+            value.log_level = draw(
+                st.sampled_from(["none", "error", "warning", "info", "debug", "loud", ""])
+            )
     elif kind in ("nic_list", "sg_list", "app_status", "vni_peer_list"):
         value = draw(st.booleans())
     else:

@@ -53,10 +53,14 @@ REQUESTS: list[tuple[str, Any]] = [
     ("sg_del", "sg2"),
     ("sg_del", "ghost"),
     ("sg_list", True),
-    ("sg_rule_add", RuleAdd(sg_id="sg1", rule=rule(protocol=17, ports=(53, 53),
-                                                   cidr=("2001:0db8::8001", 8)))),
-    ("sg_rule_add", RuleAdd(sg_id="sg1", rule=rule(protocol=6, ports=(22, 22),
-                                                   cidr=("10.0.0.0", 8)))),  # already there
+    (
+        "sg_rule_add",
+        RuleAdd(sg_id="sg1", rule=rule(protocol=17, ports=(53, 53), cidr=("2001:0db8::8001", 8))),
+    ),
+    (
+        "sg_rule_add",
+        RuleAdd(sg_id="sg1", rule=rule(protocol=6, ports=(22, 22), cidr=("10.0.0.0", 8))),
+    ),  # already there
     ("sg_rule_add", RuleAdd(sg_id="new", rule=rule(protocol=-1, ports=(1, 2), sg="sg1"))),
     ("sg_rule_del", RuleDel(sg_id="sg1", rule=rule(protocol=-1, sg="sg2"))),
     ("sg_rule_del", RuleDel(sg_id="ghost", rule=rule(protocol=-1, sg="sg2"))),
@@ -101,4 +105,3 @@ def test_app_status_twice_same_state(client: Client) -> None:
     second = ok(client, app_status=True).app_status
     assert dump(client) == before
     assert (first.start_date, first.graph_dot) == (second.start_date, second.graph_dot)
-
