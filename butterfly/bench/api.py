@@ -32,6 +32,7 @@ from butterfly.api.codec import REVISION
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
 from butterfly.bench.daemon import DaemonError, DaemonProcess, free_port, resident_memory_kib
+from butterfly.bench.figures import BenchError
 from butterfly.errors import ClientError
 
 __all__ = ["add_arguments", "run"]
@@ -117,10 +118,6 @@ def _measure(name: str, count: int, send: Callable[[int], None]) -> Measure:
         send(index)
         latencies.append(time.perf_counter_ns() - before)
     return Measure(name, latencies, (time.perf_counter_ns() - started) / 1e9)
-
-
-class BenchError(Exception):
-    """The benchmark could not run (the daemon failed, a request was refused)."""
 
 
 def _checked(client: Client, request: MessageV0.Request) -> MessageV0.Response:

@@ -49,6 +49,7 @@ from butterfly.api.codec import REVISION
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
 from butterfly.bench.daemon import DaemonError
+from butterfly.bench.figures import BenchError, busy_elsewhere, percentile
 from butterfly.bench.lab import (
     FABRIC_BRIDGE,
     UNDERLAY_V4,
@@ -135,10 +136,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"timed member adds, and deletes, per size (default {FULL.changes})",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-
-
-class BenchError(Exception):
-    """The benchmark could not run (a tool failed, a path carried no traffic)."""
 
 
 # ---------------------------------------------------------------- measuring one path
@@ -448,12 +445,6 @@ class Changes:
     del_ms: list[float]
 
 
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest rank: the smallest value with at least ``fraction`` of them at or below it."""
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
-
-
 def _tap_vnic(index: int) -> MessageV0.Request:
     request = MessageV0.Request()
     nic = request.nic_add
@@ -641,22 +632,6 @@ def _cpu_model() -> str:
 def _version(*argv: str) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     return (done.stdout or done.stderr).strip().splitlines()[0]
-
-
-def busy_elsewhere(seconds: float = 1.0) -> float:
-    """The fraction of CPU time in use over ``seconds`` while the bench itself is idle:
-    other work on these CPUs skews every figure, so the table says how much there was."""
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat", encoding="ascii") as stat:
-            ticks = [int(value) for value in stat.readline().split()[1:]]
-        return sum(ticks), ticks[3] + ticks[4]  # idle + iowait
-
-    total, idle = sample()
-    time.sleep(seconds)
-    total_after, idle_after = sample()
-    elapsed = total_after - total
-    return 1 - (idle_after - idle) / elapsed if elapsed else 0.0
 
 
 def header(settings: Settings, cpus: Cpus, mtu: int, busy: tuple[float, float]) -> str:

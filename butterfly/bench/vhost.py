@@ -42,7 +42,6 @@ import argparse
 import contextlib
 import importlib.util
 import ipaddress
-import math
 import os
 import re
 import shutil
@@ -62,6 +61,7 @@ from typing import Any
 import butterfly
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.bench.daemon import DaemonError
+from butterfly.bench.figures import BenchError, busy_elsewhere, percentile
 from butterfly.bench.lab import Host, Lab, LabError, Vm, wait_for
 from butterfly.dataplane.naming import tap_name
 from butterfly.errors import ClientError
@@ -139,10 +139,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"API requests per latency figure (default {FULL.requests})",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-
-
-class BenchError(Exception):
-    """The benchmark could not run (a tool failed, a frontend never connected)."""
 
 
 # ---------------------------------------------------------------- testpmd
@@ -402,11 +398,6 @@ class ApiLatencies:
 
     nic_list: Latency
     member_add: Latency
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
 
 
 class ApiProbe:
@@ -754,21 +745,6 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus) -> list[Row]:
         tcp = guests_tcp(bench)
         print("guests: done", flush=True)
     return [*frame_rows(frames), tso_row(*tso), guest_row(tcp), *api_rows(*api), idle_row(share)]
-
-
-def busy_elsewhere(seconds: float = 1.0) -> float:
-    """The share of all CPUs busy (not idle) over ``seconds``, from /proc/stat."""
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat", encoding="ascii") as stat:
-            values = [int(value) for value in stat.readline().split()[1:]]
-        return sum(values), values[3] + values[4]
-
-    total, idle = sample()
-    time.sleep(seconds)
-    total_after, idle_after = sample()
-    spent = total_after - total
-    return 1 - (idle_after - idle) / spent if spent else 0.0
 
 
 def header(settings: Settings, cpus: Cpus, busy: float) -> str:

@@ -5,15 +5,14 @@ import json
 import pytest
 
 from butterfly.bench.dataplane import (
-    BenchError,
     Row,
     Sample,
     median,
     parse_iperf3,
     parse_qperf,
-    percentile,
     render,
 )
+from butterfly.bench.figures import BenchError, percentile
 
 QPERF = """\
 tcp_lat:
