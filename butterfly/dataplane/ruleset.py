@@ -23,8 +23,10 @@ chains does not grow with the vnics (nft reads every chain on each change)::
       egress   forward -200      mark := @egress_marks[oif] (id << 16, 0 for VXLAN
                                  and bypass); towards a vnic: IP/ARP only
     table inet butterfly
-      zone     prerouting raw    own VXLAN packets: notrack; a bridge in @quiet (no
-                                 filtered vnic here): notrack; ct zone := @zones[iif]
+      zone     prerouting raw    own VXLAN packets: notrack, accept; a bridge in
+                                 @quiet (no filtered vnic here): notrack, accept
+                                 (a later "ct zone set" would track them again);
+                                 ct zone := @zones[iif]
       conn     prerouting -150   new connection: ct mark := mark (the sender's id)
       raw_out  output raw        own VXLAN packets: notrack
       filter   forward 0         established, related: accept (first: the common
@@ -363,8 +365,9 @@ class Layout:
                         _match(_IIF, self.underlay_ifname),
                         _match(_payload("udp", "dport"), self.vxlan_port),
                         {"notrack": None},
+                        _ACCEPT,
                     ),
-                    rule(_match(_IIF, "@quiet"), {"notrack": None}),
+                    rule(_match(_IIF, "@quiet"), {"notrack": None}, _ACCEPT),
                     rule(_set_from_map({"ct": {"key": "zone"}}, _IIF, "zones")),
                 ),
                 Base("filter", "prerouting", -300),

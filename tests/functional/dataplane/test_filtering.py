@@ -311,3 +311,22 @@ def test_icmpv6_rules_and_neighbour_discovery(lab: Lab) -> None:
     sw.put_sg("ping6", rules=[{"direction": IN, "protocol": ICMPV6, "cidr": ("::", 0)}])
     assert sw.guests[1].reaches("icmp", sw.ip(0, 6))
     assert sw.guests[1].blocked("icmp", sw.ip(0))
+
+
+def test_a_vni_without_filtered_vnics_is_not_tracked(lab: Lab) -> None:
+    """No rule needs the state of such a VNI's connections: conntrack is skipped
+    (its cost is most of the data path's), while a filtered VNI is tracked."""
+    sw = switch(lab, 2, {1: ("open",)})
+    sw.put_sg("open", rules=[OPEN])
+    quiet = switch(lab, 2, vni=43)
+    for vnic in list(quiet.vnics):
+        bypass = replace(vnic, bypass_filtering=True)
+        quiet.state.put_vnic(bypass)
+        quiet.dataplane.update(vnic, bypass, quiet.state)
+    for one in (sw, quiet):
+        one.guests[1].listen("tcp", 80)
+        assert one.guests[0].reaches("tcp", one.ip(1), 80)
+    tracked = sw.dataplane.host.exec("conntrack", "-L", "-p", "tcp", "--dport", "80")
+    untracked = quiet.dataplane.host.exec("conntrack", "-L", "-p", "tcp", "--dport", "80")
+    assert "dst=10.0.0.2" in tracked, "the filtered VNI's connection is not tracked"
+    assert "dst=10.0.0.2" not in untracked, "a VNI without filtered vnics is tracked"
