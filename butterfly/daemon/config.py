@@ -19,6 +19,8 @@ LOG_LEVELS = ("none", "error", "warning", "info", "debug")
 DEFAULT_ENDPOINT = "tcp://0.0.0.0:9999"
 DEFAULT_STATE = "/var/lib/butterfly/state.db"
 DEFAULT_SOCKET_DIR = "/run/butterfly"
+DEFAULT_NICE = -10
+"""As Open vSwitch's daemons: the switch keeps answering when the host is busy."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,9 @@ class Config:
     packet_trace: bool = False
     nic_mtu: int | None = None
     vxlan_peers: tuple[str, ...] = field(default=())
+    nice: int = DEFAULT_NICE
+    vhost_workers: int | None = None
+    """vhost-user worker processes; None: one per CPU."""
     dataplane: bool = True
     cleanup: bool = False
 
@@ -92,6 +97,19 @@ def _parser() -> argparse.ArgumentParser:
         help="static VXLAN peers of every VNI, for underlays without multicast",
     )
     parser.add_argument(
+        "--nice",
+        type=int,
+        metavar="N",
+        help=f"niceness of the daemon (default {DEFAULT_NICE}); its vhost-user workers run"
+        " 10 levels below, so that requests come first when packets fill the CPUs",
+    )
+    parser.add_argument(
+        "--vhost-workers",
+        type=int,
+        metavar="N",
+        help="processes moving vhost-user frames (default: one per CPU)",
+    )
+    parser.add_argument(
         "--no-dataplane",
         action="store_true",
         default=None,
@@ -136,6 +154,8 @@ def _read_file(path: str) -> dict[str, str]:
             "state",
             "vxlan-peers",
             "no-syslog",
+            "nice",
+            "vhost-workers",
         },
         "security": {"encryption_key_path"},
     }
@@ -162,6 +182,8 @@ def parse_args(argv: list[str]) -> Config:
         "state": args.state,
         "vxlan-peers": args.vxlan_peers,
         "no-syslog": args.no_syslog,
+        "nice": args.nice,
+        "vhost-workers": args.vhost_workers,
         "encryption_key_path": args.key,
     }
     where = "command line"
@@ -183,15 +205,21 @@ def parse_args(argv: list[str]) -> Config:
     ip = text("ip")
     if ip is not None and canonical_ip(ip) is None:
         raise ConfigError(f"{where}: ip {ip!r} is not an IPv4 or IPv6 address")
-    mtu_text = text("nic-mtu")
-    nic_mtu = None
-    if mtu_text is not None:
+
+    def number(name: str, low: int, high: int) -> int | None:
+        value = text(name)
+        if value is None:
+            return None
         try:
-            nic_mtu = int(mtu_text)
+            parsed = int(value)
         except ValueError:
-            raise ConfigError(f"{where}: nic-mtu {mtu_text!r} is not a number") from None
-        if not 576 <= nic_mtu <= 65535:
-            raise ConfigError(f"{where}: nic-mtu {nic_mtu} is out of range 576-65535")
+            raise ConfigError(f"{where}: {name} {value!r} is not a number") from None
+        if not low <= parsed <= high:
+            raise ConfigError(f"{where}: {name} {parsed} is out of range {low}-{high}")
+        return parsed
+
+    nic_mtu = number("nic-mtu", 576, 65535)
+    nice = number("nice", -20, 19)
     peers: list[str] = []
     for peer in filter(None, (p.strip() for p in (text("vxlan-peers") or "").split(","))):
         canonical = canonical_ip(peer)
@@ -209,6 +237,8 @@ def parse_args(argv: list[str]) -> Config:
         packet_trace=flag("packet-trace"),
         nic_mtu=nic_mtu,
         vxlan_peers=tuple(dict.fromkeys(peers)),
+        nice=DEFAULT_NICE if nice is None else nice,
+        vhost_workers=number("vhost-workers", 1, 1024),
         dataplane=not args.no_dataplane,
         cleanup=args.cleanup,
     )

@@ -75,6 +75,10 @@ class SupervisedVhostPorts:
             server.stop()
 
 
+WORKERS_NICER = 10
+"""How much nicer vhost workers are than the daemon: the API before the packets."""
+
+
 def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
     if not config.dataplane:
         return ControlOnlyDataplane(socket_dir=config.socket_dir)
@@ -107,11 +111,27 @@ def _signals_to_fd() -> int:
     return read_fd
 
 
+def _renice(nice: int) -> None:
+    """Before any thread starts: a Linux thread's niceness is its own, and what the
+    threads and processes it starts inherit."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except PermissionError:
+        log.warning(
+            "niceness %d needs CAP_SYS_NICE; running at %d",
+            nice,
+            os.getpriority(os.PRIO_PROCESS, 0),
+        )
+
+
 def run(config: Config) -> None:
+    _renice(config.nice)
     key = load_key(config.key_path) if config.key_path else None
     os.makedirs(config.socket_dir, exist_ok=True)
     store = SqliteStore(config.state_path)
-    supervisor = VhostSupervisor()
+    supervisor = VhostSupervisor(
+        workers=config.vhost_workers, nice=min(19, config.nice + WORKERS_NICER)
+    )
     try:
         state = store.load()
         dataplane = _make_dataplane(config, SupervisedVhostPorts(supervisor))

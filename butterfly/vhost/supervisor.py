@@ -45,8 +45,9 @@ class _Vnic:
 class _WorkerProcess:
     """One worker: its process, control channel, log channel and counter memory."""
 
-    def __init__(self, number: int, on_death: "_DeathCallback") -> None:
+    def __init__(self, number: int, on_death: "_DeathCallback", nice: int | None) -> None:
         self.number = number
+        self._nice = nice
         self.vnics: dict[str, _Vnic] = {}
         self._on_death = on_death
         self._lock = threading.Lock()
@@ -66,8 +67,9 @@ class _WorkerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         try:
+            nice = [] if self._nice is None else [str(self._nice)]
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "butterfly.vhost.worker", *map(str, fds)],
+                [sys.executable, "-m", "butterfly.vhost.worker", *map(str, fds), *nice],
                 pass_fds=fds,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -196,11 +198,14 @@ class VhostSupervisor:
 
     Vnics go to the worker serving the fewest, so several busy vnics use
     several cores; a worker that dies is restarted with its vnics (QEMU
-    started with ``reconnect=1`` comes back by itself).
+    started with ``reconnect=1`` comes back by itself). ``nice``: the workers'
+    niceness (None: the caller's), higher than the daemon's so that a CPU
+    full of packet work still answers the API first.
     """
 
-    def __init__(self, *, workers: int | None = None) -> None:
+    def __init__(self, *, workers: int | None = None, nice: int | None = None) -> None:
         self._count = workers or os.cpu_count() or 1
+        self._nice = nice
         self._workers: list[_WorkerProcess] = []
         self._where: dict[str, _WorkerProcess] = {}
         self._lock = threading.RLock()
@@ -214,7 +219,7 @@ class VhostSupervisor:
             started: list[_WorkerProcess] = []
             try:
                 for number in range(self._count):
-                    started.append(_WorkerProcess(number, callback))
+                    started.append(_WorkerProcess(number, callback, self._nice))
             except OSError as e:
                 for worker in started:
                     worker.stop()

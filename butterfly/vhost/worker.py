@@ -175,7 +175,7 @@ class _LogForwarder(logging.Handler):
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    control_fd, log_fd, counters_fd = (int(a) for a in args)
+    control_fd, log_fd, counters_fd = (int(a) for a in args[:3])
     # Signals for the whole process group (^C, a service manager stopping the
     # daemon's cgroup) are the daemon's to act on: it stops its workers itself,
     # and a worker that died first would be taken for a crash and restarted.
@@ -185,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(_LogForwarder(socket.socket(fileno=log_fd)))
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
+    if len(args) > 3:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, int(args[3]))
+        except PermissionError:
+            niceness = os.getpriority(os.PRIO_PROCESS, 0)
+            log.warning(
+                "vhost worker: niceness %s needs CAP_SYS_NICE; keeping %d", args[3], niceness
+            )
     counters = memoryview(mmap.mmap(counters_fd, SLOTS * SLOT_SIZE))
     os.close(counters_fd)
     Worker(socket.socket(fileno=control_fd), counters).serve()

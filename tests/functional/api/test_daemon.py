@@ -227,3 +227,18 @@ def test_endpoint_in_use_stops_the_second_daemon(
     assert second.wait_exit(timeout=15) == 1
     assert "cannot listen on endpoint" in second.log()
     ok(daemon.client(), nic_list=True)  # the first one is untouched
+
+
+def _niceness(pid: int, tid: int) -> int:
+    with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[16])
+
+
+def test_every_thread_of_the_daemon_runs_at_its_niceness(daemon_factory: DaemonFactory) -> None:
+    """Set before the first thread starts: a Linux thread's niceness is its own."""
+    daemon = daemon_factory(extra_args=["--nice", "7"])
+    daemon.start()
+    ok(daemon.client(), nic_list=True)
+    threads = [int(tid) for tid in os.listdir(f"/proc/{daemon.pid}/task")]
+    assert len(threads) > 1
+    assert {tid: _niceness(daemon.pid, tid) for tid in threads} == dict.fromkeys(threads, 7)

@@ -125,3 +125,16 @@ def test_workers_do_not_outlive_a_daemon_killed_while_they_are_busy(
         again = testpmd(socket_path, "rxonly")
         wait_for(lambda: supervisor.counters("v").connected, "testpmd to connect to the new one")
         again.stop()
+
+
+def test_workers_are_as_many_and_as_nice_as_asked() -> None:
+    """butterflyd makes its workers nicer than itself, so that the API comes first."""
+    with VhostSupervisor(workers=3, nice=9) as supervisor:
+        pids = supervisor.worker_pids()
+        assert len(pids) == 3
+        wait_for(lambda: [_niceness(pid) for pid in pids] == [9, 9, 9], "niceness 9")
+
+
+def _niceness(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[16])

@@ -1,0 +1,49 @@
+"""butterflyd's options and ini file merged into one Config."""
+
+from pathlib import Path
+
+import pytest
+
+from butterfly.daemon.config import DEFAULT_NICE, Config, parse_args
+from butterfly.errors import ConfigError
+
+
+def test_defaults() -> None:
+    config = parse_args([])
+    assert config == Config()
+    assert config.nice == DEFAULT_NICE == -10
+    assert config.vhost_workers is None
+
+
+def test_nice_and_vhost_workers_from_the_command_line() -> None:
+    config = parse_args(["--nice", "5", "--vhost-workers", "3"])
+    assert (config.nice, config.vhost_workers) == (5, 3)
+
+
+def test_the_file_overrides_the_command_line(tmp_path: Path) -> None:
+    ini = tmp_path / "butterfly.ini"
+    ini.write_text("[general]\nnice = 0\nvhost-workers = 1\n")
+    config = parse_args(["--nice", "5", "--vhost-workers", "3", "-c", str(ini)])
+    assert (config.nice, config.vhost_workers) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--nice", "-21"], "command line: nice -21 is out of range -20-19"),
+        (["--vhost-workers", "0"], "command line: vhost-workers 0 is out of range 1-1024"),
+        (["--nic-mtu", "100"], "command line: nic-mtu 100 is out of range 576-65535"),
+    ],
+)
+def test_out_of_range_values_are_named(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_args(argv)
+    assert str(error.value) == message
+
+
+def test_a_word_where_a_number_belongs_is_named(tmp_path: Path) -> None:
+    ini = tmp_path / "bad.ini"
+    ini.write_text("[general]\nnice = low\n")
+    with pytest.raises(ConfigError) as error:
+        parse_args(["-c", str(ini)])
+    assert str(error.value) == f"config file {ini}: nice 'low' is not a number"
