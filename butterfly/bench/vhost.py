@@ -12,9 +12,11 @@ the conntrack-zoned filter, as in production. Measured:
   while a testpmd ``txonly`` on an AF_PACKET port in ``sink`` sends to ``src``
   (switch to guest). The ceiling beside each figure, measured in the same run:
   DPDK's C vhost backend (testpmd ``--vdev net_vhost0``) against the same
-  virtio-user frontend, no kernel in between; and, guest to switch, what the kernel
-  path alone would take per core, from the share of the workers' CPU time spent in
-  the kernel (a tap write carries the frame through bridge, filter and sink);
+  virtio-user frontend, no kernel in between; how busy the vhost workers are while
+  the frames flow (under 100 %, the limit is elsewhere); and, guest to switch, what
+  the kernel path alone would take per core, from the share of the workers' CPU
+  time spent in the kernel (a tap write carries the frame through bridge, filter
+  and sink);
 * 64 KB TCP segments with TSO, guest to switch: testpmd replays one 65,000-byte TCP
   packet (a pcap port, ``infinite_rx``) through its ``csum`` engine with ``tso set
   1448``, so each frame leaves virtio-user as one GSO segment that the backend hands
@@ -330,25 +332,39 @@ class Bench:
 @dataclass(frozen=True, slots=True)
 class Forwarded:
     pps: float
+    busy: float | None = None
+    """The vhost workers' CPU time per second while the frames flow (1.0: one core
+    saturated); None for DPDK."""
     kernel_share: float | None = None
-    """Of the vhost workers' CPU time, the part spent in the kernel (the tap writes,
-    which carry each frame through bridge, filter and into the sink); None for DPDK."""
+    """Of that time, the part spent in the kernel. Guest to switch, that is the tap
+    writes, each carrying a frame through bridge, filter and into the sink."""
 
     def kernel_ceiling(self) -> float | None:
         """Frames per second per core the kernel path alone would take, had the
-        Python part cost nothing (the worker being saturated at full rate)."""
-        if not self.kernel_share or not self.pps:
+        Python part cost nothing."""
+        if not self.busy or not self.kernel_share or not self.pps:
             return None
-        return self.pps / self.kernel_share
+        return self.pps / (self.busy * self.kernel_share)
+
+
+def worker_load(bench: Bench, pps: float, seconds: float = 1.0) -> Forwarded:
+    """The workers' CPU use over ``seconds`` while traffic flows at ``pps``."""
+    workers = worker_pids(bench.host.daemon.pid)
+    user = sum(_cpu_seconds(pid, user=True) for pid in workers)
+    kernel = sum(_cpu_seconds(pid, user=False) for pid in workers)
+    started = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    user = sum(_cpu_seconds(pid, user=True) for pid in workers) - user
+    kernel = sum(_cpu_seconds(pid, user=False) for pid in workers) - kernel
+    share = kernel / (user + kernel) if user + kernel else None
+    return Forwarded(pps, (user + kernel) / elapsed, share)
 
 
 def guest_to_switch(bench: Bench, size: int, dpdk: bool) -> Forwarded:
     """Frames per second a testpmd ``txonly`` guest gets through (to ``sink``'s MAC)."""
     with pmds() as started:
         socket_path = bench.dpdk_backend(started, "rxonly") if dpdk else bench.socket
-        workers = worker_pids(bench.host.daemon.pid)
-        before = [_cpu_seconds(pid, user=True) for pid in workers]
-        kernel_before = [_cpu_seconds(pid, user=False) for pid in workers]
         guest = bench.pmd(
             started,
             vdevs=[virtio_user(socket_path)],
@@ -357,14 +373,10 @@ def guest_to_switch(bench: Bench, size: int, dpdk: bool) -> Forwarded:
             extra=[f"--txpkts={size}", f"--eth-peer=0,{SINK_MAC}"],
         )
         pps = guest.steady("tx_pps", bench.settings)
-        if dpdk:
-            return Forwarded(pps)
-        user = sum(_cpu_seconds(pid, user=True) for pid in workers) - sum(before)
-        kernel = sum(_cpu_seconds(pid, user=False) for pid in workers) - sum(kernel_before)
-        return Forwarded(pps, kernel / (user + kernel) if user + kernel else None)
+        return Forwarded(pps) if dpdk or not pps else worker_load(bench, pps)
 
 
-def switch_to_guest(bench: Bench, size: int, dpdk: bool) -> float:
+def switch_to_guest(bench: Bench, size: int, dpdk: bool) -> Forwarded:
     """Frames per second a testpmd ``rxonly`` guest receives: from DPDK's backend's
     ``txonly``, or for butterfly from a testpmd ``txonly`` on ``sink``'s interface."""
     with pmds() as started:
@@ -383,7 +395,8 @@ def switch_to_guest(bench: Bench, size: int, dpdk: bool) -> float:
         guest = bench.pmd(
             started, vdevs=[virtio_user(socket_path)], mode="rxonly", core=bench.cpus.generator
         )
-        return guest.steady("rx_pps", bench.settings)
+        pps = guest.steady("rx_pps", bench.settings)
+        return Forwarded(pps) if dpdk or not pps else worker_load(bench, pps)
 
 
 def tso_to_switch(bench: Bench, dpdk: bool) -> float:
@@ -633,11 +646,13 @@ def frame_rows(results: dict[tuple[str, int, bool], Forwarded]) -> list[Row]:
             ours, dpdk = forwarded.pps, results[direction, size, True].pps
             gbits = f" ({ours * size * 8 / 1e9:.2f} Gbit/s)" if size > 64 else ""
             reference = f"DPDK vhost {_mpps(dpdk)}"
+            if forwarded.busy is not None:
+                reference += f"; workers {forwarded.busy * 100:.0f}% busy"
             ceiling = forwarded.kernel_ceiling()
-            if ceiling is not None and forwarded.kernel_share is not None:
+            if direction == "tx" and ceiling is not None and forwarded.kernel_share is not None:
                 reference += (
-                    f"; kernel path alone <= {_mpps(ceiling)}/core"
-                    f" ({forwarded.kernel_share * 100:.0f}% of the workers' CPU)"
+                    f", {forwarded.kernel_share * 100:.0f}% in the kernel:"
+                    f" kernel path alone <= {_mpps(ceiling)}/core"
                 )
             target, result = "-", "-"
             if size == 64:
@@ -769,7 +784,7 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus) -> list[Row]:
         for size in FRAME_SIZES:
             for dpdk in (False, True):
                 frames["tx", size, dpdk] = guest_to_switch(bench, size, dpdk)
-                frames["rx", size, dpdk] = Forwarded(switch_to_guest(bench, size, dpdk))
+                frames["rx", size, dpdk] = switch_to_guest(bench, size, dpdk)
                 print(f"{size} B frames, {'DPDK' if dpdk else 'butterfly'}: done", flush=True)
         tso = tso_to_switch(bench, dpdk=False), tso_to_switch(bench, dpdk=True)
         print("TSO segments: done", flush=True)
