@@ -19,7 +19,10 @@ kernel, VMs as namespaces holding NETNS vnics):
 * a security-group member change at scale: the API round trip of
   ``sg_member_add``/``sg_member_del`` on a group that the only group of
   1,000 TAP vnics names in a rule, p50 and p99, against the same with 10
-  vnics: the change is one set element, so it must not grow with the vnics.
+  vnics: the change is one set element, so it must not grow with the vnics;
+* last, a diagnosis of the same-host TCP gap: the filtered path against the
+  plain bridge again, once butterfly's bridge table is deleted from the
+  host, then its inet table too (what is left is br_netfilter alone).
 
 Noise must not favour one side: paths are measured in rounds, each round
 starting one path later, and every figure is the median over the rounds.
@@ -61,6 +64,7 @@ from butterfly.bench.lab import (
     sh,
     wait_for,
 )
+from butterfly.dataplane.naming import TABLE
 from butterfly.errors import ClientError
 
 __all__ = ["add_arguments", "parse_iperf3", "parse_qperf", "run"]
@@ -254,18 +258,16 @@ def measure(path: Path, seconds: int, cpus: Cpus) -> Sample:
     latencies = parse_qperf(qperf)
     if not {"tcp_lat", "udp_lat"} <= latencies.keys():
         raise BenchError(f"{path.name}: qperf gave no latency: {qperf.strip()!r}")
-    iperf3 = ("iperf3", "-c", path.address, "-t", str(seconds), "-J")
-    tcp, _ = parse_iperf3(
-        client.exec(*_pinned(cpus.client, *iperf3), check=False, timeout=seconds + 30)
-    )
-    udp, loss = parse_iperf3(
-        client.exec(
-            *_pinned(cpus.client, *iperf3, "-u", "-b", "0", "-l", str(UDP_LENGTH)),
-            check=False,
-            timeout=seconds + 30,
-        )
-    )
+    tcp, _ = iperf3(path, seconds, cpus)
+    udp, loss = iperf3(path, seconds, cpus, "-u", "-b", "0", "-l", str(UDP_LENGTH))
     return Sample(latencies["tcp_lat"], latencies["udp_lat"], tcp, udp, loss)
+
+
+def iperf3(path: Path, seconds: int, cpus: Cpus, *options: str) -> tuple[float, float]:
+    """One iperf3 client run on ``path``: Gbit/s received, and the loss percentage."""
+    argv = ("iperf3", "-c", path.address, "-t", str(seconds), "-J", *options)
+    output = path.client.exec(*_pinned(cpus.client, *argv), check=False, timeout=seconds + 30)
+    return parse_iperf3(output)
 
 
 def measure_rounds(paths: Sequence[Path], settings: Settings, cpus: Cpus) -> dict[str, Sample]:
@@ -277,6 +279,38 @@ def measure_rounds(paths: Sequence[Path], settings: Settings, cpus: Cpus) -> dic
             samples[path.name].append(measure(path, settings.seconds, cpus))
         print(f"round {round_ + 1}/{settings.rounds} done", flush=True)
     return {name: median(taken) for name, taken in samples.items()}
+
+
+ABLATIONS = (
+    ("bridge", "without butterfly's bridge table"),
+    ("inet", "without either table"),
+)
+"""The nftables tables deleted, one after the other, by :func:`ablation`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ablation:
+    label: str
+    bridge_gbps: float
+    butterfly_gbps: float
+
+
+def ablation(
+    host: Host, filtered: Path, bridge: Path, settings: Settings, cpus: Cpus
+) -> list[Ablation]:
+    """Where the same-host TCP gap goes: the filtered path again, against the plain
+    bridge in the same rounds, once butterfly's bridge table (anti-spoofing, the
+    marks) is deleted, then its inet table too (conntrack, the rules): what is
+    left is br_netfilter alone. Last of all, since it ends the host's filtering."""
+    found = []
+    for family, label in ABLATIONS:
+        host.exec("nft", "delete", "table", family, TABLE)
+        ours, plain = [], []
+        for _ in range(settings.rounds):
+            ours.append(iperf3(filtered, settings.seconds, cpus)[0])
+            plain.append(iperf3(bridge, settings.seconds, cpus)[0])
+        found.append(Ablation(label, statistics.median(plain), statistics.median(ours)))
+    return found
 
 
 # ---------------------------------------------------------------- the paths
@@ -598,6 +632,20 @@ def member_rows(small: Changes, large: Changes) -> list[Row]:
 HEADER = Row("measure", "baselines", "butterfly", "ratio", "target", "result")
 
 
+def ablation_rows(found: Sequence[Ablation]) -> list[Row]:
+    return [
+        Row(
+            measure=f"diagnosis: same host, {RULES} SG rules, {one.label}: TCP Gbit/s",
+            baselines=f"bridge {one.bridge_gbps:.2f}",
+            butterfly=f"{one.butterfly_gbps:.2f}",
+            ratio=f"{one.butterfly_gbps / one.bridge_gbps:.2f}" if one.bridge_gbps else "-",
+            target="-",
+            result="-",
+        )
+        for one in found
+    ]
+
+
 def render(rows: Sequence[Row]) -> str:
     cells = [tuple(getattr(row, field.name) for field in fields(Row)) for row in (HEADER, *rows)]
     widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
@@ -689,6 +737,8 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus) -> tuple[str, list[Row], st
         results = measure_rounds(paths, settings, cpus)
         busy = (busy_before, busy_elsewhere())
         small, large, fill = member_changes(scale, settings)
+        filtered = next(s for s in scenarios if s.scope == "same host" and s.filtered)
+        found = ablation(one, filtered.butterfly, bridge, settings, cpus)
     except (BenchError, LabError, ClientError, DaemonError):
         for host in (one, two, scale):
             log = host.daemon.log()
@@ -701,7 +751,7 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus) -> tuple[str, list[Row], st
     )
     return (
         header(settings, cpus, mtu, busy),
-        [*traffic_rows(scenarios, results), *member_rows(small, large)],
+        [*traffic_rows(scenarios, results), *member_rows(small, large), *ablation_rows(found)],
         note,
     )
 
