@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help=f"niceness of the daemon (default {DEFAULT_NICE}); its vhost-user workers run"
-        " 10 levels below, so that requests come first when packets fill the CPUs",
+        " 10 levels nicer, so that requests come first when packets fill the CPUs",
     )
     parser.add_argument(
         "--vhost-workers",
