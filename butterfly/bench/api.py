@@ -32,7 +32,7 @@ from butterfly.api.codec import REVISION
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
 from butterfly.bench.daemon import DaemonError, DaemonProcess, free_port, resident_memory_kib
-from butterfly.bench.figures import BenchError
+from butterfly.bench.figures import BenchError, table
 from butterfly.errors import ClientError
 
 __all__ = ["add_arguments", "run"]
@@ -305,21 +305,11 @@ def render(results: Results, requests: int) -> tuple[str, bool]:
             memory_verdict,
         )
     )
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(
-            cell.ljust(width) if i in (0, 6, 7) else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    table = [
-        f"butterfly-bench api: {requests} requests per measure, one request per frame, one client",
-        line(header),
-        line(tuple("-" * width for width in widths)),
-        *(line(row) for row in rows),
-    ]
-    return "\n".join(table), all(v == "PASS" for v in verdicts)
+    title = (
+        f"butterfly-bench api: {requests} requests per measure, one request per frame, one client"
+    )
+    rendered = table(header, rows, right={1, 2, 3, 4, 5})
+    return f"{title}\n{rendered}", all(v == "PASS" for v in verdicts)
 
 
 def run(args: argparse.Namespace) -> int:

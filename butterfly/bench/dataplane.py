@@ -52,7 +52,7 @@ from butterfly.api.codec import REVISION
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
 from butterfly.bench.daemon import DaemonError
-from butterfly.bench.figures import BenchError, busy_elsewhere, percentile
+from butterfly.bench.figures import BenchError, busy_elsewhere, percentile, table
 from butterfly.bench.lab import (
     FABRIC_BRIDGE,
     UNDERLAY_V4,
@@ -629,9 +629,6 @@ def member_rows(small: Changes, large: Changes) -> list[Row]:
     return rows
 
 
-HEADER = Row("measure", "baselines", "butterfly", "ratio", "target", "result")
-
-
 def ablation_rows(found: Sequence[Ablation]) -> list[Row]:
     return [
         Row(
@@ -647,23 +644,9 @@ def ablation_rows(found: Sequence[Ablation]) -> list[Row]:
 
 
 def render(rows: Sequence[Row]) -> str:
-    cells = [tuple(getattr(row, field.name) for field in fields(Row)) for row in (HEADER, *rows)]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
-    numeric = {2, 3}
-
-    def line(values: tuple[str, ...]) -> str:
-        return "  ".join(
-            value.rjust(width) if i in numeric else value.ljust(width)
-            for i, (value, width) in enumerate(zip(values, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join(
-        [
-            line(cells[0]),
-            line(tuple("-" * width for width in widths)),
-            *(line(values) for values in cells[1:]),
-        ]
-    )
+    """The header is Row's field names; the figures (butterfly, ratio) right-aligned."""
+    names = [field.name for field in fields(Row)]
+    return table(names, ([getattr(row, name) for name in names] for row in rows), {2, 3})
 
 
 def _cpu_model() -> str:

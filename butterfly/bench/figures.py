@@ -1,4 +1,4 @@
-"""What every benchmark shares: its error, percentiles, and how busy the CPUs were.
+"""What every benchmark shares: its error, percentiles, how busy the CPUs were, its table.
 
 Each ``butterfly-bench`` subcommand measures something else, but they judge
 and report figures the same way, so these live here once.
@@ -6,9 +6,9 @@ and report figures the same way, so these live here once.
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence, Set
 
-__all__ = ["BenchError", "busy_elsewhere", "percentile"]
+__all__ = ["BenchError", "busy_elsewhere", "percentile", "table"]
 
 
 class BenchError(Exception):
@@ -36,3 +36,22 @@ def busy_elsewhere(seconds: float = 1.0) -> float:
     total_after, idle_after = sample()
     elapsed = total_after - total
     return 1 - (idle_after - idle) / elapsed if elapsed else 0.0
+
+
+def table(
+    header: Sequence[str], rows: Iterable[Sequence[str]], right: Set[int] = frozenset()
+) -> str:
+    """Columns as wide as their widest cell, a rule of dashes under the header;
+    the columns numbered in ``right`` (figures) are right-aligned."""
+    lines = [tuple(header), *(tuple(row) for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join(
+        [line(lines[0]), line(tuple("-" * width for width in widths)), *map(line, lines[1:])]
+    )

@@ -57,15 +57,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import butterfly
 from butterfly.api.proto.message0_pb2 import MessageV0
+from butterfly.bench.agent import internet_checksum
 from butterfly.bench.daemon import DaemonError
-from butterfly.bench.figures import BenchError, busy_elsewhere, percentile
+from butterfly.bench.figures import BenchError, busy_elsewhere, percentile, table
 from butterfly.bench.lab import Host, Lab, LabError, Vm, wait_for
 from butterfly.dataplane.naming import tap_name
 from butterfly.errors import ClientError
@@ -260,14 +261,6 @@ def virtio_user(socket_path: str) -> str:
     return f"net_virtio_user0,path={socket_path},mac={SRC_MAC}"
 
 
-def _checksum(header: bytes) -> int:
-    """The IPv4 header checksum (RFC 1071)."""
-    total = sum(int.from_bytes(header[i : i + 2], "big") for i in range(0, len(header), 2))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def write_tso_pcap(path: str) -> None:
     """A pcap of one 65,000-byte TCP packet from ``src`` to ``sink``'s MAC (for
     testpmd's csum engine to send as a TSO segment); its checksum is testpmd's job."""
@@ -276,7 +269,7 @@ def write_tso_pcap(path: str) -> None:
         "!BBHHHBBH4s4s", 0x45, 0, ip_length, 1, 0x4000, 64, 6, 0,
         ipaddress.IPv4Address(SRC_IP).packed, ipaddress.IPv4Address(OUTSIDE_IP).packed,
     )  # fmt: skip
-    ip = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    ip = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
     tcp = struct.pack("!HHIIBBHHH", 40000, 9, 1, 1, 5 << 4, 0x10, 65535, 0, 0)
     frame = (
         bytes.fromhex(SINK_MAC.replace(":", "") + SRC_MAC.replace(":", "")) + b"\x08\x00"
@@ -725,16 +718,9 @@ def idle_row(share: float) -> Row:
 
 
 def render(rows: Sequence[Row]) -> str:
-    header = Row("measure", "butterfly", "reference", "target", "result")
-    table = [header, *rows]
-    widths = [max(len(getattr(row, name)) for row in table) for name in Row.__slots__]
-
-    def line(row: Row) -> str:
-        cells = [getattr(row, name) for name in Row.__slots__]
-        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
-
-    rule = Row(*("-" * width for width in widths))
-    return "\n".join(line(row).rstrip() for row in (header, rule, *rows))
+    """The header is Row's field names."""
+    names = [field.name for field in fields(Row)]
+    return table(names, ([getattr(row, name) for name in names] for row in rows))
 
 
 # ---------------------------------------------------------------- the run

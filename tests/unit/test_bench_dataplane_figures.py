@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from butterfly.bench.agent import internet_checksum
 from butterfly.bench.dataplane import (
     Row,
     Sample,
@@ -12,7 +13,7 @@ from butterfly.bench.dataplane import (
     parse_qperf,
     render,
 )
-from butterfly.bench.figures import BenchError, percentile
+from butterfly.bench.figures import BenchError, percentile, table
 
 QPERF = """\
 tcp_lat:
@@ -67,3 +68,18 @@ def test_render_aligns_columns_with_figures_to_the_right() -> None:
     assert set(rule.replace(" ", "")) == {"-"}
     assert row.index("12.25") + len("12.25") == head.index("butterfly") + len("butterfly")
     assert row.endswith("FAIL")
+
+
+def test_table_aligns_columns_and_rules_the_header() -> None:
+    rendered = table(("measure", "figure"), [("a", "1.5"), ("longer", "10.25")], right={1})
+    assert rendered.splitlines() == [
+        "measure  figure",
+        "-------  ------",
+        "a           1.5",
+        "longer    10.25",
+    ]
+
+
+def test_internet_checksum_of_a_known_ipv4_header() -> None:
+    header = bytes.fromhex("450000730000400040110000c0a80001c0a800c7")
+    assert internet_checksum(header) == 0xB861
