@@ -18,9 +18,18 @@ import pytest
 
 from butterfly.bench import lab as bench_lab
 from butterfly.bench.lab import Vm, sh, wait_for
+from butterfly.dataplane import SgChange
 from butterfly.dataplane.kernel import KernelDataplane
 from butterfly.dataplane.naming import tap_name
-from butterfly.model import State, Vnic, VnicType, make_vnic
+from butterfly.model import (
+    SecurityGroup,
+    State,
+    Vnic,
+    VnicType,
+    make_rule,
+    make_security_group,
+    make_vnic,
+)
 
 __all__ = [
     "Dataplane",
@@ -29,7 +38,9 @@ __all__ = [
     "Lab",
     "link_index",
     "netns_vnic",
+    "open_sg",
     "plug",
+    "put_sg",
     "sh",
     "wait_for",
 ]
@@ -124,6 +135,21 @@ def plug(dataplane: Dataplane, state: State, vnic: Vnic) -> None:
     """A nic_add as the service does it: state first, then the data plane."""
     replaced = state.put_vnic(vnic)
     dataplane.plug(vnic, replaced, state)
+
+
+def put_sg(dataplane: Dataplane, state: State, sg: SecurityGroup) -> None:
+    """An sg_add as the service does it: state first, then the data plane."""
+    state.put_sg(sg)
+    dataplane.update_security_groups({sg.id: SgChange(None, sg)}, state)
+
+
+def open_sg(dataplane: Dataplane, state: State) -> None:
+    """Group "open": everything inbound, IPv4 and IPv6, for tests about something else."""
+    rules = [
+        make_rule("open", direction=0, protocol=-1, cidr=(any_address, 0))
+        for any_address in ("0.0.0.0", "::")
+    ]
+    put_sg(dataplane, state, make_security_group("open", members=[], rules=rules))
 
 
 def link_index(netns: bench_lab.Netns, vnic_id: str) -> int:

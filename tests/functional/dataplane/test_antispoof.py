@@ -13,11 +13,10 @@ from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
-from butterfly.dataplane import SgChange
 from butterfly.dataplane.naming import tap_name
-from butterfly.model import State, make_rule, make_security_group
+from butterfly.model import State
 
-from .conftest import Guest, Lab, netns_vnic, plug
+from .conftest import Guest, Lab, netns_vnic, open_sg, plug
 
 pytestmark = pytest.mark.root
 
@@ -90,16 +89,7 @@ def pair(
     host = lab.host()
     dataplane = host.dataplane()
     state = State()
-    sg = make_security_group(
-        "open",
-        members=[],
-        rules=[
-            make_rule("open", direction=0, protocol=-1, cidr=("0.0.0.0", 0)),
-            make_rule("open", direction=0, protocol=-1, cidr=("::", 0)),
-        ],
-    )
-    state.put_sg(sg)
-    dataplane.update_security_groups({"open": SgChange(None, sg)}, state)
+    open_sg(dataplane, state)
     sender, receiver = lab.guest(), lab.guest()
     plug(
         dataplane,

@@ -23,7 +23,7 @@ from butterfly.model import (
     make_vnic,
 )
 
-from .conftest import Dataplane, Guest, Host, Lab, netns_vnic, plug
+from .conftest import Dataplane, Guest, Host, Lab, netns_vnic, plug, put_sg
 
 pytestmark = pytest.mark.root
 
@@ -122,8 +122,7 @@ def setup(lab: Lab) -> tuple[Host, Dataplane, Faults, State, list[Guest]]:
             make_rule("web", direction=1, protocol=-1, cidr=("10.0.0.0", 8)),
         ],
     )
-    state.put_sg(sg)
-    dataplane.update_security_groups({"web": SgChange(None, sg)}, state)
+    put_sg(dataplane, state, sg)
     guests = [lab.guest(), lab.guest()]
     plug(
         dataplane,

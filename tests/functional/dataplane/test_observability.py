@@ -5,12 +5,11 @@ from dataclasses import replace
 
 import pytest
 
-from butterfly.dataplane import SgChange
 from butterfly.dataplane.naming import trace_path, trace_pidfile
 from butterfly.errors import DataplaneError
-from butterfly.model import State, Vnic, VnicType, make_rule, make_security_group, make_vnic
+from butterfly.model import State, Vnic, VnicType, make_vnic
 
-from .conftest import Dataplane, Guest, Host, Lab, netns_vnic, plug, sh
+from .conftest import Dataplane, Guest, Host, Lab, netns_vnic, open_sg, plug, sh
 
 pytestmark = pytest.mark.root
 
@@ -19,15 +18,7 @@ def _pair(lab: Lab, **host_options: object) -> tuple[Host, Dataplane, State, lis
     host = lab.host()
     dataplane = host.dataplane(**host_options)
     state = State()
-    sg = make_security_group(
-        "open",
-        members=[],
-        rules=[
-            make_rule("open", direction=0, protocol=-1, cidr=("0.0.0.0", 0)),
-        ],
-    )
-    state.put_sg(sg)
-    dataplane.update_security_groups({"open": SgChange(None, sg)}, state)
+    open_sg(dataplane, state)
     guests = [lab.guest(), lab.guest()]
     for index, guest in enumerate(guests):
         plug(

@@ -5,12 +5,11 @@ import json
 
 import pytest
 
-from butterfly.dataplane import SgChange
 from butterfly.dataplane.naming import tap_name
 from butterfly.errors import DataplaneError
 from butterfly.model import State, Vnic, VnicType, make_rule, make_security_group, make_vnic
 
-from .conftest import Guest, Host, Lab, netns_vnic, plug
+from .conftest import Guest, Host, Lab, netns_vnic, plug, put_sg
 
 pytestmark = pytest.mark.root
 
@@ -32,8 +31,7 @@ def _setup(lab: Lab) -> tuple[Host, State, list[Guest]]:
             ),
         ],
     )
-    state.put_sg(sg)
-    dataplane.update_security_groups({"web": SgChange(None, sg)}, state)
+    put_sg(dataplane, state, sg)
     guests = [lab.guest(), lab.guest()]
     for index, guest in enumerate(guests):
         plug(

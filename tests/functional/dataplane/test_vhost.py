@@ -17,13 +17,12 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from butterfly.daemon.main import SupervisedVhostPorts
-from butterfly.dataplane import SgChange
 from butterfly.dataplane.naming import bridge_name, tap_name, vhost_socket_path
 from butterfly.errors import DataplaneError, NotSupported
-from butterfly.model import State, Vnic, VnicType, make_rule, make_security_group, make_vnic
+from butterfly.model import State, Vnic, VnicType, make_vnic
 from butterfly.vhost import VhostSupervisor
 
-from .conftest import Dataplane, Host, Lab, link_index, netns_vnic, plug, wait_for
+from .conftest import Dataplane, Host, Lab, link_index, netns_vnic, open_sg, plug, wait_for
 from .test_atomicity import Faults, every_step_fails_cleanly
 
 # The frontend lives with the backend's own tests (tests/functional is on sys.path).
@@ -88,14 +87,6 @@ def _readlink(path: str) -> str:
         return ""
 
 
-def open_sg(state: State, dataplane: Dataplane) -> None:
-    sg = make_security_group(
-        "open", members=[], rules=[make_rule("open", direction=0, protocol=-1, cidr=("0.0.0.0", 0))]
-    )
-    state.put_sg(sg)
-    dataplane.update_security_groups({"open": SgChange(None, sg)}, state)
-
-
 def test_without_a_backend_vhost_user_vnics_are_not_supported(lab: Lab) -> None:
     dataplane = lab.host().dataplane()
     state = State()
@@ -112,7 +103,7 @@ def test_a_vhost_user_vnic_is_a_served_tap_filtered_and_counted_by_the_kernel(
     host, guest = lab.host(), lab.guest()
     dataplane = served_dataplane(host, supervisor)
     state = State()
-    open_sg(state, dataplane)
+    open_sg(dataplane, state)
     vnic = vhost_vnic(security_groups=("open",))
     plug(dataplane, state, vnic)
     plug(

@@ -5,26 +5,12 @@ from typing import Any
 
 import pytest
 
-from butterfly.dataplane import SgChange
 from butterfly.dataplane.naming import vxlan_name
-from butterfly.model import State, make_rule, make_security_group
+from butterfly.model import State
 
-from .conftest import Dataplane, Guest, Host, Lab, netns_vnic, plug
+from .conftest import Dataplane, Guest, Host, Lab, netns_vnic, open_sg, plug
 
 pytestmark = pytest.mark.root
-
-
-def _open(dataplane: Dataplane, state: State) -> None:
-    sg = make_security_group(
-        "open",
-        members=[],
-        rules=[
-            make_rule("open", direction=0, protocol=-1, cidr=("0.0.0.0", 0)),
-            make_rule("open", direction=0, protocol=-1, cidr=("::", 0)),
-        ],
-    )
-    state.put_sg(sg)
-    dataplane.update_security_groups({"open": SgChange(None, sg)}, state)
 
 
 def two_hosts(
@@ -35,7 +21,7 @@ def two_hosts(
     for index, host in enumerate(hosts):
         dataplane = host.dataplane(**(options(hosts, index) if options else {}))
         state = State()
-        _open(dataplane, state)
+        open_sg(dataplane, state)
         guest = lab.guest()
         plug(
             dataplane,
