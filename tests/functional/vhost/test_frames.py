@@ -5,9 +5,11 @@ import socket
 import struct
 import subprocess
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
+from butterfly.vhost import VhostUserServer
 from butterfly.vhost.protocol import Feature
 
 from .conftest import ServerFactory, TapSocket, ip, unique, wait_for
@@ -19,6 +21,27 @@ GUEST_MAC = bytes.fromhex("020000000001")
 HOST_MAC = bytes.fromhex("020000000002")
 GUEST_IP, HOST_IP = "198.18.0.1", "198.18.0.2"
 NEEDS_CSUM, GSO_TCPV4 = 1, 1
+
+Wired = tuple[VhostUserServer, TapSocket, Frontend]
+
+
+@pytest.fixture
+def wire(
+    server_factory: ServerFactory,
+    frontend: Callable[[str], Frontend],
+    tap_socket: Callable[[str], TapSocket],
+) -> Callable[..., Wired]:
+    """A server, a socket on its tap, and a frontend that negotiated ``features``
+    (None: all the server offers)."""
+
+    def make(features: int | None = None, **server_options: Any) -> Wired:
+        server = server_factory(**server_options)
+        sock = tap_socket(server.tap_name)
+        fe = frontend(server.socket_path)
+        fe.negotiate(features)
+        return server, sock, fe
+
+    return make
 
 
 def _checksum(data: bytes) -> int:
@@ -104,14 +127,9 @@ def _in_netns(netns: str, code: str) -> "subprocess.Popen[str]":
 )
 def test_frames_both_ways(
     features: int | None,
-    server_factory: ServerFactory,
-    frontend: Callable[[str], Frontend],
-    tap_socket: Callable[[str], TapSocket],
+    wire: Callable[..., Wired],
 ) -> None:
-    server = server_factory()
-    sock = tap_socket(server.tap_name)
-    fe = frontend(server.socket_path)
-    fe.negotiate(features)
+    server, sock, fe = wire(features)
     frame = GUEST_MAC + HOST_MAC + b"\x88\xb5" + bytes(range(100))
     fe.transmit(frame, pieces=3)
     assert sock.incoming() == frame
@@ -138,14 +156,9 @@ def os_eventfd_pending(fd: int) -> bool:
 
 
 def test_indirect_descriptors(
-    server_factory: ServerFactory,
-    frontend: Callable[[str], Frontend],
-    tap_socket: Callable[[str], TapSocket],
+    wire: Callable[..., Wired],
 ) -> None:
-    server = server_factory()
-    sock = tap_socket(server.tap_name)
-    fe = frontend(server.socket_path)
-    fe.negotiate()
+    _, sock, fe = wire()
     frame = GUEST_MAC + HOST_MAC + b"\x88\xb5" + b"indirect".ljust(80, b"!")
     data = bytes(fe.header_size) + frame
     table_addr, table_offset = fe.data_addr(400)
@@ -163,14 +176,9 @@ def test_indirect_descriptors(
 
 
 def test_large_frame_spreads_over_merged_buffers(
-    server_factory: ServerFactory,
-    frontend: Callable[[str], Frontend],
-    tap_socket: Callable[[str], TapSocket],
+    wire: Callable[..., Wired],
 ) -> None:
-    server = server_factory(mtu=9000)
-    sock = tap_socket(server.tap_name)
-    fe = frontend(server.socket_path)
-    fe.negotiate()
+    _, sock, fe = wire(mtu=9000)
     fe.post_receive_buffers(16, size=2048)
     frame = GUEST_MAC + HOST_MAC + b"\x88\xb5" + bytes(i % 251 for i in range(8986))
     sock.inject(frame)
@@ -180,14 +188,9 @@ def test_large_frame_spreads_over_merged_buffers(
 
 
 def test_large_frame_without_merged_buffers_is_dropped(
-    server_factory: ServerFactory,
-    frontend: Callable[[str], Frontend],
-    tap_socket: Callable[[str], TapSocket],
+    wire: Callable[..., Wired],
 ) -> None:
-    server = server_factory(mtu=9000)
-    sock = tap_socket(server.tap_name)
-    fe = frontend(server.socket_path)
-    fe.negotiate(int(Feature.VERSION_1))
+    server, sock, fe = wire(int(Feature.VERSION_1), mtu=9000)
     fe.post_receive_buffers(16, size=2048)
     sock.inject(GUEST_MAC + HOST_MAC + b"\x88\xb5" + bytes(8986))
     wait_for(lambda: server.counters().to_guest_dropped == 1, "the drop to be counted")
@@ -210,14 +213,9 @@ def test_frames_without_a_guest_are_counted(
 
 
 def test_tso_segment_reaches_the_kernel_as_one_frame(
-    server_factory: ServerFactory,
-    frontend: Callable[[str], Frontend],
-    tap_socket: Callable[[str], TapSocket],
+    wire: Callable[..., Wired],
 ) -> None:
-    server = server_factory()
-    sock = tap_socket(server.tap_name)
-    fe = frontend(server.socket_path)
-    fe.negotiate()
+    server, sock, fe = wire()
     assert fe.features & Feature.HOST_TSO4
     payload = bytes(i % 256 for i in range(60000))
     tcp_length = 20 + len(payload)
