@@ -388,7 +388,7 @@ class KernelDataplane:
         if self._mirror is None:
             listing = self._listing()
             self._mirror = listing.objects
-            self._port_ids = listing.allocations("port_marks")
+            self._port_ids = listing.allocations("port_ids")
             self._zones = {int(br[4:]): z for br, z in listing.allocations("zones").items()}
 
     def _listing(self) -> Listing:
@@ -433,7 +433,7 @@ class KernelDataplane:
         listing = self._listing()
         ports = {tap_name(vnic.id) for vnic in vnics}
         vnis = {vnic.vni for vnic in vnics}
-        self._port_ids = {p: i for p, i in listing.allocations("port_marks").items() if p in ports}
+        self._port_ids = {p: i for p, i in listing.allocations("port_ids").items() if p in ports}
         self._zones = {
             vni: zone
             for bridge, zone in listing.allocations("zones").items()
@@ -506,7 +506,10 @@ class KernelDataplane:
             port = tap_name(vnic_id)
             if before is not None and self._has_port(before):
                 keys |= self._layout.vnic(
-                    port, vnic_filter(before, state), self._port_ids.get(port)
+                    port,
+                    bridge_name(before.vni),
+                    vnic_filter(before, state),
+                    self._port_ids.get(port),
                 ).keys()
                 if self._filtered(before):
                     touched.add(before.security_groups)
@@ -584,7 +587,7 @@ class KernelDataplane:
         if filtering is not None:
             mark = self._port_ids.get(port) or self._allocate(self._port_ids.values(), "vnic")
         self._set_allocation(j, self._port_ids, port, mark)
-        return self._layout.vnic(port, filtering, mark)
+        return self._layout.vnic(port, bridge_name(vnic.vni), filtering, mark)
 
     def _vni_objects(self, j: Journal | None, vni: int, state: StateView) -> dict[Key, Obj]:
         if not any(self._has_port(vnic) for vnic in state.vnics_in(vni)):
@@ -833,8 +836,56 @@ class KernelDataplane:
         self._fix_link(j, link, master=bridge.index, mtu=self._vnic_mtu)
         if link.alias is None:
             self._netlink.set_link(link.index, alias=vnic_alias(vnic.id))
+        self._fix_forwarding(j, vnic)
         if vnic.type == VnicType.NETNS:
             self._configure_peer(j, vnic, previous)
+
+    def _fix_forwarding(self, j: Journal | None, vnic: Vnic) -> None:
+        """A filtered vnic's port learns no address, gets no flooded unicast and
+        holds its MAC pinned, so the only unicast frames reaching it are those
+        to its MAC: the inet family names a frame's receiver by that MAC. A
+        vnic bypassing filtering gets the bridge's defaults back."""
+        name = tap_name(vnic.id)
+        link = self._netlink.link(name)
+        if link is None:
+            raise DataplaneError(f"{_what(vnic)}: interface {name} vanished")
+        index = link.index
+        filtered = self._filtered(vnic)
+        learning = bool(link.port.get("IFLA_BRPORT_LEARNING", 1))
+        flooding = bool(link.port.get("IFLA_BRPORT_UNICAST_FLOOD", 1))
+        if (learning, flooding) != (not filtered, not filtered):
+            self._step(
+                j,
+                f"set learning and flooding of {name}",
+                partial(
+                    self._netlink.set_bridge_port,
+                    index,
+                    learning=not filtered,
+                    unicast_flood=not filtered,
+                ),
+                partial(
+                    self._netlink.set_bridge_port, index, learning=learning, unicast_flood=flooding
+                ),
+            )
+        mac = vnic.mac.lower()
+        entries = self._netlink.bridge_entries(index)
+        for other, pinned in sorted(entries.items()):
+            if (filtered and other == mac) or not (filtered or pinned):
+                continue
+            restore = partial(self._netlink.pin_mac, index, other) if pinned else None
+            self._step(
+                j,
+                f"remove {other} from {name}",
+                partial(self._netlink.forget_mac, index, other),
+                restore,
+            )
+        if filtered and not entries.get(mac, False):
+            self._step(
+                j,
+                f"pin {mac} to {name}",
+                partial(self._netlink.pin_mac, index, mac),
+                partial(self._netlink.forget_mac, index, mac),
+            )
 
     def _port_fits(self, link: Link, vnic: Vnic) -> bool:
         if vnic.type in _TAPS:

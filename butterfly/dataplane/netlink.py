@@ -22,6 +22,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NTF_STICKY
 
 from butterfly.errors import DataplaneError
 
@@ -36,6 +37,10 @@ _IN6_ADDR_GEN_MODE_NONE = 1
 _ZERO_MAC = "00:00:00:00:00:00"
 _RT_TABLE_MAIN = 254
 _IFF_UP = 0x1
+_NUD_NOARP = 0x40
+"""The state of a static forwarding entry (``bridge fdb add ... static``)."""
+_NUD_PERMANENT = 0x80
+"""The state of a port's own address."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,8 @@ class Link:
     """For a veth: the namespace id (as seen from here) holding its peer."""
     info: dict[str, Any] = field(default_factory=dict)
     """The kind-specific attributes (IFLA_INFO_DATA), by netlink name."""
+    port: dict[str, Any] = field(default_factory=dict)
+    """As a bridge port: its attributes (IFLA_INFO_SLAVE_DATA), by netlink name."""
     rx_bytes: int = 0
     tx_bytes: int = 0
 
@@ -173,6 +180,22 @@ class Netlink:
             if msg.get_attr("NDA_LLADDR") == _ZERO_MAC and dst is not None:
                 peers.setdefault(msg["ifindex"], set()).add(dst)
         return peers
+
+    def bridge_entries(self, index: int) -> dict[str, bool]:
+        """The bridge forwarding entries towards port ``index``: MAC -> pinned
+        (static and sticky, as :meth:`pin_mac` makes them) or not (learned, or
+        static without sticky). The port's own address is not listed."""
+        with _translated(f"netlink: listing forwarding entries of {self._name(index)}"):
+            messages = self._ipr.fdb("dump", ifindex=index)
+        return {
+            msg.get_attr("NDA_LLADDR"): bool(
+                msg["state"] & _NUD_NOARP and msg["flags"] & NTF_STICKY
+            )
+            for msg in messages
+            if msg["ifindex"] == index
+            and not msg["state"] & _NUD_PERMANENT
+            and not msg["flags"] & NTF_SELF
+        }
 
     def netnsid(self, fd: int) -> int | None:
         """The id this namespace gives the namespace of ``fd`` (None: none yet)."""
@@ -301,6 +324,31 @@ class Netlink:
             )
         self._changed(index=index)
 
+    def set_bridge_port(self, index: int, *, learning: bool, unicast_flood: bool) -> None:
+        with _translated(f"netlink: changing bridge port {self._name(index)}"):
+            self._ipr.brport(
+                "set", index=index, learning=int(learning), unicast_flood=int(unicast_flood)
+            )
+        self._changed(index=index)
+
+    def pin_mac(self, index: int, mac: str) -> None:
+        """Pin ``mac`` to bridge port ``index`` (taking it from another port):
+        frames to it go there only, and frames from it elsewhere cannot move it
+        (static, sticky)."""
+        with _translated(f"netlink: pinning {mac} to {self._name(index)}"):
+            self._ipr.fdb(
+                "replace",
+                ifindex=index,
+                lladdr=mac,
+                state=_NUD_NOARP,
+                flags=NTF_MASTER | NTF_STICKY,
+            )
+
+    def forget_mac(self, index: int, mac: str) -> None:
+        """Remove the forwarding entry of ``mac`` towards bridge port ``index``."""
+        with _translated(f"netlink: removing {mac} from {self._name(index)}"):
+            self._ipr.fdb("del", ifindex=index, lladdr=mac, flags=NTF_MASTER)
+
     def rename_link(self, index: int, name: str) -> None:
         old = self._name(index)
         with _translated(f"netlink: renaming link {old} to {name}"):
@@ -405,11 +453,11 @@ def _link(msg: Any) -> Link:
     info = msg.get_attr("IFLA_LINKINFO")
     kind = ""
     data: dict[str, Any] = {}
+    port: dict[str, Any] = {}
     if info is not None:
         kind = info.get_attr("IFLA_INFO_KIND") or ""
-        info_data = info.get_attr("IFLA_INFO_DATA")
-        if info_data is not None and hasattr(info_data, "get"):
-            data = {name: value for name, value in info_data.get("attrs", [])}
+        data = _attrs(info.get_attr("IFLA_INFO_DATA"))
+        port = _attrs(info.get_attr("IFLA_INFO_SLAVE_DATA"))
     stats = msg.get_attr("IFLA_STATS64") or {}
     return Link(
         index=msg["index"],
@@ -422,6 +470,13 @@ def _link(msg: Any) -> Link:
         mac=(msg.get_attr("IFLA_ADDRESS") or "").lower(),
         link_netnsid=msg.get_attr("IFLA_LINK_NETNSID"),
         info=data,
+        port=port,
         rx_bytes=int(stats.get("rx_bytes", 0)),
         tx_bytes=int(stats.get("tx_bytes", 0)),
     )
+
+
+def _attrs(nested: Any) -> dict[str, Any]:
+    if nested is None or not hasattr(nested, "get"):
+        return {}
+    return {name: value for name, value in nested.get("attrs", [])}

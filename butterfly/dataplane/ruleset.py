@@ -6,34 +6,40 @@ back of a listing, and the diff between two sets of objects as one ordered
 transaction. Pure: no I/O (the kernel data plane sends what this writes).
 
 The layout. Bridged IP reaches the inet family through br_netfilter with the
-*bridge* as iif/oif, so the bridge family, which still sees the ports, puts
-the ingress vnic's id in the packet mark; conntrack keeps it as the
-connection's mark; the bridge's forward hook then replaces the packet mark
-with the egress vnic's id (shifted 16 bits), and the inet family dispatches
-on both. Per-vnic data lives in maps and sets, not chains, so the number of
-chains does not grow with the vnics (nft reads every chain on each change)::
+*bridge* as iif/oif, so the inet family names a vnic by its bridge and MAC:
+the receiver of a unicast frame by the destination MAC, the sender by the
+source MAC. Both are trustworthy for filtered vnics: their frames must carry
+their own MAC (anti-spoofing), and their ports learn nothing and get no
+flooded unicast, only the frames of their MAC's static FDB entry (set by the
+data plane), so a frame reaches a filtered vnic only if its destination MAC
+is the vnic's. A broadcast or multicast frame is copied to every port: the
+bridge's forward hook, which still sees the port, puts the receiving vnic's
+id in that copy's mark, and the inet family dispatches on it. Per-vnic data
+lives in maps and sets, not chains, so the number of chains does not grow
+with the vnics (nft reads every chain on each change)::
 
     table bridge butterfly
-      ingress  prerouting -200   mark := @port_marks[iif] (vnic id, 0 for VXLAN
-                                 and bypass ports); goto @port_in[iif]
+      ingress  prerouting -200   goto @port_in[iif] (filtered ports only)
       spoof_mac                  (iif . ether saddr) in @port_macs; IP/ARP only
       spoof_ip                   the same, then by frame type: ARP sender and IP
                                  source in @port_ip4, IPv6 source in @port_ip6,
                                  neighbour advertisement target in @port_nd
-      egress   forward -200      mark := @egress_marks[oif] (id << 16, 0 for VXLAN
-                                 and bypass); towards a vnic: IP/ARP only
+      egress   forward -200      group frames: mark := @port_ids[oif] (vnic id,
+                                 0 for VXLAN and bypass ports); towards a
+                                 filtered vnic: IP/ARP only
     table inet butterfly
       zone     prerouting raw    own VXLAN packets: notrack, accept; a bridge in
                                  @quiet (no filtered vnic here): notrack, accept
                                  (a later "ct zone set" would track them again);
                                  ct zone := @zones[iif]
-      conn     prerouting -150   new connection: ct mark := mark (the sender's id)
       raw_out  output raw        own VXLAN packets: notrack
       filter   forward 0         established, related: accept (first: the common
                                  case); not a butterfly bridge, or quiet: accept;
-                                 goto @in_dispatch[mark]
-                                 (receiver's in_P); goto out_check
-      out_check                  goto @out_dispatch[ct mark] (sender's out_P); accept
+                                 goto @in_mac[iif . ether daddr]; group frames:
+                                 goto @in_dispatch[mark] (receiver's in_P);
+                                 goto out_check
+      out_check                  goto @out_mac[iif . ether saddr] (sender's
+                                 out_P); accept
       in_P                       ND/MLD accept; jump si_S for each group S; drop
       out_P                      with OUTBOUND rules: ND/MLD accept; jump so_S
                                  for each group S; drop. Without: accept
@@ -224,6 +230,8 @@ def _set_from_map(target: Json, key: Json, name: str) -> Json:
 _ACCEPT: Json = {"accept": None}
 _DROP: Json = {"drop": None}
 _IIF = _meta("iifname")
+_GROUP_FRAME = _match({"&": [_payload("ether", "daddr"), "01:00:00:00:00:00"]}, "01:00:00:00:00:00")
+"""A broadcast or multicast frame (the group bit of its destination MAC)."""
 
 
 def _nd_accept() -> NftRule:
@@ -318,17 +326,18 @@ class Layout:
         """Tables, base chains, maps, shared sets and chains: always there."""
         ip = "ip6" if ":" in self.underlay_ip else "ip"
         bridge_decls = {
-            "port_marks": ("ifname", "mark"),
-            "egress_marks": ("ifname", "mark"),
+            "port_ids": ("ifname", "mark"),
             "port_in": ("ifname", "verdict"),
+            "filtered": ("ifname",),
             "port_macs": ("ifname", "ether_addr"),
             "port_ip4": ("ifname", "ipv4_addr"),
             "port_ip6": ("ifname", "ipv6_addr"),
         }
         inet_decls = {
             "quiet": ("ifname",),
+            "in_mac": ("ifname", "ether_addr", "verdict"),
+            "out_mac": ("ifname", "ether_addr", "verdict"),
             "in_dispatch": ("mark", "verdict"),
-            "out_dispatch": ("mark", "verdict"),
         }
         objects: dict[Key, Obj] = {
             Key("table", BRIDGE): Decl(bootstrapped=True),
@@ -338,22 +347,18 @@ class Layout:
         }
         for family, decls in ((BRIDGE, bridge_decls), (INET, inet_decls)):
             for name, types in decls.items():
-                kind = "map" if len(types) == 2 and types[1] in ("mark", "verdict") else "set"
+                kind = "map" if len(types) > 1 and types[-1] in ("mark", "verdict") else "set"
                 objects[Key(kind, family, name)] = Decl(types)
         chains = {
             (BRIDGE, "ingress"): Chain(
-                (
-                    rule(_set_from_map(_meta("mark"), _IIF, "port_marks")),
-                    rule(_vmap(_IIF, "port_in")),
-                ),
-                Base("filter", "prerouting", -200),
+                (rule(_vmap(_IIF, "port_in")),), Base("filter", "prerouting", -200)
             ),
             (BRIDGE, "egress"): Chain(
                 (
-                    rule(_set_from_map(_meta("mark"), _meta("oifname"), "egress_marks")),
+                    rule(_GROUP_FRAME, _set_from_map(_meta("mark"), _meta("oifname"), "port_ids")),
                     rule(
-                        _match(_meta("mark"), {"prefix": {"addr": 0, "len": 16}}, "!="),
                         _match(_payload("ether", "type"), _set(_FRAME_TYPES), "!="),
+                        _match(_meta("oifname"), "@filtered"),
                         _DROP,
                     ),
                 ),
@@ -371,16 +376,6 @@ class Layout:
                     rule(_set_from_map({"ct": {"key": "zone"}}, _IIF, "zones")),
                 ),
                 Base("filter", "prerouting", -300),
-            ),
-            (INET, "conn"): Chain(
-                (
-                    rule(
-                        _match(_IIF, "bfbr*"),
-                        _match({"ct": {"key": "state"}}, "new"),
-                        {"mangle": {"key": {"ct": {"key": "mark"}}, "value": _meta("mark")}},
-                    ),
-                ),
-                Base("filter", "prerouting", -150),
             ),
             (INET, "raw_out"): Chain(
                 (
@@ -400,13 +395,14 @@ class Layout:
                     ),
                     rule(_match(_IIF, "bfbr*", "!="), _ACCEPT),
                     rule(_match(_IIF, "@quiet"), _ACCEPT),
-                    rule(_vmap(_meta("mark"), "in_dispatch")),
+                    rule(_vmap(_concat(_IIF, _payload("ether", "daddr")), "in_mac")),
+                    rule(_GROUP_FRAME, _vmap(_meta("mark"), "in_dispatch")),
                     rule(_goto("out_check")),
                 ),
                 Base("filter", "forward", 0),
             ),
             (INET, "out_check"): Chain(
-                (rule(_vmap({"ct": {"key": "mark"}}, "out_dispatch")), rule(_ACCEPT))
+                (rule(_vmap(_concat(_IIF, _payload("ether", "saddr")), "out_mac")), rule(_ACCEPT))
             ),
         }
         chains.update({(BRIDGE, name): chain for name, chain in _spoof_chains().items()})
@@ -415,43 +411,41 @@ class Layout:
         return objects
 
     def vni(self, bridge: str, vxlan: str, zone: int, quiet: bool = False) -> dict[Key, Obj]:
-        """A VNI's conntrack zone, and its VXLAN port's marks reset.
+        """A VNI's conntrack zone, and its VXLAN port's mark reset.
 
         ``quiet``: no vnic of this host in the VNI is filtered, so no rule
         needs the state of its connections: they are not tracked at all.
         """
         objects: dict[Key, Obj] = {
             Key("element", INET, "zones", bridge): zone,
-            Key("element", BRIDGE, "port_marks", vxlan): 0,
-            Key("element", BRIDGE, "egress_marks", vxlan): 0,
+            Key("element", BRIDGE, "port_ids", vxlan): 0,
         }
         if quiet:
             objects[Key("element", INET, "quiet", bridge)] = PRESENT
         return objects
 
     def vnic(
-        self, port: str, vnic_filter: VnicFilter | None, vnic_id: int | None
+        self, port: str, bridge: str, vnic_filter: VnicFilter | None, vnic_id: int | None
     ) -> dict[Key, Obj]:
-        """A vnic's marks, anti-spoofing data and dispatch to its profile.
+        """A vnic's id, anti-spoofing data and dispatch to its profile.
 
-        A vnic that bypasses filtering only gets its marks reset.
+        A vnic that bypasses filtering only gets its id reset (the mark of
+        group frames towards it).
         """
         if vnic_filter is None or vnic_id is None:
-            return {
-                Key("element", BRIDGE, "port_marks", port): 0,
-                Key("element", BRIDGE, "egress_marks", port): 0,
-            }
+            return {Key("element", BRIDGE, "port_ids", port): 0}
         spoof = vnic_filter.anti_spoof
         profile_in, profile_out = profile_chains(vnic_filter.security_groups)
         objects: dict[Key, Obj] = {
-            Key("element", BRIDGE, "port_marks", port): vnic_id,
-            Key("element", BRIDGE, "egress_marks", port): vnic_id << 16,
+            Key("element", BRIDGE, "port_ids", port): vnic_id,
             Key("element", BRIDGE, "port_in", port): Verdict(
                 "spoof_ip" if spoof.check_ip else "spoof_mac"
             ),
+            Key("element", BRIDGE, "filtered", port): PRESENT,
             Key("element", BRIDGE, "port_macs", (port, spoof.mac)): PRESENT,
-            Key("element", INET, "in_dispatch", vnic_id << 16): Verdict(profile_in),
-            Key("element", INET, "out_dispatch", vnic_id): Verdict(profile_out),
+            Key("element", INET, "in_mac", (bridge, spoof.mac)): Verdict(profile_in),
+            Key("element", INET, "out_mac", (bridge, spoof.mac)): Verdict(profile_out),
+            Key("element", INET, "in_dispatch", vnic_id): Verdict(profile_in),
         }
         if spoof.check_ip:
             for ip in spoof.ipv4:
@@ -639,7 +633,8 @@ def _declaration(key: Key, decl: Decl) -> Json:
     if key.kind == "table":
         return {"family": key.family, "name": TABLE}
     if key.kind == "map":
-        return {**_ref(key), "type": decl.types[0], "map": decl.types[1]}
+        keys: Any = list(decl.types[:-1]) if len(decl.types) > 2 else decl.types[0]
+        return {**_ref(key), "type": keys, "map": decl.types[-1]}
     types: Any = list(decl.types) if len(decl.types) > 1 else decl.types[0]
     return {**_ref(key), "type": types}
 
@@ -669,7 +664,7 @@ class Listing:
     objects: dict[Key, Obj] = field(default_factory=dict)
 
     def allocations(self, name: str) -> dict[str, int]:
-        """Port name -> vnic id (``port_marks``), or bridge -> zone (``zones``)."""
+        """Port name -> vnic id (``port_ids``), or bridge -> zone (``zones``)."""
         return {
             str(key.element): value
             for key, value in self.objects.items()

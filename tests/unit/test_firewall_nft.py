@@ -117,17 +117,19 @@ def test_a_vnic_is_elements_and_a_shared_profile() -> None:
         )
     )
     state.put_vnic(vnic)
-    objects = LAYOUT.vnic("bf-v", vnic_filter(vnic, state), 7)
+    objects = LAYOUT.vnic("bf-v", "bfbr1", vnic_filter(vnic, state), 7)
     assert {key.kind for key in objects} == {"element"}
-    assert objects[Key("element", BRIDGE, "port_marks", "bf-v")] == 7
-    assert objects[Key("element", BRIDGE, "egress_marks", "bf-v")] == 7 << 16
+    assert objects[Key("element", BRIDGE, "port_ids", "bf-v")] == 7
+    assert objects[Key("element", BRIDGE, "filtered", "bf-v")] is PRESENT
     assert objects[Key("element", BRIDGE, "port_ip4", ("bf-v", "10.0.0.1"))] is PRESENT
     assert objects[Key("element", BRIDGE, "port_in", "bf-v")] == Verdict("spoof_ip")
     profile_in, profile_out = profile_chains(("web",))
-    assert objects[Key("element", INET, "in_dispatch", 7 << 16)] == Verdict(profile_in)
-    assert objects[Key("element", INET, "out_dispatch", 7)] == Verdict(profile_out)
-    bypass = LAYOUT.vnic("bf-v", None, None)
-    assert set(bypass.values()) == {0}
+    named = ("bfbr1", "52:54:00:00:00:01")
+    assert objects[Key("element", INET, "in_mac", named)] == Verdict(profile_in)
+    assert objects[Key("element", INET, "out_mac", named)] == Verdict(profile_out)
+    assert objects[Key("element", INET, "in_dispatch", 7)] == Verdict(profile_in)
+    bypass = LAYOUT.vnic("bf-v", "bfbr1", None, None)
+    assert bypass == {Key("element", BRIDGE, "port_ids", "bf-v"): 0}
 
 
 def test_a_profile_restricts_outbound_only_when_asked() -> None:
@@ -211,7 +213,7 @@ def test_a_listing_read_back_equals_what_was_wanted() -> None:
             if not (isinstance(v, Decl) and v.bootstrapped)
         },
         **_web("10.0.0.9", "2001:db8::9"),
-        **LAYOUT.vnic("bf-v", vnic_filter(vnic, state), 3),
+        **LAYOUT.vnic("bf-v", "bfbr1", vnic_filter(vnic, state), 3),
         **LAYOUT.profile(("web",), restrict_outbound=False),
         **LAYOUT.vni("bfbr1", "bfvx1", 5),
     }

@@ -90,7 +90,8 @@ def test_interoperates_with_the_deployed_transform(keyed: tuple[Daemon, bytes]) 
     client = daemon.client()
     for size in range(3):  # different paddings, a full block among them
         content = frame(
-            request(nic_add=nic("n" * (size + 1))), message_ids=["x" * size]
+            request(nic_add=nic("n" * (size + 1), mac=f"52:54:00:00:00:1{size}")),
+            message_ids=["x" * size],
         ).SerializeToString()
         data = Messages()
         data.encrypted.aes256cbc_sha512 = _deployed_seal(content, key, os.urandom(16))

@@ -20,7 +20,7 @@ def test_several_messages_are_executed_and_answered_in_order(client: Client) -> 
         request(nic_add=nic("b")),
         request(nic_list=True),
         request(nic_details="missing"),  # fails, the rest still runs
-        request(nic_add=nic("a")),
+        request(nic_add=nic("a", mac="52:54:00:00:00:02")),
         request(nic_list=True),
         request(nic_del="b"),
         request(nic_list=True),

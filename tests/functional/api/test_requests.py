@@ -94,7 +94,7 @@ def test_nic_add_with_an_existing_id_replaces_the_whole_nic(client: Client) -> N
 
 def test_nic_del(client: Client) -> None:
     ok(client, nic_add=nic("a"))
-    ok(client, nic_add=nic("b"))
+    ok(client, nic_add=nic("b", mac="52:54:00:00:00:02"))
     ok(client, nic_del="a")
     assert list(ok(client, nic_list=True).nic_list) == ["b"]
     assert fail(client, nic_details="a") == "NIC does not exist with id a"

@@ -56,6 +56,7 @@ CASES: list[tuple[str, Any, str, str]] = [
     ("nic_add", nic("n3", mac=" 52:54:00:12:34:56"), BAD_NIC, "52:54:00:12:34:56"),
     ("nic_add", nic("n3", mac="01:00:5e:00:00:01"), BAD_NIC, "01:00:5e:00:00:01"),
     ("nic_add", nic("n3", mac="ff:ff:ff:ff:ff:ff"), BAD_NIC, "ff:ff:ff:ff:ff:ff"),
+    ("nic_add", nic("n3", mac="52:54:00:00:00:01"), BAD_NIC, "already used by nic 'n1'"),
     # nic_add: VNI
     ("nic_add", nic("n1", vni=1 << 24), BAD_NIC, str(1 << 24)),
     ("nic_add", nic("n3", vni=(1 << 32) - 1), BAD_NIC, str((1 << 32) - 1)),

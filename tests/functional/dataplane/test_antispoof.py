@@ -132,3 +132,16 @@ def test_bypass_filtering_lets_everything_through(lab: Lab) -> None:
 def test_a_filtered_vnic_receives_only_ip_and_arp_from_a_bypassing_one(lab: Lab) -> None:
     sender, receiver = pair(lab, ip_anti_spoof=True, bypass=True, receiver_bypass=False)
     assert seen(sender, receiver, attacks()) == set(attacks()) - {"vlan"}
+
+
+def test_a_filtered_vnic_gets_no_unicast_for_another_mac_nor_loses_its_own(lab: Lab) -> None:
+    """Its rules are chosen by the destination MAC: a flooded frame for an unknown
+    MAC must not reach it, and nobody may take its MAC from the bridge (the last
+    frame, to its MAC, must still arrive after one from the sender with it)."""
+    sender, receiver = pair(lab, ip_anti_spoof=False, bypass=True, receiver_bypass=False)
+    frames = {
+        "unknown": Ether(src=MAC_A, dst=MAC_OTHER) / IP(src=IP_A, dst=IP_B) / UDP(dport=9),
+        "hijack": Ether(src=MAC_B, dst=BROADCAST) / IP(src=IP_A, dst=IP_B) / UDP(dport=9),
+    }
+    marked = {name: _marked(frame, f"attack-{name}") for name, frame in frames.items()}
+    assert seen(sender, receiver, marked) == {"hijack"}

@@ -155,3 +155,35 @@ def test_an_ipv6_underlay_uses_an_ipv6_group_and_overhead(lab: Lab) -> None:
     assert info["group6"] == "ff05::e600:539"
     assert info["local6"] == host.address
     assert vxlan["mtu"] == 1430
+
+
+def _forwarding(host: Any, vnic_id: str) -> tuple[bool, bool, set[str]]:
+    """A vnic's port as the bridge holds it: learning, unicast flooding, pinned MACs."""
+    name = tap_name(vnic_id)
+    (port,) = json.loads(host.exec("bridge", "-d", "-j", "link", "show", "dev", name))
+    entries = json.loads(host.exec("bridge", "-j", "fdb", "show", "br", port["master"]))
+    pinned = {
+        entry["mac"]
+        for entry in entries
+        if entry.get("ifname") == name
+        and "sticky" in entry.get("flags", [])
+        and entry.get("state") == "static"
+    }
+    return port["learning"], port["flood"], pinned
+
+
+def test_a_filtered_vnics_port_learns_nothing_and_holds_its_mac_pinned(lab: Lab) -> None:
+    host = lab.host()
+    dataplane = host.dataplane()
+    state = State()
+    mac = "52:54:00:00:00:01"
+    filtered = make_vnic(Vnic(id="f", mac=mac, vni=1, type=VnicType.TAP))
+    plug(dataplane, state, filtered)
+    assert _forwarding(host, "f") == (False, False, {mac})
+    plug(dataplane, state, replace(filtered, bypass_filtering=True))
+    assert _forwarding(host, "f") == (True, True, set())
+    plug(dataplane, state, filtered)
+    host.exec("bridge", "fdb", "del", mac, "dev", tap_name("f"), "master")
+    host.exec("bridge", "link", "set", "dev", tap_name("f"), "flood", "on")
+    dataplane.reconcile(state)
+    assert _forwarding(host, "f") == (False, False, {mac})
