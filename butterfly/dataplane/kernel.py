@@ -35,7 +35,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from butterfly.dataplane.base import Attachment, Counters, SgChange, VhostPorts
 from butterfly.dataplane.graph import PortView, VniView, render
@@ -102,6 +102,14 @@ _BRIDGE_OPTIONS = {
     "IFLA_BR_NF_CALL_IPTABLES": 1,
     "IFLA_BR_NF_CALL_IP6TABLES": 1,
 }
+
+
+class _PortFlags(NamedTuple):
+    """A vnic port's forwarding behaviour in its bridge."""
+
+    learning: bool
+    unicast_flood: bool
+    locked: bool
 
 
 def _what(vnic: Vnic) -> str:
@@ -175,7 +183,9 @@ class KernelDataplane:
             underlay_ip=self._underlay.address,
             vxlan_port=vxlan_port,
         )
-        self._infrastructure = self._layout.infrastructure()
+        self._infrastructure = {
+            checks_ips: self._layout.infrastructure(checks_ips) for checks_ips in (False, True)
+        }
         self._mirror: dict[Key, Obj] | None = None
         self._port_ids: dict[str, int] = {}
         self._zones: dict[int, int] = {}
@@ -404,7 +414,7 @@ class KernelDataplane:
         ``present`` (the undo takes them out of both)."""
         missing: dict[Key, Obj] = {
             key: obj
-            for key, obj in self._infrastructure.items()
+            for key, obj in self._infrastructure[False].items()
             if _bootstrapped(obj) and key not in present
         }
         if not missing:
@@ -439,7 +449,7 @@ class KernelDataplane:
             for bridge, zone in listing.allocations("zones").items()
             if (vni := int(bridge[4:])) in vnis
         }
-        wanted = dict(self._infrastructure)
+        wanted = dict(self._infrastructure[state.checks_ips()])
         for vni in sorted(vnis):
             wanted.update(self._vni_objects(None, vni, state))
         profiles = set()
@@ -457,7 +467,7 @@ class KernelDataplane:
             wanted.update(self._layout.sg(sg_filter(sg_id, sg), _members(sg)))
         present = dict(listing.objects)
         try:
-            for key, obj in self._infrastructure.items():
+            for key, obj in wanted.items():
                 if _bootstrapped(obj) and key in present and present[key] != obj:
                     raise Structural(f"{key.kind} {key.family} {key.name} changed declaration")
             self._bootstrap(None, present)
@@ -499,8 +509,8 @@ class KernelDataplane:
         """
         assert self._mirror is not None
         mirror = self._mirror
-        keys: set[Key] = set(self._infrastructure)
-        new: dict[Key, Obj] = dict(self._infrastructure)
+        new: dict[Key, Obj] = dict(self._infrastructure[state.checks_ips()])
+        keys: set[Key] = set(new)
         touched = set(profiles)
         for before, vnic_id in vnics:
             port = tap_name(vnic_id)
@@ -841,31 +851,39 @@ class KernelDataplane:
             self._configure_peer(j, vnic, previous)
 
     def _fix_forwarding(self, j: Journal | None, vnic: Vnic) -> None:
-        """A filtered vnic's port learns no address, gets no flooded unicast and
-        holds its MAC pinned, so the only unicast frames reaching it are those
-        to its MAC: the inet family names a frame's receiver by that MAC. A
-        vnic bypassing filtering gets the bridge's defaults back."""
+        """A filtered vnic's port holds its MAC pinned and is locked to it (MAC
+        anti-spoofing in the bridge itself), learns no address and gets no
+        flooded unicast, so the only unicast frames reaching it are those to
+        its MAC: the inet family names a frame's receiver by that MAC. A vnic
+        bypassing filtering gets the bridge's defaults back."""
         name = tap_name(vnic.id)
         link = self._netlink.link(name)
         if link is None:
             raise DataplaneError(f"{_what(vnic)}: interface {name} vanished")
         index = link.index
         filtered = self._filtered(vnic)
-        learning = bool(link.port.get("IFLA_BRPORT_LEARNING", 1))
-        flooding = bool(link.port.get("IFLA_BRPORT_UNICAST_FLOOD", 1))
-        if (learning, flooding) != (not filtered, not filtered):
+        wanted = _PortFlags(learning=not filtered, unicast_flood=not filtered, locked=filtered)
+        flags = _PortFlags(
+            learning=bool(link.port.get("IFLA_BRPORT_LEARNING", 1)),
+            unicast_flood=bool(link.port.get("IFLA_BRPORT_UNICAST_FLOOD", 1)),
+            locked=bool(link.port.get("IFLA_BRPORT_LOCKED", 0)),
+        )
+        if flags != wanted:
+
+            def lock() -> None:
+                self._netlink.set_bridge_port(index, **wanted._asdict())
+                changed = self._netlink.link(name)
+                if filtered and (changed is None or not changed.port.get("IFLA_BRPORT_LOCKED")):
+                    raise DataplaneError(
+                        f"{_what(vnic)}: this kernel cannot lock bridge port {name} to the "
+                        "vnic's MAC (Linux 5.18 or later is needed for MAC anti-spoofing)"
+                    )
+
             self._step(
                 j,
-                f"set learning and flooding of {name}",
-                partial(
-                    self._netlink.set_bridge_port,
-                    index,
-                    learning=not filtered,
-                    unicast_flood=not filtered,
-                ),
-                partial(
-                    self._netlink.set_bridge_port, index, learning=learning, unicast_flood=flooding
-                ),
+                f"set {name}'s learning, flooding and locking",
+                lock,
+                partial(self._netlink.set_bridge_port, index, **flags._asdict()),
             )
         mac = vnic.mac.lower()
         entries = self._netlink.bridge_entries(index)

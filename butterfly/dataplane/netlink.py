@@ -324,10 +324,16 @@ class Netlink:
             )
         self._changed(index=index)
 
-    def set_bridge_port(self, index: int, *, learning: bool, unicast_flood: bool) -> None:
+    def set_bridge_port(
+        self, index: int, *, learning: bool, unicast_flood: bool, locked: bool
+    ) -> None:
         with _translated(f"netlink: changing bridge port {self._name(index)}"):
             self._ipr.brport(
-                "set", index=index, learning=int(learning), unicast_flood=int(unicast_flood)
+                "set",
+                index=index,
+                learning=int(learning),
+                unicast_flood=int(unicast_flood),
+                locked=int(locked),
             )
         self._changed(index=index)
 

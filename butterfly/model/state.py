@@ -26,10 +26,11 @@ class StateView(Protocol):
     def vnics_using(self, sg_id: str) -> list[Vnic]: ...
     def vnics_in(self, vni: int) -> list[Vnic]: ...
     def peers(self, vni: int) -> tuple[str, ...]: ...
+    def checks_ips(self) -> bool: ...
 
 
 class State:
-    """Vnics and security groups with the two indexes the data plane needs."""
+    """Vnics and security groups with the indexes the data plane needs."""
 
     def __init__(self) -> None:
         self._vnics: dict[str, Vnic] = {}
@@ -37,6 +38,7 @@ class State:
         self._by_sg: dict[str, set[str]] = {}
         self._by_vni: dict[int, set[str]] = {}
         self._peers: dict[int, tuple[str, ...]] = {}
+        self._ip_checked: set[str] = set()
 
     def vnic(self, vnic_id: str) -> Vnic | None:
         return self._vnics.get(vnic_id)
@@ -64,6 +66,10 @@ class State:
         """Static VXLAN flooding peers (underlay addresses) of ``vni``."""
         return self._peers.get(vni, ())
 
+    def checks_ips(self) -> bool:
+        """Whether a vnic has IP anti-spoofing on (and filtering not bypassed)."""
+        return bool(self._ip_checked)
+
     def all_peers(self) -> dict[int, tuple[str, ...]]:
         return dict(sorted(self._peers.items()))
 
@@ -81,6 +87,8 @@ class State:
         for sg_id in vnic.security_groups:
             self._by_sg.setdefault(sg_id, set()).add(vnic.id)
         self._by_vni.setdefault(vnic.vni, set()).add(vnic.id)
+        if vnic.ip_anti_spoof and not vnic.bypass_filtering:
+            self._ip_checked.add(vnic.id)
         return old
 
     def remove_vnic(self, vnic_id: str) -> Vnic | None:
@@ -89,6 +97,7 @@ class State:
             for sg_id in old.security_groups:
                 _discard(self._by_sg, sg_id, old.id)
             _discard(self._by_vni, old.vni, old.id)
+            self._ip_checked.discard(old.id)
         return old
 
     def put_sg(self, sg: SecurityGroup) -> SecurityGroup | None:

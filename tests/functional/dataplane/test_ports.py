@@ -157,8 +157,9 @@ def test_an_ipv6_underlay_uses_an_ipv6_group_and_overhead(lab: Lab) -> None:
     assert vxlan["mtu"] == 1430
 
 
-def _forwarding(host: Any, vnic_id: str) -> tuple[bool, bool, set[str]]:
-    """A vnic's port as the bridge holds it: learning, unicast flooding, pinned MACs."""
+def _forwarding(host: Any, vnic_id: str) -> tuple[bool, bool, bool, set[str]]:
+    """A vnic's port as the bridge holds it: learning, unicast flooding, locked,
+    pinned MACs."""
     name = tap_name(vnic_id)
     (port,) = json.loads(host.exec("bridge", "-d", "-j", "link", "show", "dev", name))
     entries = json.loads(host.exec("bridge", "-j", "fdb", "show", "br", port["master"]))
@@ -169,21 +170,21 @@ def _forwarding(host: Any, vnic_id: str) -> tuple[bool, bool, set[str]]:
         and "sticky" in entry.get("flags", [])
         and entry.get("state") == "static"
     }
-    return port["learning"], port["flood"], pinned
+    return port["learning"], port["flood"], port["locked"], pinned
 
 
-def test_a_filtered_vnics_port_learns_nothing_and_holds_its_mac_pinned(lab: Lab) -> None:
+def test_a_filtered_vnics_port_is_locked_to_its_pinned_mac_and_learns_nothing(lab: Lab) -> None:
     host = lab.host()
     dataplane = host.dataplane()
     state = State()
     mac = "52:54:00:00:00:01"
     filtered = make_vnic(Vnic(id="f", mac=mac, vni=1, type=VnicType.TAP))
     plug(dataplane, state, filtered)
-    assert _forwarding(host, "f") == (False, False, {mac})
+    assert _forwarding(host, "f") == (False, False, True, {mac})
     plug(dataplane, state, replace(filtered, bypass_filtering=True))
-    assert _forwarding(host, "f") == (True, True, set())
+    assert _forwarding(host, "f") == (True, True, False, set())
     plug(dataplane, state, filtered)
     host.exec("bridge", "fdb", "del", mac, "dev", tap_name("f"), "master")
-    host.exec("bridge", "link", "set", "dev", tap_name("f"), "flood", "on")
+    host.exec("bridge", "link", "set", "dev", tap_name("f"), "flood", "on", "locked", "off")
     dataplane.reconcile(state)
-    assert _forwarding(host, "f") == (False, False, {mac})
+    assert _forwarding(host, "f") == (False, False, True, {mac})
