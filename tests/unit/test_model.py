@@ -435,6 +435,19 @@ def test_state_indexes_follow_replacements() -> None:
     assert state.remove_vnic("missing") is None
 
 
+def test_state_knows_whether_a_vnic_checks_ips() -> None:
+    state = State()
+    state.put_vnic(make_vnic(vnic(id="a", ip_anti_spoof=True, bypass_filtering=True)))
+    assert not state.checks_ips()
+    state.put_vnic(make_vnic(vnic(id="a", ip_anti_spoof=True)))
+    assert state.checks_ips()
+    state.put_vnic(make_vnic(vnic(id="a")))
+    assert not state.checks_ips()
+    state.put_vnic(make_vnic(vnic(id="a", ip_anti_spoof=True)))
+    state.remove_vnic("a")
+    assert not state.checks_ips()
+
+
 def test_state_lists_sorted_and_peers() -> None:
     state = State()
     for sg_id in ("b", "a", "c"):
