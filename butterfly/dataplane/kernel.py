@@ -874,6 +874,7 @@ class KernelDataplane:
                 self._netlink.set_bridge_port(index, **wanted._asdict())
                 changed = self._netlink.link(name)
                 if filtered and (changed is None or not changed.port.get("IFLA_BRPORT_LOCKED")):
+                    self._netlink.set_bridge_port(index, **flags._asdict())
                     raise DataplaneError(
                         f"{_what(vnic)}: this kernel cannot lock bridge port {name} to the "
                         "vnic's MAC (Linux 5.18 or later is needed for MAC anti-spoofing)"
