@@ -467,7 +467,7 @@ class KernelDataplane:
             wanted.update(self._layout.sg(sg_filter(sg_id, sg), _members(sg)))
         present = dict(listing.objects)
         try:
-            for key, obj in wanted.items():
+            for key, obj in self._infrastructure[False].items():
                 if _bootstrapped(obj) and key in present and present[key] != obj:
                     raise Structural(f"{key.kind} {key.family} {key.name} changed declaration")
             self._bootstrap(None, present)

@@ -86,7 +86,9 @@ class Netlink:
 
     def __init__(self) -> None:
         try:
-            self._ipr = IPRoute()
+            # Strict checking lets the kernel filter dumps by the header's
+            # fields: a port's forwarding entries, not the whole table's.
+            self._ipr = IPRoute(strict_check=True)
         except (NetlinkError, OSError) as exc:
             raise DataplaneError(f"netlink: cannot open a socket: {_reason(exc)}") from exc
         self._snapshot: dict[str, Link] | None = None
@@ -186,7 +188,9 @@ class Netlink:
         (static and sticky, as :meth:`pin_mac` makes them) or not (learned, or
         static without sticky). The port's own address is not listed."""
         with _translated(f"netlink: listing forwarding entries of {self._name(index)}"):
-            messages = self._ipr.fdb("dump", ifindex=index)
+            # An explicit dump_filter keeps pyroute2 from moving ifindex out of
+            # the request into a filter of its own, after a dump of everything.
+            messages = self._ipr.fdb("dump", ifindex=index, dump_filter=_everything)
         return {
             msg.get_attr("NDA_LLADDR"): bool(
                 msg["state"] & _NUD_NOARP and msg["flags"] & NTF_STICKY
@@ -486,3 +490,7 @@ def _attrs(nested: Any) -> dict[str, Any]:
     if nested is None or not hasattr(nested, "get"):
         return {}
     return {name: value for name, value in nested.get("attrs", [])}
+
+
+def _everything(msg: Any) -> bool:
+    return True
