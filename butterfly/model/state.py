@@ -27,6 +27,7 @@ class StateView(Protocol):
     def vnics_in(self, vni: int) -> list[Vnic]: ...
     def peers(self, vni: int) -> tuple[str, ...]: ...
     def checks_ips(self) -> bool: ...
+    def vnic_with_mac(self, vni: int, mac: str) -> Vnic | None: ...
 
 
 class State:
@@ -39,6 +40,7 @@ class State:
         self._by_vni: dict[int, set[str]] = {}
         self._peers: dict[int, tuple[str, ...]] = {}
         self._ip_checked: set[str] = set()
+        self._by_mac: dict[tuple[int, str], str] = {}
 
     def vnic(self, vnic_id: str) -> Vnic | None:
         return self._vnics.get(vnic_id)
@@ -70,6 +72,11 @@ class State:
         """Whether a vnic has IP anti-spoofing on (and filtering not bypassed)."""
         return bool(self._ip_checked)
 
+    def vnic_with_mac(self, vni: int, mac: str) -> Vnic | None:
+        """The vnic of ``vni`` with this MAC (any case), if any."""
+        vnic_id = self._by_mac.get((vni, mac.lower()))
+        return None if vnic_id is None else self._vnics[vnic_id]
+
     def all_peers(self) -> dict[int, tuple[str, ...]]:
         return dict(sorted(self._peers.items()))
 
@@ -89,6 +96,7 @@ class State:
         self._by_vni.setdefault(vnic.vni, set()).add(vnic.id)
         if vnic.ip_anti_spoof and not vnic.bypass_filtering:
             self._ip_checked.add(vnic.id)
+        self._by_mac[(vnic.vni, vnic.mac.lower())] = vnic.id
         return old
 
     def remove_vnic(self, vnic_id: str) -> Vnic | None:
@@ -98,6 +106,8 @@ class State:
                 _discard(self._by_sg, sg_id, old.id)
             _discard(self._by_vni, old.vni, old.id)
             self._ip_checked.discard(old.id)
+            if self._by_mac.get(mac := (old.vni, old.mac.lower())) == old.id:
+                del self._by_mac[mac]
         return old
 
     def put_sg(self, sg: SecurityGroup) -> SecurityGroup | None:

@@ -136,12 +136,12 @@ class Switch:
         vnic = make_vnic(vnic)
         if self._state.vnic(vnic.id) == vnic:
             return self._dataplane.attachment(vnic)
-        for other in self._state.vnics_in(vnic.vni):
-            if other.id != vnic.id and other.mac.lower() == vnic.mac.lower():
-                raise BadNic(
-                    f"nic {shown(vnic.id)}: mac {vnic.mac} is already used by nic "
-                    f"{shown(other.id)} in vni {vnic.vni}"
-                )
+        other = self._state.vnic_with_mac(vnic.vni, vnic.mac)
+        if other is not None and other.id != vnic.id:
+            raise BadNic(
+                f"nic {shown(vnic.id)}: mac {vnic.mac} is already used by nic "
+                f"{shown(other.id)} in vni {vnic.vni}"
+            )
         with self._change() as change:
             old = change.put_vnic(vnic)
             return self._dataplane.plug(vnic, old, self._state)

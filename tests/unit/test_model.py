@@ -435,6 +435,17 @@ def test_state_indexes_follow_replacements() -> None:
     assert state.remove_vnic("missing") is None
 
 
+def test_state_finds_a_vnic_by_mac_within_its_vni() -> None:
+    state = State()
+    state.put_vnic(make_vnic(vnic(id="a", vni=1, mac="52:54:00:00:00:AA")))
+    assert state.vnic_with_mac(1, "52:54:00:00:00:aa") is not None
+    assert state.vnic_with_mac(2, "52:54:00:00:00:aa") is None
+    state.put_vnic(make_vnic(vnic(id="a", vni=2, mac="52:54:00:00:00:aa")))
+    assert state.vnic_with_mac(1, "52:54:00:00:00:aa") is None
+    state.remove_vnic("a")
+    assert state.vnic_with_mac(2, "52:54:00:00:00:aa") is None
+
+
 def test_state_knows_whether_a_vnic_checks_ips() -> None:
     state = State()
     state.put_vnic(make_vnic(vnic(id="a", ip_anti_spoof=True, bypass_filtering=True)))
