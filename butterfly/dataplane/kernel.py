@@ -29,6 +29,7 @@ that built the data plane.
 """
 
 import contextlib
+import errno
 import glob
 import ipaddress
 import logging
@@ -40,6 +41,7 @@ from typing import Any, NamedTuple, TypeVar
 from butterfly.dataplane.base import Attachment, Counters, SgChange, VhostPorts
 from butterfly.dataplane.graph import PortView, VniView, render
 from butterfly.dataplane.journal import FaultHook, Journal, journal
+from butterfly.dataplane.limits import MulticastLimits
 from butterfly.dataplane.naming import (
     TABLE,
     bridge_name,
@@ -176,6 +178,7 @@ class KernelDataplane:
             self._netlink.close()
             raise
         self._static_peers = static_peers
+        self._limits = MulticastLimits(self._underlay.version)
         self._vnic_mtu = nic_mtu or self._underlay.vxlan_mtu
         self._vxlan_mtu = min(self._vnic_mtu, self._underlay.vxlan_mtu)
         self._layout = Layout(
@@ -220,6 +223,11 @@ class KernelDataplane:
                     problems, f"link {name}", partial(self._netlink.delete_link, link.index)
                 )
         self._reconcile_nft(state, vnics)
+        if self._multicast:
+            # Left-over devices still hold their groups until the end.
+            devices = {vxlan_name(vnic.vni) for vnic in vnics}
+            devices.update(name for name, link in owned.items() if link.kind == "vxlan")
+            self._limits.ensure(len(devices))
         for vni in sorted({vnic.vni for vnic in vnics}):
             self._best_effort(problems, f"vni {vni}", partial(self._ensure_vni, None, vni, state))
         for vnic in vnics:
@@ -241,9 +249,9 @@ class KernelDataplane:
             )
         if not self._has_port(vnic):
             raise NotSupported(f"{_what(vnic)}: type {vnic.type.name} is not supported")
-        self._load()
         previous = replaced if replaced is not None and self._has_port(replaced) else None
         with journal(_what(vnic), self._fault_hook) as j:
+            self._load()
             if previous is not None and not self._reusable(previous, vnic):
                 self._tracer_stop(previous)
                 self._remove_port(j, previous)
@@ -265,8 +273,8 @@ class KernelDataplane:
     def update(self, before: Vnic, after: Vnic, state: StateView) -> None:
         if not self._has_port(after):
             return
-        self._load()
         with journal(_what(after), self._fault_hook) as j:
+            self._load()
             self._commit(
                 j,
                 state,
@@ -281,8 +289,8 @@ class KernelDataplane:
     def unplug(self, vnic: Vnic, state: StateView) -> None:
         if not self._has_port(vnic):
             return
-        self._load()
         with journal(_what(vnic), self._fault_hook) as j:
+            self._load()
             self._remove_port(j, vnic)
             self._commit(
                 j,
@@ -702,6 +710,8 @@ class KernelDataplane:
         if vxlan is None:
             name = vxlan_name(vni)
             group = flood_group(vni, self._underlay.version) if self._multicast else None
+            if self._multicast:
+                self._limits.ensure(len(self._zones))
             self._step(
                 j,
                 f"create vxlan {name}",
@@ -720,7 +730,10 @@ class KernelDataplane:
             vxlan = self._netlink.link(name)
             assert vxlan is not None
             self._flood[vxlan.index] = set()
-        self._fix_link(j, vxlan, master=bridge.index, mtu=self._vxlan_mtu)
+        advice = None
+        if self._multicast and not vxlan.up:  # going up joins the group
+            advice = dict.fromkeys((errno.ENOBUFS, errno.ENOMEM), self._limits.advice())
+        self._fix_link(j, vxlan, master=bridge.index, mtu=self._vxlan_mtu, advice=advice)
         self._sync_peers(j, vxlan, self._peers(vni, state))
 
     def _vxlan_fits(self, vxlan: Link, vni: int) -> bool:
@@ -793,8 +806,17 @@ class KernelDataplane:
                 # an undo would come back with another MAC and bridge id.
                 j.after_success(f"delete {name}", partial(self._netlink.delete_link, link.index))
 
-    def _fix_link(self, j: Journal | None, link: Link, *, master: int | None, mtu: int) -> None:
-        """Set the MTU, master and up state of ``link`` where they differ."""
+    def _fix_link(
+        self,
+        j: Journal | None,
+        link: Link,
+        *,
+        master: int | None,
+        mtu: int,
+        advice: Mapping[int, str] | None = None,
+    ) -> None:
+        """Set the MTU, master and up state of ``link`` where they differ
+        (``advice``: the remedy for errnos of setting it up)."""
         if link.mtu != mtu:
             self._step(
                 j,
@@ -815,7 +837,7 @@ class KernelDataplane:
             self._step(
                 j,
                 f"set {link.name} up",
-                lambda: self._netlink.set_link(link.index, up=True),
+                lambda: self._netlink.set_link(link.index, up=True, advice=advice),
                 lambda: self._netlink.set_link(link.index, up=False),
             )
 

@@ -15,7 +15,7 @@ import fcntl
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +24,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NTF_STICKY
 
+from butterfly.dataplane.kernel_errors import code_of, explain
 from butterfly.errors import DataplaneError
 
 __all__ = ["Address", "Link", "Netlink", "Route"]
@@ -90,7 +91,7 @@ class Netlink:
             # fields: a port's forwarding entries, not the whole table's.
             self._ipr = IPRoute(strict_check=True)
         except (NetlinkError, OSError) as exc:
-            raise DataplaneError(f"netlink: cannot open a socket: {_reason(exc)}") from exc
+            raise DataplaneError(explain("netlink: opening a socket", code_of(exc))) from exc
         self._snapshot: dict[str, Link] | None = None
 
     def close(self) -> None:
@@ -135,7 +136,7 @@ class Netlink:
         except NetlinkError as exc:
             if exc.code == errno.ENODEV:
                 return None
-            raise DataplaneError(f"netlink: reading link {name}: {_reason(exc)}") from exc
+            raise DataplaneError(explain(f"netlink: reading link {name}", code_of(exc))) from exc
         return _link(messages[0]) if messages else None
 
     def addresses(self, index: int | None = None) -> list[Address]:
@@ -258,17 +259,12 @@ class Netlink:
         """A persistent tap (single queue, no packet information header), as
         QEMU's ``-netdev tap,ifname=NAME,script=no`` expects to find it."""
         request = struct.pack("16sH22x", name.encode(), _IFF_TAP | _IFF_NO_PI)
-        try:
+        with _translated(f"netlink: creating tap {name} (opening /dev/net/tun)"):
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            raise DataplaneError(
-                f"netlink: creating tap {name}: /dev/net/tun: {exc.strerror}"
-            ) from exc
         try:
-            fcntl.ioctl(fd, _TUNSETIFF, request)
-            fcntl.ioctl(fd, _TUNSETPERSIST, 1)
-        except OSError as exc:
-            raise DataplaneError(f"netlink: creating tap {name}: {exc.strerror}") from exc
+            with _translated(f"netlink: creating tap {name}"):
+                fcntl.ioctl(fd, _TUNSETIFF, request)
+                fcntl.ioctl(fd, _TUNSETPERSIST, 1)
         finally:
             os.close(fd)
         with _translated(f"netlink: setting the mtu of tap {name}"):
@@ -294,7 +290,10 @@ class Netlink:
         up: bool | None = None,
         mac: str | None = None,
         alias: str | None = None,
+        advice: Mapping[int, str] | None = None,
     ) -> None:
+        """``advice``: the caller's remedy for errnos it can explain better
+        (a VXLAN device that cannot join its multicast group going up)."""
         spec: dict[str, Any] = {}
         if master is not None:
             spec["master"] = master
@@ -309,7 +308,7 @@ class Netlink:
         if up is not None:
             spec["state"] = "up" if up else "down"
         if spec:
-            with _translated(f"netlink: changing link {self._name(index)}"):
+            with _translated(f"netlink: changing link {self._name(index)}", advice):
                 self._ipr.link("set", index=index, **spec)
             self._changed(index=index)
 
@@ -443,20 +442,14 @@ class Netlink:
         return str(messages[0].get_attr("IFLA_IFNAME")) if messages else f"#{index}"
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, NetlinkError):
-        return os.strerror(exc.code) if exc.code else str(exc)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
-
-
 @contextmanager
-def _translated(what: str) -> Iterator[None]:
+def _translated(what: str, advice: Mapping[int, str] | None = None) -> Iterator[None]:
+    """pyroute2's and the system's errors as a sentence: object, cause, remedy
+    (``advice`` gives this operation's own remedy for some errnos)."""
     try:
         yield
     except (NetlinkError, OSError) as exc:
-        raise DataplaneError(f"{what}: {_reason(exc)}") from exc
+        raise DataplaneError(explain(what, code_of(exc), advice)) from exc
 
 
 def _link(msg: Any) -> Link:
