@@ -51,20 +51,30 @@ class ApiServer:
         """Finish the request being answered, send its reply, then stop serving."""
         self._stopping = True
 
-    def serve(self, wakeup_fd: int | None = None) -> None:
-        """Answer requests until stop_after_reply() or a byte arrives on ``wakeup_fd``."""
+    def serve(self, wakeup_fd: int | None = None, idle: Callable[[], bool] | None = None) -> None:
+        """Answer requests until stop_after_reply() or a byte arrives on ``wakeup_fd``.
+
+        ``idle``: background work in short slices (the start-up reconcile,
+        deletions left after a reply), called after each request and whenever
+        none waits, until it says nothing is left; a request waits at most
+        one slice.
+        """
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         if wakeup_fd is not None:
             poller.register(wakeup_fd, zmq.POLLIN)
+        busy = idle is not None
         while not self._stopping:
-            events = dict(poller.poll())
+            events = dict(poller.poll(0 if busy else None))
             if wakeup_fd is not None and wakeup_fd in events:
                 os.read(wakeup_fd, 512)
                 log.info("signal received: stopping")
                 return
-            if self._socket in events:
+            served = self._socket in events
+            if served:
                 self._serve_one()
+            if idle is not None and (busy or served):
+                busy = idle()
 
     def _serve_one(self) -> None:
         try:

@@ -25,6 +25,7 @@ from butterfly.api.convert import (
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.errors import BadRequest, ButterflyError
 from butterfly.service import Switch
+from butterfly.service.startup import ReconcileStatus
 
 __all__ = ["App", "V0Handlers"]
 
@@ -44,6 +45,9 @@ class App(Protocol):
 
     def request_quit(self) -> None:
         """Stop after this reply is sent."""
+
+    def reconcile_status(self) -> ReconcileStatus | None:
+        """The start-up reconcile's progress (None: the daemon runs none)."""
 
 
 class V0Handlers:
@@ -179,6 +183,16 @@ class V0Handlers:
         status.current_date = int(time.time())
         status.request_counter = self.request_counter
         status.graph_dot = self._switch.graph()
+        reconcile = self._app.reconcile_status()
+        if request.app_status_reconcile and reconcile is not None:
+            # Only when asked: deployed clients' .proto lacks the field.
+            shown = status.reconcile
+            shown.running = reconcile.running
+            shown.done = reconcile.done
+            shown.total = reconcile.total
+            shown.milliseconds = int(reconcile.seconds * 1000)
+            if reconcile.problems:
+                shown.problems = reconcile.problems
 
     def _app_quit(self, request: Request, response: Response) -> None:
         self._app.request_quit()

@@ -21,9 +21,9 @@ from butterfly.daemon.logs import set_level, setup_logging
 from butterfly.dataplane import Dataplane, VhostPorts
 from butterfly.dataplane.control_only import ControlOnlyDataplane
 from butterfly.dataplane.kernel import KernelDataplane, cleanup
-from butterfly.errors import ButterflyError, DataplaneError
-from butterfly.model import State
+from butterfly.errors import ButterflyError
 from butterfly.service import Switch
+from butterfly.service.startup import ReconcileStatus, StartupReconcile
 from butterfly.store import SqliteStore
 from butterfly.vhost import VhostSupervisor, VhostUserServer
 
@@ -33,11 +33,15 @@ log = logging.getLogger("butterfly.daemon")
 
 
 class Daemon:
-    """The App the API reports on: start date, log level, quitting."""
+    """The App the API reports on: start date, log level, quitting, start-up reconcile."""
 
-    def __init__(self, server_stop: "list[ApiServer]") -> None:
+    def __init__(self, server_stop: "list[ApiServer]", startup: StartupReconcile) -> None:
         self.started_at = time.time()
         self._servers = server_stop
+        self._startup = startup
+
+    def reconcile_status(self) -> ReconcileStatus:
+        return self._startup.status()
 
     def set_log_level(self, level: str) -> None:
         set_level(level)
@@ -89,16 +93,8 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         packet_trace_default=config.packet_trace,
         static_peers=config.vxlan_peers,
         vhost=vhost,
+        defer_deletes=True,
     )
-
-
-def _reconcile(dataplane: Dataplane, state: State) -> None:
-    """Make the kernel match the store; what cannot be repaired (a vnic whose
-    namespace is gone, say) is logged, and the daemon serves all the rest."""
-    try:
-        dataplane.reconcile(state)
-    except DataplaneError as error:
-        log.error("start-up: %s", error)
 
 
 def _signals_to_fd() -> int:
@@ -135,28 +131,32 @@ def run(config: Config) -> None:
     try:
         state = store.load()
         dataplane = _make_dataplane(config, SupervisedVhostPorts(supervisor))
+        # The kernel is made to match the store between requests: the API
+        # answers at once, and existing vnics' traffic flows on meanwhile.
+        startup = StartupReconcile(dataplane.reconcile_steps(state))
         try:
-            _reconcile(dataplane, state)
             switch = Switch(store=store, dataplane=dataplane, state=state)
             servers: list[ApiServer] = []
-            daemon = Daemon(servers)
+            daemon = Daemon(servers, startup)
             handlers = V0Handlers(switch=switch, app=daemon)
             server = ApiServer(endpoint=config.endpoint, key=key, answer=handlers.answer)
             servers.append(server)
             try:
                 wakeup = _signals_to_fd()
                 log.info(
-                    "butterflyd %s ready on %s (%d vnics, %d security groups, %s)",
+                    "butterflyd %s ready on %s (%d vnics, %d security groups, %s); "
+                    "reconciling the kernel meanwhile",
                     __version__,
                     config.endpoint,
                     state.vnic_count(),
                     len(switch.sg_ids()),
                     "encrypted" if key else "clear text",
                 )
-                server.serve(wakeup)
+                server.serve(wakeup, idle=lambda: startup.work() | dataplane.background_work())
             finally:
                 server.close()
         finally:
+            startup.close()
             dataplane.close()
     finally:
         # vhost-user guests are disconnected and their sockets removed; with

@@ -34,11 +34,13 @@ import glob
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
-from butterfly.dataplane.base import Attachment, Counters, SgChange, VhostPorts
+from butterfly.dataplane.base import Attachment, Counters, Progress, SgChange, VhostPorts
 from butterfly.dataplane.graph import PortView, VniView, render
 from butterfly.dataplane.journal import FaultHook, Journal, journal
 from butterfly.dataplane.limits import MulticastLimits
@@ -129,8 +131,10 @@ class KernelDataplane:
     VNI (vxlan-peers). ``multicast``: flood to the VNI's multicast group
     (default: only when no static peers are configured). ``vhost``: the
     backend that serves VHOST_USER_SERVER vnics' sockets on their taps;
-    without one such vnics are refused as not supported. ``fault_hook``:
-    tests only, see :mod:`butterfly.dataplane.journal`.
+    without one such vnics are refused as not supported. ``defer_deletes``:
+    delete links a request no longer needs after its reply, in
+    :meth:`background_work` (the daemon's idle time). ``fault_hook``: tests
+    only, see :mod:`butterfly.dataplane.journal`.
 
     Raises ConfigError for an unusable option, DataplaneError when the
     kernel lacks what is needed.
@@ -147,6 +151,7 @@ class KernelDataplane:
         static_peers: tuple[str, ...] = (),
         multicast: bool | None = None,
         vhost: VhostPorts | None = None,
+        defer_deletes: bool = False,
         fault_hook: FaultHook | None = None,
     ) -> None:
         if not os.path.exists(_BR_NETFILTER):
@@ -195,51 +200,102 @@ class KernelDataplane:
         self._flood: dict[int, set[str]] = {}
         self._flood_loaded = False
         self._tracer = Tracer()
+        self._defer_deletes = defer_deletes
+        self._deferred: deque[tuple[str, Callable[[], None]]] = deque()
         self._closed = False
 
     # the Dataplane protocol
 
     def reconcile(self, state: StateView) -> None:
-        """Repair everything towards ``state``; raises DataplaneError listing
-        the vnics that could not be repaired, after repairing all the others."""
+        """Repair everything towards ``state`` at once (see :meth:`reconcile_steps`)."""
+        for _ in self.reconcile_steps(state):
+            pass
+
+    def reconcile_steps(self, state: StateView) -> Iterator[Progress]:
+        """Repair everything towards ``state``, one object per step.
+
+        Between two steps the caller may apply requests (this object, from
+        the same thread): each step looks at ``state`` as it is then, so a
+        vnic deleted meanwhile is not repaired and a link that a new vnic now
+        owns is not removed. Raises DataplaneError at the end, listing what
+        could not be repaired, after repairing all the rest.
+        """
         problems: list[str] = []
         self._flood.clear()
         self._flood_loaded = False
         with self._netlink.snapshot():
-            self._reconcile(state, problems)
+            yield from self._reconcile(state, problems)
         if problems:
             raise DataplaneError("reconcile: " + "; ".join(problems))
 
-    def _reconcile(self, state: StateView, problems: list[str]) -> None:
+    def _reconcile(self, state: StateView, problems: list[str]) -> Iterator[Progress]:
         vnics = [vnic for vnic in state.vnics() if self._pluggable(vnic)]
-        wanted_ports = {tap_name(vnic.id): vnic for vnic in vnics}
+        wanted_ports = {tap_name(vnic.id) for vnic in vnics}
+        wanted_vnis = {vnic.vni for vnic in vnics}
         served = {vnic.id for vnic in vnics if vnic.type == VnicType.VHOST_USER_SERVER}
         for vnic_id in sorted(set(self._served) - served):
             self._best_effort(problems, f"nic {vnic_id!r}", partial(self._stop_serving, vnic_id))
         owned = self._owned_links()
-        for name, link in owned.items():
-            if link.kind in ("tun", "veth") and name not in wanted_ports:
+        stale_ports = [
+            link
+            for name, link in owned.items()
+            if link.kind in ("tun", "veth") and name not in wanted_ports
+        ]
+        stale_vnis = [
+            link
+            for name, link in owned.items()
+            if link.kind in ("vxlan", "bridge") and int(name[4:]) not in wanted_vnis
+        ]
+        progress = Progress(0, len(stale_ports) + 1 + len(wanted_vnis) + len(vnics) + 1)
+        for link in stale_ports:
+            if self._still_stale(link, state):
                 self._best_effort(
-                    problems, f"link {name}", partial(self._netlink.delete_link, link.index)
+                    problems, f"link {link.name}", partial(self._netlink.delete_link, link.index)
                 )
-        self._reconcile_nft(state, vnics)
+            yield (progress := progress.next())
+        self._reconcile_nft(state, [vnic for vnic in state.vnics() if self._has_port(vnic)])
         if self._multicast:
             # Left-over devices still hold their groups until the end.
-            devices = {vxlan_name(vnic.vni) for vnic in vnics}
+            devices = {vxlan_name(vni) for vni in wanted_vnis}
             devices.update(name for name, link in owned.items() if link.kind == "vxlan")
             self._limits.ensure(len(devices))
-        for vni in sorted({vnic.vni for vnic in vnics}):
-            self._best_effort(problems, f"vni {vni}", partial(self._ensure_vni, None, vni, state))
-        for vnic in vnics:
-            self._best_effort(problems, _what(vnic), partial(self._ensure_port, None, vnic, None))
-            self._best_effort(problems, _what(vnic), partial(self._serve, None, vnic))
-        wanted_vnis = {vnic.vni for vnic in vnics}
-        for name, link in owned.items():
-            if link.kind in ("vxlan", "bridge") and int(name[4:]) not in wanted_vnis:
+        yield (progress := progress.next())
+        for vni in sorted(wanted_vnis):
+            if self._vni_used(vni, state):
                 self._best_effort(
-                    problems, f"link {name}", partial(self._netlink.delete_link, link.index)
+                    problems, f"vni {vni}", partial(self._ensure_vni, None, vni, state)
                 )
-        self._reconcile_traces(vnics, problems)
+            yield (progress := progress.next())
+        for vnic_id in [vnic.id for vnic in vnics]:
+            vnic = state.vnic(vnic_id)
+            if vnic is not None and self._has_port(vnic):
+                self._best_effort(
+                    problems, _what(vnic), partial(self._ensure_port, None, vnic, None)
+                )
+                self._best_effort(problems, _what(vnic), partial(self._serve, None, vnic))
+            yield (progress := progress.next())
+        for link in stale_vnis:
+            if self._still_stale(link, state):
+                self._best_effort(
+                    problems, f"link {link.name}", partial(self._netlink.delete_link, link.index)
+                )
+        self._reconcile_traces([vnic for vnic in state.vnics() if self._has_port(vnic)], problems)
+        yield progress.next()
+
+    def _still_stale(self, link: Link, state: StateView) -> bool:
+        """Whether a link found stale is still there and still unwanted (a
+        request applied since the reconcile began may have taken it over)."""
+        now = self._netlink.link(link.name)
+        if now is None or now.index != link.index:
+            return False
+        if link.kind in ("vxlan", "bridge"):
+            return not self._vni_used(int(link.name[4:]), state)
+        vnic_id = (link.alias or "").removeprefix(vnic_alias(""))
+        vnic = state.vnic(vnic_id)
+        return vnic is None or not self._has_port(vnic) or tap_name(vnic.id) != link.name
+
+    def _vni_used(self, vni: int, state: StateView) -> bool:
+        return any(self._has_port(vnic) for vnic in state.vnics_in(vni))
 
     def plug(self, vnic: Vnic, replaced: Vnic | None, state: StateView) -> Attachment:
         if vnic.type == VnicType.VHOST_USER_SERVER and self._vhost is None:
@@ -344,7 +400,7 @@ class KernelDataplane:
         what its backend read from and wrote to the tap)."""
         if not self._has_port(vnic):
             return Counters()
-        link = self._netlink.link(tap_name(vnic.id))
+        link = self._netlink.link(tap_name(vnic.id), fresh=True)
         if link is None:
             raise DataplaneError(f"{_what(vnic)}: interface {tap_name(vnic.id)} is missing")
         return Counters(in_bytes=link.tx_bytes, out_bytes=link.rx_bytes)
@@ -804,7 +860,37 @@ class KernelDataplane:
             if link is not None:
                 # Only once the request has succeeded: a bridge re-created by
                 # an undo would come back with another MAC and bridge id.
-                j.after_success(f"delete {name}", partial(self._netlink.delete_link, link.index))
+                j.after_success(
+                    f"delete {name}",
+                    partial(self._delete_later, link, partial(self._vni_used, vni, state)),
+                )
+
+    def _delete_later(self, link: Link, wanted: Callable[[], bool]) -> None:
+        """Delete a link that a successful request left unused: at once, or
+        (``defer_deletes``) after the reply, since the kernel spends ~25 ms per
+        link deleted waiting for its readers to let go. A deferred deletion
+        is skipped if the link was replaced or is ``wanted`` again by then;
+        one a crash leaves undone is a leftover the next reconcile removes."""
+        if not self._defer_deletes:
+            self._netlink.delete_link(link.index)
+            return
+
+        def delete() -> None:
+            now = self._netlink.link(link.name)
+            if now is not None and now.index == link.index and not wanted():
+                self._netlink.delete_link(link.index)
+
+        self._deferred.append((link.name, delete))
+
+    def background_work(self) -> bool:
+        """One deferred deletion (see :meth:`_delete_later`); whether more are left."""
+        if self._deferred:
+            name, delete = self._deferred.popleft()
+            try:
+                delete()
+            except DataplaneError as exc:
+                log.error("deleting %s after its request: %s", name, exc)
+        return bool(self._deferred)
 
     def _fix_link(
         self,
@@ -990,7 +1076,8 @@ class KernelDataplane:
             partial(self._netlink.rename_link, index, retired_name(index)),
             partial(self._netlink.rename_link, index, name),
         )
-        j.after_success(f"delete {name}", partial(self._netlink.delete_link, index))
+        retired = replace(link, name=retired_name(index))
+        j.after_success(f"delete {name}", partial(self._delete_later, retired, lambda: False))
 
     def _serve(self, j: Journal | None, vnic: Vnic) -> None:
         """Have the backend serve a vhost-user vnic's socket on its tap.

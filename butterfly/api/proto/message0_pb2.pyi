@@ -453,10 +453,15 @@ class MessageV0(_message.Message):
         CURRENT_DATE_FIELD_NUMBER: _builtins.int
         REQUEST_COUNTER_FIELD_NUMBER: _builtins.int
         GRAPH_DOT_FIELD_NUMBER: _builtins.int
+        RECONCILE_FIELD_NUMBER: _builtins.int
         start_date: _builtins.int
         current_date: _builtins.int
         request_counter: _builtins.int
         graph_dot: _builtins.str
+        @_builtins.property
+        def reconcile(self) -> Global___MessageV0.ReconcileStatus:
+            """butterfly addition (only when the request sets app_status_reconcile)"""
+
         def __init__(
             self,
             *,
@@ -464,10 +469,44 @@ class MessageV0(_message.Message):
             current_date: _builtins.int | None = ...,
             request_counter: _builtins.int | None = ...,
             graph_dot: _builtins.str | None = ...,
+            reconcile: Global___MessageV0.ReconcileStatus | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["current_date", b"current_date", "graph_dot", b"graph_dot", "request_counter", b"request_counter", "start_date", b"start_date"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["current_date", b"current_date", "graph_dot", b"graph_dot", "reconcile", b"reconcile", "request_counter", b"request_counter", "start_date", b"start_date"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["current_date", b"current_date", "graph_dot", b"graph_dot", "request_counter", b"request_counter", "start_date", b"start_date"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["current_date", b"current_date", "graph_dot", b"graph_dot", "reconcile", b"reconcile", "request_counter", b"request_counter", "start_date", b"start_date"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ReconcileStatus(_message.Message):
+        """butterfly addition: the start-up reconcile (the kernel made to match the
+        state file), which runs while the API already answers.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        RUNNING_FIELD_NUMBER: _builtins.int
+        DONE_FIELD_NUMBER: _builtins.int
+        TOTAL_FIELD_NUMBER: _builtins.int
+        MILLISECONDS_FIELD_NUMBER: _builtins.int
+        PROBLEMS_FIELD_NUMBER: _builtins.int
+        running: _builtins.bool
+        done: _builtins.int
+        total: _builtins.int
+        milliseconds: _builtins.int
+        problems: _builtins.str
+        def __init__(
+            self,
+            *,
+            running: _builtins.bool | None = ...,
+            done: _builtins.int | None = ...,
+            total: _builtins.int | None = ...,
+            milliseconds: _builtins.int | None = ...,
+            problems: _builtins.str | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "milliseconds", b"milliseconds", "problems", b"problems", "running", b"running", "total", b"total"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "milliseconds", b"milliseconds", "problems", b"problems", "running", b"running", "total", b"total"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -560,6 +599,7 @@ class MessageV0(_message.Message):
         VNI_PEER_ADD_FIELD_NUMBER: _builtins.int
         VNI_PEER_DEL_FIELD_NUMBER: _builtins.int
         VNI_PEER_LIST_FIELD_NUMBER: _builtins.int
+        APP_STATUS_RECONCILE_FIELD_NUMBER: _builtins.int
         nic_del: _builtins.str
         nic_list: _builtins.bool
         nic_details: _builtins.str
@@ -573,6 +613,8 @@ class MessageV0(_message.Message):
         app_quit: _builtins.bool
         sg_details: _builtins.str
         vni_peer_list: _builtins.bool
+        app_status_reconcile: _builtins.bool
+        """butterfly addition: app_status also answers AppStatusRes.reconcile"""
         @_builtins.property
         def nic_add(self) -> Global___MessageV0.Nic: ...
         @_builtins.property
@@ -621,10 +663,11 @@ class MessageV0(_message.Message):
             vni_peer_add: Global___MessageV0.VniPeerReq | None = ...,
             vni_peer_del: Global___MessageV0.VniPeerReq | None = ...,
             vni_peer_list: _builtins.bool | None = ...,
+            app_status_reconcile: _builtins.bool | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "app_status_reconcile", b"app_status_reconcile", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "app_status_reconcile", b"app_status_reconcile", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["nic_add", "nic_update", "nic_del", "nic_list", "nic_details", "nic_export", "nic_stats", "sg_add", "sg_del", "sg_list", "sg_rule_add", "sg_rule_del", "sg_rule_list", "sg_member_add", "sg_member_del", "sg_member_list", "app_status", "app_quit", "app_config", "sg_details", "vni_peer_add", "vni_peer_del", "vni_peer_list"]  # noqa: Y015
         _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015

@@ -344,7 +344,7 @@ def absurd_requests(draw: st.DrawFn) -> MessageV0.Request:
             value.log_level = draw(
                 st.sampled_from(["none", "error", "warning", "info", "debug", "loud", ""])
             )
-    elif kind in ("nic_list", "sg_list", "app_status", "vni_peer_list"):
+    elif kind in ("nic_list", "sg_list", "app_status", "vni_peer_list", "app_status_reconcile"):
         value = draw(st.booleans())
     else:
         value = draw(texts)
