@@ -17,6 +17,9 @@ VNIs (multicast flooding unless ``--static-peers``). Then, at that size:
   as ``app_status`` reports it;
 * the resident memory of the daemon and every process it started.
 
+A Linux bridge holds at most 1,024 ports, so a host of N vnics has at
+least N/1,000 VNIs: "10,000 vnics, 1 VNI" is measured as 10 VNIs.
+
 A floor row per size: the same kernel objects (bridges, VXLAN devices,
 locked taps with their MAC pinned, a chain of three group jumps per vnic)
 made without butterfly by ``ip -batch``, ``bridge -batch`` and ``nft -f``
@@ -59,6 +62,8 @@ MIN_SAMPLES_FOR_P99 = 1000
 SGS = 30
 FILL_BATCH = 50
 NEW_VNI_BASE = 1_000_000
+BRIDGE_PORTS = 1000
+"""vnics per VNI at most: the kernel's BR_MAX_PORTS is 1,024 (EXFULL beyond)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +115,7 @@ class Figures:
     reconcile_s: float
     memory_mb: float
     floor_s: float
+    floor_delete_s: float
 
 
 def _sizes(args: argparse.Namespace) -> list[Size]:
@@ -118,7 +124,8 @@ def _sizes(args: argparse.Namespace) -> list[Size]:
     sizes = []
     for count in vnics:
         for networks in vnis:
-            size = Size(count, min(count, networks))
+            # A Linux bridge holds at most 1,024 ports (one is the VXLAN device's).
+            size = Size(count, min(count, max(networks, -(-count // BRIDGE_PORTS))))
             if size not in sizes:
                 sizes.append(size)
     return sizes
@@ -253,14 +260,15 @@ def _kill_and_restart(host: Host) -> tuple[float, float]:
             status = _status(client)
             if not status.running:
                 break
-            time.sleep(0.1)
+            time.sleep(1)  # app_status renders the whole graph: ask rarely
         if status.problems:
             raise BenchError(f"the reconcile after kill -9 failed: {status.problems}")
     return first, time.monotonic() - started
 
 
-def _floor(lab: Lab, size: Size, v6: bool) -> float:
-    """Seconds for ip/bridge -batch and nft -f to make the same kernel objects."""
+def _floor(lab: Lab, size: Size, v6: bool) -> tuple[float, float]:
+    """Seconds for ip/bridge -batch and nft -f to make the same kernel objects,
+    and for ip -batch to delete the taps."""
     netns = lab.netns("z")
     netns.ip("link", "add", "ful0", "type", "veth", "peer", "name", "ful1")
     address = "2001:db8:fe::1" if v6 else "198.51.100.254"
@@ -301,28 +309,42 @@ def _floor(lab: Lab, size: Size, v6: bool) -> float:
     for tool, text in (("ip", links), ("bridge", fdb)):
         netns.exec(tool, "-batch", "-", input="\n".join(text) + "\n", timeout=3600)
     netns.exec("nft", "-f", "-", input="\n".join(rules) + "\n", timeout=3600)
-    return time.monotonic() - started
+    made = time.monotonic() - started
+    started = time.monotonic()
+    deletions = "".join(f"link del bf-f{index}\n" for index in range(size.vnics))
+    netns.exec("ip", "-batch", "-", input=deletions, timeout=3600)
+    return made, time.monotonic() - started
 
 
 def _measure(size: Size, args: argparse.Namespace) -> Figures:
-    with Lab() as lab:
-        host = lab.host(v6=args.v6, start=False, log_level="warning")
-        if args.static_peers:
-            peer = "2001:db8:ffff::fe" if args.v6 else "198.51.100.253"
-            host.daemon.extra_args += ["--vxlan-peers", peer]
-        host.start()
-        client = host.client
-        started = time.monotonic()
-        _send_batches(client, [_sg(i) for i in range(SGS)])
-        _send_batches(client, [_nic(i, i % size.vnis + 1, _groups(i)) for i in range(size.vnics)])
-        fill = time.monotonic() - started
-        print(f"{size.label}: filled in {fill:.1f} s", flush=True)
-        latencies = _latencies(client, size, args.samples)
-        memory = tree_rss_kib(host.daemon.pid) * 1024 / 1e6
-        first, reconcile = _kill_and_restart(host)
-        print(f"{size.label}: measured", flush=True)
-        floor = _floor(lab, size, args.v6)
-    return Figures(size, latencies, fill, first, reconcile, memory, floor)
+    lab = Lab()
+    try:
+        return _measure_in(lab, size, args)
+    finally:
+        try:
+            lab.close()
+        except LabError as error:  # the figures are in; say what the clean-up left
+            print(f"butterfly-bench scale: {size.label}: {error}", file=sys.stderr)
+
+
+def _measure_in(lab: Lab, size: Size, args: argparse.Namespace) -> Figures:
+    host = lab.host(v6=args.v6, start=False, log_level="warning")
+    if args.static_peers:
+        peer = "2001:db8:ffff::fe" if args.v6 else "198.51.100.253"
+        host.daemon.extra_args += ["--vxlan-peers", peer]
+    host.start()
+    client = host.client
+    started = time.monotonic()
+    _send_batches(client, [_sg(i) for i in range(SGS)])
+    _send_batches(client, [_nic(i, i % size.vnis + 1, _groups(i)) for i in range(size.vnics)])
+    fill = time.monotonic() - started
+    print(f"{size.label}: filled in {fill:.1f} s", flush=True)
+    latencies = _latencies(client, size, args.samples)
+    memory = tree_rss_kib(host.daemon.pid) * 1024 / 1e6
+    first, reconcile = _kill_and_restart(host)
+    print(f"{size.label}: measured", flush=True)
+    floor, floor_delete = _floor(lab, size, args.v6)
+    return Figures(size, latencies, fill, first, reconcile, memory, floor, floor_delete)
 
 
 def _verdict(value: float, target: float) -> str:
@@ -384,6 +406,10 @@ def render(results: list[Figures], samples: int, busy: float, mode: str) -> tupl
                 "baseline",
                 "-",
             )
+        )
+        per_delete = f"{result.floor_delete_s / result.size.vnics * 1000:.2f} per vnic"
+        rows.append(
+            (label, "floor: ip -batch link del of the taps", "1", "-", per_delete, "baseline", "-")
         )
         fill_per_vnic = result.fill_s / result.size.vnics * 1000
         rows.append(

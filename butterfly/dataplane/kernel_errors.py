@@ -65,6 +65,10 @@ ERRNO_ADVICE: Mapping[int, tuple[str, str]] = {
         "set it from outside (the host, or the container's configuration), or give "
         "butterflyd a writable /proc/sys",
     ),
+    errno.EXFULL: (
+        "a Linux bridge holds at most 1,024 ports and this VNI's bridge is full",
+        "put this vnic in another VNI, or on another host",
+    ),
     errno.EBUSY: (
         "the object is in use by something else",
         "retry once whatever holds it lets it go",

@@ -27,6 +27,7 @@ COMMON = [
     errno.ENOMEM,
     errno.EROFS,
     errno.EINVAL,
+    errno.EXFULL,
 ]
 
 
