@@ -41,6 +41,7 @@ from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from butterfly.dataplane.base import Attachment, Counters, Progress, SgChange, VhostPorts
+from butterfly.dataplane.deleter import PortDeleter
 from butterfly.dataplane.graph import PortView, VniView, render
 from butterfly.dataplane.journal import FaultHook, Journal, journal
 from butterfly.dataplane.limits import MulticastLimits
@@ -132,8 +133,9 @@ class KernelDataplane:
     (default: only when no static peers are configured). ``vhost``: the
     backend that serves VHOST_USER_SERVER vnics' sockets on their taps;
     without one such vnics are refused as not supported. ``defer_deletes``:
-    delete links a request no longer needs after its reply, in
-    :meth:`background_work` (the daemon's idle time). ``fault_hook``: tests
+    delete links a request no longer needs after its reply: removed ports in
+    a thread, a VNI's devices in :meth:`background_work` (the daemon's idle
+    time). ``fault_hook``: tests
     only, see :mod:`butterfly.dataplane.journal`.
 
     Raises ConfigError for an unusable option, DataplaneError when the
@@ -202,6 +204,7 @@ class KernelDataplane:
         self._tracer = Tracer()
         self._defer_deletes = defer_deletes
         self._deferred: deque[tuple[str, Callable[[], None]]] = deque()
+        self._deleter: PortDeleter | None = None
         self._closed = False
 
     # the Dataplane protocol
@@ -438,6 +441,8 @@ class KernelDataplane:
         """
         if not self._closed:
             self._closed = True
+            if self._deleter is not None:
+                self._deleter.close()
             self._tracer.close()
             self._nft.close()
             self._netlink.close()
@@ -882,6 +887,18 @@ class KernelDataplane:
 
         self._deferred.append((link.name, delete))
 
+    def _delete_retired(self, link: Link) -> None:
+        """A removed port, renamed aside: nobody will want it again, so with
+        ``defer_deletes`` a thread of its own deletes it (see
+        :mod:`butterfly.dataplane.deleter`)."""
+        if not self._defer_deletes:
+            self._netlink.delete_link(link.index)
+            return
+        if self._deleter is None:
+            self._deleter = PortDeleter()
+        self._netlink.forget(link.name)
+        self._deleter.delete(link.name, link.index)
+
     def background_work(self) -> bool:
         """One deferred deletion (see :meth:`_delete_later`); whether more are left."""
         if self._deferred:
@@ -1077,7 +1094,7 @@ class KernelDataplane:
             partial(self._netlink.rename_link, index, name),
         )
         retired = replace(link, name=retired_name(index))
-        j.after_success(f"delete {name}", partial(self._delete_later, retired, lambda: False))
+        j.after_success(f"delete {name}", partial(self._delete_retired, retired))
 
     def _serve(self, j: Journal | None, vnic: Vnic) -> None:
         """Have the backend serve a vhost-user vnic's socket on its tap.

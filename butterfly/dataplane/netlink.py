@@ -415,6 +415,11 @@ class Netlink:
         with _translated(f"netlink: removing address {address}/{prefixlen}"):
             self._ipr.addr("del", index=index, address=address, prefixlen=prefixlen)
 
+    def forget(self, name: str) -> None:
+        """Drop link ``name`` from the snapshot: something else is deleting it."""
+        if self._snapshot is not None:
+            self._snapshot.pop(name, None)
+
     def _changed(self, name: str | None = None, index: int | None = None) -> None:
         """Bring the snapshot up to date after a change to one link."""
         if self._snapshot is None:

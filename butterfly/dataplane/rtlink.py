@@ -28,6 +28,7 @@ RawLink = dict[str, Any]
 
 _NETLINK_ROUTE = 0
 _RTM_NEWLINK = 16
+_RTM_DELLINK = 17
 _RTM_GETLINK = 18
 _RTM_NEWNEIGH = 28
 _RTM_GETNEIGH = 30
@@ -236,6 +237,12 @@ class LinkReader:
                 return None
             raise
         return found[0] if found else None
+
+    def delete(self, index: int) -> None:
+        """Delete link ``index`` (waits while the kernel lets go of it: ~25 ms)."""
+        header = _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0)
+        for _ in self._request(_RTM_DELLINK, _NLM_F_REQUEST | _NLM_F_ACK, header, b""):
+            pass
 
     def _request(
         self, kind: int, flags: int, header: bytes, attributes: bytes
