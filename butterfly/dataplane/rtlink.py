@@ -18,7 +18,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from typing import Any, NamedTuple
 
 __all__ = ["FdbEntry", "LinkReader", "RawLink"]
@@ -37,6 +37,7 @@ _NETLINK_GET_STRICT_CHK = 12
 _NDMSG = struct.Struct("=B3xiHBB")
 _NDA_DST = 1
 _NDA_LLADDR = 2
+_NDA_KINDS = frozenset({_NDA_DST, _NDA_LLADDR})
 _NLMSG_ERROR = 2
 _NLMSG_DONE = 3
 _NLM_F_REQUEST = 0x1
@@ -104,28 +105,36 @@ _BRIDGE_PORT: dict[int, tuple[str, Decoder]] = {
     39: ("IFLA_BRPORT_LOCKED", _u8),
 }
 _KIND_DATA = {"vxlan": _VXLAN, "bridge": _BRIDGE}
+_LINKINFO_KINDS = frozenset({1, 2, 4, 5})
+"""IFLA_INFO_KIND, _DATA, _SLAVE_KIND, _SLAVE_DATA."""
 
 
-def _attributes(data: bytes, offset: int, end: int) -> Iterator[tuple[int, bytes]]:
+def _attributes(
+    data: bytes, offset: int, end: int, wanted: Container[int]
+) -> Iterator[tuple[int, bytes]]:
+    """The attributes of kinds ``wanted`` (only those are copied out: a link
+    carries some fifty, among them kilobytes of IPv6 settings)."""
+    unpack = _ATTR.unpack_from
     while offset + 4 <= end:
-        length, kind = _ATTR.unpack_from(data, offset)
+        length, kind = unpack(data, offset)
         if length < 4:
             return
-        yield kind & _NLA_TYPE_MASK, data[offset + 4 : offset + length]
+        kind &= _NLA_TYPE_MASK
+        if kind in wanted:
+            yield kind, data[offset + 4 : offset + length]
         offset += (length + 3) & ~3
 
 
 def _known(data: bytes, table: dict[int, tuple[str, Decoder]]) -> dict[str, Any]:
     found = {}
-    for kind, value in _attributes(data, 0, len(data)):
-        if kind in table:
-            name, decode = table[kind]
-            found[name] = decode(value)
+    for kind, value in _attributes(data, 0, len(data), table):
+        name, decode = table[kind]
+        found[name] = decode(value)
     return found
 
 
 def _linkinfo(data: bytes) -> dict[str, Any]:
-    nested = dict(_attributes(data, 0, len(data)))
+    nested = dict(_attributes(data, 0, len(data), _LINKINFO_KINDS))
     kind = _text(nested[1]) if 1 in nested else ""
     slave_kind = _text(nested[4]) if 4 in nested else ""
     info: dict[str, Any] = {"IFLA_INFO_KIND": kind}
@@ -167,7 +176,7 @@ class FdbEntry(NamedTuple):
 def _fdb_entry(data: bytes, offset: int, end: int) -> FdbEntry:
     _, ifindex, state, flags, _ = _NDMSG.unpack_from(data, offset)
     mac, dst = "", None
-    for kind, value in _attributes(data, offset + _NDMSG.size, end):
+    for kind, value in _attributes(data, offset + _NDMSG.size, end, _NDA_KINDS):
         if kind == _NDA_LLADDR:
             mac = _mac(value)
         elif kind == _NDA_DST:
@@ -178,10 +187,9 @@ def _fdb_entry(data: bytes, offset: int, end: int) -> FdbEntry:
 def _decode(data: bytes, offset: int, end: int) -> RawLink:
     _, _, index, flags, _ = _IFINFO.unpack_from(data, offset)
     link: RawLink = {"index": index, "flags": flags}
-    for kind, value in _attributes(data, offset + _IFINFO.size, end):
-        if kind in _LINK:
-            name, decode = _LINK[kind]
-            link[name] = decode(value)
+    for kind, value in _attributes(data, offset + _IFINFO.size, end, _LINK):
+        name, decode = _LINK[kind]
+        link[name] = decode(value)
     return link
 
 
