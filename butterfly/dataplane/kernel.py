@@ -250,6 +250,7 @@ class KernelDataplane:
             if link.kind in ("vxlan", "bridge") and int(name[4:]) not in wanted_vnis
         ]
         progress = Progress(0, len(stale_ports) + 1 + len(wanted_vnis) + len(vnics) + 1)
+        yield progress  # requests already waiting go before the nftables step, the longest
         for link in stale_ports:
             if self._still_stale(link, state):
                 self._best_effort(
