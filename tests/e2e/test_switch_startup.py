@@ -1,14 +1,14 @@
 """The API answers during the start-up reconcile, and answers right.
 
 A host with a few hundred vnics (taps, security groups, several VNIs) is
-restarted, after ``kill -9`` and after a clean stop. The first request,
-sent while the daemon starts, is answered while the reconcile still runs
-(``app_status`` says so, and how far it is: the API no longer waits for the
-kernel). Once the reconcile ends, the kernel is exactly as before (nothing
-recreated). Requests sent during a reconcile that has real repairs to make
-(taps and a bridge deleted behind the dead daemon's back) are answered
-correctly, in order, and the kernel ends as a full reconcile of the final
-state makes it: a further restart changes nothing.
+restarted, after ``kill -9`` and after a clean stop: the first request, sent
+while the daemon starts, is answered, and once the reconcile ends the kernel
+is exactly as before (nothing recreated). When the reconcile has real
+repairs to make (every tap and a bridge deleted behind the dead daemon's
+back), the first request is answered while it still runs (``app_status``
+says so, and how far it is), requests sent meanwhile are answered correctly
+and in order, and the kernel ends as a full reconcile of the final state
+makes it: a further restart changes nothing.
 """
 
 from __future__ import annotations
@@ -70,10 +70,12 @@ def big(lab: Lab) -> Host:
 
 
 @pytest.mark.parametrize("kill", [True, False], ids=["kill-9", "clean-stop"])
-def test_a_restart_answers_during_the_reconcile_and_changes_nothing(big: Host, kill: bool) -> None:
+def test_a_restart_answers_and_changes_nothing(big: Host, kill: bool) -> None:
+    """With nothing to repair the reconcile only reads (it may end before the
+    first request arrives): the answers are right and nothing is recreated."""
     before = kernel_snapshot(big)
     first = _restart_answering_at_once(big, kill=kill)
-    assert first.running and first.done < first.total, first
+    assert first.done <= first.total and not first.problems, first
     assert len(big.call(MessageV0.Request(nic_list=True)).nic_list) == VNICS
     done = _wait_reconciled(big)
     assert done.done == done.total >= VNICS + VNIS and not done.problems, done
@@ -82,9 +84,8 @@ def test_a_restart_answers_during_the_reconcile_and_changes_nothing(big: Host, k
 
 def test_requests_during_a_reconcile_with_repairs_are_applied_in_order(big: Host) -> None:
     big.kill()
-    for n in range(0, 40):
-        big.ip("link", "del", tap_name(f"s{n}"))
-    big.ip("link", "del", bridge_name(FIRST_VNI + 5))
+    deletions = "".join(f"link del {tap_name(f's{n}')}\n" for n in range(VNICS))
+    big.exec("ip", "-batch", "-", input=deletions + f"link del {bridge_name(FIRST_VNI + 5)}\n")
     with Client(endpoint=big.endpoint, timeout_ms=20_000) as early:
         big.spawn()
         first = _status(big, early)
@@ -116,7 +117,7 @@ def test_requests_during_a_reconcile_with_repairs_are_applied_in_order(big: Host
 
     links = big.ip("link", "show")
     assert f"{tap_name('late')}:" in links and f"{tap_name('s1')}:" not in links
-    for n in range(2, 40):
+    for n in range(2, VNICS):
         assert f"{tap_name(f's{n}')}:" in links, n
     assert f"{bridge_name(FIRST_VNI + 5)}:" in links
     nic = big.call(MessageV0.Request(nic_details="s2")).nic_details[0]
