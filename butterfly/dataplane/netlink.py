@@ -141,6 +141,11 @@ class Netlink:
             return self._snapshot.get(name)
         return self._get(name)
 
+    def link_by_index(self, index: int) -> Link | None:
+        with _translated(f"netlink: reading link #{index}"):
+            raw = self._reader.get(index=index)
+        return _link(raw) if raw is not None else None
+
     def _get(self, name: str) -> Link | None:
         with _translated(f"netlink: reading link {name}"):
             raw = self._reader.get(name)

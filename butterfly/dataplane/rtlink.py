@@ -228,16 +228,20 @@ class LinkReader:
             )
         ]
 
-    def get(self, name: str) -> RawLink | None:
-        """The link called ``name``, with its counters; None when there is none."""
-        encoded = name.encode() + b"\0"
-        attribute = struct.pack("=HH", 4 + len(encoded), 3) + encoded
-        attribute += b"\0" * (-len(attribute) % 4)
+    def get(self, name: str = "", *, index: int = 0) -> RawLink | None:
+        """The link called ``name`` (or numbered ``index``), with its counters;
+        None when there is none."""
+        attribute = b""
+        if name:
+            encoded = name.encode() + b"\0"
+            attribute = struct.pack("=HH", 4 + len(encoded), 3) + encoded
+            attribute += b"\0" * (-len(attribute) % 4)
+        header = _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0)
         try:
             found = [
                 _decode(data, offset, end)
                 for data, offset, end in self._request(
-                    _RTM_GETLINK, _NLM_F_REQUEST | _NLM_F_ACK, _link_header(), attribute
+                    _RTM_GETLINK, _NLM_F_REQUEST | _NLM_F_ACK, header, attribute
                 )
             ]
         except OSError as exc:

@@ -49,30 +49,31 @@ def find_underlay(netlink: Netlink, ip: str | None) -> Underlay:
 
     Raises ConfigError naming the option when no interface fits.
     """
-    links = {link.index: link for link in netlink.links()}
     addresses = netlink.addresses()
     if ip is not None:
         wanted = ipaddress.ip_address(ip)
         for address in addresses:
-            if ipaddress.ip_address(address.address) == wanted and address.index in links:
-                return _underlay(links[address.index], str(wanted))
+            if ipaddress.ip_address(address.address) == wanted:
+                link = netlink.link_by_index(address.index)
+                if link is not None:
+                    return _underlay(link, str(wanted))
         raise ConfigError(f"ip {ip}: no interface holds this address (option --ip)")
     for family in (4, 6):
         route = netlink.default_route(family)
-        if route is None or route.oif not in links:
+        link = netlink.link_by_index(route.oif) if route is not None else None
+        if route is None or link is None:
             continue
         if route.prefsrc:
-            return _underlay(links[route.oif], route.prefsrc)
+            return _underlay(link, route.prefsrc)
         for address in addresses:
             if (
                 address.index == route.oif
                 and address.family == family
                 and not ipaddress.ip_address(address.address).is_link_local
             ):
-                return _underlay(links[route.oif], address.address)
+                return _underlay(link, address.address)
         raise ConfigError(
-            f"ip: the default route's interface {links[route.oif].name} has no address; "
-            "give one with --ip"
+            f"ip: the default route's interface {link.name} has no address; give one with --ip"
         )
     raise ConfigError("ip: no --ip given and no default route to find the underlay by")
 

@@ -5,7 +5,9 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
+from butterfly.dataplane.netlink import Netlink
 from butterfly.dataplane.rtlink import LinkReader
+from butterfly.dataplane.underlay import Underlay, find_underlay
 
 from .conftest import Lab
 
@@ -82,6 +84,11 @@ def test_every_attribute_read_matches_pyroute2(lab: Lab) -> None:
             dumped = {raw["IFLA_IFNAME"] for raw in reader.dump()}
             assert set(names) <= dumped
             assert reader.get("bft-missing") is None
+            for name in names:
+                raw = reader.get(name)
+                assert raw is not None
+                by_index = reader.get(index=raw["index"])
+                assert by_index is not None and by_index["IFLA_IFNAME"] == name
         finally:
             reader.close()
         return pairs
@@ -135,3 +142,16 @@ def test_forwarding_entries_match_the_bridge_command(lab: Lab) -> None:
     flooding = [entry for entry in everything if entry.dst is not None]
     assert [(entry.mac, entry.dst) for entry in flooding] == [("00:00:00:00:00:00", "198.51.100.9")]
     assert set(port) <= set(everything)
+
+
+def test_the_underlay_is_found_by_address_or_default_route(lab: Lab) -> None:
+    host = lab.host()
+    host.ip("route", "add", "default", "via", "198.51.100.254", "dev", host.underlay)
+
+    def find() -> tuple[Underlay, Underlay]:
+        with Netlink() as netlink:
+            return find_underlay(netlink, None), find_underlay(netlink, host.address6)
+
+    by_route, by_address = host.run(find)
+    assert (by_route.ifname, by_route.address) == (host.underlay, host.address4)
+    assert (by_address.ifname, by_address.address) == (host.underlay, host.address6)
