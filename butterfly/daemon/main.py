@@ -6,6 +6,9 @@ vhost-user vnics to) and wires them together; the only place, with the CLI,
 that exits the process.
 """
 
+import contextlib
+import ctypes
+import gc
 import logging
 import os
 import signal
@@ -97,6 +100,15 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
     )
 
 
+def _give_back_memory() -> None:
+    """After the start-up reconcile: its copies of the kernel's state (every
+    link, forwarding entry and nftables object) are garbage, but glibc keeps
+    freed heap for reuse; a host of 10,000 vnics stayed at twice its size."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _signals_to_fd() -> int:
     """A pipe that receives a byte on SIGTERM/SIGINT/SIGHUP, for the server's poll."""
     read_fd, write_fd = os.pipe()
@@ -133,7 +145,7 @@ def run(config: Config) -> None:
         dataplane = _make_dataplane(config, SupervisedVhostPorts(supervisor))
         # The kernel is made to match the store between requests: the API
         # answers at once, and existing vnics' traffic flows on meanwhile.
-        startup = StartupReconcile(dataplane.reconcile_steps(state))
+        startup = StartupReconcile(dataplane.reconcile_steps(state), on_done=_give_back_memory)
         try:
             switch = Switch(store=store, dataplane=dataplane, state=state)
             servers: list[ApiServer] = []

@@ -42,7 +42,9 @@ class ReconcileStatus:
 
 
 class StartupReconcile:
-    """Drives ``steps`` (a data plane's ``reconcile_steps``) to the end, slice by slice."""
+    """Drives ``steps`` (a data plane's ``reconcile_steps``) to the end, slice by slice;
+    ``on_done`` is called once at the end (the daemon gives back the memory
+    the reconcile's copies of the kernel's state took)."""
 
     def __init__(
         self,
@@ -50,8 +52,10 @@ class StartupReconcile:
         *,
         slice_seconds: float = SLICE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        on_done: Callable[[], object] | None = None,
     ) -> None:
         self._steps: Iterator[Progress] | None = steps
+        self._on_done = on_done
         self._slice = slice_seconds
         self._clock = clock
         self._began = clock()
@@ -112,3 +116,5 @@ class StartupReconcile:
             self._ended - self._began,
             self._progress.total,
         )
+        if self._on_done is not None:
+            self._on_done()

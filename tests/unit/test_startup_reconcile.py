@@ -56,3 +56,14 @@ def test_closing_stops_the_steps() -> None:
     startup.work()
     startup.close()
     assert not startup.running and next(made, None) is None
+
+
+def test_the_end_is_announced_once() -> None:
+    clock = Clock()
+    ended: list[float] = []
+    startup = StartupReconcile(
+        steps(clock, 3), clock=clock, on_done=lambda: ended.append(clock.now)
+    )
+    startup.run_to_end()
+    assert not startup.work()
+    assert ended == [startup.status().seconds]
