@@ -444,20 +444,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     busy = busy_elsewhere()
     results = []
+    failed, met = False, True
     for size in _sizes(args):
         try:
             results.append(_measure(size, args))
-        except (
-            BenchError,
-            ClientError,
-            DaemonError,
-            LabError,
-            OSError,
-        ) as error:
+        except (BenchError, ClientError, DaemonError, LabError, OSError) as error:
+            # The sizes measured so far are still worth their table.
             print(f"butterfly-bench scale: {size.label}: {error}", file=sys.stderr)
-            return 2
-    rendered, met = render(results, args.samples, busy, _modes(args))
-    print(rendered)
+            failed = True
+            break
+    if results:
+        rendered, met = render(results, args.samples, busy, _modes(args))
+        print(rendered)
+    if failed:
+        return 2
     if not met:
         print("some targets are missed", file=sys.stderr if args.strict else sys.stdout)
         return 1 if args.strict else 0
