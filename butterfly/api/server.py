@@ -9,6 +9,7 @@ polling on a timer.
 import logging
 import os
 from collections.abc import Callable
+from typing import Protocol
 
 import zmq
 
@@ -16,13 +17,31 @@ from butterfly.api.codec import answer_frame
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.errors import ConfigError
 
-__all__ = ["DEFAULT_ENDPOINT", "MAX_FRAME_SIZE", "ApiServer"]
+__all__ = ["DEFAULT_ENDPOINT", "MAX_FRAME_SIZE", "ApiServer", "MainLoopWork"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "tcp://0.0.0.0:9999"
 MAX_FRAME_SIZE = 256 * 1024 * 1024
 """Larger frames are dropped by ZeroMQ before they reach Python."""
+
+
+class MainLoopWork(Protocol):
+    """Work the server's thread does between requests (the daemon's drift repair)."""
+
+    def filenos(self) -> tuple[int, ...]:
+        """Descriptors whose readability calls :meth:`readable`."""
+
+    def readable(self) -> None: ...
+
+    def before_request(self) -> None: ...
+
+    def after_request(self) -> None: ...
+
+    def timeout(self) -> float | None:
+        """Seconds until :meth:`run_due` has work; None: none planned."""
+
+    def run_due(self) -> None: ...
 
 
 class ApiServer:
@@ -51,20 +70,33 @@ class ApiServer:
         """Finish the request being answered, send its reply, then stop serving."""
         self._stopping = True
 
-    def serve(self, wakeup_fd: int | None = None) -> None:
-        """Answer requests until stop_after_reply() or a byte arrives on ``wakeup_fd``."""
+    def serve(self, wakeup_fd: int | None = None, work: MainLoopWork | None = None) -> None:
+        """Answer requests until stop_after_reply() or a byte arrives on ``wakeup_fd``;
+        ``work`` runs on this thread between requests, never during one."""
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         if wakeup_fd is not None:
             poller.register(wakeup_fd, zmq.POLLIN)
+        work_fds = work.filenos() if work is not None else ()
+        for fd in work_fds:
+            poller.register(fd, zmq.POLLIN)
         while not self._stopping:
-            events = dict(poller.poll())
+            timeout = work.timeout() if work is not None else None
+            events = dict(poller.poll(None if timeout is None else max(1, int(timeout * 1000))))
             if wakeup_fd is not None and wakeup_fd in events:
                 os.read(wakeup_fd, 512)
                 log.info("signal received: stopping")
                 return
+            if work is not None and any(fd in events for fd in work_fds):
+                work.readable()
             if self._socket in events:
+                if work is not None:
+                    work.before_request()
                 self._serve_one()
+                if work is not None:
+                    work.after_request()
+            if work is not None:
+                work.run_due()
 
     def _serve_one(self) -> None:
         try:

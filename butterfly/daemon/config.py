@@ -41,6 +41,9 @@ class Config:
     """vhost-user worker processes; None: one per CPU."""
     dataplane: bool = True
     cleanup: bool = False
+    report_drift_only: bool = False
+    """Log and count what other software changes in butterfly's kernel objects,
+    without putting it back (an operator debugging by hand)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,6 +119,13 @@ def _parser() -> argparse.ArgumentParser:
         help="control plane only: program nothing in the kernel (tests)",
     )
     parser.add_argument(
+        "--report-drift-only",
+        action="store_true",
+        default=None,
+        help="log and count changes other software makes to butterfly's kernel objects,"
+        " without repairing them",
+    )
+    parser.add_argument(
         "--cleanup",
         action="store_true",
         help="remove every kernel object butterfly created, then exit",
@@ -156,6 +166,7 @@ def _read_file(path: str) -> dict[str, str]:
             "no-syslog",
             "nice",
             "vhost-workers",
+            "report-drift-only",
         },
         "security": {"encryption_key_path"},
     }
@@ -184,6 +195,7 @@ def parse_args(argv: list[str]) -> Config:
         "no-syslog": args.no_syslog,
         "nice": args.nice,
         "vhost-workers": args.vhost_workers,
+        "report-drift-only": args.report_drift_only,
         "encryption_key_path": args.key,
     }
     where = "command line"
@@ -241,4 +253,5 @@ def parse_args(argv: list[str]) -> Config:
         vhost_workers=number("vhost-workers", 1, 1024),
         dataplane=not args.no_dataplane,
         cleanup=args.cleanup,
+        report_drift_only=flag("report-drift-only"),
     )

@@ -17,6 +17,7 @@ from butterfly.api.crypto import load_key
 from butterfly.api.server import ApiServer
 from butterfly.api.v0 import V0Handlers
 from butterfly.daemon.config import Config, parse_args
+from butterfly.daemon.drift import DriftRepair
 from butterfly.daemon.logs import set_level, setup_logging
 from butterfly.dataplane import Dataplane, VhostPorts
 from butterfly.dataplane.control_only import ControlOnlyDataplane
@@ -24,6 +25,7 @@ from butterfly.dataplane.kernel import KernelDataplane, cleanup
 from butterfly.errors import ButterflyError, DataplaneError
 from butterfly.model import State
 from butterfly.service import Switch
+from butterfly.service.drift import DriftReport
 from butterfly.store import SqliteStore
 from butterfly.vhost import VhostSupervisor, VhostUserServer
 
@@ -35,9 +37,13 @@ log = logging.getLogger("butterfly.daemon")
 class Daemon:
     """The App the API reports on: start date, log level, quitting."""
 
-    def __init__(self, server_stop: "list[ApiServer]") -> None:
+    def __init__(self, server_stop: "list[ApiServer]", drift: DriftRepair | None) -> None:
         self.started_at = time.time()
         self._servers = server_stop
+        self._drift = drift
+
+    def drift_report(self) -> DriftReport | None:
+        return self._drift.report() if self._drift is not None else None
 
     def set_log_level(self, level: str) -> None:
         set_level(level)
@@ -101,6 +107,15 @@ def _reconcile(dataplane: Dataplane, state: State) -> None:
         log.error("start-up: %s", error)
 
 
+def _watch(config: Config, dataplane: Dataplane, switch: Switch) -> DriftRepair | None:
+    """Repair (or only report) what other software changes in the kernel data plane."""
+    if not isinstance(dataplane, KernelDataplane):
+        return None
+    return DriftRepair(
+        dataplane=dataplane, repair=switch.repair, report_only=config.report_drift_only
+    )
+
+
 def _signals_to_fd() -> int:
     """A pipe that receives a byte on SIGTERM/SIGINT/SIGHUP, for the server's poll."""
     read_fd, write_fd = os.pipe()
@@ -138,8 +153,9 @@ def run(config: Config) -> None:
         try:
             _reconcile(dataplane, state)
             switch = Switch(store=store, dataplane=dataplane, state=state)
+            drift = _watch(config, dataplane, switch)
             servers: list[ApiServer] = []
-            daemon = Daemon(servers)
+            daemon = Daemon(servers, drift)
             handlers = V0Handlers(switch=switch, app=daemon)
             server = ApiServer(endpoint=config.endpoint, key=key, answer=handlers.answer)
             servers.append(server)
@@ -153,9 +169,11 @@ def run(config: Config) -> None:
                     len(switch.sg_ids()),
                     "encrypted" if key else "clear text",
                 )
-                server.serve(wakeup)
+                server.serve(wakeup, drift)
             finally:
                 server.close()
+                if drift is not None:
+                    drift.close()
         finally:
             dataplane.close()
     finally:

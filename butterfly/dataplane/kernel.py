@@ -39,6 +39,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from butterfly.dataplane.base import Attachment, Counters, SgChange, VhostPorts
 from butterfly.dataplane.graph import PortView, VniView, render
+from butterfly.dataplane.guard import GuardKind, GuardPrograms
 from butterfly.dataplane.journal import FaultHook, Journal, journal
 from butterfly.dataplane.naming import (
     TABLE,
@@ -74,6 +75,7 @@ from butterfly.dataplane.ruleset import (
 )
 from butterfly.dataplane.tracing import Tracer
 from butterfly.dataplane.underlay import Underlay, find_underlay, flood_group
+from butterfly.dataplane.watch import KernelWatch
 from butterfly.errors import ConfigError, DataplaneError, NotSupported
 from butterfly.model import SecurityGroup, StateView, Vnic, VnicType
 from butterfly.model.firewall import (
@@ -173,6 +175,12 @@ class KernelDataplane:
                     )
             self._nft = Nftables()
         except BaseException:
+            self._netlink.close()
+            raise
+        try:
+            self._guards = GuardPrograms()
+        except BaseException:
+            self._nft.close()
             self._netlink.close()
             raise
         self._static_peers = static_peers
@@ -367,6 +375,18 @@ class KernelDataplane:
         underlay = f"{self._underlay.ifname} {self._underlay.address} mtu {self._underlay.mtu}"
         return render(underlay, vnis)
 
+    # watching (butterfly.daemon.drift)
+
+    def watch(self) -> KernelWatch:
+        """Notifications of this namespace about butterfly's objects, from now on."""
+        return KernelWatch(self._netlink.links())
+
+    def rewatch(self, watch: KernelWatch) -> None:
+        watch.prime(self._netlink.links())
+
+    def take_touched(self) -> set[int]:
+        return self._netlink.take_touched()
+
     def close(self) -> None:
         """Stop talking to the kernel; bridges, ports, rules and traces stay.
 
@@ -375,6 +395,7 @@ class KernelDataplane:
         if not self._closed:
             self._closed = True
             self._tracer.close()
+            self._guards.close()
             self._nft.close()
             self._netlink.close()
 
@@ -720,8 +741,32 @@ class KernelDataplane:
             vxlan = self._netlink.link(name)
             assert vxlan is not None
             self._flood[vxlan.index] = set()
+            self._ensure_guard(j, vxlan, GuardKind.OPEN, fresh=True)
+        else:
+            self._ensure_guard(j, vxlan, GuardKind.OPEN)
         self._fix_link(j, vxlan, master=bridge.index, mtu=self._vxlan_mtu)
         self._sync_peers(j, vxlan, self._peers(vni, state))
+
+    def _ensure_guard(
+        self, j: Journal | None, link: Link, kind: GuardKind, *, fresh: bool = False
+    ) -> None:
+        """The port guard ``kind`` on ``link``'s egress, before the link joins its
+        bridge (``fresh``: just created, so it has none and is not asked)."""
+        current = None if fresh else self._netlink.guard(link.index)
+        if current == kind.value:
+            return
+        previous = next((k for k in GuardKind if k.value == current), None)
+        undo = None
+        if previous is not None:
+            undo = partial(
+                self._netlink.set_guard, link.index, self._guards.fd(previous), previous.value
+            )
+        self._step(
+            j,
+            f"guard {link.name}",
+            partial(self._netlink.set_guard, link.index, self._guards.fd(kind), kind.value),
+            undo,
+        )
 
     def _vxlan_fits(self, vxlan: Link, vni: int) -> bool:
         info = vxlan.info
@@ -832,6 +877,7 @@ class KernelDataplane:
             self._tracer_stop(vnic)
             self._step(j, f"delete {name}", partial(self._netlink.delete_link, link.index))
             link = None
+        fresh = link is None
         if link is None:
             self._step(
                 j, f"create {name}", partial(self._create_port, vnic), partial(self._delete, name)
@@ -840,6 +886,8 @@ class KernelDataplane:
             if link is None:
                 raise DataplaneError(f"{what}: interface {name} vanished")
             previous = None
+        kind = GuardKind.FILTERED if self._filtered(vnic) else GuardKind.OPEN
+        self._ensure_guard(j, link, kind, fresh=fresh)
         bridge = self._netlink.link(bridge_name(vnic.vni))
         if bridge is None:
             raise DataplaneError(f"{what}: bridge {bridge_name(vnic.vni)} is missing")

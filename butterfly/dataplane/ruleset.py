@@ -69,6 +69,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from butterfly.dataplane.guard import ALL_OK, BRIDGE_OK, INBOUND_OK, OUTBOUND_OK
 from butterfly.dataplane.naming import (
     TABLE,
     member_set,
@@ -235,12 +236,20 @@ _ACCEPT: Json = {"accept": None}
 _DROP: Json = {"drop": None}
 _IIF = _meta("iifname")
 _IP_OR_ARP = _match(_payload("ether", "type"), _set(_FRAME_TYPES))
+_IP = _match(_payload("ether", "type"), _set(["ip", "ip6"]))
+_ARP = _match(_payload("ether", "type"), "arp")
 _GROUP_FRAME = _match({"&": [_payload("ether", "daddr"), "01:00:00:00:00:00"]}, "01:00:00:00:00:00")
 """A broadcast or multicast frame (the group bit of its destination MAC)."""
 
 
-def _nd_accept() -> NftRule:
-    return rule(_match(_payload("icmpv6", "type"), _set(_ND_TYPES)), _ACCEPT)
+def _nd_accept(proof: int) -> NftRule:
+    return rule(_match(_payload("icmpv6", "type"), _set(_ND_TYPES)), _prove(proof), _ACCEPT)
+
+
+def _prove(bits: int) -> Json:
+    """Set ``bits`` of the mark: the proof the port guard wants (see
+    :mod:`butterfly.dataplane.guard`) that this part of the filter accepted."""
+    return {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), bits]}}}
 
 
 def _hex128(address: str) -> str:
@@ -254,7 +263,8 @@ def _not_in(left: Json, name: str) -> NftRule:
 def _spoof_chains() -> dict[str, Chain]:
     """IP anti-spoofing, the same for every port (its data is in sets), through
     one chain per frame type so a frame meets only its own checks. The source
-    MAC needs no rule: the port is locked to it."""
+    MAC needs no rule: the port is locked to it. Reached by a goto from the
+    base chain, each ends with its own accept, which sets the guard's bits."""
     return {
         "spoof_ip": Chain(
             (
@@ -280,9 +290,11 @@ def _spoof_chains() -> dict[str, Chain]:
                     _match(_payload("ip", "saddr"), "0.0.0.0"),
                     _match(_payload("udp", "sport"), 68),
                     _match(_payload("udp", "dport"), 67),
+                    _prove(BRIDGE_OK),
                     _ACCEPT,
                 ),
                 _not_in(_concat(_IIF, _payload("ip", "saddr")), "port_ip4"),
+                rule(_prove(BRIDGE_OK), _ACCEPT),
             )
         ),
         "spoof_ip6": Chain(
@@ -295,16 +307,19 @@ def _spoof_chains() -> dict[str, Chain]:
                 rule(
                     _match(_payload("ip6", "saddr"), "::"),
                     _match(_meta("l4proto"), "ipv6-icmp"),
+                    _prove(BRIDGE_OK),
                     _ACCEPT,
                 ),
                 _not_in(_concat(_IIF, _payload("ip6", "saddr")), "port_ip6"),
+                rule(_prove(BRIDGE_OK), _ACCEPT),
             )
         ),
         "spoof_arp": Chain(
             (
                 _not_in(_concat(_IIF, _payload("arp", "saddr ether")), "port_macs"),
-                rule(_match(_payload("arp", "saddr ip"), "0.0.0.0"), _ACCEPT),
+                rule(_match(_payload("arp", "saddr ip"), "0.0.0.0"), _prove(ALL_OK), _ACCEPT),
                 _not_in(_concat(_IIF, _payload("arp", "saddr ip")), "port_ip4"),
+                rule(_prove(ALL_OK), _ACCEPT),
             )
         ),
     }
@@ -354,9 +369,11 @@ class Layout:
                 (
                     rule(_GROUP_FRAME, _set_from_map(_meta("mark"), _meta("oifname"), "port_ids")),
                     *((rule(_IP_OR_ARP, _vmap(_IIF, "port_in")),) if check_ips else ()),
-                    rule(_IP_OR_ARP, _ACCEPT),
+                    rule(_IP, _prove(BRIDGE_OK), _ACCEPT),
+                    rule(_ARP, _prove(ALL_OK), _ACCEPT),
                     rule(_match(_IIF, "@filtered"), _DROP),
                     rule(_match(_meta("oifname"), "@filtered"), _DROP),
+                    rule(_prove(BRIDGE_OK | OUTBOUND_OK), _ACCEPT),
                 ),
                 Base("filter", "forward", -200),
             ),
@@ -387,18 +404,22 @@ class Layout:
                 (
                     rule(
                         _match({"ct": {"key": "state"}}, ["established", "related"], "in"),
+                        _prove(INBOUND_OK | OUTBOUND_OK),
                         _ACCEPT,
                     ),
                     rule(_match(_IIF, "bfbr*", "!="), _ACCEPT),
-                    rule(_match(_IIF, "@quiet"), _ACCEPT),
+                    rule(_match(_IIF, "@quiet"), _prove(INBOUND_OK | OUTBOUND_OK), _ACCEPT),
                     rule(_vmap(_concat(_IIF, _payload("ether", "daddr")), "in_mac")),
-                    rule(_GROUP_FRAME, _vmap(_meta("mark"), "in_dispatch")),
+                    rule(_GROUP_FRAME, _vmap({"&": [_meta("mark"), MAX_ID]}, "in_dispatch")),
                     rule(_goto("out_check")),
                 ),
                 Base("filter", "forward", 0),
             ),
             (INET, "out_check"): Chain(
-                (rule(_vmap(_concat(_IIF, _payload("ether", "saddr")), "out_mac")), rule(_ACCEPT))
+                (
+                    rule(_vmap(_concat(_IIF, _payload("ether", "saddr")), "out_mac")),
+                    rule(_prove(OUTBOUND_OK), _ACCEPT),
+                )
             ),
         }
         chains.update({(BRIDGE, name): chain for name, chain in _spoof_chains().items()})
@@ -452,16 +473,20 @@ class Layout:
     def profile(self, sg_ids: Sequence[str], restrict_outbound: bool) -> dict[Key, Obj]:
         """The chains of the vnics using exactly these security groups."""
         profile_in, profile_out = profile_chains(sg_ids)
-        outbound: tuple[NftRule, ...] = (rule(_ACCEPT),)
+        outbound: tuple[NftRule, ...] = (rule(_prove(OUTBOUND_OK), _ACCEPT),)
         if restrict_outbound:
             outbound = (
-                _nd_accept(),
+                _nd_accept(OUTBOUND_OK),
                 *(rule(_jump(sg_out_chain(sg))) for sg in sg_ids),
                 rule(_DROP),
             )
         return {
             Key("chain", INET, profile_in): Chain(
-                (_nd_accept(), *(rule(_jump(sg_in_chain(sg))) for sg in sg_ids), rule(_DROP))
+                (
+                    _nd_accept(INBOUND_OK | OUTBOUND_OK),
+                    *(rule(_jump(sg_in_chain(sg))) for sg in sg_ids),
+                    rule(_DROP),
+                )
             ),
             Key("chain", INET, profile_out): Chain(outbound),
         }
@@ -472,12 +497,15 @@ class Layout:
         objects: dict[Key, Obj] = {
             Key("chain", INET, sg_in_chain(sg_id)): Chain(
                 tuple(
-                    rule(*_match_statements(m, "saddr"), _goto("out_check"))
+                    rule(*_match_statements(m, "saddr"), _prove(INBOUND_OK), _goto("out_check"))
                     for m in sg_filter.inbound
                 )
             ),
             Key("chain", INET, sg_out_chain(sg_id)): Chain(
-                tuple(rule(*_match_statements(m, "daddr"), _ACCEPT) for m in sg_filter.outbound)
+                tuple(
+                    rule(*_match_statements(m, "daddr"), _prove(OUTBOUND_OK), _ACCEPT)
+                    for m in sg_filter.outbound
+                )
             ),
             Key("set", INET, member_set(sg_id, 4)): Decl(("ipv4_addr",)),
             Key("set", INET, member_set(sg_id, 6)): Decl(("ipv6_addr",)),
