@@ -45,6 +45,7 @@ from butterfly.dataplane.naming import (
     TABLE,
     bridge_name,
     is_butterfly_link,
+    name_from_alias,
     profile_chains,
     retired_name,
     tap_name,
@@ -216,6 +217,7 @@ class KernelDataplane:
             raise DataplaneError("reconcile: " + "; ".join(problems))
 
     def _reconcile(self, state: StateView, problems: list[str]) -> None:
+        self._rename_strays(problems)
         vnics = [vnic for vnic in state.vnics() if self._pluggable(vnic)]
         wanted_ports = {tap_name(vnic.id): vnic for vnic in vnics}
         served = {vnic.id for vnic in vnics if vnic.type == VnicType.VHOST_USER_SERVER}
@@ -464,11 +466,12 @@ class KernelDataplane:
         listing = self._listing()
         ports = {tap_name(vnic.id) for vnic in vnics}
         vnis = {vnic.vni for vnic in vnics}
-        self._port_ids = {p: i for p, i in listing.allocations("port_ids").items() if p in ports}
+        # Tables another program removed get back the ids they had (known here).
+        port_ids = listing.allocations("port_ids") or self._port_ids
+        zones = listing.allocations("zones") or {bridge_name(v): z for v, z in self._zones.items()}
+        self._port_ids = {p: i for p, i in port_ids.items() if p in ports}
         self._zones = {
-            vni: zone
-            for bridge, zone in listing.allocations("zones").items()
-            if (vni := int(bridge[4:])) in vnis
+            vni: zone for bridge, zone in zones.items() if (vni := int(bridge[4:])) in vnis
         }
         wanted = dict(self._infrastructure[state.checks_ips()])
         for vni in sorted(vnis):
@@ -680,6 +683,23 @@ class KernelDataplane:
             for link in self._netlink.links()
             if is_butterfly_link(link.name, link.alias)
         }
+
+    def _rename_strays(self, problems: list[str]) -> None:
+        """Links another program renamed get their names back (their alias still
+        says whose they are), so a guest keeps its very interface."""
+        for link in self._netlink.links():
+            if is_butterfly_link(link.name, link.alias):
+                continue
+            name = name_from_alias(link.alias, link.kind)
+            if name is None or self._netlink.link(name) is not None:
+                continue
+            self._best_effort(problems, f"link {link.name}", partial(self._rename, link, name))
+
+    def _rename(self, link: Link, name: str) -> None:
+        """Only a link that is down can be renamed; reconcile sets it up again."""
+        if link.up:
+            self._netlink.set_link(link.index, up=False)
+        self._netlink.rename_link(link.index, name)
 
     def _own(self, name: str, what: str) -> Link | None:
         """The link ``name`` if it exists; refuses one that is not butterfly's."""

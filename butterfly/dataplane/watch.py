@@ -14,10 +14,11 @@ Telling butterfly's own changes from the others':
 
 - nftables: every transaction ends with a NEWGEN notification naming the
   thread that committed it; one of this process's threads is butterfly.
-- links and forwarding entries: the kernel sends a change's notifications
-  before it acknowledges the request, so once a data plane call returned,
-  its echo is already queued; the caller drains then and names the links
-  its own calls touched (:meth:`~butterfly.dataplane.netlink.Netlink.take_touched`).
+- links, forwarding entries and the port guard's tc filter: the kernel
+  sends a change's notifications before it acknowledges the request, so
+  once a data plane call returned, its echo is already queued; the caller
+  drains then and names the links its own calls touched
+  (:meth:`~butterfly.dataplane.netlink.Netlink.take_touched`).
   A foreign change to one of those very links during that very call is
   taken for butterfly's own (a window of one request, on one link).
 
@@ -45,6 +46,7 @@ _SOL_NETLINK = 270
 _NETLINK_ADD_MEMBERSHIP = 1
 _RTMGRP_LINK = 0x1
 _RTMGRP_NEIGH = 0x4
+_RTMGRP_TC = 0x8
 _NFNLGRP_NFTABLES = 7
 _RCVBUF = 8 * 1024 * 1024
 
@@ -52,8 +54,11 @@ _NLMSG_HDR = struct.Struct("=IHHII")
 _NLA_HDR = struct.Struct("=HH")
 _IFINFO = struct.Struct("=BxHiII")
 _NDMSG = struct.Struct("=BxxxiHBB")
+_TCMSG = struct.Struct("=Bxxxi")
 _NLMSG_ERROR = 2
 _RTM_NEWLINK, _RTM_DELLINK, _RTM_NEWNEIGH, _RTM_DELNEIGH = 16, 17, 28, 29
+_RTM_TC = {37: "qdisc deleted", 44: "tc filter added", 45: "tc filter deleted"}
+"""Changes of the port guard's qdisc and filter (a new clsact is harmless)."""
 _AF_BRIDGE = 7
 _IFF_UP = 0x1
 _IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
@@ -163,7 +168,7 @@ class KernelWatch:
 
     def __init__(self, links: Iterable[Link]) -> None:
         try:
-            self._rtnl = _open(_NETLINK_ROUTE, _RTMGRP_LINK | _RTMGRP_NEIGH)
+            self._rtnl = _open(_NETLINK_ROUTE, _RTMGRP_LINK | _RTMGRP_NEIGH | _RTMGRP_TC)
             try:
                 self._nft = _open(_NETLINK_NETFILTER, 0)
                 self._nft.setsockopt(_SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP, _NFNLGRP_NFTABLES)
@@ -233,6 +238,10 @@ class KernelWatch:
             self._link_message(kind, body, own, out)
         elif kind in (_RTM_NEWNEIGH, _RTM_DELNEIGH) and len(body) >= _NDMSG.size:
             self._neigh_message(kind, body, own, out)
+        elif kind in _RTM_TC and len(body) >= _TCMSG.size:
+            index = _TCMSG.unpack_from(body)[1]
+            if index in self._links and index not in own:
+                out.append(f"{self._links[index].name}: {_RTM_TC[kind]}")
 
     def _link_message(
         self, kind: int, body: bytes, own: set[int] | frozenset[int], out: list[str]
