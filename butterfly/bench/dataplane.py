@@ -21,8 +21,9 @@ kernel, VMs as namespaces holding NETNS vnics):
   1,000 TAP vnics names in a rule, p50 and p99, against the same with 10
   vnics: the change is one set element, so it must not grow with the vnics;
 * last, a diagnosis of the same-host TCP gap: the filtered path against the
-  plain bridge again, once butterfly's bridge table is deleted from the
-  host, then its inet table too (what is left is br_netfilter alone).
+  plain bridge again, once the port guards are removed from the host (the
+  cost of failing closed), then butterfly's bridge table, then its inet
+  table too (what is left is br_netfilter alone).
 
 Noise must not favour one side: paths are measured in rounds, each round
 starting one path later, and every figure is the median over the rounds.
@@ -282,10 +283,12 @@ def measure_rounds(paths: Sequence[Path], settings: Settings, cpus: Cpus) -> dic
 
 
 ABLATIONS = (
-    ("bridge", "without butterfly's bridge table"),
-    ("inet", "without either table"),
+    (None, "without the port guards"),
+    ("bridge", "without the guards and the bridge table"),
+    ("inet", "without the guards and either table"),
 )
-"""The nftables tables deleted, one after the other, by :func:`ablation`."""
+"""What :func:`ablation` removes, one after the other: the port guards (tc
+egress programs), then each nftables table (None: no table)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,12 +302,19 @@ def ablation(
     host: Host, filtered: Path, bridge: Path, settings: Settings, cpus: Cpus
 ) -> list[Ablation]:
     """Where the same-host TCP gap goes: the filtered path again, against the plain
-    bridge in the same rounds, once butterfly's bridge table (anti-spoofing, the
-    marks) is deleted, then its inet table too (conntrack, the rules): what is
-    left is br_netfilter alone. Last of all, since it ends the host's filtering."""
+    bridge in the same rounds, once the port guards are gone (what failing
+    closed costs), then butterfly's bridge table (anti-spoofing, the marks),
+    then its inet table too (conntrack, the rules): what is left is
+    br_netfilter alone. Last of all, since it ends the host's filtering (its
+    daemon only reports drift, or it would put all of it back)."""
     found = []
     for family, label in ABLATIONS:
-        host.exec("nft", "delete", "table", family, TABLE)
+        if family is None:
+            for link in json.loads(host.ip("-j", "link", "show")):
+                if link["ifname"].startswith("bf"):
+                    host.exec("tc", "qdisc", "del", "dev", link["ifname"], "clsact", check=False)
+        else:
+            host.exec("nft", "delete", "table", family, TABLE)
         ours, plain = [], []
         for _ in range(settings.rounds):
             ours.append(iperf3(filtered, settings.seconds, cpus)[0])
@@ -703,7 +713,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _bench(lab: Lab, settings: Settings, cpus: Cpus) -> tuple[str, list[Row], str]:
-    one, two, scale = lab.hosts(3, log_level="warning")
+    one, two, scale = lab.hosts(
+        3,
+        log_level="warning",
+        extra_args=lambda index: ["--report-drift-only"] if index == 0 else [],
+    )
     try:
         scenarios = butterfly_scenarios(lab, one, two)
         mtu = vnic_mtu(one, "101-1")

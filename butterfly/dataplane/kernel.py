@@ -14,6 +14,9 @@ that makes the kernel of the network namespace it runs in carry the model:
   anti-spoofing, counters and tracing are the kernel's for every kind;
 - security groups, anti-spoofing and conntrack zones in butterfly's nftables
   tables (see :mod:`butterfly.dataplane.ruleset` for the layout);
+- on every port and VXLAN device, before it joins its bridge, the port guard
+  that keeps filtering closed without those tables
+  (:mod:`butterfly.dataplane.guard`);
 - packet traces (:mod:`butterfly.dataplane.tracing`).
 
 Every request is atomic (:mod:`butterfly.dataplane.journal`): nftables
@@ -22,7 +25,9 @@ the port is gone when removing, and any failure undoes the steps made.
 What the tables hold is mirrored in memory, so a request sends only the
 difference for the objects it touches; :meth:`KernelDataplane.reconcile`
 reads the kernel back and repairs everything, without touching what is
-already right, so established flows survive a daemon restart.
+already right, so established flows survive a daemon restart, and puts back
+what another program changed (the daemon's drift repair runs it; links
+renamed away get their names back, tables lost their ids).
 
 Not thread-safe: the service calls one method at a time, from the thread
 that built the data plane.

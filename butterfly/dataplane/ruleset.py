@@ -51,6 +51,17 @@ change)::
                                  rules ("accept")
       m4_S, m6_S                 S's members: every rule naming S uses these sets
 
+Every accept also sets bits of the frame's mark (B: the bridge table's
+checks passed, I: the receiver's groups, O: the sender's; established
+flows get I and O): the port guard (:mod:`butterfly.dataplane.guard`)
+drops a frame without the bits its port needs, so a table, chain, set or
+element that another program removes makes frames drop, not pass. The
+IP/ARP accept of ``forward`` sets B (ARP all three), its last rule (other
+frame types between unfiltered ports) B and O; ``filter`` sets I and O for
+established and quiet traffic, ``si_S`` sets I, ``out_check``, ``out_P``
+and ``so_S`` set O; ``in_dispatch`` is looked up with the mark's low 16
+bits.
+
 P is a *profile*: the list of security groups a vnic uses, shared by every
 vnic using the same list. A member change is one set element; a rule change
 rewrites one chain; a vnic is elements only.
