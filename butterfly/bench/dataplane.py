@@ -20,6 +20,9 @@ kernel, VMs as namespaces holding NETNS vnics):
   ``sg_member_add``/``sg_member_del`` on a group that the only group of
   1,000 TAP vnics names in a rule, p50 and p99, against the same with 10
   vnics: the change is one set element, so it must not grow with the vnics;
+* the cost of the port guards (what keeps filtering closed without the
+  tables) on the same-host filtered path: with and without them, in
+  alternating rounds;
 * last, a diagnosis of the same-host TCP gap: the filtered path against the
   plain bridge again, once the port guards are removed from the host (the
   cost of failing closed), then butterfly's bridge table, then its inet
@@ -65,7 +68,9 @@ from butterfly.bench.lab import (
     sh,
     wait_for,
 )
+from butterfly.dataplane.guard import GuardKind, GuardPrograms
 from butterfly.dataplane.naming import TABLE
+from butterfly.dataplane.netlink import Netlink
 from butterfly.errors import ClientError
 
 __all__ = ["add_arguments", "parse_iperf3", "parse_qperf", "run"]
@@ -280,6 +285,60 @@ def measure_rounds(paths: Sequence[Path], settings: Settings, cpus: Cpus) -> dic
             samples[path.name].append(measure(path, settings.seconds, cpus))
         print(f"round {round_ + 1}/{settings.rounds} done", flush=True)
     return {name: median(taken) for name, taken in samples.items()}
+
+
+def _guarded(host: Host) -> dict[str, str]:
+    """The host's guarded links: name -> guard (its tc filter's name)."""
+
+    def read() -> dict[str, str]:
+        with Netlink() as netlink:
+            return {
+                link.name: guard
+                for link in netlink.links()
+                if link.name.startswith("bf") and (guard := netlink.guard(link.index))
+            }
+
+    return host.run(read)
+
+
+def _set_guards(host: Host, guards: dict[str, str] | None, programs: GuardPrograms) -> None:
+    """Put ``guards`` back (None: remove every guard), as tc, outside the daemon."""
+    if guards is None:
+        for link in json.loads(host.ip("-j", "link", "show")):
+            if link["ifname"].startswith("bf"):
+                host.exec("tc", "qdisc", "del", "dev", link["ifname"], "clsact", check=False)
+        return
+
+    def put() -> None:
+        with Netlink() as netlink:
+            for name, guard in guards.items():
+                link = netlink.link(name)
+                if link is not None:
+                    netlink.set_guard(link.index, programs.fd(GuardKind(guard)), guard)
+
+    host.run(put)
+
+
+def guard_cost(host: Host, filtered: Path, settings: Settings, cpus: Cpus) -> tuple[Sample, Sample]:
+    """The filtered same-host path with its port guards, and without, in
+    alternating rounds (the guards taken off and put back each round): what
+    failing closed costs the common path. The host's daemon only reports
+    drift, or it would put the guards back itself."""
+    guards = _guarded(host)
+    if not guards:
+        raise BenchError(f"host {host.name} has no port guard to measure")
+    programs = GuardPrograms()
+    on: list[Sample] = []
+    off: list[Sample] = []
+    try:
+        for round_ in range(settings.rounds):
+            for state in (True, False) if round_ % 2 == 0 else (False, True):
+                _set_guards(host, guards if state else None, programs)
+                (on if state else off).append(measure(filtered, settings.seconds, cpus))
+    finally:
+        _set_guards(host, guards, programs)
+        programs.close()
+    return median(on), median(off)
 
 
 ABLATIONS = (
@@ -653,6 +712,20 @@ def ablation_rows(found: Sequence[Ablation]) -> list[Row]:
     ]
 
 
+def guard_rows(on: Sample, off: Sample) -> list[Row]:
+    return [
+        Row(
+            measure=f"port guards: same host, {RULES} SG rules: {metric.label}",
+            baselines=f"without guards {_cell(off, metric)}",
+            butterfly=_cell(on, metric),
+            ratio=f"{metric.value(on) / metric.value(off):.2f}" if metric.value(off) else "-",
+            target="-",
+            result="-",
+        )
+        for metric in METRICS
+    ]
+
+
 def render(rows: Sequence[Row]) -> str:
     """The header is Row's field names; the figures (butterfly, ratio) right-aligned."""
     names = [field.name for field in fields(Row)]
@@ -735,6 +808,7 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus) -> tuple[str, list[Row], st
         busy = (busy_before, busy_elsewhere())
         small, large, fill = member_changes(scale, settings)
         filtered = next(s for s in scenarios if s.scope == "same host" and s.filtered)
+        guards = guard_cost(one, filtered.butterfly, settings, cpus)
         found = ablation(one, filtered.butterfly, bridge, settings, cpus)
     except (BenchError, LabError, ClientError, DaemonError):
         for host in (one, two, scale):
@@ -748,7 +822,12 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus) -> tuple[str, list[Row], st
     )
     return (
         header(settings, cpus, mtu, busy),
-        [*traffic_rows(scenarios, results), *member_rows(small, large), *ablation_rows(found)],
+        [
+            *traffic_rows(scenarios, results),
+            *member_rows(small, large),
+            *guard_rows(*guards),
+            *ablation_rows(found),
+        ],
         note,
     )
 

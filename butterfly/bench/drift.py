@@ -80,10 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vnics",
         type=int,
-        default=1000,
+        default=300,
         metavar="N",
         help="other filtered TAP vnics on the host, so a repair has their objects to"
-        " check and rewrite too (default 1000)",
+        " check and rewrite too (default 300)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="5 trials of each kind, 100 other vnics (CI)"

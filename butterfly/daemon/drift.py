@@ -3,8 +3,10 @@
 Owns :class:`DriftRepair`, the main loop's work between API requests: it
 reads the kernel's notifications (:class:`~butterfly.dataplane.watch.KernelWatch`),
 and once a foreign change has settled (debounced: :data:`SETTLE` after the
-last one, at most :data:`MAX_DELAY` after the first) runs the data plane's
-reconcile, which repairs everything and touches nothing that is right. It
+last one, at most :data:`MAX_DELAY` after the first) has the data plane
+repair what the changes name (their links, vnics, VNIs, or butterfly's
+nftables tables; everything when notifications were lost), touching
+nothing that is right. It
 runs on the daemon's main thread, between requests, never during one: a
 request waiting when a change is pending is answered after the repair, so
 it never works on a kernel its data plane no longer knows.
@@ -19,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from butterfly.dataplane.watch import KernelWatch
+from butterfly.dataplane.watch import Change, KernelWatch, Scope
 from butterfly.errors import DataplaneError
 from butterfly.service.drift import DriftReport
 
@@ -55,7 +57,7 @@ class DriftRepair:
         self,
         *,
         dataplane: Watchable,
-        repair: Callable[[], None],
+        repair: Callable[[Scope], None],
         report_only: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -64,7 +66,7 @@ class DriftRepair:
         self._report_only = report_only
         self._clock = clock
         self._watch = dataplane.watch()
-        self._pending: list[str] = []
+        self._pending: list[Change] = []
         self._first = self._last = 0.0
         self._seen = self._repaired = self._repairs = self._failures = 0
         self._latest: tuple[str, ...] = ()
@@ -116,7 +118,7 @@ class DriftRepair:
 
     # the work
 
-    def _note(self, changes: list[str]) -> None:
+    def _note(self, changes: list[Change]) -> None:
         if not changes:
             return
         now = self._clock()
@@ -125,24 +127,35 @@ class DriftRepair:
         self._last = now
         self._seen += len(changes)
         self._pending += changes
-        self._latest = tuple(self._pending[-_KEPT:])
+        self._latest = tuple(change.what for change in self._pending[-_KEPT:])
         self._latest_date = time.time()
 
     def _run(self) -> None:
         changes, self._pending = self._pending, []
-        shown = "; ".join(dict.fromkeys(changes))
+        shown = "; ".join(dict.fromkeys(change.what for change in changes))
         if self._report_only:
             log.warning("kernel drift (report only, not repaired): %s", shown)
             return
+        scope = Scope()
+        for change in changes:
+            scope |= change.scope
+        started = self._clock()
         try:
-            self._repair()
+            self._repair(scope)
         except DataplaneError as error:
             self._failures += 1
             log.error("kernel drift: repair failed: %s; changes: %s", error, shown)
         else:
             self._repairs += 1
             self._repaired += len(changes)
-            log.warning("kernel drift repaired: %s", shown)
-        # The repair's own notifications; then the links as the repair left them.
+            log.warning(
+                "kernel drift repaired in %.0f ms, %.0f ms after the first change: %s",
+                (self._clock() - started) * 1e3,
+                (started - self._first) * 1e3,
+                shown,
+            )
+        # The repair's own notifications; after lost ones, the links as they are
+        # (a dump: seconds with thousands of links, so only then).
         self._note(self._watch.drain(self._dataplane.take_touched()))
-        self._dataplane.rewatch(self._watch)
+        if scope.everything:
+            self._dataplane.rewatch(self._watch)

@@ -112,7 +112,9 @@ def _watch(config: Config, dataplane: Dataplane, switch: Switch) -> DriftRepair 
     if not isinstance(dataplane, KernelDataplane):
         return None
     return DriftRepair(
-        dataplane=dataplane, repair=switch.repair, report_only=config.report_drift_only
+        dataplane=dataplane,
+        repair=lambda scope: dataplane.repair(switch.state, scope),
+        report_only=config.report_drift_only,
     )
 
 

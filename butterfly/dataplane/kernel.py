@@ -81,7 +81,7 @@ from butterfly.dataplane.ruleset import (
 )
 from butterfly.dataplane.tracing import Tracer
 from butterfly.dataplane.underlay import Underlay, find_underlay, flood_group
-from butterfly.dataplane.watch import KernelWatch
+from butterfly.dataplane.watch import KernelWatch, Scope
 from butterfly.errors import ConfigError, DataplaneError, NotSupported
 from butterfly.model import SecurityGroup, StateView, Vnic, VnicType
 from butterfly.model.firewall import (
@@ -247,6 +247,33 @@ class KernelDataplane:
                     problems, f"link {name}", partial(self._netlink.delete_link, link.index)
                 )
         self._reconcile_traces(vnics, problems)
+
+    def repair(self, state: StateView, scope: Scope) -> None:
+        """Put back what another program changed, looking only at what ``scope``
+        names (a reconcile reads every link and port: seconds with thousands of
+        vnics); raises DataplaneError listing what could not be repaired."""
+        if scope.everything:
+            self.reconcile(state)
+            return
+        problems: list[str] = []
+        vnics = [vnic for vnic in state.vnics() if self._has_port(vnic)]
+        if scope.tables:
+            self._best_effort(problems, "nftables", partial(self._reconcile_nft, state, vnics))
+        self._rename_strays(problems, scope.links)
+        vnis = {vnic.vni for vnic in vnics if _names_vni(scope.links, vnic.vni)}
+        if vnis:
+            self._flood.clear()
+            self._flood_loaded = False
+        for vni in sorted(vnis):
+            self._best_effort(problems, f"vni {vni}", partial(self._ensure_vni, None, vni, state))
+        for vnic in vnics:
+            if vnic.vni in vnis or tap_name(vnic.id) in scope.links:
+                self._best_effort(
+                    problems, _what(vnic), partial(self._ensure_port, None, vnic, None)
+                )
+                self._best_effort(problems, _what(vnic), partial(self._serve, None, vnic))
+        if problems:
+            raise DataplaneError("repair: " + "; ".join(problems))
 
     def plug(self, vnic: Vnic, replaced: Vnic | None, state: StateView) -> Attachment:
         if vnic.type == VnicType.VHOST_USER_SERVER and self._vhost is None:
@@ -689,10 +716,15 @@ class KernelDataplane:
             if is_butterfly_link(link.name, link.alias)
         }
 
-    def _rename_strays(self, problems: list[str]) -> None:
+    def _rename_strays(self, problems: list[str], names: Iterable[str] | None = None) -> None:
         """Links another program renamed get their names back (their alias still
-        says whose they are), so a guest keeps its very interface."""
-        for link in self._netlink.links():
+        says whose they are), so a guest keeps its very interface. ``names``:
+        look only at these (None: every link)."""
+        if names is None:
+            links = self._netlink.links()
+        else:
+            links = [link for name in names if (link := self._netlink.link(name)) is not None]
+        for link in links:
             if is_butterfly_link(link.name, link.alias):
                 continue
             name = name_from_alias(link.alias, link.kind)
@@ -1251,6 +1283,10 @@ def _peer_op(netlink: Netlink, index: int, op: _PeerOp, *, forward: bool) -> Non
 def _revert_peer(netlink: Netlink, index: int, done: list[_PeerOp]) -> None:
     for op in reversed(done):
         _peer_op(netlink, index, op, forward=False)
+
+
+def _names_vni(names: frozenset[str], vni: int) -> bool:
+    return bridge_name(vni) in names or vxlan_name(vni) in names
 
 
 def _groups(vnic: Vnic | None) -> tuple[str, ...]:

@@ -38,7 +38,7 @@ from butterfly.dataplane.naming import LINK_ALIAS, TABLE, is_butterfly_link
 from butterfly.dataplane.netlink import Link
 from butterfly.errors import DataplaneError
 
-__all__ = ["KernelWatch", "LinkState"]
+__all__ = ["Change", "KernelWatch", "LinkState", "Scope"]
 
 _NETLINK_ROUTE = 0
 _NETLINK_NETFILTER = 12
@@ -89,6 +89,37 @@ _NFT_NAMED = {3: 3, 5: 3, 6: 2, 8: 2, 9: 2, 11: 2, 12: 2, 14: 2}
 _NFPROTO = {1: "inet", 7: "bridge"}
 _SHOWN = 4
 """Changes of one nftables transaction shown before "and N more"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a repair must look at: a whole reconcile costs seconds with
+    thousands of vnics, the objects a change names far less."""
+
+    links: frozenset[str] = frozenset()
+    """Links by name (before and after a rename): their vnic, or their VNI."""
+    tables: bool = False
+    """butterfly's nftables tables."""
+    everything: bool = False
+
+    def __or__(self, other: "Scope") -> "Scope":
+        return Scope(
+            self.links | other.links,
+            self.tables or other.tables,
+            self.everything or other.everything,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One foreign change: a line for the log, and what to repair."""
+
+    what: str
+    scope: Scope
+
+
+def _on(what: str, *links: str) -> Change:
+    return Change(what, Scope(links=frozenset(links)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,21 +227,25 @@ class KernelWatch:
         self._rtnl.close()
         self._nft.close()
 
-    def drain(self, own_links: set[int] | frozenset[int] = frozenset()) -> list[str]:
+    def drain(self, own_links: set[int] | frozenset[int] = frozenset()) -> list[Change]:
         """Read every queued notification; the foreign changes, one line each.
 
         Notifications about ``own_links`` (the links butterfly just changed)
         only update what is known of them.
         """
-        changes: list[str] = []
+        # A bridge follows its ports (its MTU, its carrier): changing a port
+        # changes its bridge, which the kernel reports as the bridge's change.
+        own = set(own_links)
+        own |= {known.master for i in own_links if (known := self._links.get(i)) and known.master}
+        changes: list[Change] = []
         for data in self._read(self._rtnl, changes, "links"):
-            self._route_message(data, own_links, changes)
+            self._route_message(data, own, changes)
         for data in self._read(self._nft, changes, "nftables"):
             self._nft_message(data, changes)
         return changes
 
     @staticmethod
-    def _read(sock: socket.socket, changes: list[str], what: str) -> Iterable[bytes]:
+    def _read(sock: socket.socket, changes: list[Change], what: str) -> Iterable[bytes]:
         while True:
             try:
                 buffer = sock.recv(1 << 20)
@@ -218,7 +253,8 @@ class KernelWatch:
                 return
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
-                    changes.append(f"{what}: notifications lost (socket overflow)")
+                    lost = f"{what}: notifications lost (socket overflow)"
+                    changes.append(Change(lost, Scope(everything=True)))
                     continue
                 raise DataplaneError(f"watching the kernel: {exc.strerror}") from exc
             offset = 0
@@ -231,7 +267,9 @@ class KernelWatch:
 
     # links and forwarding entries
 
-    def _route_message(self, data: bytes, own: set[int] | frozenset[int], out: list[str]) -> None:
+    def _route_message(
+        self, data: bytes, own: set[int] | frozenset[int], out: list[Change]
+    ) -> None:
         kind = _NLMSG_HDR.unpack_from(data)[1]
         body = data[_NLMSG_HDR.size :]
         if kind in (_RTM_NEWLINK, _RTM_DELLINK) and len(body) >= _IFINFO.size:
@@ -241,10 +279,11 @@ class KernelWatch:
         elif kind in _RTM_TC and len(body) >= _TCMSG.size:
             index = _TCMSG.unpack_from(body)[1]
             if index in self._links and index not in own:
-                out.append(f"{self._links[index].name}: {_RTM_TC[kind]}")
+                name = self._links[index].name
+                out.append(_on(f"{name}: {_RTM_TC[kind]}", name))
 
     def _link_message(
-        self, kind: int, body: bytes, own: set[int] | frozenset[int], out: list[str]
+        self, kind: int, body: bytes, own: set[int] | frozenset[int], out: list[Change]
     ) -> None:
         family, _type, index, flags, _change = _IFINFO.unpack_from(body)
         attrs = _attrs(body, _IFINFO.size)
@@ -269,7 +308,7 @@ class KernelWatch:
         elif kind == _RTM_DELLINK:
             self._links.pop(index, None)
             if index not in own and known is not None:
-                out.append(f"{known.name}: deleted")
+                out.append(_on(f"{known.name}: deleted", known.name))
             return
         else:
             info = _attrs(attrs.get(_IFLA_LINKINFO, b""))
@@ -284,9 +323,9 @@ class KernelWatch:
         if index in own or now == known:
             return
         if known is None:
-            out.append(f"{name}: appeared")
+            out.append(Change(f"{name}: appeared", Scope(everything=True)))
         else:
-            out.extend(self._differences(known, now))
+            out.extend(_on(line, known.name, now.name) for line in self._differences(known, now))
 
     def _differences(self, before: LinkState, after: LinkState) -> list[str]:
         name = before.name
@@ -314,7 +353,7 @@ class KernelWatch:
         return known.name if known else f"#{index}"
 
     def _neigh_message(
-        self, kind: int, body: bytes, own: set[int] | frozenset[int], out: list[str]
+        self, kind: int, body: bytes, own: set[int] | frozenset[int], out: list[Change]
     ) -> None:
         family, index, state, _flags, _type = _NDMSG.unpack_from(body)
         if family != _AF_BRIDGE or index in own or index not in self._links:
@@ -325,13 +364,15 @@ class KernelWatch:
         removed = kind == _RTM_DELNEIGH
         if mac == _ZERO_MAC and _NDA_DST in attrs:
             peer = _peer(attrs[_NDA_DST])
-            out.append(f"{port}: flooding peer {peer} {'removed' if removed else 'added'}")
+            out.append(
+                _on(f"{port}: flooding peer {peer} {'removed' if removed else 'added'}", port)
+            )
         elif state & _NUD_NOARP and not state & _NUD_PERMANENT:
-            out.append(f"{port}: static entry {mac} {'removed' if removed else 'added'}")
+            out.append(_on(f"{port}: static entry {mac} {'removed' if removed else 'added'}", port))
 
     # nftables
 
-    def _nft_message(self, data: bytes, out: list[str]) -> None:
+    def _nft_message(self, data: bytes, out: list[Change]) -> None:
         kind = _NLMSG_HDR.unpack_from(data)[1]
         if kind >> 8 != _NFNL_SUBSYS_NFTABLES:
             return
@@ -349,7 +390,7 @@ class KernelWatch:
                 changes = sorted(dict.fromkeys(changes), key=_weight)
                 shown = ", ".join(changes[:_SHOWN])
                 more = f" and {len(changes) - _SHOWN} more" if len(changes) > _SHOWN else ""
-                out.append(f"nftables: {shown}{more} by {by}")
+                out.append(Change(f"nftables: {shown}{more} by {by}", Scope(tables=True)))
             return
         family = _NFPROTO.get(body[0])
         if family is None or _text(attrs.get(1)) != TABLE:

@@ -295,11 +295,6 @@ class Switch:
 
     # the whole switch
 
-    def repair(self) -> None:
-        """Put the kernel back to the state (another program changed it); raises
-        DataplaneError naming what could not be repaired, after the rest."""
-        self._dataplane.reconcile(self._state)
-
     def graph(self) -> str:
         return self._dataplane.graph(self._state)
 

@@ -9,16 +9,17 @@ import pytest
 
 from butterfly.daemon.drift import MAX_DELAY, SETTLE, DriftRepair
 from butterfly.dataplane.guard import ALL_OK, BRIDGE_OK, OUTBOUND_OK, GuardKind, program
+from butterfly.dataplane.watch import Change, Scope
 from butterfly.errors import DataplaneError
 
 
 class FakeWatch:
     def __init__(self) -> None:
-        self.queued: list[str] = []
+        self.queued: list[Change] = []
         self.own_seen: list[set[int] | frozenset[int]] = []
         self.primed = 0
 
-    def drain(self, own_links: set[int] | frozenset[int] = frozenset()) -> list[str]:
+    def drain(self, own_links: set[int] | frozenset[int] = frozenset()) -> list[Change]:
         self.own_seen.append(own_links)
         found, self.queued = self.queued, []
         return found
@@ -62,19 +63,29 @@ class Rig:
         self.dataplane = FakeDataplane()
         self.clock = Clock()
         self.repairs = 0
+        self.scopes: list[Scope] = []
         self.fail = fail
         self.drift = DriftRepair(
             dataplane=self.dataplane, repair=self.repair, report_only=report_only, clock=self.clock
         )
 
-    def repair(self) -> None:
+    def repair(self, scope: Scope) -> None:
+        self.scopes.append(scope)
         self.repairs += 1
         if self.fail:
             raise DataplaneError("reconcile: nic 'a': namespace gone")
 
     def change(self, *lines: str) -> None:
-        self.dataplane.fake_watch.queued += lines
+        self.dataplane.fake_watch.queued += [_change(line) for line in lines]
         self.drift.readable()
+
+
+def _change(line: str) -> Change:
+    """A change as the watch makes it: nftables's are about the tables, others
+    about the link they name first."""
+    if line.startswith("nftables:"):
+        return Change(line, Scope(tables=True))
+    return Change(line, Scope(links=frozenset([line.split(":", maxsplit=1)[0]])))
 
 
 def test_nothing_pending_means_no_timeout_and_no_repair() -> None:
@@ -95,7 +106,19 @@ def test_a_change_is_repaired_once_it_settles() -> None:
     rig.drift.run_due()
     assert rig.repairs == 1
     assert rig.drift.timeout() is None
-    assert rig.dataplane.fake_watch.primed == 1, "the watch learns the repaired links"
+    assert rig.dataplane.fake_watch.primed == 0, "no dump: the repair's echo told the watch"
+
+
+def test_after_lost_notifications_everything_is_repaired_and_the_links_dumped() -> None:
+    rig = Rig()
+    rig.dataplane.fake_watch.queued.append(
+        Change("links: notifications lost (socket overflow)", Scope(everything=True))
+    )
+    rig.drift.readable()
+    rig.clock.now += MAX_DELAY
+    rig.drift.run_due()
+    assert rig.scopes == [Scope(everything=True)]
+    assert rig.dataplane.fake_watch.primed == 1
 
 
 def test_a_storm_is_repaired_by_max_delay_after_its_first_change() -> None:
@@ -113,7 +136,7 @@ def test_a_storm_is_repaired_by_max_delay_after_its_first_change() -> None:
 
 def test_a_request_waits_for_the_pending_repair() -> None:
     rig = Rig()
-    rig.dataplane.fake_watch.queued.append("bf-a: mtu 1450 -> 1400")
+    rig.dataplane.fake_watch.queued.append(_change("bf-a: mtu 1450 -> 1400"))
     rig.drift.before_request()
     assert rig.repairs == 1
 
@@ -136,7 +159,17 @@ def test_counts_and_one_log_line_per_repair(caplog: pytest.LogCaptureFixture) ->
     assert (report.changes_seen, report.changes_repaired, report.repairs) == (3, 3, 1)
     assert report.last_changes == ("bf-a: down", "bf-a: down", "bfbr1: deleted")
     lines = [r.getMessage() for r in caplog.records if "drift" in r.getMessage()]
-    assert lines == ["kernel drift repaired: bf-a: down; bfbr1: deleted"]
+    assert len(lines) == 1 and lines[0].startswith("kernel drift repaired in ")
+    assert lines[0].endswith(" ms after the first change: bf-a: down; bfbr1: deleted")
+    assert rig.scopes == [Scope(links=frozenset({"bf-a", "bfbr1"}))], "one repair of both"
+
+
+def test_a_repair_looks_at_the_tables_only_when_they_changed() -> None:
+    rig = Rig()
+    rig.change("nftables: delete table inet butterfly by nft (pid 3)")
+    rig.clock.now += MAX_DELAY
+    rig.drift.run_due()
+    assert rig.scopes == [Scope(tables=True)]
 
 
 def test_a_failed_repair_is_counted_and_logged_with_the_changes(

@@ -2,12 +2,14 @@
 reported, one line each; what the data plane itself changes (a request, a repair)
 is not, or drift repair would chase its own echo forever."""
 
+import functools
+import operator
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from butterfly.dataplane.naming import TABLE
-from butterfly.dataplane.watch import KernelWatch
+from butterfly.dataplane.watch import Change, KernelWatch, Scope
 from butterfly.model import State
 
 from .conftest import Dataplane, Host, Lab, netns_vnic, open_sg, plug
@@ -39,7 +41,11 @@ def watched(lab: Lab) -> Iterator[Watched]:
 
 def own(dataplane: Dataplane, watch: KernelWatch) -> list[str]:
     """Drain as the daemon does after its own work."""
-    return watch.drain(dataplane.take_touched())
+    return lines(watch.drain(dataplane.take_touched()))
+
+
+def lines(changes: list[Change]) -> list[str]:
+    return [change.what for change in changes]
 
 
 @pytest.mark.parametrize(
@@ -58,35 +64,41 @@ def own(dataplane: Dataplane, watch: KernelWatch) -> list[str]:
 def test_a_foreign_change_is_one_line(watched: Watched, command: str, expected: list[str]) -> None:
     host, dataplane, state, watch = watched
     host.exec("sh", "-c", command)
-    found = watch.drain()
+    changes = watch.drain()
+    found = lines(changes)
     for line in expected:
         assert line in found
-    dataplane.reconcile(state)
+    name = expected[0].split(":")[0]
+    assert all(name in change.scope.links for change in changes if change.what in expected)
+    dataplane.repair(state, functools.reduce(operator.or_, (c.scope for c in changes)))
     assert own(dataplane, watch) == [], "the repair's own echo is not drift"
     host.exec("sh", "-c", command)
-    assert set(expected) <= set(watch.drain()), "the repaired object is still watched"
+    assert set(expected) <= set(lines(watch.drain())), "the repaired object is still watched"
 
 
 def test_a_rename_and_a_deletion_name_the_link(watched: Watched) -> None:
     host, dataplane, state, watch = watched
     host.exec("sh", "-c", "ip link set bf-a down && ip link set bf-a name stray")
-    assert watch.drain() == ["bf-a: down", "bf-a: renamed to stray"]
-    dataplane.reconcile(state)
+    changes = watch.drain()
+    assert lines(changes) == ["bf-a: down", "bf-a: renamed to stray"]
+    assert changes[1].scope.links == {"bf-a", "stray"}
+    dataplane.repair(state, changes[0].scope | changes[1].scope)
     assert own(dataplane, watch) == []
     assert host.ip("-o", "link", "show", "bf-a").strip(), "renamed back"
     host.exec("ip", "link", "del", "bf-a")
-    assert "bf-a: deleted" in watch.drain()
+    assert "bf-a: deleted" in lines(watch.drain())
 
 
 def test_nftables_changes_name_the_program_unless_it_is_us(watched: Watched) -> None:
     host, dataplane, state, watch = watched
     host.exec("nft", "delete", "table", "inet", TABLE)
-    (line,) = watch.drain()
-    assert line.startswith(f"nftables: delete table inet {TABLE}") and "by nft (pid " in line
-    dataplane.reconcile(state)
+    (change,) = watch.drain()
+    assert change.what.startswith(f"nftables: delete table inet {TABLE}")
+    assert "by nft (pid " in change.what and change.scope == Scope(tables=True)
+    dataplane.repair(state, change.scope)
     assert own(dataplane, watch) == []
     host.exec("nft", "add", "table", "inet", "someone_else")
-    assert watch.drain() == [], "other programs' tables are theirs"
+    assert lines(watch.drain()) == [], "other programs' tables are theirs"
 
 
 def test_requests_are_not_drift(lab: Lab, watched: Watched) -> None:
