@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from butterfly.bench.drift import gap_around, repair_times
 from butterfly.daemon.drift import MAX_DELAY, SETTLE, DriftRepair
 from butterfly.dataplane.guard import ALL_OK, BRIDGE_OK, OUTBOUND_OK, GuardKind, program
 from butterfly.dataplane.watch import Change, Scope
@@ -219,3 +220,17 @@ def test_the_guard_program_checks_its_kinds_bits_and_clears_them(kind: GuardKind
 def test_an_unfiltered_port_needs_neither_inbound_proof() -> None:
     assert GuardKind.OPEN.mask == BRIDGE_OK | OUTBOUND_OK
     assert GuardKind.FILTERED.mask == ALL_OK
+
+
+def test_the_bench_window_is_the_longest_gap_around_the_change() -> None:
+    stamps = [9.98, 9.99, 10.25, 10.26]
+    assert gap_around(stamps, 10.0, 11.0) == pytest.approx(0.26)
+    assert gap_around([], 10.0, 11.0) == pytest.approx(1.0), "nothing came back at all"
+
+
+def test_the_bench_reads_repair_times_from_the_log() -> None:
+    log = (
+        "x WARNING butterfly.daemon.drift: kernel drift repaired in 44 ms, 50 ms after the"
+        " first change: bf-srv: down\nother line\n"
+    )
+    assert repair_times(log) == [94.0]
