@@ -82,7 +82,7 @@ class DriftRepair:
 
     def readable(self) -> None:
         """Notifications arrived while no request was being answered: not ours."""
-        self._note(self._watch.drain())
+        self._drain(frozenset())
 
     def before_request(self) -> None:
         """A request is about to be answered: repair first what is pending."""
@@ -92,7 +92,7 @@ class DriftRepair:
 
     def after_request(self) -> None:
         """The request's own changes are queued by now: drain them as ours."""
-        self._note(self._watch.drain(self._dataplane.take_touched()))
+        self._drain(self._dataplane.take_touched())
 
     def timeout(self) -> float | None:
         """Seconds until a repair is due; None when nothing is pending."""
@@ -117,6 +117,16 @@ class DriftRepair:
         )
 
     # the work
+
+    def _drain(self, own: set[int] | frozenset[int]) -> None:
+        """What arrived; a watch that cannot be read any more is a change of
+        everything (the daemon must go on answering)."""
+        try:
+            changes = self._watch.drain(own)
+        except DataplaneError as error:
+            log.error("kernel drift: %s", error)
+            changes = [Change(f"watch: {error}", Scope(everything=True))]
+        self._note(changes)
 
     def _note(self, changes: list[Change]) -> None:
         if not changes:
@@ -145,6 +155,10 @@ class DriftRepair:
         except DataplaneError as error:
             self._failures += 1
             log.error("kernel drift: repair failed: %s; changes: %s", error, shown)
+        except Exception:
+            # A bug must not stop the daemon answering: the next change retries.
+            self._failures += 1
+            log.exception("kernel drift: repair failed unexpectedly; changes: %s", shown)
         else:
             self._repairs += 1
             self._repaired += len(changes)
@@ -156,6 +170,6 @@ class DriftRepair:
             )
         # The repair's own notifications; after lost ones, the links as they are
         # (a dump: seconds with thousands of links, so only then).
-        self._note(self._watch.drain(self._dataplane.take_touched()))
+        self._drain(self._dataplane.take_touched())
         if scope.everything:
             self._dataplane.rewatch(self._watch)

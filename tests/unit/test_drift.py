@@ -60,12 +60,13 @@ class Clock:
 
 
 class Rig:
-    def __init__(self, *, report_only: bool = False, fail: bool = False) -> None:
+    def __init__(self, *, report_only: bool = False, fail: bool = False, bug: bool = False) -> None:
         self.dataplane = FakeDataplane()
         self.clock = Clock()
         self.repairs = 0
         self.scopes: list[Scope] = []
         self.fail = fail
+        self.bug = bug
         self.drift = DriftRepair(
             dataplane=self.dataplane, repair=self.repair, report_only=report_only, clock=self.clock
         )
@@ -75,6 +76,8 @@ class Rig:
         self.repairs += 1
         if self.fail:
             raise DataplaneError("reconcile: nic 'a': namespace gone")
+        if self.bug:
+            raise KeyError("bf-a")
 
     def change(self, *lines: str) -> None:
         self.dataplane.fake_watch.queued += [_change(line) for line in lines]
@@ -184,6 +187,32 @@ def test_a_failed_repair_is_counted_and_logged_with_the_changes(
     report = rig.drift.report()
     assert (report.repairs, report.repair_failures, report.changes_repaired) == (0, 1, 0)
     assert "namespace gone" in caplog.text and "bf-a: deleted" in caplog.text
+
+
+def test_a_bug_in_a_repair_is_a_failure_not_the_daemons_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = Rig(bug=True)
+    with caplog.at_level(logging.ERROR):
+        rig.change("bf-a: deleted")
+        rig.drift.before_request()
+    assert rig.drift.report().repair_failures == 1
+    assert "repair failed unexpectedly" in caplog.text
+
+
+def test_a_watch_that_cannot_be_read_asks_for_everything() -> None:
+    rig = Rig()
+
+    def broken(own_links: object = frozenset()) -> list[Change]:
+        raise DataplaneError("watching the kernel: Bad file descriptor")
+
+    rig.dataplane.fake_watch.drain = broken  # type: ignore[method-assign]
+    rig.drift.readable()
+    assert rig.drift.report().changes_seen == 1
+    rig.dataplane.fake_watch.drain = FakeWatch().drain  # type: ignore[method-assign]
+    rig.clock.now += MAX_DELAY
+    rig.drift.run_due()
+    assert rig.scopes == [Scope(everything=True)]
 
 
 def test_report_only_counts_and_logs_but_never_repairs(caplog: pytest.LogCaptureFixture) -> None:
