@@ -25,8 +25,10 @@ change)::
       forward  forward -200      group frames: mark := @port_ids[oif] (vnic id,
                                  0 for VXLAN and bypass ports); IP/ARP:
                                  goto @port_in[iif] (only while a vnic has IP
-                                 anti-spoofing on), accept; anything else from
-                                 or to a filtered vnic: drop
+                                 anti-spoofing on: every port is there, its
+                                 checks or ip_unchecked; a port missing: drop),
+                                 accept; anything else from or to a filtered
+                                 vnic: drop
       spoof_ip                   by frame type: ARP sender (MAC and IP) and IP
                                  source in @port_macs, @port_ip4, IPv6 source in
                                  @port_ip6, neighbour advertisement target in
@@ -263,6 +265,15 @@ def _prove(bits: int) -> Json:
     return {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), bits]}}}
 
 
+_IP_OR_ARP_ACCEPT = (
+    rule(_IP, _prove(BRIDGE_OK), _ACCEPT),
+    rule(_ARP, _prove(ALL_OK), _ACCEPT),
+)
+"""IP frames proven by the bridge table; ARP (no group looks at it) by all."""
+_UNCHECKED = "ip_unchecked"
+"""The port_in verdict of a port without IP anti-spoofing."""
+
+
 def _hex128(address: str) -> str:
     return f"0x{int(ipaddress.IPv6Address(address)):032x}"
 
@@ -379,9 +390,13 @@ class Layout:
             (BRIDGE, "forward"): Chain(
                 (
                     rule(_GROUP_FRAME, _set_from_map(_meta("mark"), _meta("oifname"), "port_ids")),
-                    *((rule(_IP_OR_ARP, _vmap(_IIF, "port_in")),) if check_ips else ()),
-                    rule(_IP, _prove(BRIDGE_OK), _ACCEPT),
-                    rule(_ARP, _prove(ALL_OK), _ACCEPT),
+                    *(
+                        # Every port is in port_in: one missing (a flushed map)
+                        # drops rather than skips anti-spoofing.
+                        (rule(_IP_OR_ARP, _vmap(_IIF, "port_in")), rule(_IP_OR_ARP, _DROP))
+                        if check_ips
+                        else _IP_OR_ARP_ACCEPT
+                    ),
                     rule(_match(_IIF, "@filtered"), _DROP),
                     rule(_match(_meta("oifname"), "@filtered"), _DROP),
                     rule(_prove(BRIDGE_OK | OUTBOUND_OK), _ACCEPT),
@@ -434,6 +449,9 @@ class Layout:
             ),
         }
         chains.update({(BRIDGE, name): chain for name, chain in _spoof_chains().items()})
+        chains[(BRIDGE, _UNCHECKED)] = Chain(
+            (_IP_OR_ARP_ACCEPT[0], rule(_prove(ALL_OK), _ACCEPT))  # IP or ARP only here
+        )
         for (family, name), chain in chains.items():
             objects[Key("chain", family, name)] = chain
         return objects
@@ -447,6 +465,7 @@ class Layout:
         objects: dict[Key, Obj] = {
             Key("element", INET, "zones", bridge): zone,
             Key("element", BRIDGE, "port_ids", vxlan): 0,
+            Key("element", BRIDGE, "port_in", vxlan): Verdict(_UNCHECKED),
         }
         if quiet:
             objects[Key("element", INET, "quiet", bridge)] = PRESENT
@@ -458,10 +477,13 @@ class Layout:
         """A vnic's id, anti-spoofing data and dispatch to its profile.
 
         A vnic that bypasses filtering only gets its id reset (the mark of
-        group frames towards it).
+        group frames towards it) and no IP check.
         """
         if vnic_filter is None or vnic_id is None:
-            return {Key("element", BRIDGE, "port_ids", port): 0}
+            return {
+                Key("element", BRIDGE, "port_ids", port): 0,
+                Key("element", BRIDGE, "port_in", port): Verdict(_UNCHECKED),
+            }
         spoof = vnic_filter.anti_spoof
         profile_in, profile_out = profile_chains(vnic_filter.security_groups)
         objects: dict[Key, Obj] = {
@@ -470,6 +492,7 @@ class Layout:
             Key("element", INET, "in_mac", (bridge, spoof.mac)): Verdict(profile_in),
             Key("element", INET, "out_mac", (bridge, spoof.mac)): Verdict(profile_out),
             Key("element", INET, "in_dispatch", vnic_id): Verdict(profile_in),
+            Key("element", BRIDGE, "port_in", port): Verdict(_UNCHECKED),
         }
         if spoof.check_ip:
             objects[Key("element", BRIDGE, "port_in", port)] = Verdict("spoof_ip")

@@ -54,7 +54,13 @@ def make_switch(lab: Lab, *extra_args: str) -> Switch:
     server, client = lab.vm(), lab.vm()
     host.add_vnic("srv", vm=server, mac=SERVER_MAC, vni=VNI, ips=[SERVER], security_groups=["web"])
     host.add_vnic(
-        "cli", vm=client, mac="52:54:00:00:32:11", vni=VNI, ips=[CLIENT], security_groups=["open"]
+        "cli",
+        vm=client,
+        mac="52:54:00:00:32:11",
+        vni=VNI,
+        ips=[CLIENT],
+        security_groups=["open"],
+        ip_anti_spoof=True,  # the bridge table's IP checks are on the path too
     )
     for port in (80, 81):
         server.listen("tcp", port)
@@ -162,6 +168,7 @@ CHANGES = {
     "flush dispatch map": f"nft flush map inet {TABLE} in_mac",
     "flush port ids": f"nft flush map bridge {TABLE} port_ids",
     "flush filtered set": f"nft flush set bridge {TABLE} filtered",
+    "flush anti-spoofing map": f"nft flush map bridge {TABLE} port_in",
     "delete port": "ip link del bf-srv",
     "port down": "ip link set bf-srv down",
     "port off bridge": "ip link set bf-srv nomaster",

@@ -128,7 +128,10 @@ def test_a_vnic_is_elements_and_a_shared_profile() -> None:
     assert objects[Key("element", INET, "out_mac", named)] == Verdict(profile_out)
     assert objects[Key("element", INET, "in_dispatch", 7)] == Verdict(profile_in)
     bypass = LAYOUT.vnic("bf-v", "bfbr1", None, None)
-    assert bypass == {Key("element", BRIDGE, "port_ids", "bf-v"): 0}
+    assert bypass == {
+        Key("element", BRIDGE, "port_ids", "bf-v"): 0,
+        Key("element", BRIDGE, "port_in", "bf-v"): Verdict("ip_unchecked"),
+    }
 
 
 def test_a_profile_restricts_outbound_only_when_asked() -> None:
