@@ -21,7 +21,7 @@ import pytest
 from switch_helpers import BackgroundPing
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.lab import Host, Lab, Vm, wait_for
+from butterfly.bench.lab import UNDERLAY_V4, Host, Lab, Vm, wait_for
 from butterfly.dataplane.naming import TABLE, sg_in_chain
 from butterfly.dataplane.ruleset import BRIDGE, INET, Key, Obj, parse_listing
 
@@ -215,6 +215,25 @@ def test_a_storm_of_flushes_leaves_the_daemon_answering_and_the_kernel_right(
     wait_kernel_right(switch)
     assert switch.allowed(timeout=1.0)
     assert switch.client.blocked("tcp", SERVER, 81)
+
+
+def test_a_removed_flooding_peer_is_put_back(switch: Switch) -> None:
+    peer = UNDERLAY_V4.format(200)  # on the lab's own fabric, where no host has it
+    switch.host.cli("vni", "peer", "add", str(VNI), peer)
+    try:
+
+        def flooded() -> bool:
+            shown = switch.host.exec("bridge", "fdb", "show", "dev", f"bfvx{VNI}")
+            return f"dst {peer} " in shown
+
+        assert flooded()
+        switch.host.exec(
+            "bridge", "fdb", "del", "00:00:00:00:00:00", "dev", f"bfvx{VNI}", "dst", peer
+        )
+        wait_for(flooded, "the flooding peer put back", timeout=5)
+        assert any(peer in line for line in drift_status(switch.host).last_changes)
+    finally:
+        switch.host.cli("vni", "peer", "del", str(VNI), peer)
 
 
 def test_status_shows_drift_only_when_asked(switch: Switch) -> None:
