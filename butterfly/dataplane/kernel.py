@@ -124,8 +124,9 @@ class KernelDataplane:
     (--dpdk-args' iface), else the default route's interface. ``socket_dir``:
     where traces and their pid files go by default. ``nic_mtu``: the vnics'
     MTU (default: the underlay's minus the VXLAN overhead). ``offload``:
-    False turns off the checksum and segmentation offloads of every port
-    (--no-offload). ``packet_trace_default``: trace vnics whose
+    False turns off the checksum and segmentation offloads of both ends of
+    NETNS vnics' veths (--no-offload; a tap's are set by its reader: the
+    vhost-user backend, or QEMU for a TAP vnic). ``packet_trace_default``: trace vnics whose
     ``packet_trace`` is None. ``static_peers``: VXLAN peers flooded for every
     VNI (vxlan-peers). ``multicast``: flood to the VNI's multicast group
     (default: only when no static peers are configured). ``vhost``: the
@@ -858,7 +859,7 @@ class KernelDataplane:
         if bridge is None:
             raise DataplaneError(f"{what}: bridge {bridge_name(vnic.vni)} is missing")
         self._fix_link(j, link, master=bridge.index, mtu=self._vnic_mtu)
-        if not self._offload:
+        if vnic.type == VnicType.NETNS and not self._offload:
             self._step(j, f"turn off offloads of {name}", partial(turn_off_offloads, name))
         if link.alias is None:
             self._netlink.set_link(link.index, alias=vnic_alias(vnic.id))

@@ -1,13 +1,13 @@
 """A port's checksum and segmentation offloads, as ``ethtool -K IF tx off tso off`` sets them.
 
-Owns the one setting --no-offload makes on the kernel ports of vnics (taps
-and both ends of veths): the device's transmit checksum and TCP
-segmentation offloads, through pyroute2's ethtool ioctls. Turned off on a
-tap, the kernel checksums and segments every frame before a guest reads it,
-whatever QEMU asks of the tap later (a tap's offloads are what its reader
-asks for *and* what ethtool allows); on the inside end of a veth, the
-namespace's own stack does the same for what it sends. The ioctl reaches
-the interface of the network namespace of the calling thread.
+Owns the one setting --no-offload makes on NETNS vnics' veths: the
+transmit checksum and TCP segmentation offloads of each end, through
+pyroute2's ethtool ioctls. Off on the outside end, the kernel checksums and
+segments every frame before the namespace gets it; off on the inside end,
+the namespace's own stack does so for what it sends. (Taps are not set
+here: a tap's reader sets its offloads with TUNSETOFFLOAD, which overrides
+ethtool; the vhost-user backend does so from what it offered the guest.)
+The ioctl reaches the interface of the calling thread's network namespace.
 """
 
 from collections.abc import Iterator
