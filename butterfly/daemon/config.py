@@ -72,7 +72,7 @@ def _values_attached(argv: list[str], parser: argparse.ArgumentParser) -> list[s
     takes_value = {
         option
         for action in parser._actions
-        if action.nargs is None and not isinstance(action, _DpdkHelp)
+        if action.nargs is None
         for option in action.option_strings
     }
     joined: list[str] = []
@@ -138,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
         "--no-offload",
         action="store_true",
         default=None,
-        help="vnics without checksum or segmentation offloads (taps, veths, vhost-user)",
+        help="vnics without checksum or segmentation offloads: none offered to vhost-user"
+        " guests, none on netns vnics' veths",
     )
     parser.add_argument(
         "-u",

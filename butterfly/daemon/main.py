@@ -174,7 +174,8 @@ def run(config: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Every error is said once: on stderr, and in syslog when the logs go there."""
+    """Every error is said once on stderr: a bad option before the log exists, a
+    later error through the log (and printed as well when the log is syslog)."""
     try:
         config = parse_args(sys.argv[1:] if argv is None else argv)
     except ButterflyError as error:
