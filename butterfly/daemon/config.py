@@ -2,7 +2,9 @@
 
 As the original documents, a value in the configuration file overrides the
 same option given on the command line. Every bad value is a ConfigError that
-names the option and the file.
+names the option and the file. Every option of the original daemon is
+accepted, on the command line and in the file; those about DPDK are read by
+:mod:`butterfly.daemon.original`.
 """
 
 import argparse
@@ -10,6 +12,7 @@ import configparser
 from dataclasses import dataclass, field
 
 from butterfly import __version__
+from butterfly.daemon.original import DPDK_HELP, parse_cpu_list, parse_dpdk_args
 from butterfly.errors import ConfigError
 from butterfly.model import canonical_ip
 
@@ -41,6 +44,46 @@ class Config:
     """vhost-user worker processes; None: one per CPU."""
     dataplane: bool = True
     cleanup: bool = False
+    offload: bool = True
+    """False (--no-offload): vnics get no checksum or segmentation offloads."""
+    graph_cpus: tuple[int, ...] = ()
+    """The CPUs the vhost-user workers run on (-u/--graph-cpu-core); (): any."""
+    underlay_interface: str | None = None
+    """The underlay named by --dpdk-args' ``--vdev=...,iface=NAME``, for when --ip is not given."""
+    not_applicable: tuple[str, ...] = ()
+    """The original's options given that mean nothing here, said once at start-up."""
+
+
+class _DpdkHelp(argparse.Action):
+    """--dpdk-help: say there is no DPDK and exit, as --version does."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(DPDK_HELP, end="")
+        parser.exit()
+
+
+def _values_attached(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``--opt VALUE`` as ``--opt=VALUE`` for every option that takes a value.
+
+    The original (GLib) takes the next argument as the value whatever it
+    looks like; argparse would take ``--dpdk-args "-c1 -n1 ..."``'s value
+    for options of its own. Nothing after ``--`` is touched.
+    """
+    takes_value = {
+        option
+        for action in parser._actions
+        if action.nargs is None
+        for option in action.option_strings
+    }
+    joined: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            joined += [word, *words]
+            break
+        value = next(words, None) if word in takes_value else None
+        joined.append(word if value is None else f"{word}={value}")
+    return joined
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,10 +129,35 @@ def _parser() -> argparse.ArgumentParser:
         "--state", metavar="FILE", help=f"SQLite state file (default {DEFAULT_STATE})"
     )
     parser.add_argument(
+        "-m",
         "--nic-mtu",
-        type=int,
         metavar="MTU",
-        help="MTU of vnics (default: underlay MTU minus VXLAN overhead)",
+        help="MTU of vnics; 'max' (the default): the underlay's MTU minus VXLAN's overhead",
+    )
+    parser.add_argument(
+        "--no-offload",
+        action="store_true",
+        default=None,
+        help="vnics without checksum or segmentation offloads: none offered to vhost-user"
+        " guests, none on netns vnics' veths",
+    )
+    parser.add_argument(
+        "-u",
+        "--graph-cpu-core",
+        metavar="CPUS",
+        help="run the vhost-user workers on these CPUs (e.g. 0 or 0-3,6; default: any)",
+    )
+    parser.add_argument(
+        "--dpdk-args",
+        metavar="ARGS",
+        help="the original's DPDK arguments: a --vdev=...,iface=NAME names the underlay"
+        " interface when --ip is not given; the rest is ignored",
+    )
+    parser.add_argument(
+        "--dpdk-port", metavar="PORT", help="the original's DPDK port: accepted and ignored"
+    )
+    parser.add_argument(
+        "--dpdk-help", nargs=0, action=_DpdkHelp, help="say that there is no DPDK, and exit"
     )
     parser.add_argument(
         "--vxlan-peers",
@@ -156,6 +224,11 @@ def _read_file(path: str) -> dict[str, str]:
             "no-syslog",
             "nice",
             "vhost-workers",
+            "no-offload",
+            "graph-cpu-core",
+            "graph-core-id",
+            "dpdk-args",
+            "dpdk-port",
         },
         "security": {"encryption_key_path"},
     }
@@ -164,14 +237,19 @@ def _read_file(path: str) -> dict[str, str]:
             raise ConfigError(f"config file {path}: unknown section [{section}]")
         for name, value in parser.items(section):
             if name not in known[section]:
-                raise ConfigError(f"config file {path}: unknown option {name!r} in [{section}]")
-            values[name] = value.strip()
+                raise ConfigError(
+                    f"config file {path}: unknown option {name!r} in [{section}]"
+                    f" (known: {', '.join(sorted(known[section]))})"
+                )
+            # The original's sample file says graph-cpu-core, its code read graph-core-id.
+            values["graph-cpu-core" if name == "graph-core-id" else name] = value.strip()
     return values
 
 
 def parse_args(argv: list[str]) -> Config:
     """The merged configuration; argparse exits on bad usage, the rest is ConfigError."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(_values_attached(argv, parser))
     options: dict[str, str | bool | int | None] = {
         "ip": args.ip,
         "endpoint": args.endpoint,
@@ -184,6 +262,10 @@ def parse_args(argv: list[str]) -> Config:
         "no-syslog": args.no_syslog,
         "nice": args.nice,
         "vhost-workers": args.vhost_workers,
+        "no-offload": args.no_offload,
+        "graph-cpu-core": args.graph_cpu_core,
+        "dpdk-args": args.dpdk_args,
+        "dpdk-port": args.dpdk_port,
         "encryption_key_path": args.key,
     }
     where = "command line"
@@ -218,7 +300,7 @@ def parse_args(argv: list[str]) -> Config:
             raise ConfigError(f"{where}: {name} {parsed} is out of range {low}-{high}")
         return parsed
 
-    nic_mtu = number("nic-mtu", 576, 65535)
+    nic_mtu = None if (text("nic-mtu") or "").lower() == "max" else number("nic-mtu", 576, 65535)
     nice = number("nice", -20, 19)
     peers: list[str] = []
     for peer in filter(None, (p.strip() for p in (text("vxlan-peers") or "").split(","))):
@@ -226,6 +308,14 @@ def parse_args(argv: list[str]) -> Config:
         if canonical is None:
             raise ConfigError(f"{where}: vxlan-peers entry {peer!r} is not an IP address")
         peers.append(canonical)
+    dpdk = parse_dpdk_args(text("dpdk-args") or "", where)
+    not_applicable = []
+    if dpdk.unused:
+        not_applicable.append(f"dpdk-args {' '.join(dpdk.unused)!r}")
+    if text("dpdk-port") is not None:
+        number("dpdk-port", 0, 65535)
+        not_applicable.append(f"dpdk-port {text('dpdk-port')}")
+    cpus = text("graph-cpu-core")
     return Config(
         endpoint=text("endpoint") or DEFAULT_ENDPOINT,
         ip=canonical_ip(ip) if ip else None,
@@ -241,4 +331,8 @@ def parse_args(argv: list[str]) -> Config:
         vhost_workers=number("vhost-workers", 1, 1024),
         dataplane=not args.no_dataplane,
         cleanup=args.cleanup,
+        offload=not flag("no-offload"),
+        graph_cpus=parse_cpu_list(cpus, where) if cpus is not None else (),
+        underlay_interface=dpdk.interface,
+        not_applicable=tuple(not_applicable),
     )

@@ -24,7 +24,9 @@ LEVELS = {
 _root = logging.getLogger("butterfly")
 
 
-def setup_logging(*, syslog: bool, level: str) -> None:
+def setup_logging(*, syslog: bool, level: str) -> bool:
+    """Send the daemon's records to syslog, or to stderr; True when to stderr
+    (so that the caller does not print what it logs a second time)."""
     handler: logging.Handler
     if syslog and os.path.exists("/dev/log"):
         handler = logging.handlers.SysLogHandler(address="/dev/log")
@@ -37,8 +39,10 @@ def setup_logging(*, syslog: bool, level: str) -> None:
     _root.handlers[:] = [handler]
     _root.propagate = False
     set_level(level)
-    if syslog and not os.path.exists("/dev/log"):
+    to_stderr = isinstance(handler, logging.StreamHandler)
+    if syslog and to_stderr:
         _root.warning("no syslog socket at /dev/log: logging to stderr")
+    return to_stderr
 
 
 def set_level(level: str) -> None:

@@ -85,7 +85,9 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
     return KernelDataplane(
         underlay_ip=config.ip,
         socket_dir=config.socket_dir,
+        underlay_interface=config.underlay_interface,
         nic_mtu=config.nic_mtu,
+        offload=config.offload,
         packet_trace_default=config.packet_trace,
         static_peers=config.vxlan_peers,
         vhost=vhost,
@@ -125,12 +127,17 @@ def _renice(nice: int) -> None:
 
 
 def run(config: Config) -> None:
+    for option in config.not_applicable:
+        log.info("option %s: accepted, and not applicable here (butterflyd has no DPDK)", option)
     _renice(config.nice)
     key = load_key(config.key_path) if config.key_path else None
     os.makedirs(config.socket_dir, exist_ok=True)
     store = SqliteStore(config.state_path)
     supervisor = VhostSupervisor(
-        workers=config.vhost_workers, nice=min(19, config.nice + WORKERS_NICER)
+        workers=config.vhost_workers,
+        nice=min(19, config.nice + WORKERS_NICER),
+        cpus=config.graph_cpus,
+        offload=config.offload,
     )
     try:
         state = store.load()
@@ -167,16 +174,23 @@ def run(config: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every error is said once on stderr: a bad option before the log exists, a
+    later error through the log (and printed as well when the log is syslog)."""
     try:
         config = parse_args(sys.argv[1:] if argv is None else argv)
-        setup_logging(syslog=config.syslog, level=config.log_level)
+    except ButterflyError as error:
+        print(f"butterflyd: {error}", file=sys.stderr)
+        return 1
+    logs_to_stderr = setup_logging(syslog=config.syslog, level=config.log_level)
+    try:
         if config.cleanup:
             cleanup(socket_dir=config.socket_dir)
             log.info("removed every kernel object of butterfly")
         else:
             run(config)
     except ButterflyError as error:
-        print(f"butterflyd: {error}", file=sys.stderr)
+        if not logs_to_stderr:
+            print(f"butterflyd: {error}", file=sys.stderr)
         log.error("%s", error)
         return 1
     return 0

@@ -57,6 +57,7 @@ from butterfly.dataplane.naming import (
 from butterfly.dataplane.netlink import Link, Netlink
 from butterfly.dataplane.netns import open_netns, run_in_netns
 from butterfly.dataplane.nft import Nftables
+from butterfly.dataplane.offloads import turn_off_offloads
 from butterfly.dataplane.ruleset import (
     BOOTSTRAP,
     BRIDGE,
@@ -119,10 +120,13 @@ def _what(vnic: Vnic) -> str:
 class KernelDataplane:
     """The kernel data plane of the network namespace it is created in.
 
-    ``underlay_ip``: the daemon's --ip; None takes the default route's
-    interface. ``socket_dir``: where traces and their pid files go by
-    default. ``nic_mtu``: the vnics' MTU (default: the underlay's minus the
-    VXLAN overhead). ``packet_trace_default``: trace vnics whose
+    ``underlay_ip``: the daemon's --ip; None takes ``underlay_interface``
+    (--dpdk-args' iface), else the default route's interface. ``socket_dir``:
+    where traces and their pid files go by default. ``nic_mtu``: the vnics'
+    MTU (default: the underlay's minus the VXLAN overhead). ``offload``:
+    False turns off the checksum and segmentation offloads of both ends of
+    NETNS vnics' veths (--no-offload; a tap's are set by its reader: the
+    vhost-user backend, or QEMU for a TAP vnic). ``packet_trace_default``: trace vnics whose
     ``packet_trace`` is None. ``static_peers``: VXLAN peers flooded for every
     VNI (vxlan-peers). ``multicast``: flood to the VNI's multicast group
     (default: only when no static peers are configured). ``vhost``: the
@@ -139,7 +143,9 @@ class KernelDataplane:
         *,
         underlay_ip: str | None,
         socket_dir: str,
+        underlay_interface: str | None = None,
         nic_mtu: int | None = None,
+        offload: bool = True,
         packet_trace_default: bool = False,
         vxlan_port: int = 4789,
         static_peers: tuple[str, ...] = (),
@@ -157,6 +163,7 @@ class KernelDataplane:
         self._multicast = not static_peers if multicast is None else multicast
         self._fault_hook = fault_hook
         self._vhost = vhost
+        self._offload = offload
         self._port_types = {VnicType.TAP, VnicType.NETNS}
         if vhost is not None:
             self._port_types.add(VnicType.VHOST_USER_SERVER)
@@ -164,7 +171,15 @@ class KernelDataplane:
         """vnic id -> ifindex of the tap the backend was asked to serve it on."""
         self._netlink = Netlink()
         try:
-            self._underlay: Underlay = find_underlay(self._netlink, underlay_ip)
+            self._underlay: Underlay = find_underlay(self._netlink, underlay_ip, underlay_interface)
+            if underlay_interface not in (None, self._underlay.ifname):
+                log.warning(
+                    "dpdk-args names iface %s, but --ip %s is on %s: VXLAN runs on %s",
+                    underlay_interface,
+                    underlay_ip,
+                    self._underlay.ifname,
+                    self._underlay.ifname,
+                )
             for peer in static_peers:
                 if (":" in peer) != (self._underlay.version == 6):
                     raise ConfigError(
@@ -844,6 +859,8 @@ class KernelDataplane:
         if bridge is None:
             raise DataplaneError(f"{what}: bridge {bridge_name(vnic.vni)} is missing")
         self._fix_link(j, link, master=bridge.index, mtu=self._vnic_mtu)
+        if vnic.type == VnicType.NETNS and not self._offload:
+            self._step(j, f"turn off offloads of {name}", partial(turn_off_offloads, name))
         if link.alias is None:
             self._netlink.set_link(link.index, alias=vnic_alias(vnic.id))
         self._fix_forwarding(j, vnic)
@@ -1010,6 +1027,7 @@ class KernelDataplane:
         wanted = {_prefixed(ip) for ip in vnic.ips}
         stale = {_prefixed(ip) for ip in previous.ips} - wanted if previous else set()
         mtu = self._vnic_mtu
+        offload = self._offload
 
         def inside() -> tuple[int, list[_PeerOp]]:
             with Netlink() as netlink:
@@ -1029,6 +1047,8 @@ class KernelDataplane:
                     for op in todo:
                         _peer_op(netlink, link.index, op, forward=True)
                         done.append(op)
+                    if not offload:
+                        turn_off_offloads(name)
                 except DataplaneError:
                     _revert_peer(netlink, link.index, done)
                     raise
