@@ -83,7 +83,11 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 
 
 def _expected_envelope(frame: bytes) -> tuple[str, Messages | None]:
-    """How the daemon must answer ``frame``: 'parse', 'empty', 'encrypted' or 'messages'."""
+    """How the (keyless) daemon must answer ``frame``: 'parse', 'rejected' or 'messages'.
+
+    As the deployed daemon: without a key it answers the messages if there
+    are any, and rejects the rest (nothing, or only encrypted content).
+    """
     parsed = Messages()
     try:
         parsed.ParseFromString(frame)
@@ -91,10 +95,8 @@ def _expected_envelope(frame: bytes) -> tuple[str, Messages | None]:
         return "parse", None
     if not parsed.IsInitialized():  # so is a missing required field, as in C++
         return "parse", None
-    if parsed.HasField("encrypted"):
-        return "encrypted", parsed
     if not parsed.messages:
-        return "empty", parsed
+        return "rejected", parsed
     return "messages", parsed
 
 
@@ -127,11 +129,9 @@ def _check(target: Target, frame: bytes, *, generated: bool = True) -> None:
     succeeded = False
     if kind == "parse":
         assert [m.error.code for m in reply.messages] == [Error.PARSE_ERROR], reply
-    elif kind == "empty":
-        assert [m.error.code for m in reply.messages] == [Error.EMPTY_REQUEST], reply
-    elif kind == "encrypted":
-        assert not reply.messages
-        assert reply.encrypted.error.code == Encrypted.Error.NOT_SUPPORTED
+    elif kind == "rejected":
+        assert [m.error.code for m in reply.messages] == [Error.REJECTED], reply
+        assert not reply.HasField("encrypted"), reply
     else:
         assert parsed is not None
         assert len(reply.messages) == len(parsed.messages)
