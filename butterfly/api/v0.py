@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from butterfly.api.additions import asks_for_additions, strip_additions
 from butterfly.api.convert import (
     nic_to_proto,
     rule_from_proto,
@@ -105,6 +106,8 @@ class V0Handlers:
             response.Clear()
             response.status.status = False
             response.status.error.description = f"Internal error while answering {kind}"
+        if not asks_for_additions(message.request):
+            strip_additions(response)
         return reply
 
     # vnics

@@ -68,11 +68,16 @@ _MAX_MASK = 128
 
 
 def envelope(requests: Sequence[Request], ids: Sequence[str] | None = None) -> Messages:
-    """One frame holding ``requests`` in order, tagged with ``ids`` if given."""
+    """One frame holding ``requests`` in order, tagged with ``ids`` if given.
+
+    Each asks for butterfly's additions in its reply (``with_additions``):
+    this CLI shows all the daemon knows; deployed daemons ignore the field.
+    """
     messages = Messages()
     for index, request in enumerate(requests):
         message = messages.messages.add(revision=REVISION)
         message.message_0.request.CopyFrom(request)
+        message.message_0.request.with_additions = True
         if ids is not None:
             message.message_0.message_id = ids[index]
     return messages

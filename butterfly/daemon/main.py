@@ -81,7 +81,9 @@ WORKERS_NICER = 10
 
 def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
     if not config.dataplane:
-        return ControlOnlyDataplane(socket_dir=config.socket_dir)
+        return ControlOnlyDataplane(
+            socket_dir=config.socket_dir, packet_trace_default=config.packet_trace
+        )
     return KernelDataplane(
         underlay_ip=config.ip,
         socket_dir=config.socket_dir,

@@ -27,6 +27,10 @@ class Attachment:
     """The vhost-user socket, the tap's name or the netns the veth went into."""
     mtu: int | None = None
     """None when the data plane does not set one."""
+    packet_trace: bool = False
+    """Whether the vnic is traced: its own setting, else the daemon's (-t)."""
+    packet_trace_path: str = ""
+    """The pcap file its trace goes (or would go) to."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,14 +10,19 @@ from collections.abc import Mapping
 
 from butterfly.dataplane.base import Attachment, Counters, SgChange
 from butterfly.dataplane.naming import tap_name, vhost_socket_path
+from butterfly.dataplane.tracing import trace_settings
 from butterfly.model import StateView, Vnic, VnicType
 
 __all__ = ["ControlOnlyDataplane", "desired_state_graph"]
 
 
 class ControlOnlyDataplane:
-    def __init__(self, *, socket_dir: str) -> None:
+    """``packet_trace_default``: what nic_details reports for vnics that do not
+    say (nothing is traced, but the settings are the daemon's as with the kernel)."""
+
+    def __init__(self, *, socket_dir: str, packet_trace_default: bool = False) -> None:
         self._socket_dir = socket_dir
+        self._trace_default = packet_trace_default
 
     def reconcile(self, state: StateView) -> None:
         pass
@@ -39,10 +44,13 @@ class ControlOnlyDataplane:
 
     def attachment(self, vnic: Vnic) -> Attachment:
         if vnic.type == VnicType.VHOST_USER_SERVER:
-            return Attachment(vhost_socket_path(self._socket_dir, vnic.id))
-        if vnic.type == VnicType.NETNS:
-            return Attachment(vnic.netns)
-        return Attachment(tap_name(vnic.id))
+            path = vhost_socket_path(self._socket_dir, vnic.id)
+        else:
+            path = vnic.netns if vnic.type == VnicType.NETNS else tap_name(vnic.id)
+        traced, trace_file = trace_settings(
+            vnic, default=self._trace_default, socket_dir=self._socket_dir
+        )
+        return Attachment(path, packet_trace=traced, packet_trace_path=trace_file)
 
     def counters(self, vnic: Vnic) -> Counters:
         return Counters()

@@ -47,7 +47,6 @@ from butterfly.dataplane.naming import (
     profile_chains,
     retired_name,
     tap_name,
-    trace_path,
     trace_pidfile,
     vhost_socket_path,
     vni_alias,
@@ -72,7 +71,7 @@ from butterfly.dataplane.ruleset import (
     parse_listing,
     tables,
 )
-from butterfly.dataplane.tracing import Tracer
+from butterfly.dataplane.tracing import Tracer, trace_settings
 from butterfly.dataplane.underlay import Underlay, find_underlay, flood_group
 from butterfly.errors import ConfigError, DataplaneError, NotSupported
 from butterfly.model import SecurityGroup, StateView, Vnic, VnicType
@@ -323,12 +322,16 @@ class KernelDataplane:
                 self._sync_peers(j, vxlan, wanted)
 
     def attachment(self, vnic: Vnic) -> Attachment:
+        mtu: int | None = self._vnic_mtu
         if vnic.type == VnicType.VHOST_USER_SERVER:
+            path = vhost_socket_path(self._socket_dir, vnic.id)
             mtu = self._vnic_mtu if self._vhost is not None else None
-            return Attachment(vhost_socket_path(self._socket_dir, vnic.id), mtu)
-        if vnic.type == VnicType.NETNS:
-            return Attachment(vnic.netns, self._vnic_mtu)
-        return Attachment(tap_name(vnic.id), self._vnic_mtu)
+        else:
+            path = vnic.netns if vnic.type == VnicType.NETNS else tap_name(vnic.id)
+        traced, trace_file = trace_settings(
+            vnic, default=self._trace_default, socket_dir=self._socket_dir
+        )
+        return Attachment(path, mtu, packet_trace=traced, packet_trace_path=trace_file)
 
     def counters(self, vnic: Vnic) -> Counters:
         """The host-side interface's bytes: what it transmits went in to the
@@ -1078,10 +1081,10 @@ class KernelDataplane:
     # traces
 
     def _trace_file(self, vnic: Vnic) -> str | None:
-        wanted = self._trace_default if vnic.packet_trace is None else vnic.packet_trace
-        if not wanted:
-            return None
-        return vnic.packet_trace_path or trace_path(self._socket_dir, vnic.id)
+        traced, path = trace_settings(
+            vnic, default=self._trace_default, socket_dir=self._socket_dir
+        )
+        return path if traced else None
 
     def _apply_trace(self, j: Journal, vnic: Vnic) -> None:
         """Start, move or stop the vnic's trace: the last step of a request, so

@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 
 from butterfly.api.client import Client
 from butterfly.api.codec import REVISION
-from butterfly.api.proto.encrypted_pb2 import Encrypted
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Error, Messages
 from butterfly.bench.daemon import DaemonProcess
@@ -309,7 +308,11 @@ def absurd_nics(draw: st.DrawFn) -> MessageV0.Nic:
 def absurd_requests(draw: st.DrawFn) -> MessageV0.Request:
     kind = draw(
         st.sampled_from(
-            [f.name for f in MessageV0.Request.DESCRIPTOR.fields if f.name != "app_quit"]
+            [
+                f.name
+                for f in MessageV0.Request.DESCRIPTOR.oneofs_by_name["request"].fields
+                if f.name != "app_quit"
+            ]
         )
     )
     value: Any
@@ -336,6 +339,8 @@ def absurd_requests(draw: st.DrawFn) -> MessageV0.Request:
     elif kind in ("sg_member_add", "sg_member_del"):
         cls = MessageV0.SgMemberAddReq if kind == "sg_member_add" else MessageV0.SgMemberDelReq
         value = cls(sg_id=draw(texts), member=draw(ips))
+    elif kind == "nic_import":
+        value = MessageV0.NicImportReq(id=draw(texts), data=draw(st.binary(max_size=300)))
     elif kind in ("vni_peer_add", "vni_peer_del"):
         value = MessageV0.VniPeerReq(vni=draw(uint32), peer=draw(ips))
     elif kind == "app_config":
@@ -348,7 +353,10 @@ def absurd_requests(draw: st.DrawFn) -> MessageV0.Request:
         value = draw(st.booleans())
     else:
         value = draw(texts)
-    return MessageV0.Request(**{kind: value})
+    request = MessageV0.Request(**{kind: value})
+    if draw(st.booleans()):
+        request.with_additions = draw(st.booleans())
+    return request
 
 
 @st.composite
