@@ -60,6 +60,7 @@ class V0Handlers:
             "nic_details": self._nic_details,
             "nic_export": self._nic_export,
             "nic_stats": self._nic_stats,
+            "nic_import": self._nic_import,
             "sg_add": self._sg_add,
             "sg_del": self._sg_del,
             "sg_list": self._sg_list,
@@ -131,6 +132,9 @@ class V0Handlers:
 
     def _nic_export(self, request: Request, response: Response) -> None:
         response.nic_export.fw_data.data = self._switch.export_vnic(request.nic_export)
+
+    def _nic_import(self, request: Request, response: Response) -> None:
+        self._switch.import_sessions(request.nic_import.id, request.nic_import.data)
 
     def _nic_stats(self, request: Request, response: Response) -> None:
         counters = self._switch.vnic_counters(request.nic_stats)

@@ -6,12 +6,13 @@ moves: the vhost-user socket path or tap name as ``path``, zero counters,
 and a graph of the desired state (not of a data path, since there is none).
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from butterfly.dataplane.base import Attachment, Counters, SgChange
 from butterfly.dataplane.naming import tap_name, vhost_socket_path
 from butterfly.dataplane.tracing import trace_settings
 from butterfly.model import StateView, Vnic, VnicType
+from butterfly.model.sessions import Session
 
 __all__ = ["ControlOnlyDataplane", "desired_state_graph"]
 
@@ -54,6 +55,14 @@ class ControlOnlyDataplane:
 
     def counters(self, vnic: Vnic) -> Counters:
         return Counters()
+
+    def sessions(self, vnic: Vnic) -> tuple[Session, ...]:
+        """No kernel, no connections: an export holds none."""
+        return ()
+
+    def load_sessions(self, vnic: Vnic, sessions: Sequence[Session]) -> int:
+        """No kernel to load them into: the blob was checked, nothing is new."""
+        return 0
 
     def graph(self, state: StateView) -> str:
         return desired_state_graph(state)

@@ -33,11 +33,12 @@ import glob
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from butterfly.dataplane.base import Attachment, Counters, SgChange, VhostPorts
+from butterfly.dataplane.conntrack import Conntrack
 from butterfly.dataplane.graph import PortView, VniView, render
 from butterfly.dataplane.journal import FaultHook, Journal, journal
 from butterfly.dataplane.naming import (
@@ -81,6 +82,7 @@ from butterfly.model.firewall import (
     sg_filter,
     vnic_filter,
 )
+from butterfly.model.sessions import Session
 
 __all__ = ["NETNS_PREFIX_V4", "NETNS_PREFIX_V6", "KernelDataplane", "cleanup"]
 
@@ -191,6 +193,7 @@ class KernelDataplane:
         self._flood: dict[int, set[str]] = {}
         self._flood_loaded = False
         self._tracer = Tracer()
+        self._conntrack = Conntrack()
         self._closed = False
 
     # the Dataplane protocol
@@ -344,6 +347,20 @@ class KernelDataplane:
             raise DataplaneError(f"{_what(vnic)}: interface {tap_name(vnic.id)} is missing")
         return Counters(in_bytes=link.tx_bytes, out_bytes=link.rx_bytes)
 
+    def sessions(self, vnic: Vnic) -> tuple[Session, ...]:
+        self._load()
+        zone = self._zones.get(vnic.vni)
+        if zone is None or not vnic.ips:
+            return ()
+        return self._conntrack.sessions(zone, vnic.ips)
+
+    def load_sessions(self, vnic: Vnic, sessions: Sequence[Session]) -> int:
+        self._load()
+        zone = self._zones.get(vnic.vni)
+        if zone is None:
+            raise DataplaneError(f"{_what(vnic)}: vni {vnic.vni} has no conntrack zone here")
+        return self._conntrack.load(zone, sessions)
+
     def graph(self, state: StateView) -> str:
         self._load()
         links = {link.name: link for link in self._netlink.links()}
@@ -378,6 +395,7 @@ class KernelDataplane:
         if not self._closed:
             self._closed = True
             self._tracer.close()
+            self._conntrack.close()
             self._nft.close()
             self._netlink.close()
 

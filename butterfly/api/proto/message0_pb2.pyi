@@ -536,7 +536,7 @@ class MessageV0(_message.Message):
     @_typing.final
     class NicImportReq(_message.Message):
         """butterfly addition: firewall sessions that nic_export gave on another
-        host, loaded into the vnic `id` (see butterfly/dataplane/sessions.py for
+        host, loaded into the vnic `id` (butterfly/model/sessions.py documents
         the blob's format).
         """
 
