@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 IPS_SEEN_REPLY = 1 << 1
 IPS_ASSURED = 1 << 2
+IPS_CONFIRMED = 1 << 3
 LOADED_STATUS = IPS_SEEN_REPLY | IPS_ASSURED
-"""The status bits a loaded entry keeps (the kernel sets or refuses the others)."""
+"""The status bits a loaded entry takes from the export (the kernel owns the others)."""
 
 _FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 _ICMP = {socket.IPPROTO_ICMP: "CTA_PROTO_ICMP", socket.IPPROTO_ICMPV6: "CTA_PROTO_ICMPV6"}
@@ -90,7 +91,9 @@ class Conntrack:
             "tuple_reply": _attr_tuple(family, session.protocol, session.reply),
             "zone": zone,
             "timeout": session.timeout,
-            "status": session.status & LOADED_STATUS,
+            # An entry made over ctnetlink is confirmed at once; a status
+            # without that bit asks to clear it, which the kernel refuses (EBUSY).
+            "status": session.status & LOADED_STATUS | IPS_CONFIRMED,
         }
         if session.tcp is not None:
             arguments["protoinfo"] = _protoinfo(session.tcp)
