@@ -141,6 +141,8 @@ class V0Handlers:
         response.nic_stats.SetInParent()
         setattr(response.nic_stats, "in", counters.in_bytes)
         response.nic_stats.out = counters.out_bytes
+        response.nic_stats.sniffed_frames = counters.sniffed_frames
+        response.nic_stats.sniffed_bytes = counters.sniffed_bytes
 
     # security groups
 

@@ -41,6 +41,8 @@ class Config:
     """vhost-user worker processes; None: one per CPU."""
     dataplane: bool = True
     cleanup: bool = False
+    sniff_cross_vni: bool = False
+    """Whether a vnic may mirror its frames to a vnic of another VNI."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--no-syslog", action="store_true", default=None, help="log to stderr instead of syslog"
+    )
+    parser.add_argument(
+        "--sniff-cross-vni",
+        action="store_true",
+        default=None,
+        help="let a vnic's sniff_target_nic_id name a vnic of another VNI",
     )
     parser.add_argument(
         "--state", metavar="FILE", help=f"SQLite state file (default {DEFAULT_STATE})"
@@ -156,6 +164,7 @@ def _read_file(path: str) -> dict[str, str]:
             "no-syslog",
             "nice",
             "vhost-workers",
+            "sniff-cross-vni",
         },
         "security": {"encryption_key_path"},
     }
@@ -184,6 +193,7 @@ def parse_args(argv: list[str]) -> Config:
         "no-syslog": args.no_syslog,
         "nice": args.nice,
         "vhost-workers": args.vhost_workers,
+        "sniff-cross-vni": args.sniff_cross_vni,
         "encryption_key_path": args.key,
     }
     where = "command line"
@@ -241,4 +251,5 @@ def parse_args(argv: list[str]) -> Config:
         vhost_workers=number("vhost-workers", 1, 1024),
         dataplane=not args.no_dataplane,
         cleanup=args.cleanup,
+        sniff_cross_vni=flag("sniff-cross-vni"),
     )

@@ -91,6 +91,7 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         packet_trace_default=config.packet_trace,
         static_peers=config.vxlan_peers,
         vhost=vhost,
+        sniff_cross_vni=config.sniff_cross_vni,
     )
 
 

@@ -72,6 +72,7 @@ from butterfly.dataplane.ruleset import (
     parse_listing,
     tables,
 )
+from butterfly.dataplane.sniffing import Sniffer, remove_table
 from butterfly.dataplane.tracing import Tracer, trace_settings
 from butterfly.dataplane.underlay import Underlay, find_underlay, flood_group
 from butterfly.errors import ConfigError, DataplaneError, NotSupported
@@ -147,6 +148,7 @@ class KernelDataplane:
         multicast: bool | None = None,
         vhost: VhostPorts | None = None,
         fault_hook: FaultHook | None = None,
+        sniff_cross_vni: bool = False,
     ) -> None:
         if not os.path.exists(_BR_NETFILTER):
             raise DataplaneError(
@@ -193,6 +195,7 @@ class KernelDataplane:
         self._flood: dict[int, set[str]] = {}
         self._flood_loaded = False
         self._tracer = Tracer()
+        self._sniffer = Sniffer(self._nft, cross_vni=sniff_cross_vni)
         self._conntrack = Conntrack()
         self._closed = False
 
@@ -234,6 +237,9 @@ class KernelDataplane:
                     problems, f"link {name}", partial(self._netlink.delete_link, link.index)
                 )
         self._reconcile_traces(vnics, problems)
+        self._best_effort(
+            problems, "sniffing", lambda: self._sniffer.apply(self._sniffer.rescan(state))
+        )
 
     def plug(self, vnic: Vnic, replaced: Vnic | None, state: StateView) -> Attachment:
         if vnic.type == VnicType.VHOST_USER_SERVER and self._vhost is None:
@@ -243,6 +249,7 @@ class KernelDataplane:
             )
         if not self._has_port(vnic):
             raise NotSupported(f"{_what(vnic)}: type {vnic.type.name} is not supported")
+        self._sniffer.check(vnic, state)
         self._load()
         previous = replaced if replaced is not None and self._has_port(replaced) else None
         with journal(_what(vnic), self._fault_hook) as j:
@@ -261,6 +268,7 @@ class KernelDataplane:
             self._serve(j, vnic)
             if previous is not None and previous.vni != vnic.vni:
                 self._remove_vni_if_unused(j, previous.vni, state)
+            self._sync_sniffing(j, state, vnic, replaced)
             self._apply_trace(j, vnic)
         return self.attachment(vnic)
 
@@ -278,6 +286,7 @@ class KernelDataplane:
             )
             if after.type == VnicType.NETNS and before.ips != after.ips:
                 self._configure_peer(j, after, before)
+            self._sync_sniffing(j, state, after)
             self._apply_trace(j, after)
 
     def unplug(self, vnic: Vnic, state: StateView) -> None:
@@ -294,6 +303,7 @@ class KernelDataplane:
                 sgs=_current(state, vnic.security_groups),
             )
             self._remove_vni_if_unused(j, vnic.vni, state)
+            self._sync_sniffing(j, state, vnic)
         self._tracer_stop(vnic)
 
     def update_security_groups(self, changes: Mapping[str, SgChange], state: StateView) -> None:
@@ -345,7 +355,13 @@ class KernelDataplane:
         link = self._netlink.link(tap_name(vnic.id))
         if link is None:
             raise DataplaneError(f"{_what(vnic)}: interface {tap_name(vnic.id)} is missing")
-        return Counters(in_bytes=link.tx_bytes, out_bytes=link.rx_bytes)
+        frames, octets = self._sniffer.copied(vnic.id)
+        return Counters(
+            in_bytes=link.tx_bytes,
+            out_bytes=link.rx_bytes,
+            sniffed_frames=frames,
+            sniffed_bytes=octets,
+        )
 
     def sessions(self, vnic: Vnic) -> tuple[Session, ...]:
         self._load()
@@ -1096,6 +1112,18 @@ class KernelDataplane:
             log.error("reconcile: %s: %s", what, exc)
             problems.append(str(exc) if str(exc).startswith(what) else f"{what}: {exc}")
 
+    # sniffing
+
+    def _sync_sniffing(self, j: Journal, state: StateView, *vnics: Vnic | None) -> None:
+        """Mirror rules after a change of ``vnics`` (most requests: nothing to do)."""
+        if not self._sniffer.affects(*vnics):
+            return
+        plan = self._sniffer.plan(state, [vnic for vnic in vnics if vnic is not None])
+        previous = self._sniffer.applied
+        j.step(
+            "sniffing", partial(self._sniffer.apply, plan), partial(self._sniffer.apply, previous)
+        )
+
     # traces
 
     def _trace_file(self, vnic: Vnic) -> str | None:
@@ -1230,6 +1258,10 @@ def cleanup(*, socket_dir: str) -> None:
                     nft.apply([{"delete": {"table": {"family": key.family, "name": TABLE}}}])
             except DataplaneError as exc:
                 problems.append(str(exc))
+        try:
+            remove_table(nft)
+        except DataplaneError as exc:
+            problems.append(str(exc))
     finally:
         nft.close()
     tracer = Tracer()

@@ -121,15 +121,24 @@ class MessageV0(_message.Message):
 
         IN_FIELD_NUMBER: _builtins.int
         OUT_FIELD_NUMBER: _builtins.int
+        SNIFFED_FRAMES_FIELD_NUMBER: _builtins.int
+        SNIFFED_BYTES_FIELD_NUMBER: _builtins.int
         out: _builtins.int
+        sniffed_frames: _builtins.int
+        """butterfly addition: frames to and from the nic copied to its
+        sniff_target_nic_id, and their bytes.
+        """
+        sniffed_bytes: _builtins.int
         def __init__(
             self,
             *,
             out: _builtins.int | None = ...,
+            sniffed_frames: _builtins.int | None = ...,
+            sniffed_bytes: _builtins.int | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["in", b"in", "out", b"out"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["in", b"in", "out", b"out", "sniffed_bytes", b"sniffed_bytes", "sniffed_frames", b"sniffed_frames"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["in", b"in", "out", b"out"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["in", b"in", "out", b"out", "sniffed_bytes", b"sniffed_bytes", "sniffed_frames", b"sniffed_frames"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
