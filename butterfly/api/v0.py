@@ -141,8 +141,9 @@ class V0Handlers:
         response.nic_stats.SetInParent()
         setattr(response.nic_stats, "in", counters.in_bytes)
         response.nic_stats.out = counters.out_bytes
-        response.nic_stats.sniffed_frames = counters.sniffed_frames
-        response.nic_stats.sniffed_bytes = counters.sniffed_bytes
+        if counters.sniffed_frames is not None and counters.sniffed_bytes is not None:
+            response.nic_stats.sniffed_frames = counters.sniffed_frames
+            response.nic_stats.sniffed_bytes = counters.sniffed_bytes
 
     # security groups
 

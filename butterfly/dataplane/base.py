@@ -41,9 +41,9 @@ class Counters:
 
     in_bytes: int = 0
     out_bytes: int = 0
-    sniffed_frames: int = 0
-    """Frames to and from the vnic copied to its sniff target."""
-    sniffed_bytes: int = 0
+    sniffed_frames: int | None = None
+    """Frames to and from the vnic copied to its sniff target (None: it names none)."""
+    sniffed_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

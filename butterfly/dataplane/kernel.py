@@ -355,13 +355,10 @@ class KernelDataplane:
         link = self._netlink.link(tap_name(vnic.id))
         if link is None:
             raise DataplaneError(f"{_what(vnic)}: interface {tap_name(vnic.id)} is missing")
+        if not vnic.sniff_target_nic_id:
+            return Counters(in_bytes=link.tx_bytes, out_bytes=link.rx_bytes)
         frames, octets = self._sniffer.copied(vnic.id)
-        return Counters(
-            in_bytes=link.tx_bytes,
-            out_bytes=link.rx_bytes,
-            sniffed_frames=frames,
-            sniffed_bytes=octets,
-        )
+        return Counters(link.tx_bytes, link.rx_bytes, sniffed_frames=frames, sniffed_bytes=octets)
 
     def sessions(self, vnic: Vnic) -> tuple[Session, ...]:
         self._load()

@@ -25,6 +25,7 @@ MemberDel = MessageV0.SgMemberDelReq
 Update = MessageV0.NicUpdateReq
 Import = MessageV0.NicImportReq
 BAD_SESSIONS = "Bad session data"
+MAC3 = "52:54:00:00:00:09"
 
 
 def _blob(*, vni: int = 42, src: str = "10.0.0.1") -> bytes:
@@ -98,7 +99,8 @@ CASES: list[tuple[str, Any, str, str]] = [
     ("nic_add", nic("n3", sgs=("",)), BAD_NIC, "''"),
     # nic_add: what this daemon does not offer
     ("nic_add", nic("n3", type=MessageV0.Nic.BENCH), "", "BENCH"),
-    ("nic_add", nic("n3", sniff_target_nic_id="n1"), "", "sniff_target_nic_id"),
+    ("nic_add", nic("n3", mac=MAC3, sniff_target_nic_id="n3"), BAD_NIC, "names the nic itself"),
+    ("nic_add", nic("n3", mac=MAC3, sniff_target_nic_id="a b"), BAD_NIC, "'a b'"),
     ("nic_add", nic("n3", type=MessageV0.Nic.NETNS), BAD_NIC, "NETNS"),
     # nic_update
     (
