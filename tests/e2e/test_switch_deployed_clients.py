@@ -77,7 +77,8 @@ def _build_every_kind(host: Host, vm: Vm) -> None:
             security_group=["sg-web"], type=Nic.NETNS, path=vm.name),
         Nic(id="vh1", mac="52:54:00:00:01:03", vni=43, bypass_filtering=True),
         Nic(id="tr1", mac="52:54:00:00:01:04", vni=43, ip=["10.0.1.4"], type=Nic.TAP,
-            packet_trace=True, packet_trace_path=os.path.join(host.folder, "tr1.pcap")),
+            packet_trace=True, packet_trace_path=os.path.join(host.folder, "tr1.pcap"),
+            sniff_target_nic_id="off1"),
         Nic(id="off1", mac="52:54:00:00:01:05", vni=43, type=Nic.TAP, packet_trace=False),
     ]  # fmt: skip
     for nic in nics:
