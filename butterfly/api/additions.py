@@ -14,6 +14,7 @@ covered without touching this module (only a new enum value needs its
 closest form in :data:`CLOSEST`, else the field is cleared to its default).
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -51,16 +52,69 @@ def asks_for_additions(message: Message) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Where additions can hide in one message type (computed once per type)."""
+
+    ours: tuple[str, ...]
+    """Our fields: cleared."""
+    enums: tuple[FieldDescriptor, ...]
+    """Upstream enum fields whose enum has values of ours: downgraded."""
+    nested: tuple[FieldDescriptor, ...]
+    """Upstream message fields whose type can hold additions: walked into."""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.ours or self.enums or self.nested)
+
+
+_PLANS: dict[str, _Plan] = {}
+"""A memo of :func:`_plan` by message type name (types never change at run time)."""
+
+
+def _plan(descriptor: Any) -> _Plan:
+    """``descriptor``: a message type (protobuf's pure-Python or upb class)."""
+    plan = _PLANS.get(descriptor.full_name)
+    if plan is None:
+        # Ends the recursion should a type contain itself (none of the protocol does).
+        _PLANS[descriptor.full_name] = _Plan((), (), ())
+        fields = [field for field in descriptor.fields if field.number < FIRST_ADDITION]
+        plan = _Plan(
+            ours=tuple(f.name for f in descriptor.fields if f.number >= FIRST_ADDITION),
+            enums=tuple(
+                field
+                for field in fields
+                if field.enum_type is not None
+                and max(value.number for value in field.enum_type.values) >= FIRST_ADDITION
+            ),
+            nested=tuple(
+                field
+                for field in fields
+                if field.message_type is not None and not _plan(field.message_type).empty
+            ),
+        )
+        _PLANS[descriptor.full_name] = plan
+    return plan
+
+
 def strip_additions(message: Message) -> None:
-    """Make ``message`` (a reply) readable by a revision-6 peer, in place."""
-    for field, value in message.ListFields():
-        if field.number >= FIRST_ADDITION:
-            message.ClearField(field.name)
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            for item in _values(field, value):
+    """Make ``message`` (a reply) readable by a revision-6 peer, in place.
+
+    Only the fields where an addition can be are visited, so a reply of
+    10,000 nics costs one pass over them, not over every field they hold.
+    """
+    plan = _plan(message.DESCRIPTOR)
+    for name in plan.ours:
+        message.ClearField(name)
+    for field in plan.enums:
+        if message.HasField(field.name):
+            _downgrade_enum(message, field, getattr(message, field.name))
+    for field in plan.nested:
+        if field.is_repeated:
+            for item in getattr(message, field.name):
                 strip_additions(item)
-        elif field.type == FieldDescriptor.TYPE_ENUM:
-            _downgrade_enum(message, field, value)
+        elif message.HasField(field.name):
+            strip_additions(getattr(message, field.name))
 
 
 def _downgrade_enum(message: Message, field: FieldDescriptor, value: Any) -> None:
