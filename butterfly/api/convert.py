@@ -98,13 +98,13 @@ def nic_to_proto(vnic: Vnic, attachment: Attachment, out: MessageV0.Nic) -> None
     out.ip.extend(vnic.ips)
     out.security_group.extend(vnic.security_groups)
     out.ip_anti_spoof = vnic.ip_anti_spoof
+    if vnic.sniff_target_nic_id:
+        out.sniff_target_nic_id = vnic.sniff_target_nic_id
     out.bypass_filtering = vnic.bypass_filtering
     out.type = int(vnic.type)  # type: ignore[assignment]
     out.path = attachment.path
-    if vnic.packet_trace is not None:
-        out.packet_trace = vnic.packet_trace
-    if vnic.packet_trace_path:
-        out.packet_trace_path = vnic.packet_trace_path
+    out.packet_trace = attachment.packet_trace
+    out.packet_trace_path = attachment.packet_trace_path
     if attachment.mtu is not None:
         out.mtu = attachment.mtu
 

@@ -286,6 +286,24 @@ COMMANDS: tuple[CommandSpec, ...] = (
         ),
     ),
     CommandSpec(
+        path=("nic", "export"),
+        summary="save a nic's firewall sessions to a file",
+        description=(
+            "Write the firewall sessions (conntrack entries) of a vnic to FILE, before a\n"
+            "live migration; 'nic import' loads them on the destination host"
+        ),
+        positionals=(_one("NIC"), _one("FILE")),
+    ),
+    CommandSpec(
+        path=("nic", "import"),
+        summary="load a nic's firewall sessions from a file",
+        description=(
+            "Load the firewall sessions that 'nic export' wrote to FILE into the vnic of\n"
+            "this host (same id and VNI), after 'nic add' and before the VM resumes"
+        ),
+        positionals=(_one("NIC"), _one("FILE")),
+    ),
+    CommandSpec(
         path=("nic", "del"),
         summary="remove nic(s)",
         description="Destroy one or more vnic",

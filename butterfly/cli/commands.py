@@ -87,6 +87,27 @@ def nic_update(command: Command, ctx: Context) -> None:
     _ask_one(ctx.api, requests.nic_update(command.args))
 
 
+def nic_export(command: Command, ctx: Context) -> None:
+    response = _ask_one(ctx.api, Request(nic_export=command.args.word("NIC")))
+    path = command.args.word("FILE")
+    try:
+        with open(path, "wb") as file:
+            file.write(response.nic_export.fw_data.data)
+    except OSError as error:
+        raise ConfigError(f"cannot write {path}: {error.strerror}") from error
+
+
+def nic_import(command: Command, ctx: Context) -> None:
+    path = command.args.word("FILE")
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from error
+    nic_id = command.args.word("NIC")
+    _ask_one(ctx.api, Request(nic_import=MessageV0.NicImportReq(id=nic_id, data=data)))
+
+
 def nic_del(command: Command, ctx: Context) -> None:
     _ask(ctx.api, *(Request(nic_del=nic) for nic in command.args.all_words("NIC")))
 
@@ -267,6 +288,8 @@ HANDLERS: Mapping[tuple[str, ...], Handler] = {
     ("nic", "details"): nic_details,
     ("nic", "add"): nic_add,
     ("nic", "update"): nic_update,
+    ("nic", "export"): nic_export,
+    ("nic", "import"): nic_import,
     ("nic", "del"): nic_del,
     ("nic", "sg", "list"): nic_sg_list,
     ("nic", "sg", "add"): nic_sg_add,

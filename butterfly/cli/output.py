@@ -61,10 +61,18 @@ def ids(items: Sequence[str], *, as_json: bool) -> str:
 
 
 def nic_stats(stats: MessageV0.NicStats, *, as_json: bool) -> str:
+    """The original's two lines, then what only our daemon counts (when it says)."""
     received = getattr(stats, "in")
+    sniffed = {
+        name: getattr(stats, name)
+        for name in ("sniffed_frames", "sniffed_bytes")
+        if stats.HasField(name)
+    }
     if as_json:
-        return _json({"in": received, "out": stats.out})
-    return _lines([f"in: {received}", f"out: {stats.out}"])
+        return _json({"in": received, "out": stats.out, **sniffed})
+    lines = [f"in: {received}", f"out: {stats.out}"]
+    lines += [f"{name.replace('_', ' ')}: {value}" for name, value in sniffed.items()]
+    return _lines(lines)
 
 
 def nic_details(nic: MessageV0.Nic, *, as_json: bool) -> str:

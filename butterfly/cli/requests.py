@@ -67,12 +67,21 @@ _MAX_PORT = 65535
 _MAX_MASK = 128
 
 
-def envelope(requests: Sequence[Request], ids: Sequence[str] | None = None) -> Messages:
-    """One frame holding ``requests`` in order, tagged with ``ids`` if given."""
+def envelope(
+    requests: Sequence[Request], ids: Sequence[str] | None = None, *, additions: bool = True
+) -> Messages:
+    """One frame holding ``requests`` in order, tagged with ``ids`` if given.
+
+    With ``additions``, each asks for butterfly's additions in its reply
+    (``with_additions``): this CLI shows all the daemon knows; deployed
+    daemons ignore the field.
+    """
     messages = Messages()
     for index, request in enumerate(requests):
         message = messages.messages.add(revision=REVISION)
         message.message_0.request.CopyFrom(request)
+        if additions:
+            message.message_0.request.with_additions = True
         if ids is not None:
             message.message_0.message_id = ids[index]
     return messages
@@ -355,7 +364,9 @@ def dump_replay(
             Request(vni_peer_add=MessageV0.VniPeerReq(vni=group.vni, peer=peer))
             for peer in group.peer
         )
-    return envelope(requests)
+    # Requests to replay, not questions: a file a deployed client can read
+    # too, when the state needs nothing only we can say (netns, peers).
+    return envelope(requests, additions=False)
 
 
 def parse_request_file(text: str, path: str) -> Messages:

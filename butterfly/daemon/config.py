@@ -53,6 +53,9 @@ class Config:
     not_applicable: tuple[str, ...] = ()
     """The original's options given that mean nothing here, said once at start-up."""
 
+    sniff_cross_vni: bool = False
+    """Whether a vnic may mirror its frames to a vnic of another VNI."""
+
 
 class _DpdkHelp(argparse.Action):
     """--dpdk-help: say there is no DPDK and exit, as --version does."""
@@ -124,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--no-syslog", action="store_true", default=None, help="log to stderr instead of syslog"
+    )
+    parser.add_argument(
+        "--sniff-cross-vni",
+        action="store_true",
+        default=None,
+        help="let a vnic's sniff_target_nic_id name a vnic of another VNI",
     )
     parser.add_argument(
         "--state", metavar="FILE", help=f"SQLite state file (default {DEFAULT_STATE})"
@@ -229,6 +238,7 @@ def _read_file(path: str) -> dict[str, str]:
             "graph-core-id",
             "dpdk-args",
             "dpdk-port",
+            "sniff-cross-vni",
         },
         "security": {"encryption_key_path"},
     }
@@ -266,6 +276,7 @@ def parse_args(argv: list[str]) -> Config:
         "graph-cpu-core": args.graph_cpu_core,
         "dpdk-args": args.dpdk_args,
         "dpdk-port": args.dpdk_port,
+        "sniff-cross-vni": args.sniff_cross_vni,
         "encryption_key_path": args.key,
     }
     where = "command line"
@@ -335,4 +346,5 @@ def parse_args(argv: list[str]) -> Config:
         graph_cpus=parse_cpu_list(cpus, where) if cpus is not None else (),
         underlay_interface=dpdk.interface,
         not_applicable=tuple(not_applicable),
+        sniff_cross_vni=flag("sniff-cross-vni"),
     )

@@ -81,7 +81,9 @@ WORKERS_NICER = 10
 
 def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
     if not config.dataplane:
-        return ControlOnlyDataplane(socket_dir=config.socket_dir)
+        return ControlOnlyDataplane(
+            socket_dir=config.socket_dir, packet_trace_default=config.packet_trace
+        )
     return KernelDataplane(
         underlay_ip=config.ip,
         socket_dir=config.socket_dir,
@@ -91,6 +93,7 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         packet_trace_default=config.packet_trace,
         static_peers=config.vxlan_peers,
         vhost=vhost,
+        sniff_cross_vni=config.sniff_cross_vni,
     )
 
 

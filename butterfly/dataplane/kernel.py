@@ -33,11 +33,12 @@ import glob
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from butterfly.dataplane.base import Attachment, Counters, SgChange, VhostPorts
+from butterfly.dataplane.conntrack import Conntrack
 from butterfly.dataplane.graph import PortView, VniView, render
 from butterfly.dataplane.journal import FaultHook, Journal, journal
 from butterfly.dataplane.naming import (
@@ -47,7 +48,6 @@ from butterfly.dataplane.naming import (
     profile_chains,
     retired_name,
     tap_name,
-    trace_path,
     trace_pidfile,
     vhost_socket_path,
     vni_alias,
@@ -73,7 +73,8 @@ from butterfly.dataplane.ruleset import (
     parse_listing,
     tables,
 )
-from butterfly.dataplane.tracing import Tracer
+from butterfly.dataplane.sniffing import Sniffer, remove_table
+from butterfly.dataplane.tracing import Tracer, trace_settings
 from butterfly.dataplane.underlay import Underlay, find_underlay, flood_group
 from butterfly.errors import ConfigError, DataplaneError, NotSupported
 from butterfly.model import SecurityGroup, StateView, Vnic, VnicType
@@ -83,6 +84,7 @@ from butterfly.model.firewall import (
     sg_filter,
     vnic_filter,
 )
+from butterfly.model.sessions import Session
 
 __all__ = ["NETNS_PREFIX_V4", "NETNS_PREFIX_V6", "KernelDataplane", "cleanup"]
 
@@ -152,6 +154,7 @@ class KernelDataplane:
         multicast: bool | None = None,
         vhost: VhostPorts | None = None,
         fault_hook: FaultHook | None = None,
+        sniff_cross_vni: bool = False,
     ) -> None:
         if not os.path.exists(_BR_NETFILTER):
             raise DataplaneError(
@@ -207,6 +210,8 @@ class KernelDataplane:
         self._flood: dict[int, set[str]] = {}
         self._flood_loaded = False
         self._tracer = Tracer()
+        self._sniffer = Sniffer(self._nft, cross_vni=sniff_cross_vni)
+        self._conntrack = Conntrack()
         self._closed = False
 
     # the Dataplane protocol
@@ -247,6 +252,9 @@ class KernelDataplane:
                     problems, f"link {name}", partial(self._netlink.delete_link, link.index)
                 )
         self._reconcile_traces(vnics, problems)
+        self._best_effort(
+            problems, "sniffing", lambda: self._sniffer.apply(self._sniffer.rescan(state))
+        )
 
     def plug(self, vnic: Vnic, replaced: Vnic | None, state: StateView) -> Attachment:
         if vnic.type == VnicType.VHOST_USER_SERVER and self._vhost is None:
@@ -256,6 +264,7 @@ class KernelDataplane:
             )
         if not self._has_port(vnic):
             raise NotSupported(f"{_what(vnic)}: type {vnic.type.name} is not supported")
+        self._sniffer.check(vnic, state)
         self._load()
         previous = replaced if replaced is not None and self._has_port(replaced) else None
         with journal(_what(vnic), self._fault_hook) as j:
@@ -274,6 +283,7 @@ class KernelDataplane:
             self._serve(j, vnic)
             if previous is not None and previous.vni != vnic.vni:
                 self._remove_vni_if_unused(j, previous.vni, state)
+            self._sync_sniffing(j, state, vnic, replaced)
             self._apply_trace(j, vnic)
         return self.attachment(vnic)
 
@@ -291,6 +301,7 @@ class KernelDataplane:
             )
             if after.type == VnicType.NETNS and before.ips != after.ips:
                 self._configure_peer(j, after, before)
+            self._sync_sniffing(j, state, after)
             self._apply_trace(j, after)
 
     def unplug(self, vnic: Vnic, state: StateView) -> None:
@@ -307,6 +318,7 @@ class KernelDataplane:
                 sgs=_current(state, vnic.security_groups),
             )
             self._remove_vni_if_unused(j, vnic.vni, state)
+            self._sync_sniffing(j, state, vnic)
         self._tracer_stop(vnic)
 
     def update_security_groups(self, changes: Mapping[str, SgChange], state: StateView) -> None:
@@ -338,12 +350,16 @@ class KernelDataplane:
                 self._sync_peers(j, vxlan, wanted)
 
     def attachment(self, vnic: Vnic) -> Attachment:
+        mtu: int | None = self._vnic_mtu
         if vnic.type == VnicType.VHOST_USER_SERVER:
+            path = vhost_socket_path(self._socket_dir, vnic.id)
             mtu = self._vnic_mtu if self._vhost is not None else None
-            return Attachment(vhost_socket_path(self._socket_dir, vnic.id), mtu)
-        if vnic.type == VnicType.NETNS:
-            return Attachment(vnic.netns, self._vnic_mtu)
-        return Attachment(tap_name(vnic.id), self._vnic_mtu)
+        else:
+            path = vnic.netns if vnic.type == VnicType.NETNS else tap_name(vnic.id)
+        traced, trace_file = trace_settings(
+            vnic, default=self._trace_default, socket_dir=self._socket_dir
+        )
+        return Attachment(path, mtu, packet_trace=traced, packet_trace_path=trace_file)
 
     def counters(self, vnic: Vnic) -> Counters:
         """The host-side interface's bytes: what it transmits went in to the
@@ -354,7 +370,24 @@ class KernelDataplane:
         link = self._netlink.link(tap_name(vnic.id))
         if link is None:
             raise DataplaneError(f"{_what(vnic)}: interface {tap_name(vnic.id)} is missing")
-        return Counters(in_bytes=link.tx_bytes, out_bytes=link.rx_bytes)
+        if not vnic.sniff_target_nic_id:
+            return Counters(in_bytes=link.tx_bytes, out_bytes=link.rx_bytes)
+        frames, octets = self._sniffer.copied(vnic.id)
+        return Counters(link.tx_bytes, link.rx_bytes, sniffed_frames=frames, sniffed_bytes=octets)
+
+    def sessions(self, vnic: Vnic) -> tuple[Session, ...]:
+        self._load()
+        zone = self._zones.get(vnic.vni)
+        if zone is None or not vnic.ips:
+            return ()
+        return self._conntrack.sessions(zone, vnic.ips)
+
+    def load_sessions(self, vnic: Vnic, sessions: Sequence[Session]) -> int:
+        self._load()
+        zone = self._zones.get(vnic.vni)
+        if zone is None:
+            raise DataplaneError(f"{_what(vnic)}: vni {vnic.vni} has no conntrack zone here")
+        return self._conntrack.load(zone, sessions)
 
     def graph(self, state: StateView) -> str:
         self._load()
@@ -390,6 +423,7 @@ class KernelDataplane:
         if not self._closed:
             self._closed = True
             self._tracer.close()
+            self._conntrack.close()
             self._nft.close()
             self._netlink.close()
 
@@ -1095,13 +1129,25 @@ class KernelDataplane:
             log.error("reconcile: %s: %s", what, exc)
             problems.append(str(exc) if str(exc).startswith(what) else f"{what}: {exc}")
 
+    # sniffing
+
+    def _sync_sniffing(self, j: Journal, state: StateView, *vnics: Vnic | None) -> None:
+        """Mirror rules after a change of ``vnics`` (most requests: nothing to do)."""
+        if not self._sniffer.affects(*vnics):
+            return
+        plan = self._sniffer.plan(state, [vnic for vnic in vnics if vnic is not None])
+        previous = self._sniffer.applied
+        j.step(
+            "sniffing", partial(self._sniffer.apply, plan), partial(self._sniffer.apply, previous)
+        )
+
     # traces
 
     def _trace_file(self, vnic: Vnic) -> str | None:
-        wanted = self._trace_default if vnic.packet_trace is None else vnic.packet_trace
-        if not wanted:
-            return None
-        return vnic.packet_trace_path or trace_path(self._socket_dir, vnic.id)
+        traced, path = trace_settings(
+            vnic, default=self._trace_default, socket_dir=self._socket_dir
+        )
+        return path if traced else None
 
     def _apply_trace(self, j: Journal, vnic: Vnic) -> None:
         """Start, move or stop the vnic's trace: the last step of a request, so
@@ -1229,6 +1275,10 @@ def cleanup(*, socket_dir: str) -> None:
                     nft.apply([{"delete": {"table": {"family": key.family, "name": TABLE}}}])
             except DataplaneError as exc:
                 problems.append(str(exc))
+        try:
+            remove_table(nft)
+        except DataplaneError as exc:
+            problems.append(str(exc))
     finally:
         nft.close()
     tracer = Tracer()

@@ -116,7 +116,11 @@ def make_vnic(vnic: Vnic) -> Vnic:
         if "\0" in vnic.netns or "\n" in vnic.netns:
             raise BadNic(f"{what}: path {shown(vnic.netns)} is not a namespace name or path")
     if vnic.sniff_target_nic_id:
-        raise NotSupported(f"{what}: sniff_target_nic_id is not supported; use packet_trace")
+        problem = check_id(vnic.sniff_target_nic_id)
+        if problem:
+            raise BadNic(f"{what}: sniff_target_nic_id {shown(vnic.sniff_target_nic_id)} {problem}")
+        if vnic.sniff_target_nic_id == vnic.id:
+            raise BadNic(f"{what}: sniff_target_nic_id names the nic itself")
     if "\0" in vnic.packet_trace_path:
         raise BadNic(f"{what}: packet_trace_path {shown(vnic.packet_trace_path)} is not a path")
     return replace(

@@ -47,3 +47,13 @@ def test_a_word_where_a_number_belongs_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         parse_args(["-c", str(ini)])
     assert str(error.value) == f"config file {ini}: nice 'low' is not a number"
+
+
+def test_sniff_cross_vni_from_the_command_line_or_the_file(tmp_path: Path) -> None:
+    assert parse_args([]).sniff_cross_vni is False
+    assert parse_args(["--sniff-cross-vni"]).sniff_cross_vni is True
+    ini = tmp_path / "butterfly.ini"
+    ini.write_text("[general]\nsniff-cross-vni = true\n")
+    assert parse_args(["-c", str(ini)]).sniff_cross_vni is True
+    ini.write_text("[general]\nsniff-cross-vni = false\n")
+    assert parse_args(["--sniff-cross-vni", "-c", str(ini)]).sniff_cross_vni is False
