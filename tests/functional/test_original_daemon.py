@@ -204,7 +204,8 @@ def test_the_original_sample_ini_with_every_key(site: Site) -> None:
         request.nic_add.ip.append("42.0.0.1")
         response = client.call(request).response
         assert response.status.status, response.status.error.description
-        (details,) = client.call(MessageV0.Request(nic_details="vnic_1")).response.nic_details
+        asked = MessageV0.Request(nic_details="vnic_1", with_additions=True)
+        (details,) = client.call(asked).response.nic_details
         assert details.mtu == 1500 - 50
         assert site.vxlan(1337) == "local 192.168.0.1 dev eth0"
         workers = _workers(daemon.pid)
