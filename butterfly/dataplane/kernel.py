@@ -54,7 +54,7 @@ from butterfly.dataplane.naming import (
     vnic_alias,
     vxlan_name,
 )
-from butterfly.dataplane.netlink import Link, Netlink
+from butterfly.dataplane.netlink import LLDP_FORWARD_MASK, Link, Netlink
 from butterfly.dataplane.netns import open_netns, run_in_netns
 from butterfly.dataplane.nft import Nftables
 from butterfly.dataplane.ruleset import (
@@ -101,6 +101,7 @@ _BRIDGE_OPTIONS = {
     "IFLA_BR_MCAST_SNOOPING": 0,
     "IFLA_BR_NF_CALL_IPTABLES": 1,
     "IFLA_BR_NF_CALL_IP6TABLES": 1,
+    "IFLA_BR_GROUP_FWD_MASK": LLDP_FORWARD_MASK,
 }
 
 

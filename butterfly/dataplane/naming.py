@@ -17,7 +17,9 @@ import re
 from collections.abc import Sequence
 
 __all__ = [
+    "BRIDGE_WILDCARD",
     "LINK_ALIAS",
+    "PORT_WILDCARDS",
     "PREFIX",
     "TABLE",
     "bridge_name",
@@ -42,6 +44,10 @@ _READABLE = re.compile(r"[A-Za-z0-9_.-]{1,12}")
 _LINK = re.compile(
     r"bfbr[0-9]{1,8}|bfvx[0-9]{1,8}|bf-[A-Za-z0-9_.-]{1,12}|bfh[0-9a-f]{12}|bfz[0-9a-f]{1,8}"
 )
+BRIDGE_WILDCARD = f"{PREFIX}br*"
+"""nft's pattern of every :func:`bridge_name`."""
+PORT_WILDCARDS = (f"{PREFIX}-*", f"{PREFIX}h*", f"{PREFIX}vx*")
+"""nft's patterns of every bridge port butterfly makes (:func:`tap_name`, :func:`vxlan_name`)."""
 LINK_ALIAS = "butterfly"
 TABLE = "butterfly"
 """The name of butterfly's nftables table in each family it uses."""

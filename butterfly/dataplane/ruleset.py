@@ -30,8 +30,15 @@ change)::
       spoof_ip                   by frame type: ARP sender (MAC and IP) and IP
                                  source in @port_macs, @port_ip4, IPv6 source in
                                  @port_ip6, neighbour advertisement target in
-                                 @port_nd
+                                 @port_nd; from ::, only duplicate address
+                                 detection of an address in @port_nd, router
+                                 solicitations and MLD reports
+      to_host  input -200        from a butterfly port: drop (nothing from a
+                                 VNI reaches the host's stack; the bridges also
+                                 forward LLDP's group, which skips this hook)
     table inet butterfly
+      host_in  input -200        in through a butterfly link: drop (a second
+                                 lock); VXLAN not from the underlay: drop
       zone     prerouting raw    own VXLAN packets: notrack, accept; a bridge in
                                  @quiet (no filtered vnic here): notrack, accept
                                  (a later "ct zone set" would track them again);
@@ -44,9 +51,12 @@ change)::
                                  goto out_check
       out_check                  goto @out_mac[iif . ether saddr] (sender's
                                  out_P); accept
-      in_P                       ND/MLD accept; jump si_S for each group S; drop
-      out_P                      with OUTBOUND rules: ND/MLD accept; jump so_S
-                                 for each group S; drop. Without: accept
+      in_P                       NS/NA accept; jump si_S for each group S; drop
+      out_P                      router advertisements and redirects, DHCP and
+                                 DHCPv6 server messages: drop (what no tenant
+                                 starts: a router needs a bypassing vnic); with
+                                 OUTBOUND rules: ND/MLD accept; jump so_S for
+                                 each group S; drop. Without: accept
       si_S / so_S                S's INBOUND rules ("goto out_check") / OUTBOUND
                                  rules ("accept")
       m4_S, m6_S                 S's members: every rule naming S uses these sets
@@ -70,6 +80,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from butterfly.dataplane.naming import (
+    BRIDGE_WILDCARD,
+    PORT_WILDCARDS,
     TABLE,
     member_set,
     profile_chains,
@@ -115,7 +127,6 @@ add map inet {TABLE} zones {{ typeof iifname : ct zone; }}
 _ND_TARGET: Json = {"payload": {"base": "th", "offset": 64, "len": 128}}
 _ND_TYPES = [
     "nd-router-solicit",
-    "nd-router-advert",
     "nd-neighbor-solicit",
     "nd-neighbor-advert",
     "mld-listener-query",
@@ -123,6 +134,15 @@ _ND_TYPES = [
     "mld-listener-done",
     "mld2-listener-report",
 ]
+"""What a vnic may send ahead of its OUTBOUND rules (a router's messages are not)."""
+_NEIGHBOUR_TYPES = ["nd-neighbor-solicit", "nd-neighbor-advert"]
+"""What a vnic receives ahead of its groups (anti-spoofing checked their sender)."""
+_ROUTER_TYPES = ["nd-router-advert", "nd-redirect"]
+_UNSPECIFIED_TYPES = ["nd-router-solicit", "mld-listener-report", "mld2-listener-report"]
+"""What a host without an address yet sends from ``::`` besides duplicate address
+detection (RFC 4861 6.3.7, RFC 3810 5.2.13)."""
+_SERVER_PORTS = [["udp", 67, 68], ["udp", 547, 546]]
+"""DHCP and DHCPv6 server to client: (protocol, source port, destination port)."""
 _FRAME_TYPES = ["ip", "ip6", "arp"]
 
 
@@ -239,8 +259,25 @@ _GROUP_FRAME = _match({"&": [_payload("ether", "daddr"), "01:00:00:00:00:00"]}, 
 """A broadcast or multicast frame (the group bit of its destination MAC)."""
 
 
-def _nd_accept() -> NftRule:
-    return rule(_match(_payload("icmpv6", "type"), _set(_ND_TYPES)), _ACCEPT)
+def _icmpv6_types(types: list[str], verdict: Json) -> NftRule:
+    return rule(_match(_payload("icmpv6", "type"), _set(types)), verdict)
+
+
+def _no_server_rules() -> tuple[NftRule, ...]:
+    """What no vnic may start (a profile's outbound side): router advertisements,
+    redirects, DHCP and DHCPv6 server messages. A router or DHCP server needs a
+    vnic that bypasses filtering."""
+    server = {"set": [{"concat": ports} for ports in _SERVER_PORTS]}
+    return (
+        _icmpv6_types(_ROUTER_TYPES, _DROP),
+        rule(
+            _match(
+                _concat(_meta("l4proto"), _payload("th", "sport"), _payload("th", "dport")),
+                server,
+            ),
+            _DROP,
+        ),
+    )
 
 
 def _hex128(address: str) -> str:
@@ -294,7 +331,13 @@ def _spoof_chains() -> dict[str, Chain]:
                 ),
                 rule(
                     _match(_payload("ip6", "saddr"), "::"),
-                    _match(_meta("l4proto"), "ipv6-icmp"),
+                    _match(_payload("icmpv6", "type"), "nd-neighbor-solicit"),
+                    _match(_concat(_IIF, _ND_TARGET), "@port_nd"),
+                    _ACCEPT,
+                ),
+                rule(
+                    _match(_payload("ip6", "saddr"), "::"),
+                    _match(_payload("icmpv6", "type"), _set(_UNSPECIFIED_TYPES)),
                     _ACCEPT,
                 ),
                 _not_in(_concat(_IIF, _payload("ip6", "saddr")), "port_ip6"),
@@ -360,6 +403,21 @@ class Layout:
                 ),
                 Base("filter", "forward", -200),
             ),
+            (BRIDGE, "to_host"): Chain(
+                (rule(_match(_IIF, {"set": list(PORT_WILDCARDS)}), _DROP),),
+                Base("filter", "input", -200),
+            ),
+            (INET, "host_in"): Chain(
+                (
+                    rule(_match(_IIF, {"set": [BRIDGE_WILDCARD, *PORT_WILDCARDS]}), _DROP),
+                    rule(
+                        _match(_IIF, self.underlay_ifname, "!="),
+                        _match(_payload("udp", "dport"), self.vxlan_port),
+                        _DROP,
+                    ),
+                ),
+                Base("filter", "input", -200),
+            ),
             (INET, "zone"): Chain(
                 (
                     rule(
@@ -389,7 +447,7 @@ class Layout:
                         _match({"ct": {"key": "state"}}, ["established", "related"], "in"),
                         _ACCEPT,
                     ),
-                    rule(_match(_IIF, "bfbr*", "!="), _ACCEPT),
+                    rule(_match(_IIF, BRIDGE_WILDCARD, "!="), _ACCEPT),
                     rule(_match(_IIF, "@quiet"), _ACCEPT),
                     rule(_vmap(_concat(_IIF, _payload("ether", "daddr")), "in_mac")),
                     rule(_GROUP_FRAME, _vmap(_meta("mark"), "in_dispatch")),
@@ -452,17 +510,21 @@ class Layout:
     def profile(self, sg_ids: Sequence[str], restrict_outbound: bool) -> dict[Key, Obj]:
         """The chains of the vnics using exactly these security groups."""
         profile_in, profile_out = profile_chains(sg_ids)
-        outbound: tuple[NftRule, ...] = (rule(_ACCEPT),)
+        outbound: tuple[NftRule, ...] = (*_no_server_rules(), rule(_ACCEPT))
         if restrict_outbound:
             outbound = (
-                _nd_accept(),
+                *_no_server_rules(),
+                _icmpv6_types(_ND_TYPES, _ACCEPT),
                 *(rule(_jump(sg_out_chain(sg))) for sg in sg_ids),
                 rule(_DROP),
             )
+        inbound = (
+            _icmpv6_types(_NEIGHBOUR_TYPES, _ACCEPT),
+            *(rule(_jump(sg_in_chain(sg))) for sg in sg_ids),
+            rule(_DROP),
+        )
         return {
-            Key("chain", INET, profile_in): Chain(
-                (_nd_accept(), *(rule(_jump(sg_in_chain(sg))) for sg in sg_ids), rule(_DROP))
-            ),
+            Key("chain", INET, profile_in): Chain(inbound),
             Key("chain", INET, profile_out): Chain(outbound),
         }
 

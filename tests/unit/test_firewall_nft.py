@@ -135,10 +135,14 @@ def test_a_vnic_is_elements_and_a_shared_profile() -> None:
 def test_a_profile_restricts_outbound_only_when_asked() -> None:
     profile_in, profile_out = profile_chains(("a", "b"))
     open_profile = LAYOUT.profile(("a", "b"), restrict_outbound=False)
-    assert open_profile[Key("chain", INET, profile_out)] == Chain((rule({"accept": None}),))
+    unrestricted = open_profile[Key("chain", INET, profile_out)]
+    assert isinstance(unrestricted, Chain)
+    assert len(unrestricted.rules) == 3  # router messages, DHCP servers, accept
+    assert unrestricted.rules[-1] == rule({"accept": None})
     restricted = LAYOUT.profile(("a", "b"), restrict_outbound=True)
     out = restricted[Key("chain", INET, profile_out)]
-    assert isinstance(out, Chain) and len(out.rules) == 4  # ND, a, b, drop
+    assert isinstance(out, Chain) and len(out.rules) == 6  # the same two, ND, a, b, drop
+    assert out.rules[:2] == unrestricted.rules[:2]
     commands = diff(open_profile, restricted)
     assert {c.get("add", {}).get("rule", {}).get("chain") for c in commands} - {None} == {
         profile_out
