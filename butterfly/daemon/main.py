@@ -17,6 +17,7 @@ from butterfly.api.crypto import load_key
 from butterfly.api.server import ApiServer
 from butterfly.api.v0 import V0Handlers
 from butterfly.daemon.config import Config, parse_args
+from butterfly.daemon.exposure import exposure_warning
 from butterfly.daemon.logs import set_level, setup_logging
 from butterfly.dataplane import Dataplane, VhostPorts
 from butterfly.dataplane.control_only import ControlOnlyDataplane
@@ -127,6 +128,9 @@ def _renice(nice: int) -> None:
 def run(config: Config) -> None:
     _renice(config.nice)
     key = load_key(config.key_path) if config.key_path else None
+    warning = exposure_warning(config.endpoint, encrypted=key is not None)
+    if warning:
+        log.warning("%s", warning)
     os.makedirs(config.socket_dir, exist_ok=True)
     store = SqliteStore(config.state_path)
     supervisor = VhostSupervisor(

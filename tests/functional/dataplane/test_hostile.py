@@ -8,11 +8,14 @@ counters (nstat, ``ss``, its neighbour table), not from replies, which may
 leave by another path.
 """
 
+import base64
 import ipaddress
 import json
+import os
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from scapy.layers.dhcp import BOOTP, DHCP
@@ -31,6 +34,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet, Raw
 
+from butterfly.bench.daemon import DaemonProcess
 from butterfly.bench.lab import Netns
 from butterfly.dataplane.naming import bridge_name, tap_name, vxlan_name
 from butterfly.model import State
@@ -386,3 +390,31 @@ def test_vxlan_is_decapsulated_only_from_the_underlay(lab: Lab) -> None:
     got = "".join(capture["frames"])
     assert b"attack-vm".hex() not in got
     assert b"attack-side".hex() not in got
+
+
+# the API
+
+
+def _start_log(lab: Lab, folder: str, *args: str) -> str:
+    """What a butterflyd listening on tcp://0.0.0.0 in a fresh namespace logs up to ready."""
+    netns = lab.netns("d")
+    daemon = DaemonProcess(
+        os.path.join(lab.folder, folder), netns=netns.name, endpoint="tcp://0.0.0.0:9999",
+        extra_args=args,
+    )  # fmt: skip
+    os.makedirs(daemon.directory, exist_ok=True)
+    daemon.spawn()
+    try:
+        wait_for(lambda: "ready on" in daemon.log(), "butterflyd ready", timeout=20)
+        return daemon.log()
+    finally:
+        daemon.stop()
+
+
+def test_a_wildcard_api_without_a_key_is_warned_about(lab: Lab, tmp_path: Path) -> None:
+    assert "listens on every address of this host without an encryption key" in _start_log(
+        lab, "clear"
+    )
+    key = tmp_path / "key"
+    key.write_text(base64.b64encode(bytes(range(32))).decode())
+    assert "listens on every address" not in _start_log(lab, "keyed", "-k", str(key))
