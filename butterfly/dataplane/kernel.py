@@ -62,6 +62,8 @@ from butterfly.dataplane.ruleset import (
     BRIDGE,
     INET,
     MAX_ID,
+    NO_LIMITS,
+    ConnLimits,
     Decl,
     Key,
     Layout,
@@ -128,7 +130,8 @@ class KernelDataplane:
     VNI (vxlan-peers). ``multicast``: flood to the VNI's multicast group
     (default: only when no static peers are configured). ``vhost``: the
     backend that serves VHOST_USER_SERVER vnics' sockets on their taps;
-    without one such vnics are refused as not supported. ``fault_hook``:
+    without one such vnics are refused as not supported. ``limits``: what a
+    filtered vnic may start unless it says otherwise (0: no cap). ``fault_hook``:
     tests only, see :mod:`butterfly.dataplane.journal`.
 
     Raises ConfigError for an unusable option, DataplaneError when the
@@ -146,6 +149,7 @@ class KernelDataplane:
         static_peers: tuple[str, ...] = (),
         multicast: bool | None = None,
         vhost: VhostPorts | None = None,
+        limits: ConnLimits = NO_LIMITS,
         fault_hook: FaultHook | None = None,
     ) -> None:
         if not os.path.exists(_BR_NETFILTER):
@@ -158,6 +162,7 @@ class KernelDataplane:
         self._multicast = not static_peers if multicast is None else multicast
         self._fault_hook = fault_hook
         self._vhost = vhost
+        self._limits = limits
         self._port_types = {VnicType.TAP, VnicType.NETNS}
         if vhost is not None:
             self._port_types.add(VnicType.VHOST_USER_SERVER)
@@ -458,6 +463,7 @@ class KernelDataplane:
             wanted.update(self._vnic_objects(None, vnic.id, state))
             if self._filtered(vnic):
                 profiles.add(vnic.security_groups)
+                wanted.update(self._limit_objects(vnic))
         for profile in sorted(profiles):
             wanted.update(self._profile_objects(profile, state))
         known = {sg.id for sg in state.sgs()} | referenced_groups(state.sgs())
@@ -521,6 +527,7 @@ class KernelDataplane:
                     bridge_name(before.vni),
                     vnic_filter(before, state),
                     self._port_ids.get(port),
+                    self._vnic_limits(before),
                 ).keys()
                 if self._filtered(before):
                     touched.add(before.security_groups)
@@ -530,6 +537,11 @@ class KernelDataplane:
             after = state.vnic(vnic_id)
             if after is not None and self._filtered(after):
                 touched.add(after.security_groups)
+                # A class no vnic uses any more stays until the next reconcile:
+                # finding its last user would mean scanning every vnic.
+                objects = self._limit_objects(after)
+                keys |= objects.keys()
+                new.update(objects)
         for vni in vnis:
             keys |= self._layout.vni(bridge_name(vni), vxlan_name(vni), 0, quiet=True).keys()
             objects = self._vni_objects(j, vni, state)
@@ -598,7 +610,20 @@ class KernelDataplane:
         if filtering is not None:
             mark = self._port_ids.get(port) or self._allocate(self._port_ids.values(), "vnic")
         self._set_allocation(j, self._port_ids, port, mark)
-        return self._layout.vnic(port, bridge_name(vnic.vni), filtering, mark)
+        return self._layout.vnic(
+            port, bridge_name(vnic.vni), filtering, mark, self._vnic_limits(vnic)
+        )
+
+    def _vnic_limits(self, vnic: Vnic) -> ConnLimits:
+        connections, per_second = self._limits
+        return ConnLimits(
+            connections if vnic.max_connections is None else vnic.max_connections,
+            per_second if vnic.max_new_connections is None else vnic.max_new_connections,
+        )
+
+    def _limit_objects(self, vnic: Vnic) -> dict[Key, Obj]:
+        limits = self._vnic_limits(vnic)
+        return self._layout.limit_class(limits) if any(limits) else {}
 
     def _vni_objects(self, j: Journal | None, vni: int, state: StateView) -> dict[Key, Obj]:
         if not any(self._has_port(vnic) for vnic in state.vnics_in(vni)):

@@ -49,8 +49,14 @@ change)::
                                  goto @in_mac[iif . ether daddr]; group frames:
                                  goto @in_dispatch[mark] (receiver's in_P);
                                  goto out_check
-      out_check                  goto @out_mac[iif . ether saddr] (sender's
-                                 out_P); accept
+      out_check                  jump @limits[iif . ether saddr] (sender's
+                                 lim_C_R, if it has caps); goto @out_mac[iif .
+                                 ether saddr] (sender's out_P); accept
+      lim_C_R                    new connection over R per second (meter
+                                 dyn_rate_C_R) or over C tracked (dyn_conns_C_R,
+                                 ct count): count in dyn_drops, drop. Only new
+                                 flows a receiver admitted get here, so only
+                                 what would enter the table is counted
       in_P                       NS/NA accept; jump si_S for each group S; drop
       out_P                      router advertisements and redirects, DHCP and
                                  DHCPv6 server messages: drop (what no tenant
@@ -62,14 +68,15 @@ change)::
       m4_S, m6_S                 S's members: every rule naming S uses these sets
 
 P is a *profile*: the list of security groups a vnic uses, shared by every
-vnic using the same list. A member change is one set element; a rule change
+vnic using the same list; C_R a *limit class*, shared likewise. A member change is one set element; a rule change
 rewrites one chain; a vnic is elements only.
 
 Every object is addressed by a :class:`Key`; a rule carries a digest of its
 statements as its comment, so a chain read back from the kernel compares
 equal to the wanted one exactly when it holds the same rules. Two objects
-need nft's ``typeof`` declarations, which its JSON input lacks: they are
-made by :data:`BOOTSTRAP`, in nft's own syntax, before any JSON.
+need nft's ``typeof`` declarations, which its JSON input lacks, and one set
+the packets fill must be declared dynamic: they are made by
+:data:`BOOTSTRAP`, in nft's own syntax, before any JSON.
 """
 
 import hashlib
@@ -81,8 +88,10 @@ from typing import Any, NamedTuple
 
 from butterfly.dataplane.naming import (
     BRIDGE_WILDCARD,
+    DYNAMIC_PREFIX,
     PORT_WILDCARDS,
     TABLE,
+    limit_names,
     member_set,
     profile_chains,
     sg_in_chain,
@@ -96,9 +105,11 @@ __all__ = [
     "BRIDGE",
     "INET",
     "MAX_ID",
+    "NO_LIMITS",
     "PRESENT",
     "Base",
     "Chain",
+    "ConnLimits",
     "Decl",
     "Key",
     "Layout",
@@ -121,6 +132,7 @@ BOOTSTRAP = f"""add table bridge {TABLE}
 add set bridge {TABLE} port_nd {{ typeof iifname . @th,64,128; }}
 add table inet {TABLE}
 add map inet {TABLE} zones {{ typeof iifname : ct zone; }}
+add set inet {TABLE} {DYNAMIC_PREFIX}drops {{ type ifname . ether_addr; flags dynamic; counter; }}
 """
 """nft commands (its own syntax) making the objects JSON cannot declare."""
 
@@ -191,9 +203,20 @@ class Decl:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """A verdict map's value: go to ``chain``."""
+    """A verdict map's value: go to ``chain`` (or jump to it: come back after)."""
 
     chain: str
+    jump: bool = False
+
+
+class ConnLimits(NamedTuple):
+    """What a vnic may start: tracked connections at once, new ones per second (0: no cap)."""
+
+    connections: int
+    per_second: int
+
+
+NO_LIMITS = ConnLimits(0, 0)
 
 
 PRESENT = True
@@ -255,6 +278,9 @@ _ACCEPT: Json = {"accept": None}
 _DROP: Json = {"drop": None}
 _IIF = _meta("iifname")
 _IP_OR_ARP = _match(_payload("ether", "type"), _set(_FRAME_TYPES))
+_SENDER = _concat(_IIF, _payload("ether", "saddr"))
+"""A filtered vnic, by its bridge and MAC (see the layout)."""
+_DROPS = f"{DYNAMIC_PREFIX}drops"
 _GROUP_FRAME = _match({"&": [_payload("ether", "daddr"), "01:00:00:00:00:00"]}, "01:00:00:00:00:00")
 """A broadcast or multicast frame (the group bit of its destination MAC)."""
 
@@ -380,6 +406,7 @@ class Layout:
             "quiet": ("ifname",),
             "in_mac": ("ifname", "ether_addr", "verdict"),
             "out_mac": ("ifname", "ether_addr", "verdict"),
+            "limits": ("ifname", "ether_addr", "verdict"),
             "in_dispatch": ("mark", "verdict"),
         }
         objects: dict[Key, Obj] = {
@@ -387,6 +414,7 @@ class Layout:
             Key("table", INET): Decl(bootstrapped=True),
             Key("set", BRIDGE, "port_nd"): Decl(("ifname", "integer"), bootstrapped=True),
             Key("map", INET, "zones"): Decl(("ifname", "integer"), bootstrapped=True),
+            Key("set", INET, _DROPS): Decl(("ifname", "ether_addr"), bootstrapped=True),
         }
         for family, decls in ((BRIDGE, bridge_decls), (INET, inet_decls)):
             for name, types in decls.items():
@@ -456,7 +484,11 @@ class Layout:
                 Base("filter", "forward", 0),
             ),
             (INET, "out_check"): Chain(
-                (rule(_vmap(_concat(_IIF, _payload("ether", "saddr")), "out_mac")), rule(_ACCEPT))
+                (
+                    rule(_vmap(_SENDER, "limits")),
+                    rule(_vmap(_SENDER, "out_mac")),
+                    rule(_ACCEPT),
+                )
             ),
         }
         chains.update({(BRIDGE, name): chain for name, chain in _spoof_chains().items()})
@@ -479,9 +511,15 @@ class Layout:
         return objects
 
     def vnic(
-        self, port: str, bridge: str, vnic_filter: VnicFilter | None, vnic_id: int | None
+        self,
+        port: str,
+        bridge: str,
+        vnic_filter: VnicFilter | None,
+        vnic_id: int | None,
+        limits: ConnLimits = NO_LIMITS,
     ) -> dict[Key, Obj]:
-        """A vnic's id, anti-spoofing data and dispatch to its profile.
+        """A vnic's id, anti-spoofing data, dispatch to its profile and caps
+        (the objects of :meth:`limit_class` must be there too).
 
         A vnic that bypasses filtering only gets its id reset (the mark of
         group frames towards it).
@@ -497,6 +535,10 @@ class Layout:
             Key("element", INET, "out_mac", (bridge, spoof.mac)): Verdict(profile_out),
             Key("element", INET, "in_dispatch", vnic_id): Verdict(profile_in),
         }
+        if any(limits):
+            objects[Key("element", INET, "limits", (bridge, spoof.mac))] = Verdict(
+                limit_names(*limits)[0], jump=True
+            )
         if spoof.check_ip:
             objects[Key("element", BRIDGE, "port_in", port)] = Verdict("spoof_ip")
             objects[Key("element", BRIDGE, "port_macs", (port, spoof.mac))] = PRESENT
@@ -505,6 +547,26 @@ class Layout:
             for ip in spoof.ipv6:
                 objects[Key("element", BRIDGE, "port_ip6", (port, ip))] = PRESENT
                 objects[Key("element", BRIDGE, "port_nd", (port, _hex128(ip)))] = PRESENT
+        return objects
+
+    def limit_class(self, limits: ConnLimits) -> dict[Key, Obj]:
+        """The chain and meters of the vnics with these caps, which drop (and count
+        in @dyn_drops, by sender) a new connection over them. A meter must be
+        made in the transaction that makes its chain (nft marks it dynamic then)."""
+        chain, rate_set, count_set = limit_names(*limits)
+        rules: list[NftRule] = []
+        objects: dict[Key, Obj] = {}
+        counted = {"set": {"op": "update", "elem": _SENDER, "set": "@" + _DROPS}}
+        if limits.per_second:
+            limit = {"rate": limits.per_second, "burst": limits.per_second, "per": "second"}
+            meter = {"limit": {**limit, "inv": True}}
+            objects[Key("set", INET, rate_set)] = Decl(("ifname", "ether_addr"))
+            rules.append(rule(_NEW, _meter("update", rate_set, meter), counted, _DROP))
+        if limits.connections:
+            count = {"ct count": {"val": limits.connections, "inv": True}}
+            objects[Key("set", INET, count_set)] = Decl(("ifname", "ether_addr"))
+            rules.append(rule(_NEW, _meter("add", count_set, count), counted, _DROP))
+        objects[Key("chain", INET, chain)] = Chain(tuple(rules))
         return objects
 
     def profile(self, sg_ids: Sequence[str], restrict_outbound: bool) -> dict[Key, Obj]:
@@ -547,6 +609,13 @@ class Layout:
         for ip in members:
             objects[Key("element", INET, member_set(sg_id, 6 if ":" in ip else 4), ip)] = PRESENT
         return objects
+
+
+_NEW = _match({"ct": {"key": "state"}}, "new", "in")
+
+
+def _meter(op: str, name: str, statement: Json) -> Json:
+    return {"set": {"op": op, "elem": _SENDER, "set": "@" + name, "stmt": [statement]}}
 
 
 def _match_statements(match: Match, peer: str) -> list[Json]:
@@ -594,7 +663,9 @@ def _element(key: Key, value: Obj | None) -> Any:
         element = {"concat": list(element)}
     if value is None or value is PRESENT:
         return element
-    return [element, {"goto": {"target": value.chain}} if isinstance(value, Verdict) else value]
+    if isinstance(value, Verdict):
+        return [element, {"jump" if value.jump else "goto": {"target": value.chain}}]
+    return [element, value]
 
 
 def diff(old: Mapping[Key, Obj], new: Mapping[Key, Obj]) -> list[Json]:
@@ -736,7 +807,11 @@ def parse_listing(family: str, objects: Iterable[Json]) -> Listing:
     listing = Listing()
     chains: dict[str, list[NftRule]] = {}
     bases: dict[str, Base | None] = {}
-    bootstrapped = {Key("set", BRIDGE, "port_nd"), Key("map", INET, "zones")}
+    bootstrapped = {
+        Key("set", BRIDGE, "port_nd"),
+        Key("map", INET, "zones"),
+        Key("set", INET, _DROPS),
+    }
     for obj in objects:
         if "table" in obj:
             listing.objects[Key("table", family)] = Decl(bootstrapped=True)
@@ -759,6 +834,8 @@ def parse_listing(family: str, objects: Iterable[Json]) -> Listing:
                 types = [*types, spec["map"]]
             key = Key(kind, family, spec["name"])
             listing.objects[key] = Decl(tuple(types), bootstrapped=key in bootstrapped)
+            if spec["name"].startswith(DYNAMIC_PREFIX):
+                continue
             for element in spec.get("elem", []):
                 if kind == "map":
                     element_key, value = element
@@ -799,6 +876,6 @@ def _map_value(value: Any) -> Obj:
     if isinstance(value, dict):
         for verdict in ("goto", "jump"):
             if verdict in value:
-                return Verdict(value[verdict]["target"])
+                return Verdict(value[verdict]["target"], jump=verdict == "jump")
         raise ValueError(f"unexpected map value {value!r}")
     return int(value, 0) if isinstance(value, str) else int(value)
