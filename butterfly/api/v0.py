@@ -124,7 +124,12 @@ class V0Handlers:
 
     def _nic_details(self, request: Request, response: Response) -> None:
         for details in self._switch.vnic_details(request.nic_details):
-            nic_to_proto(details.vnic, details.attachment, response.nic_details.add())
+            nic_to_proto(
+                details.vnic,
+                details.attachment,
+                response.nic_details.add(),
+                with_limits=request.with_limits,
+            )
 
     def _nic_export(self, request: Request, response: Response) -> None:
         response.nic_export.fw_data.data = self._switch.export_vnic(request.nic_export)

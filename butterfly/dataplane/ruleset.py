@@ -68,8 +68,9 @@ change)::
       m4_S, m6_S                 S's members: every rule naming S uses these sets
 
 P is a *profile*: the list of security groups a vnic uses, shared by every
-vnic using the same list; C_R a *limit class*, shared likewise. A member change is one set element; a rule change
-rewrites one chain; a vnic is elements only.
+vnic using the same list; C_R a *limit class*, shared likewise. A member
+change is one set element; a rule change rewrites one chain; a vnic is
+elements only.
 
 Every object is addressed by a :class:`Key`; a rule carries a digest of its
 statements as its comment, so a chain read back from the kernel compares

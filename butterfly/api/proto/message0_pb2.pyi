@@ -70,6 +70,8 @@ class MessageV0(_message.Message):
         DIP_FIELD_NUMBER: _builtins.int
         DMAC_FIELD_NUMBER: _builtins.int
         MTU_FIELD_NUMBER: _builtins.int
+        MAX_CONNECTIONS_FIELD_NUMBER: _builtins.int
+        MAX_NEW_CONNECTIONS_FIELD_NUMBER: _builtins.int
         id: _builtins.str
         mac: _builtins.str
         vni: _builtins.int
@@ -85,6 +87,12 @@ class MessageV0(_message.Message):
         dmac: _builtins.str
         mtu: _builtins.int
         """butterfly addition: the vnic's MTU, filled by the daemon in details."""
+        max_connections: _builtins.int
+        """butterfly additions: the vnic's own caps on the connections it starts
+        (tracked at once; new per second); absent: the daemon's defaults, 0: no
+        cap. In details only when the request has with_limits.
+        """
+        max_new_connections: _builtins.int
         @_builtins.property
         def ip(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
         @_builtins.property
@@ -108,10 +116,12 @@ class MessageV0(_message.Message):
             dip: _builtins.str | None = ...,
             dmac: _builtins.str | None = ...,
             mtu: _builtins.int | None = ...,
+            max_connections: _builtins.int | None = ...,
+            max_new_connections: _builtins.int | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["btype", b"btype", "bypass_filtering", b"bypass_filtering", "dip", b"dip", "dmac", b"dmac", "id", b"id", "ip_anti_spoof", b"ip_anti_spoof", "mac", b"mac", "mtu", b"mtu", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "path", b"path", "sniff_target_nic_id", b"sniff_target_nic_id", "type", b"type", "vni", b"vni"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["btype", b"btype", "bypass_filtering", b"bypass_filtering", "dip", b"dip", "dmac", b"dmac", "id", b"id", "ip_anti_spoof", b"ip_anti_spoof", "mac", b"mac", "max_connections", b"max_connections", "max_new_connections", b"max_new_connections", "mtu", b"mtu", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "path", b"path", "sniff_target_nic_id", b"sniff_target_nic_id", "type", b"type", "vni", b"vni"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["btype", b"btype", "bypass_filtering", b"bypass_filtering", "dip", b"dip", "dmac", b"dmac", "id", b"id", "ip", b"ip", "ip_anti_spoof", b"ip_anti_spoof", "mac", b"mac", "mtu", b"mtu", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "path", b"path", "security_group", b"security_group", "sniff_target_nic_id", b"sniff_target_nic_id", "type", b"type", "vni", b"vni"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["btype", b"btype", "bypass_filtering", b"bypass_filtering", "dip", b"dip", "dmac", b"dmac", "id", b"id", "ip", b"ip", "ip_anti_spoof", b"ip_anti_spoof", "mac", b"mac", "max_connections", b"max_connections", "max_new_connections", b"max_new_connections", "mtu", b"mtu", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "path", b"path", "security_group", b"security_group", "sniff_target_nic_id", b"sniff_target_nic_id", "type", b"type", "vni", b"vni"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -304,10 +314,15 @@ class MessageV0(_message.Message):
         SECURITY_GROUP_FIELD_NUMBER: _builtins.int
         PACKET_TRACE_FIELD_NUMBER: _builtins.int
         PACKET_TRACE_PATH_FIELD_NUMBER: _builtins.int
+        MAX_CONNECTIONS_FIELD_NUMBER: _builtins.int
+        MAX_NEW_CONNECTIONS_FIELD_NUMBER: _builtins.int
         id: _builtins.str
         ip_anti_spoof: _builtins.bool
         packet_trace: _builtins.bool
         packet_trace_path: _builtins.str
+        max_connections: _builtins.int
+        """butterfly additions, as in Nic"""
+        max_new_connections: _builtins.int
         @_builtins.property
         def ip(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
         @_builtins.property
@@ -321,10 +336,12 @@ class MessageV0(_message.Message):
             security_group: _abc.Iterable[_builtins.str] | None = ...,
             packet_trace: _builtins.bool | None = ...,
             packet_trace_path: _builtins.str | None = ...,
+            max_connections: _builtins.int | None = ...,
+            max_new_connections: _builtins.int | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "ip_anti_spoof", b"ip_anti_spoof", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "ip_anti_spoof", b"ip_anti_spoof", "max_connections", b"max_connections", "max_new_connections", b"max_new_connections", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "ip", b"ip", "ip_anti_spoof", b"ip_anti_spoof", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "security_group", b"security_group"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "ip", b"ip", "ip_anti_spoof", b"ip_anti_spoof", "max_connections", b"max_connections", "max_new_connections", b"max_new_connections", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "security_group", b"security_group"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -560,6 +577,7 @@ class MessageV0(_message.Message):
         VNI_PEER_ADD_FIELD_NUMBER: _builtins.int
         VNI_PEER_DEL_FIELD_NUMBER: _builtins.int
         VNI_PEER_LIST_FIELD_NUMBER: _builtins.int
+        WITH_LIMITS_FIELD_NUMBER: _builtins.int
         nic_del: _builtins.str
         nic_list: _builtins.bool
         nic_details: _builtins.str
@@ -573,6 +591,8 @@ class MessageV0(_message.Message):
         app_quit: _builtins.bool
         sg_details: _builtins.str
         vni_peer_list: _builtins.bool
+        with_limits: _builtins.bool
+        """butterfly addition: nic_details answers the vnics' own caps (Nic 110, 111)"""
         @_builtins.property
         def nic_add(self) -> Global___MessageV0.Nic: ...
         @_builtins.property
@@ -621,10 +641,11 @@ class MessageV0(_message.Message):
             vni_peer_add: Global___MessageV0.VniPeerReq | None = ...,
             vni_peer_del: Global___MessageV0.VniPeerReq | None = ...,
             vni_peer_list: _builtins.bool | None = ...,
+            with_limits: _builtins.bool | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list", "with_limits", b"with_limits"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list", "with_limits", b"with_limits"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["nic_add", "nic_update", "nic_del", "nic_list", "nic_details", "nic_export", "nic_stats", "sg_add", "sg_del", "sg_list", "sg_rule_add", "sg_rule_del", "sg_rule_list", "sg_member_add", "sg_member_del", "sg_member_list", "app_status", "app_quit", "app_config", "sg_details", "vni_peer_add", "vni_peer_del", "vni_peer_list"]  # noqa: Y015
         _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
