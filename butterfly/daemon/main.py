@@ -20,8 +20,10 @@ from butterfly.daemon.config import Config, parse_args
 from butterfly.daemon.exposure import exposure_warning
 from butterfly.daemon.logs import set_level, setup_logging
 from butterfly.dataplane import Dataplane, VhostPorts
+from butterfly.dataplane.conntrack import memory_bytes, size_conntrack
 from butterfly.dataplane.control_only import ControlOnlyDataplane
 from butterfly.dataplane.kernel import KernelDataplane, cleanup
+from butterfly.dataplane.ruleset import ConnLimits
 from butterfly.errors import ButterflyError, DataplaneError
 from butterfly.model import State
 from butterfly.service import Switch
@@ -83,6 +85,13 @@ WORKERS_NICER = 10
 def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
     if not config.dataplane:
         return ControlOnlyDataplane(socket_dir=config.socket_dir)
+    sizings = size_conntrack(config.conntrack_max, memory=memory_bytes())
+    log.info("connection tracking: %s", ", ".join(str(sizing) for sizing in sizings))
+    log.info(
+        "a vnic may start %s connections, %s per second, unless it says otherwise",
+        config.vnic_max_connections or "any number of",
+        config.vnic_max_new_connections or "any number",
+    )
     return KernelDataplane(
         underlay_ip=config.ip,
         socket_dir=config.socket_dir,
@@ -90,6 +99,7 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         packet_trace_default=config.packet_trace,
         static_peers=config.vxlan_peers,
         vhost=vhost,
+        limits=ConnLimits(config.vnic_max_connections, config.vnic_max_new_connections),
     )
 
 
