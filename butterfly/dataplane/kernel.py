@@ -60,6 +60,7 @@ from butterfly.dataplane.nft import Nftables
 from butterfly.dataplane.ruleset import (
     BOOTSTRAP,
     BRIDGE,
+    DROPS,
     INET,
     MAX_ID,
     NO_LIMITS,
@@ -350,9 +351,10 @@ class KernelDataplane:
     def graph(self, state: StateView) -> str:
         self._load()
         links = {link.name: link for link in self._netlink.links()}
+        drops = self._limit_drops()
         vnis = []
         for vni in sorted({vnic.vni for vnic in state.vnics()}):
-            ports = tuple(self._port_view(vnic, links) for vnic in state.vnics_in(vni))
+            ports = tuple(self._port_view(vnic, links, drops) for vnic in state.vnics_in(vni))
             peers = self._peers(vni, state)
             flooding = []
             if self._multicast:
@@ -1154,7 +1156,32 @@ class KernelDataplane:
 
     # graph
 
-    def _port_view(self, vnic: Vnic, links: Mapping[str, Link]) -> PortView:
+    def _limit_drops(self) -> dict[tuple[str, str], int]:
+        """New connections dropped by the caps, by sender (bridge, MAC), since the
+        sender first met one (the kernel's counters in dyn_drops)."""
+        listing = self._nft.list({"set": {"family": INET, "table": TABLE, "name": DROPS}})
+        drops: dict[tuple[str, str], int] = {}
+        for obj in listing or []:
+            for element in obj.get("set", {}).get("elem", []):
+                entry = element.get("elem", {}) if isinstance(element, dict) else {}
+                bridge, mac = entry.get("val", {}).get("concat", ("", ""))
+                drops[(bridge, str(mac).lower())] = int(entry.get("counter", {}).get("packets", 0))
+        return drops
+
+    def _limits_view(self, vnic: Vnic, drops: Mapping[tuple[str, str], int]) -> str:
+        if not self._filtered(vnic):
+            return ""
+        connections, per_second = self._vnic_limits(vnic)
+        caps = [
+            f"at most {connections} connections" if connections else "any connections",
+            f"{per_second} new/s" if per_second else "any new/s",
+        ]
+        dropped = drops.get((bridge_name(vnic.vni), vnic.mac.lower()), 0)
+        return ", ".join(caps) + f"; {dropped} dropped"
+
+    def _port_view(
+        self, vnic: Vnic, links: Mapping[str, Link], drops: Mapping[tuple[str, str], int]
+    ) -> PortView:
         name = tap_name(vnic.id)
         if vnic.bypass_filtering:
             filtering, anti_spoof = "bypassed", "off (bypass)"
@@ -1176,6 +1203,7 @@ class KernelDataplane:
             anti_spoof=anti_spoof,
             trace=self._tracer.tracing(vnic.id),
             present=name in links,
+            limits=self._limits_view(vnic, drops),
         )
 
 

@@ -104,6 +104,7 @@ from butterfly.model.firewall import Match, SgFilter, VnicFilter
 __all__ = [
     "BOOTSTRAP",
     "BRIDGE",
+    "DROPS",
     "INET",
     "MAX_ID",
     "NO_LIMITS",
@@ -281,7 +282,7 @@ _IIF = _meta("iifname")
 _IP_OR_ARP = _match(_payload("ether", "type"), _set(_FRAME_TYPES))
 _SENDER = _concat(_IIF, _payload("ether", "saddr"))
 """A filtered vnic, by its bridge and MAC (see the layout)."""
-_DROPS = f"{DYNAMIC_PREFIX}drops"
+DROPS = f"{DYNAMIC_PREFIX}drops"
 _GROUP_FRAME = _match({"&": [_payload("ether", "daddr"), "01:00:00:00:00:00"]}, "01:00:00:00:00:00")
 """A broadcast or multicast frame (the group bit of its destination MAC)."""
 
@@ -415,7 +416,7 @@ class Layout:
             Key("table", INET): Decl(bootstrapped=True),
             Key("set", BRIDGE, "port_nd"): Decl(("ifname", "integer"), bootstrapped=True),
             Key("map", INET, "zones"): Decl(("ifname", "integer"), bootstrapped=True),
-            Key("set", INET, _DROPS): Decl(("ifname", "ether_addr"), bootstrapped=True),
+            Key("set", INET, DROPS): Decl(("ifname", "ether_addr"), bootstrapped=True),
         }
         for family, decls in ((BRIDGE, bridge_decls), (INET, inet_decls)):
             for name, types in decls.items():
@@ -557,7 +558,7 @@ class Layout:
         chain, rate_set, count_set = limit_names(*limits)
         rules: list[NftRule] = []
         objects: dict[Key, Obj] = {}
-        counted = {"set": {"op": "update", "elem": _SENDER, "set": "@" + _DROPS}}
+        counted = {"set": {"op": "update", "elem": _SENDER, "set": "@" + DROPS}}
         if limits.per_second:
             limit = {"rate": limits.per_second, "burst": limits.per_second, "per": "second"}
             meter = {"limit": {**limit, "inv": True}}
@@ -811,7 +812,7 @@ def parse_listing(family: str, objects: Iterable[Json]) -> Listing:
     bootstrapped = {
         Key("set", BRIDGE, "port_nd"),
         Key("map", INET, "zones"),
-        Key("set", INET, _DROPS),
+        Key("set", INET, DROPS),
     }
     for obj in objects:
         if "table" in obj:

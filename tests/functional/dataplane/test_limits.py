@@ -106,6 +106,10 @@ def test_a_vnic_holds_at_most_its_cap_of_tracked_connections(lab: Lab) -> None:
     assert tenants.dropped(1) >= 300
     assert tenants.dropped(3) >= 380
     assert tenants.dropped(4) == 0
+    graph = tenants.dataplane.graph(tenants.state)
+    shown = re.search(r"limits: at most 100 connections, any new/s; (\d+) dropped", graph)
+    assert shown is not None and int(shown.group(1)) == tenants.dropped(1)
+    assert "limits: any connections, any new/s; 0 dropped" in graph
 
 
 def test_a_vnic_starts_at_most_its_rate_of_connections(lab: Lab) -> None:
