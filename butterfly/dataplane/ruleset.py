@@ -54,9 +54,10 @@ change)::
                                  ether saddr] (sender's out_P); accept
       lim_C_R                    new connection over R per second (meter
                                  dyn_rate_C_R) or over C tracked (dyn_conns_C_R,
-                                 ct count): count in dyn_drops, drop. Only new
-                                 flows a receiver admitted get here, so only
-                                 what would enter the table is counted
+                                 ct count): goto capped. Only new flows a
+                                 receiver admitted get here, so only what would
+                                 enter the table is counted
+      capped                     count in dyn_drops (by sender); drop
       in_P                       NS/NA accept; jump si_S for each group S; drop
       out_P                      router advertisements and redirects, DHCP and
                                  DHCPv6 server messages: drop (what no tenant
@@ -129,12 +130,16 @@ BRIDGE = "bridge"
 INET = "inet"
 MAX_ID = 0xFFFF
 """Vnic ids and conntrack zones are 16-bit."""
+METER_SIZE = 4 * (MAX_ID + 1)
+"""Elements of a set the packets fill (one per sender vnic, with room for churn)."""
 
 BOOTSTRAP = f"""add table bridge {TABLE}
 add set bridge {TABLE} port_nd {{ typeof iifname . @th,64,128; }}
 add table inet {TABLE}
 add map inet {TABLE} zones {{ typeof iifname : ct zone; }}
-add set inet {TABLE} {DYNAMIC_PREFIX}drops {{ type ifname . ether_addr; flags dynamic; counter; }}
+add set inet {TABLE} {DYNAMIC_PREFIX}drops {{
+    type ifname . ether_addr; flags dynamic; counter; size {METER_SIZE};
+}}
 """
 """nft commands (its own syntax) making the objects JSON cannot declare."""
 
@@ -201,6 +206,9 @@ class Decl:
     types: tuple[str, ...] = ()
     bootstrapped: bool = False
     """Made by :data:`BOOTSTRAP`, not by JSON commands."""
+    options: tuple[tuple[str, int], ...] = field(default=(), compare=False)
+    """More of the declaration (a meter's size and timeout); read back as they
+    were made, since nothing changes them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +290,7 @@ _IIF = _meta("iifname")
 _IP_OR_ARP = _match(_payload("ether", "type"), _set(_FRAME_TYPES))
 _SENDER = _concat(_IIF, _payload("ether", "saddr"))
 """A filtered vnic, by its bridge and MAC (see the layout)."""
+_SENDER_TYPES = ("ifname", "ether_addr")
 DROPS = f"{DYNAMIC_PREFIX}drops"
 _GROUP_FRAME = _match({"&": [_payload("ether", "daddr"), "01:00:00:00:00:00"]}, "01:00:00:00:00:00")
 """A broadcast or multicast frame (the group bit of its destination MAC)."""
@@ -485,6 +494,13 @@ class Layout:
                 ),
                 Base("filter", "forward", 0),
             ),
+            (INET, "capped"): Chain(
+                (
+                    # Its own rule: a full set must not spare the drop.
+                    rule({"set": {"op": "update", "elem": _SENDER, "set": "@" + DROPS}}),
+                    rule(_DROP),
+                )
+            ),
             (INET, "out_check"): Chain(
                 (
                     rule(_vmap(_SENDER, "limits")),
@@ -558,16 +574,20 @@ class Layout:
         chain, rate_set, count_set = limit_names(*limits)
         rules: list[NftRule] = []
         objects: dict[Key, Obj] = {}
-        counted = {"set": {"op": "update", "elem": _SENDER, "set": "@" + DROPS}}
+        capped = _goto("capped")
         if limits.per_second:
             limit = {"rate": limits.per_second, "burst": limits.per_second, "per": "second"}
             meter = {"limit": {**limit, "inv": True}}
-            objects[Key("set", INET, rate_set)] = Decl(("ifname", "ether_addr"))
-            rules.append(rule(_NEW, _meter("update", rate_set, meter), counted, _DROP))
+            # A sender quiet for a minute starts again with a full bucket.
+            rate_options = (("size", METER_SIZE), ("timeout", 60))
+            objects[Key("set", INET, rate_set)] = Decl(_SENDER_TYPES, options=rate_options)
+            rules.append(rule(_NEW, _meter("update", rate_set, meter), capped))
         if limits.connections:
             count = {"ct count": {"val": limits.connections, "inv": True}}
-            objects[Key("set", INET, count_set)] = Decl(("ifname", "ether_addr"))
-            rules.append(rule(_NEW, _meter("add", count_set, count), counted, _DROP))
+            # The kernel removes a sender's element once it has no connection.
+            count_options = (("size", METER_SIZE),)
+            objects[Key("set", INET, count_set)] = Decl(_SENDER_TYPES, options=count_options)
+            rules.append(rule(_NEW, _meter("add", count_set, count), capped))
         objects[Key("chain", INET, chain)] = Chain(tuple(rules))
         return objects
 
@@ -765,7 +785,7 @@ def _declaration(key: Key, decl: Decl) -> Json:
         keys: Any = list(decl.types[:-1]) if len(decl.types) > 2 else decl.types[0]
         return {**_ref(key), "type": keys, "map": decl.types[-1]}
     types: Any = list(decl.types) if len(decl.types) > 1 else decl.types[0]
-    return {**_ref(key), "type": types}
+    return {**_ref(key), "type": types, **dict(decl.options)}
 
 
 _KIND_ORDER = {"table": 0, "map": 1, "set": 2, "chain": 3, "element": 4}
