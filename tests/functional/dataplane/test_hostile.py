@@ -315,9 +315,10 @@ def test_no_frame_from_a_vnic_reaches_the_hosts_stack(lab: Lab, listening: Host)
 
 
 def _vxlan(src_mac: str, dst_mac: str, src: str, dst: str, *, vni: int, inner: Packet) -> Packet:
+    outer = IPv6(src=src, dst=dst) if ":" in dst else IP(src=src, dst=dst)
     return (
         Ether(src=src_mac, dst=dst_mac)
-        / IP(src=src, dst=dst)
+        / outer
         / UDP(sport=49152, dport=4789)
         / VXLAN(vni=vni, flags=0x08)
         / inner
@@ -334,50 +335,54 @@ def _send_from(netns: Netns, ifname: str, frames: list[bytes]) -> None:
     netns.run(send)
 
 
-def test_vxlan_is_decapsulated_only_from_the_underlay(lab: Lab) -> None:
+def _mac_of(netns: Netns, ifname: str) -> str:
+    return str(json.loads(netns.ip("-j", "link", "show", ifname))[0]["address"])
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4-underlay", "ipv6-underlay"])
+def test_vxlan_is_decapsulated_only_from_the_underlay(lab: Lab, v6: bool) -> None:
     """A VXLAN packet carrying a frame for VNI 20 reaches VNI 20's guest when it
     comes from another host over the underlay; the very same packet sent by a
     VNI 10 guest to the host, or arriving on another interface of the host,
     is not decapsulated."""
-    host, peer = lab.host(), lab.host()
+    host, peer = lab.host(v6=v6), lab.host(v6=v6)
     dataplane = host.dataplane()
     state = State()
     open_sg(dataplane, state)
     attacker, victim = lab.guest(), lab.guest()
-    plug(dataplane, state, netns_vnic("a", attacker, MAC_A, (IP_A,), vni=10))
+    plug(dataplane, state, netns_vnic("a", attacker, MAC_A, (IP_A, IP6_A), vni=10))
     plug(
         dataplane,
         state,
         netns_vnic("b", victim, MAC_B, (IP_B,), vni=20, security_groups=("open",)),
     )
     side = lab.netns("x")
-    sh_side = f"{lab.prefix}s"
-    host.ip("link", "add", sh_side, "type", "veth", "peer", "name", "x0", "netns", side.name)
-    host.ip("address", "add", "192.0.2.1/24", "dev", sh_side)
-    host.ip("link", "set", sh_side, "up")
-    side.ip("address", "add", "192.0.2.2/24", "dev", "x0")
+    host_side = f"{lab.prefix}s"
+    host_net, side_net = ("2001:db8:2::1", "2001:db8:2::2") if v6 else ("192.0.2.1", "192.0.2.2")
+    length = 64 if v6 else 24
+    host.ip("link", "add", host_side, "type", "veth", "peer", "name", "x0", "netns", side.name)
+    host.ip("address", "add", f"{host_net}/{length}", "dev", host_side, *(("nodad",) * v6))
+    host.ip("link", "set", host_side, "up")
+    side.ip("address", "add", f"{side_net}/{length}", "dev", "x0", *(("nodad",) * v6))
     side.ip("link", "set", "x0", "up")
-    bridge_mac = json.loads(host.ip("-j", "link", "show", bridge_name(10)))[0]["address"]
-    side_mac = json.loads(host.ip("-j", "link", "show", sh_side))[0]["address"]
-    underlay_mac = json.loads(host.ip("-j", "link", "show", host.underlay))[0]["address"]
-    peer_mac = json.loads(peer.ip("-j", "link", "show", peer.underlay))[0]["address"]
 
-    def inner(marker: str) -> bytes:
+    def inner(marker: str) -> Raw:
         frame = Ether(src="52:54:00:00:0b:99", dst=MAC_B) / IP(src=IP_A, dst=IP_B) / UDP(dport=9)
-        return bytes(frame / Raw(load=marker.encode()))
+        return Raw(bytes(frame / Raw(load=marker.encode())))
 
-    from_vm = _vxlan(MAC_A, bridge_mac, IP_A, host.address4, vni=20, inner=Raw(inner("attack-vm")))
+    target = host.address
+    from_vm = _vxlan(
+        MAC_A, _mac_of(host, bridge_name(10)), IP6_A if v6 else IP_A, target,
+        vni=20, inner=inner("attack-vm"),
+    )  # fmt: skip
     from_side = _vxlan(
-        "52:54:00:00:0b:98",
-        side_mac,
-        "192.0.2.2",
-        host.address4,
-        vni=20,
-        inner=Raw(inner("attack-side")),
-    )
+        "52:54:00:00:0b:98", _mac_of(host, host_side), side_net, target,
+        vni=20, inner=inner("attack-side"),
+    )  # fmt: skip
     from_peer = _vxlan(
-        peer_mac, underlay_mac, peer.address4, host.address4, vni=20, inner=Raw(inner("underlay"))
-    )
+        _mac_of(peer, peer.underlay), _mac_of(host, host.underlay), peer.address, target,
+        vni=20, inner=inner("underlay"),
+    )  # fmt: skip
     assert victim.agent.call("sniff_start", ifname=tap_name("b"))["ok"]
     attacker.agent.call("send_frames", ifname=tap_name("a"), frames=[bytes(from_vm).hex()] * 3)
     _send_from(side, "x0", [bytes(from_side)] * 3)
