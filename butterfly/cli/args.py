@@ -214,6 +214,19 @@ _TRACE_OPTIONS = (
     ),
 )
 
+_LIMIT_OPTIONS = (
+    _opt(
+        "--max-connections",
+        metavar="N",
+        help="connections the nic may have started at once (0: no cap; default: the server's)",
+    ),
+    _opt(
+        "--max-new-connections",
+        metavar="N",
+        help="connections the nic may start per second (0: no cap; default: the server's)",
+    ),
+)
+
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
         path=("nic", "list"),
@@ -262,6 +275,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 help="enable antispoof protection (default: off)",
             ),
             *_TRACE_OPTIONS,
+            *_LIMIT_OPTIONS,
             _opt(
                 "--bypass-filtering",
                 kind=Kind.FLAG,
@@ -272,7 +286,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
         path=("nic", "update"),
         summary="update a nic",
-        description="Change the ips, antispoof or tracing of a vnic",
+        description="Change the ips, antispoof, tracing or connection caps of a vnic",
         options=(
             _opt(
                 "--ip",
@@ -283,6 +297,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
             _opt("--id", metavar="ID", help="interface's id (mandatory)"),
             _opt("--enable-antispoof", metavar="BOOL", help="true/false  enable antispoof"),
             *_TRACE_OPTIONS,
+            *_LIMIT_OPTIONS,
         ),
     ),
     CommandSpec(

@@ -68,7 +68,10 @@ def _details(api: Api, nic_id: str) -> MessageV0.Nic:
 
 
 def nic_details(command: Command, ctx: Context) -> None:
-    nic = _details(ctx.api, command.args.word("NIC"))
+    response = _ask_one(ctx.api, Request(nic_details=command.args.word("NIC")))
+    if not response.nic_details:
+        raise ClientError("no nic details received")
+    nic = response.nic_details[0]
     ctx.out.write(output.nic_details(nic, as_json=_json(command)))
 
 

@@ -92,6 +92,8 @@ def nic_details(nic: MessageV0.Nic, *, as_json: bool) -> str:
                 "packet_trace_path": _optional(nic, "packet_trace_path"),
                 "sniff_target_nic_id": _optional(nic, "sniff_target_nic_id"),
                 "mtu": _optional(nic, "mtu"),
+                "max_connections": _optional(nic, "max_connections"),
+                "max_new_connections": _optional(nic, "max_new_connections"),
             }
         )
     lines = [f"id: {nic.id}", f"mac: {nic.mac}", f"vni: {nic.vni}"]
@@ -112,6 +114,10 @@ def nic_details(nic: MessageV0.Nic, *, as_json: bool) -> str:
         lines.append(f"path: {nic.path}")
     if nic.HasField("mtu"):
         lines.append(f"mtu: {nic.mtu}")
+    if nic.HasField("max_connections"):
+        lines.append(f"max connections: {nic.max_connections or 'no cap'}")
+    if nic.HasField("max_new_connections"):
+        lines.append(f"max new connections per second: {nic.max_new_connections or 'no cap'}")
     return _lines(lines)
 
 

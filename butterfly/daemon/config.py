@@ -24,6 +24,9 @@ DEFAULT_STATE = "/var/lib/butterfly/state.db"
 DEFAULT_SOCKET_DIR = "/run/butterfly"
 DEFAULT_NICE = -10
 """As Open vSwitch's daemons: the switch keeps answering when the host is busy."""
+DEFAULT_VNIC_MAX_CONNECTIONS = 10000
+DEFAULT_VNIC_MAX_NEW_CONNECTIONS = 1000
+LIMIT_MAX = 10_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,13 @@ class Config:
 
     sniff_cross_vni: bool = False
     """Whether a vnic may mirror its frames to a vnic of another VNI."""
+
+    vnic_max_connections: int = DEFAULT_VNIC_MAX_CONNECTIONS
+    """Connections a filtered vnic may have started at once, unless it says (0: no cap)."""
+    vnic_max_new_connections: int = DEFAULT_VNIC_MAX_NEW_CONNECTIONS
+    """Connections it may start per second, likewise."""
+    conntrack_max: int | None = None
+    """The host's connection table size; None: from its memory."""
 
 
 class _DpdkHelp(argparse.Action):
@@ -187,6 +197,26 @@ def _parser() -> argparse.ArgumentParser:
         help="processes moving vhost-user frames (default: one per CPU)",
     )
     parser.add_argument(
+        "--vnic-max-connections",
+        type=int,
+        metavar="N",
+        help="connections a vnic may have started at once, unless it says otherwise"
+        f" (default {DEFAULT_VNIC_MAX_CONNECTIONS}; 0: no cap)",
+    )
+    parser.add_argument(
+        "--vnic-max-new-connections",
+        type=int,
+        metavar="N",
+        help="connections a vnic may start per second, unless it says otherwise"
+        f" (default {DEFAULT_VNIC_MAX_NEW_CONNECTIONS}; 0: no cap)",
+    )
+    parser.add_argument(
+        "--conntrack-max",
+        type=int,
+        metavar="N",
+        help="raise the host's connection table to N entries (default: one per 16 KiB of memory)",
+    )
+    parser.add_argument(
         "--no-dataplane",
         action="store_true",
         default=None,
@@ -239,6 +269,9 @@ def _read_file(path: str) -> dict[str, str]:
             "dpdk-args",
             "dpdk-port",
             "sniff-cross-vni",
+            "vnic-max-connections",
+            "vnic-max-new-connections",
+            "conntrack-max",
         },
         "security": {"encryption_key_path"},
     }
@@ -277,6 +310,9 @@ def parse_args(argv: list[str]) -> Config:
         "dpdk-args": args.dpdk_args,
         "dpdk-port": args.dpdk_port,
         "sniff-cross-vni": args.sniff_cross_vni,
+        "vnic-max-connections": args.vnic_max_connections,
+        "vnic-max-new-connections": args.vnic_max_new_connections,
+        "conntrack-max": args.conntrack_max,
         "encryption_key_path": args.key,
     }
     where = "command line"
@@ -313,6 +349,8 @@ def parse_args(argv: list[str]) -> Config:
 
     nic_mtu = None if (text("nic-mtu") or "").lower() == "max" else number("nic-mtu", 576, 65535)
     nice = number("nice", -20, 19)
+    max_connections = number("vnic-max-connections", 0, LIMIT_MAX)
+    max_new_connections = number("vnic-max-new-connections", 0, LIMIT_MAX)
     peers: list[str] = []
     for peer in filter(None, (p.strip() for p in (text("vxlan-peers") or "").split(","))):
         canonical = canonical_ip(peer)
@@ -347,4 +385,11 @@ def parse_args(argv: list[str]) -> Config:
         underlay_interface=dpdk.interface,
         not_applicable=tuple(not_applicable),
         sniff_cross_vni=flag("sniff-cross-vni"),
+        vnic_max_connections=(
+            DEFAULT_VNIC_MAX_CONNECTIONS if max_connections is None else max_connections
+        ),
+        vnic_max_new_connections=(
+            DEFAULT_VNIC_MAX_NEW_CONNECTIONS if max_new_connections is None else max_new_connections
+        ),
+        conntrack_max=number("conntrack-max", 1024, 1 << 31),
     )

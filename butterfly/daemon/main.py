@@ -17,10 +17,13 @@ from butterfly.api.crypto import load_key
 from butterfly.api.server import ApiServer
 from butterfly.api.v0 import V0Handlers
 from butterfly.daemon.config import Config, parse_args
+from butterfly.daemon.exposure import exposure_warning
 from butterfly.daemon.logs import set_level, setup_logging
 from butterfly.dataplane import Dataplane, VhostPorts
+from butterfly.dataplane.conntrack_table import memory_bytes, size_conntrack
 from butterfly.dataplane.control_only import ControlOnlyDataplane
 from butterfly.dataplane.kernel import KernelDataplane, cleanup
+from butterfly.dataplane.ruleset import ConnLimits
 from butterfly.errors import ButterflyError, DataplaneError
 from butterfly.model import State
 from butterfly.service import Switch
@@ -84,6 +87,13 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         return ControlOnlyDataplane(
             socket_dir=config.socket_dir, packet_trace_default=config.packet_trace
         )
+    sizings = size_conntrack(config.conntrack_max, memory=memory_bytes())
+    log.info("connection tracking: %s", ", ".join(str(sizing) for sizing in sizings))
+    log.info(
+        "a vnic may start %s connections, %s per second, unless it says otherwise",
+        config.vnic_max_connections or "any number of",
+        config.vnic_max_new_connections or "any number",
+    )
     return KernelDataplane(
         underlay_ip=config.ip,
         socket_dir=config.socket_dir,
@@ -94,6 +104,7 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         static_peers=config.vxlan_peers,
         vhost=vhost,
         sniff_cross_vni=config.sniff_cross_vni,
+        limits=ConnLimits(config.vnic_max_connections, config.vnic_max_new_connections),
     )
 
 
@@ -134,6 +145,9 @@ def run(config: Config) -> None:
         log.info("option %s: accepted, and not applicable here (butterflyd has no DPDK)", option)
     _renice(config.nice)
     key = load_key(config.key_path) if config.key_path else None
+    warning = exposure_warning(config.endpoint, encrypted=key is not None)
+    if warning:
+        log.warning("%s", warning)
     os.makedirs(config.socket_dir, exist_ok=True)
     store = SqliteStore(config.state_path)
     supervisor = VhostSupervisor(

@@ -27,6 +27,8 @@ class PortView:
     anti_spoof: str
     trace: str | None
     present: bool
+    limits: str = ""
+    """"at most 10000 connections, 1000 new/s; 12 dropped" ("": not filtered)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,8 @@ def render(underlay: str, vnis: Sequence[VniView]) -> str:
                 f"filter: {port.filtering}",
                 f"anti-spoof: {port.anti_spoof}",
             ]
+            if port.limits:
+                details.append(f"limits: {port.limits}")
             if port.trace:
                 details.append(f"trace: {port.trace}")
             port_label = _quote("\n".join(details))

@@ -54,15 +54,18 @@ from butterfly.dataplane.naming import (
     vnic_alias,
     vxlan_name,
 )
-from butterfly.dataplane.netlink import Link, Netlink
+from butterfly.dataplane.netlink import LLDP_FORWARD_MASK, Link, Netlink
 from butterfly.dataplane.netns import open_netns, run_in_netns
 from butterfly.dataplane.nft import Nftables
 from butterfly.dataplane.offloads import turn_off_offloads
 from butterfly.dataplane.ruleset import (
     BOOTSTRAP,
     BRIDGE,
+    DROPS,
     INET,
     MAX_ID,
+    NO_LIMITS,
+    ConnLimits,
     Decl,
     Key,
     Layout,
@@ -104,6 +107,7 @@ _BRIDGE_OPTIONS = {
     "IFLA_BR_MCAST_SNOOPING": 0,
     "IFLA_BR_NF_CALL_IPTABLES": 1,
     "IFLA_BR_NF_CALL_IP6TABLES": 1,
+    "IFLA_BR_GROUP_FWD_MASK": LLDP_FORWARD_MASK,
 }
 
 
@@ -133,7 +137,8 @@ class KernelDataplane:
     VNI (vxlan-peers). ``multicast``: flood to the VNI's multicast group
     (default: only when no static peers are configured). ``vhost``: the
     backend that serves VHOST_USER_SERVER vnics' sockets on their taps;
-    without one such vnics are refused as not supported. ``fault_hook``:
+    without one such vnics are refused as not supported. ``limits``: what a
+    filtered vnic may start unless it says otherwise (0: no cap). ``fault_hook``:
     tests only, see :mod:`butterfly.dataplane.journal`.
 
     Raises ConfigError for an unusable option, DataplaneError when the
@@ -153,6 +158,7 @@ class KernelDataplane:
         static_peers: tuple[str, ...] = (),
         multicast: bool | None = None,
         vhost: VhostPorts | None = None,
+        limits: ConnLimits = NO_LIMITS,
         fault_hook: FaultHook | None = None,
         sniff_cross_vni: bool = False,
     ) -> None:
@@ -167,6 +173,7 @@ class KernelDataplane:
         self._fault_hook = fault_hook
         self._vhost = vhost
         self._offload = offload
+        self._limits = limits
         self._port_types = {VnicType.TAP, VnicType.NETNS}
         if vhost is not None:
             self._port_types.add(VnicType.VHOST_USER_SERVER)
@@ -392,9 +399,10 @@ class KernelDataplane:
     def graph(self, state: StateView) -> str:
         self._load()
         links = {link.name: link for link in self._netlink.links()}
+        drops = self._limit_drops()
         vnis = []
         for vni in sorted({vnic.vni for vnic in state.vnics()}):
-            ports = tuple(self._port_view(vnic, links) for vnic in state.vnics_in(vni))
+            ports = tuple(self._port_view(vnic, links, drops) for vnic in state.vnics_in(vni))
             peers = self._peers(vni, state)
             flooding = []
             if self._multicast:
@@ -506,6 +514,7 @@ class KernelDataplane:
             wanted.update(self._vnic_objects(None, vnic.id, state))
             if self._filtered(vnic):
                 profiles.add(vnic.security_groups)
+                wanted.update(self._limit_objects(vnic))
         for profile in sorted(profiles):
             wanted.update(self._profile_objects(profile, state))
         known = {sg.id for sg in state.sgs()} | referenced_groups(state.sgs())
@@ -569,6 +578,7 @@ class KernelDataplane:
                     bridge_name(before.vni),
                     vnic_filter(before, state),
                     self._port_ids.get(port),
+                    self._vnic_limits(before),
                 ).keys()
                 if self._filtered(before):
                     touched.add(before.security_groups)
@@ -578,6 +588,11 @@ class KernelDataplane:
             after = state.vnic(vnic_id)
             if after is not None and self._filtered(after):
                 touched.add(after.security_groups)
+                # A class no vnic uses any more stays until the next reconcile:
+                # finding its last user would mean scanning every vnic.
+                objects = self._limit_objects(after)
+                keys |= objects.keys()
+                new.update(objects)
         for vni in vnis:
             keys |= self._layout.vni(bridge_name(vni), vxlan_name(vni), 0, quiet=True).keys()
             objects = self._vni_objects(j, vni, state)
@@ -646,7 +661,20 @@ class KernelDataplane:
         if filtering is not None:
             mark = self._port_ids.get(port) or self._allocate(self._port_ids.values(), "vnic")
         self._set_allocation(j, self._port_ids, port, mark)
-        return self._layout.vnic(port, bridge_name(vnic.vni), filtering, mark)
+        return self._layout.vnic(
+            port, bridge_name(vnic.vni), filtering, mark, self._vnic_limits(vnic)
+        )
+
+    def _vnic_limits(self, vnic: Vnic) -> ConnLimits:
+        connections, per_second = self._limits
+        return ConnLimits(
+            connections if vnic.max_connections is None else vnic.max_connections,
+            per_second if vnic.max_new_connections is None else vnic.max_new_connections,
+        )
+
+    def _limit_objects(self, vnic: Vnic) -> dict[Key, Obj]:
+        limits = self._vnic_limits(vnic)
+        return self._layout.limit_class(limits) if any(limits) else {}
 
     def _vni_objects(self, j: Journal | None, vni: int, state: StateView) -> dict[Key, Obj]:
         if not any(self._has_port(vnic) for vnic in state.vnics_in(vni)):
@@ -1194,7 +1222,32 @@ class KernelDataplane:
 
     # graph
 
-    def _port_view(self, vnic: Vnic, links: Mapping[str, Link]) -> PortView:
+    def _limit_drops(self) -> dict[tuple[str, str], int]:
+        """New connections dropped by the caps, by sender (bridge, MAC), since the
+        sender first met one (the kernel's counters in dyn_drops)."""
+        listing = self._nft.list({"set": {"family": INET, "table": TABLE, "name": DROPS}})
+        drops: dict[tuple[str, str], int] = {}
+        for obj in listing or []:
+            for element in obj.get("set", {}).get("elem", []):
+                entry = element.get("elem", {}) if isinstance(element, dict) else {}
+                bridge, mac = entry.get("val", {}).get("concat", ("", ""))
+                drops[(bridge, str(mac).lower())] = int(entry.get("counter", {}).get("packets", 0))
+        return drops
+
+    def _limits_view(self, vnic: Vnic, drops: Mapping[tuple[str, str], int]) -> str:
+        if not self._filtered(vnic):
+            return ""
+        connections, per_second = self._vnic_limits(vnic)
+        caps = [
+            f"at most {connections} connections" if connections else "any connections",
+            f"{per_second} new/s" if per_second else "any new/s",
+        ]
+        dropped = drops.get((bridge_name(vnic.vni), vnic.mac.lower()), 0)
+        return ", ".join(caps) + f"; {dropped} dropped"
+
+    def _port_view(
+        self, vnic: Vnic, links: Mapping[str, Link], drops: Mapping[tuple[str, str], int]
+    ) -> PortView:
         name = tap_name(vnic.id)
         if vnic.bypass_filtering:
             filtering, anti_spoof = "bypassed", "off (bypass)"
@@ -1216,6 +1269,7 @@ class KernelDataplane:
             anti_spoof=anti_spoof,
             trace=self._tracer.tracing(vnic.id),
             present=name in links,
+            limits=self._limits_view(vnic, drops),
         )
 
 

@@ -26,7 +26,7 @@ from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NTF_STICKY
 
 from butterfly.errors import DataplaneError
 
-__all__ = ["Address", "Link", "Netlink", "Route"]
+__all__ = ["LLDP_FORWARD_MASK", "Address", "Link", "Netlink", "Route"]
 
 _TUNSETIFF = 0x400454CA
 _TUNSETPERSIST = 0x400454CB
@@ -37,6 +37,9 @@ _IN6_ADDR_GEN_MODE_NONE = 1
 _ZERO_MAC = "00:00:00:00:00:00"
 _RT_TABLE_MAIN = 254
 _IFF_UP = 0x1
+LLDP_FORWARD_MASK = 1 << 0x0E
+"""A bridge hands frames to 01:80:c2:00:00:0e (LLDP) to the receiving port's own
+stack, past every bridge hook; forwarded instead, they meet the filters."""
 _NUD_NOARP = 0x40
 """The state of a static forwarding entry (``bridge fdb add ... static``)."""
 _NUD_PERMANENT = 0x80
@@ -211,8 +214,9 @@ class Netlink:
     # changing
 
     def add_bridge(self, name: str, *, mtu: int, alias: str) -> None:
-        """A bridge that forwards at once (no STP), floods multicast and hands
-        IP traffic to the inet family's hooks (br_netfilter, per bridge)."""
+        """A bridge that forwards at once (no STP), floods multicast, hands IP
+        traffic to the inet family's hooks (br_netfilter, per bridge) and lets
+        no frame past its hooks to a port's own stack (LLDP_FORWARD_MASK)."""
         with _translated(f"netlink: creating bridge {name}"):
             self._ipr.link(
                 "add",
@@ -224,6 +228,7 @@ class Netlink:
                 br_mcast_snooping=0,
                 br_nf_call_iptables=1,
                 br_nf_call_ip6tables=1,
+                br_group_fwd_mask=LLDP_FORWARD_MASK,
             )
         self._configure_new(name, alias)
 
@@ -325,6 +330,7 @@ class Netlink:
                 br_mcast_snooping=0,
                 br_nf_call_iptables=1,
                 br_nf_call_ip6tables=1,
+                br_group_fwd_mask=LLDP_FORWARD_MASK,
             )
         self._changed(index=index)
 

@@ -70,6 +70,8 @@ class MessageV0(_message.Message):
         DIP_FIELD_NUMBER: _builtins.int
         DMAC_FIELD_NUMBER: _builtins.int
         MTU_FIELD_NUMBER: _builtins.int
+        MAX_CONNECTIONS_FIELD_NUMBER: _builtins.int
+        MAX_NEW_CONNECTIONS_FIELD_NUMBER: _builtins.int
         id: _builtins.str
         mac: _builtins.str
         vni: _builtins.int
@@ -85,6 +87,12 @@ class MessageV0(_message.Message):
         dmac: _builtins.str
         mtu: _builtins.int
         """butterfly addition: the vnic's MTU, filled by the daemon in details."""
+        max_connections: _builtins.int
+        """butterfly additions: the vnic's own caps on the connections it starts
+        (tracked at once; new per second); absent: the daemon's defaults, 0: no
+        cap. In details only when the request asks for additions.
+        """
+        max_new_connections: _builtins.int
         @_builtins.property
         def ip(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
         @_builtins.property
@@ -108,10 +116,12 @@ class MessageV0(_message.Message):
             dip: _builtins.str | None = ...,
             dmac: _builtins.str | None = ...,
             mtu: _builtins.int | None = ...,
+            max_connections: _builtins.int | None = ...,
+            max_new_connections: _builtins.int | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["btype", b"btype", "bypass_filtering", b"bypass_filtering", "dip", b"dip", "dmac", b"dmac", "id", b"id", "ip_anti_spoof", b"ip_anti_spoof", "mac", b"mac", "mtu", b"mtu", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "path", b"path", "sniff_target_nic_id", b"sniff_target_nic_id", "type", b"type", "vni", b"vni"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["btype", b"btype", "bypass_filtering", b"bypass_filtering", "dip", b"dip", "dmac", b"dmac", "id", b"id", "ip_anti_spoof", b"ip_anti_spoof", "mac", b"mac", "max_connections", b"max_connections", "max_new_connections", b"max_new_connections", "mtu", b"mtu", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "path", b"path", "sniff_target_nic_id", b"sniff_target_nic_id", "type", b"type", "vni", b"vni"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["btype", b"btype", "bypass_filtering", b"bypass_filtering", "dip", b"dip", "dmac", b"dmac", "id", b"id", "ip", b"ip", "ip_anti_spoof", b"ip_anti_spoof", "mac", b"mac", "mtu", b"mtu", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "path", b"path", "security_group", b"security_group", "sniff_target_nic_id", b"sniff_target_nic_id", "type", b"type", "vni", b"vni"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["btype", b"btype", "bypass_filtering", b"bypass_filtering", "dip", b"dip", "dmac", b"dmac", "id", b"id", "ip", b"ip", "ip_anti_spoof", b"ip_anti_spoof", "mac", b"mac", "max_connections", b"max_connections", "max_new_connections", b"max_new_connections", "mtu", b"mtu", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "path", b"path", "security_group", b"security_group", "sniff_target_nic_id", b"sniff_target_nic_id", "type", b"type", "vni", b"vni"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -313,10 +323,15 @@ class MessageV0(_message.Message):
         SECURITY_GROUP_FIELD_NUMBER: _builtins.int
         PACKET_TRACE_FIELD_NUMBER: _builtins.int
         PACKET_TRACE_PATH_FIELD_NUMBER: _builtins.int
+        MAX_CONNECTIONS_FIELD_NUMBER: _builtins.int
+        MAX_NEW_CONNECTIONS_FIELD_NUMBER: _builtins.int
         id: _builtins.str
         ip_anti_spoof: _builtins.bool
         packet_trace: _builtins.bool
         packet_trace_path: _builtins.str
+        max_connections: _builtins.int
+        """butterfly additions, as in Nic"""
+        max_new_connections: _builtins.int
         @_builtins.property
         def ip(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
         @_builtins.property
@@ -330,10 +345,12 @@ class MessageV0(_message.Message):
             security_group: _abc.Iterable[_builtins.str] | None = ...,
             packet_trace: _builtins.bool | None = ...,
             packet_trace_path: _builtins.str | None = ...,
+            max_connections: _builtins.int | None = ...,
+            max_new_connections: _builtins.int | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "ip_anti_spoof", b"ip_anti_spoof", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "ip_anti_spoof", b"ip_anti_spoof", "max_connections", b"max_connections", "max_new_connections", b"max_new_connections", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "ip", b"ip", "ip_anti_spoof", b"ip_anti_spoof", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "security_group", b"security_group"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "ip", b"ip", "ip_anti_spoof", b"ip_anti_spoof", "max_connections", b"max_connections", "max_new_connections", b"max_new_connections", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "security_group", b"security_group"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

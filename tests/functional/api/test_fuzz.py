@@ -299,6 +299,9 @@ def absurd_nics(draw: st.DrawFn) -> MessageV0.Nic:
     for name in ("path", "packet_trace_path", "sniff_target_nic_id", "btype", "dip", "dmac"):
         if draw(st.integers(0, 3)) == 0:
             setattr(out, name, draw(texts))
+    for name in ("max_connections", "max_new_connections"):
+        if draw(st.integers(0, 3)) == 0:
+            setattr(out, name, draw(uint32))
     if draw(st.booleans()):
         out = _with_enum(out, 9, draw(enum_values))
     return out
@@ -328,6 +331,8 @@ def absurd_requests(draw: st.DrawFn) -> MessageV0.Request:
             value.ip_anti_spoof = draw(st.booleans())
         if draw(st.booleans()):
             value.packet_trace_path = draw(texts)
+        if draw(st.booleans()):
+            value.max_connections = draw(uint32)
     elif kind == "sg_add":
         value = MessageV0.Sg(id=draw(texts), member=draw(st.lists(ips, max_size=4)))
         for one in draw(st.lists(absurd_rules(), max_size=3)):

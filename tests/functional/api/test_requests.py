@@ -30,6 +30,8 @@ from butterfly.model.sessions import SessionExport, decode_sessions, encode_sess
 if TYPE_CHECKING:
     from conftest import Daemon
 
+Request = MessageV0.Request
+
 # vnics
 
 
@@ -507,3 +509,31 @@ def test_inbound_and_outbound_rules_are_distinct(client: Client) -> None:
     ok(client, sg_rule_add=MessageV0.SgRuleAddReq(sg_id="s", rule=one))
     ok(client, sg_rule_add=MessageV0.SgRuleAddReq(sg_id="s", rule=other))
     assert list(ok(client, sg_rule_list="s").sg_rule_list) == [one, other]
+
+
+def test_a_nics_caps_are_answered_only_to_a_request_asking_for_them(
+    daemon: Daemon, client: Client
+) -> None:
+    """A deployed client cannot parse fields 110/111: plain nic_details never has them."""
+    ok(client, nic_add=nic("vnic-1", max_connections=0, max_new_connections=50))
+    plain = ok(client, nic_details="vnic-1").nic_details[0]
+    assert not plain.HasField("max_connections")
+    assert not plain.HasField("max_new_connections")
+    asked = Request(nic_details="vnic-1", with_additions=True)
+    got = client.call(asked).response.nic_details[0]
+    assert (got.max_connections, got.max_new_connections) == (0, 50)
+    assert got.HasField("max_connections")
+    ok(client, nic_update=MessageV0.NicUpdateReq(id="vnic-1", max_connections=7))
+    got = client.call(asked).response.nic_details[0]
+    assert (got.max_connections, got.max_new_connections) == (7, 50)
+    ok(client, nic_add=nic("vnic-2", mac="52:54:00:00:00:02"))
+    untouched = client.call(Request(nic_details="vnic-2", with_additions=True)).response
+    assert not untouched.nic_details[0].HasField("max_connections")
+
+
+def test_a_cap_out_of_range_is_refused_and_changes_nothing(daemon: Daemon, client: Client) -> None:
+    message = fail(client, nic_add=nic("vnic-1", max_connections=10_000_001))
+    assert message == (
+        "Bad NIC format: nic 'vnic-1': max_connections 10000001 is out of range 0-10000000"
+    )
+    assert list(ok(client, nic_list=True).nic_list) == []
