@@ -51,20 +51,38 @@ class ApiServer:
         """Finish the request being answered, send its reply, then stop serving."""
         self._stopping = True
 
-    def serve(self, wakeup_fd: int | None = None) -> None:
-        """Answer requests until stop_after_reply() or a byte arrives on ``wakeup_fd``."""
+    def serve(
+        self,
+        wakeup_fd: int | None = None,
+        *,
+        on_signal: Callable[[int], bool] | None = None,
+        tick: Callable[[], None] | None = None,
+        tick_every: float | None = None,
+    ) -> None:
+        """Answer requests until stop_after_reply() or a signal on ``wakeup_fd``.
+
+        ``wakeup_fd`` receives a byte per signal, its number (as
+        :func:`signal.set_wakeup_fd` writes it); ``on_signal`` says whether to
+        go on serving after it (default: stop). ``tick`` runs between requests
+        and at least every ``tick_every`` seconds: the watchdog's kick, which
+        only a loop that still turns sends.
+        """
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         if wakeup_fd is not None:
             poller.register(wakeup_fd, zmq.POLLIN)
+        timeout_ms = None if tick_every is None else max(1, int(tick_every * 1000))
         while not self._stopping:
-            events = dict(poller.poll())
+            events = dict(poller.poll(timeout_ms))
             if wakeup_fd is not None and wakeup_fd in events:
-                os.read(wakeup_fd, 512)
-                log.info("signal received: stopping")
-                return
+                signals = os.read(wakeup_fd, 512)
+                if on_signal is None or not all(on_signal(number) for number in signals):
+                    log.info("signal received: stopping")
+                    return
             if self._socket in events:
                 self._serve_one()
+            if tick is not None:
+                tick()
 
     def _serve_one(self) -> None:
         try:

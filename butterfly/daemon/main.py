@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 
 from butterfly import __version__
 from butterfly.api.crypto import load_key
@@ -18,6 +19,8 @@ from butterfly.api.server import ApiServer
 from butterfly.api.v0 import V0Handlers
 from butterfly.daemon.config import Config, parse_args
 from butterfly.daemon.logs import set_level, setup_logging
+from butterfly.daemon.observe import ObservedAnswer
+from butterfly.daemon.systemd import Notifier
 from butterfly.dataplane import Dataplane, VhostPorts
 from butterfly.dataplane.control_only import ControlOnlyDataplane
 from butterfly.dataplane.kernel import KernelDataplane, cleanup
@@ -33,11 +36,13 @@ log = logging.getLogger("butterfly.daemon")
 
 
 class Daemon:
-    """The App the API reports on: start date, log level, quitting."""
+    """The App the API reports on: start date, log level, quitting; and what
+    signals ask of it (SIGHUP: read the log level again)."""
 
-    def __init__(self, server_stop: "list[ApiServer]") -> None:
+    def __init__(self, server_stop: "list[ApiServer]", *, argv: list[str]) -> None:
         self.started_at = time.time()
         self._servers = server_stop
+        self._argv = argv
 
     def set_log_level(self, level: str) -> None:
         set_level(level)
@@ -47,6 +52,16 @@ class Daemon:
         log.info("app_quit received: stopping after this reply")
         for server in self._servers:
             server.stop_after_reply()
+
+    def reload(self) -> None:
+        """The log level from the command line and ini file as they are now; a
+        file that no longer reads leaves the level as it was."""
+        try:
+            level = parse_args(self._argv).log_level
+        except ButterflyError as error:
+            log.error("reload: %s; log level unchanged", error)
+            return
+        self.set_log_level(level)
 
 
 class SupervisedVhostPorts:
@@ -124,7 +139,17 @@ def _renice(nice: int) -> None:
         )
 
 
-def run(config: Config) -> None:
+def _on_signal(daemon: Daemon, notifier: Notifier, status: str, signum: int) -> bool:
+    """SIGHUP reloads (systemd's ExecReload) and serving goes on; others stop."""
+    if signum != signal.SIGHUP:
+        return False
+    notifier.reloading()
+    daemon.reload()
+    notifier.ready(status)
+    return True
+
+
+def run(config: Config, argv: list[str], notifier: Notifier) -> None:
     _renice(config.nice)
     key = load_key(config.key_path) if config.key_path else None
     os.makedirs(config.socket_dir, exist_ok=True)
@@ -133,27 +158,36 @@ def run(config: Config) -> None:
         workers=config.vhost_workers, nice=min(19, config.nice + WORKERS_NICER)
     )
     try:
+        notifier.status("loading the state")
         state = store.load()
         dataplane = _make_dataplane(config, SupervisedVhostPorts(supervisor))
         try:
+            notifier.status(f"reconciling the kernel with {state.vnic_count()} vnics")
             _reconcile(dataplane, state)
             switch = Switch(store=store, dataplane=dataplane, state=state)
             servers: list[ApiServer] = []
-            daemon = Daemon(servers)
+            daemon = Daemon(servers, argv=argv)
             handlers = V0Handlers(switch=switch, app=daemon)
-            server = ApiServer(endpoint=config.endpoint, key=key, answer=handlers.answer)
+            server = ApiServer(
+                endpoint=config.endpoint, key=key, answer=ObservedAnswer(handlers.answer)
+            )
             servers.append(server)
             try:
                 wakeup = _signals_to_fd()
-                log.info(
-                    "butterflyd %s ready on %s (%d vnics, %d security groups, %s)",
-                    __version__,
-                    config.endpoint,
-                    state.vnic_count(),
-                    len(switch.sg_ids()),
-                    "encrypted" if key else "clear text",
+                summary = (
+                    f"{state.vnic_count()} vnics, {len(switch.sg_ids())} security groups, "
+                    + ("encrypted" if key else "clear text")
                 )
-                server.serve(wakeup)
+                log.info("butterflyd %s ready on %s (%s)", __version__, config.endpoint, summary)
+                status = f"serving on {config.endpoint}: {summary}"
+                notifier.ready(status)
+                server.serve(
+                    wakeup,
+                    on_signal=partial(_on_signal, daemon, notifier, status),
+                    tick=notifier.tick,
+                    tick_every=notifier.watchdog_interval,
+                )
+                notifier.stopping()
             finally:
                 server.close()
         finally:
@@ -167,18 +201,23 @@ def run(config: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    notifier = Notifier()
     try:
-        config = parse_args(sys.argv[1:] if argv is None else argv)
+        config = parse_args(arguments)
         setup_logging(syslog=config.syslog, level=config.log_level)
         if config.cleanup:
             cleanup(socket_dir=config.socket_dir)
             log.info("removed every kernel object of butterfly")
         else:
-            run(config)
+            run(config, arguments, notifier)
     except ButterflyError as error:
         print(f"butterflyd: {error}", file=sys.stderr)
         log.error("%s", error)
+        notifier.status(f"failed: {error}")
         return 1
+    finally:
+        notifier.close()
     return 0
 
 
