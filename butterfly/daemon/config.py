@@ -41,6 +41,8 @@ class Config:
     """vhost-user worker processes; None: one per CPU."""
     dataplane: bool = True
     cleanup: bool = False
+    metrics: tuple[str, int] | None = None
+    """Where to serve Prometheus metrics (address, port); None: nowhere."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
         help="processes moving vhost-user frames (default: one per CPU)",
     )
     parser.add_argument(
+        "--metrics",
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)",
+    )
+    parser.add_argument(
         "--no-dataplane",
         action="store_true",
         default=None,
@@ -156,6 +163,7 @@ def _read_file(path: str) -> dict[str, str]:
             "no-syslog",
             "nice",
             "vhost-workers",
+            "metrics",
         },
         "security": {"encryption_key_path"},
     }
@@ -184,6 +192,7 @@ def parse_args(argv: list[str]) -> Config:
         "no-syslog": args.no_syslog,
         "nice": args.nice,
         "vhost-workers": args.vhost_workers,
+        "metrics": args.metrics,
         "encryption_key_path": args.key,
     }
     where = "command line"
@@ -241,4 +250,21 @@ def parse_args(argv: list[str]) -> Config:
         vhost_workers=number("vhost-workers", 1, 1024),
         dataplane=not args.no_dataplane,
         cleanup=args.cleanup,
+        metrics=_listen_address(text("metrics"), where),
     )
+
+
+def _listen_address(value: str | None, where: str) -> tuple[str, int] | None:
+    """``ADDR:PORT`` (an IPv6 address in brackets) as (address, port)."""
+    if not value:
+        return None
+    host, colon, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    valid_host = (bracketed or ":" not in host) and canonical_ip(host) is not None
+    if not colon or not valid_host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"{where}: metrics {value!r} is not ADDR:PORT"
+            " (an IP address and a port, e.g. 127.0.0.1:9477 or [::1]:9477)"
+        )
+    return canonical_ip(host) or host, int(port)

@@ -19,9 +19,11 @@ from butterfly.api.server import ApiServer
 from butterfly.api.v0 import V0Handlers
 from butterfly.daemon.config import Config, parse_args
 from butterfly.daemon.logs import set_level, setup_logging
+from butterfly.daemon.metrics import Metrics, MetricsServer, SwitchCollector, VnicCounters
 from butterfly.daemon.observe import ObservedAnswer
 from butterfly.daemon.systemd import Notifier
 from butterfly.dataplane import Dataplane, VhostPorts
+from butterfly.dataplane.conntrack import zone_entries
 from butterfly.dataplane.control_only import ControlOnlyDataplane
 from butterfly.dataplane.kernel import KernelDataplane, cleanup
 from butterfly.errors import ButterflyError, DataplaneError
@@ -116,6 +118,35 @@ def _reconcile(dataplane: Dataplane, state: State) -> None:
         log.error("start-up: %s", error)
 
 
+def _conntrack_per_vni(dataplane: KernelDataplane) -> dict[int, int]:
+    zones = dataplane.conntrack_zones()
+    entries = zone_entries()
+    return {vni: entries.get(zone, 0) for vni, zone in zones.items()}
+
+
+def _serve_metrics(
+    config: Config,
+    metrics: Metrics,
+    switch: Switch,
+    dataplane: Dataplane,
+    supervisor: VhostSupervisor,
+) -> MetricsServer | None:
+    if config.metrics is None:
+        return None
+    collector = SwitchCollector(
+        state=switch.state,
+        worker_pids=supervisor.worker_pids,
+        conntrack=partial(_conntrack_per_vni, dataplane)
+        if isinstance(dataplane, KernelDataplane)
+        else None,
+    )
+    server = MetricsServer(
+        metrics, config.metrics, collector=collector, vnics=VnicCounters(switch.state)
+    )
+    log.info("metrics on http://%s:%d/metrics", *config.metrics)
+    return server
+
+
 def _signals_to_fd() -> int:
     """A pipe that receives a byte on SIGTERM/SIGINT/SIGHUP, for the server's poll."""
     read_fd, write_fd = os.pipe()
@@ -163,16 +194,23 @@ def run(config: Config, argv: list[str], notifier: Notifier) -> None:
         dataplane = _make_dataplane(config, SupervisedVhostPorts(supervisor))
         try:
             notifier.status(f"reconciling the kernel with {state.vnic_count()} vnics")
+            started = time.perf_counter()
             _reconcile(dataplane, state)
+            metrics = Metrics()
+            metrics.reconciled(time.perf_counter() - started)
             switch = Switch(store=store, dataplane=dataplane, state=state)
             servers: list[ApiServer] = []
             daemon = Daemon(servers, argv=argv)
             handlers = V0Handlers(switch=switch, app=daemon)
             server = ApiServer(
-                endpoint=config.endpoint, key=key, answer=ObservedAnswer(handlers.answer)
+                endpoint=config.endpoint,
+                key=key,
+                answer=ObservedAnswer(handlers.answer, metrics.observe_answer),
             )
             servers.append(server)
+            metrics_server = None
             try:
+                metrics_server = _serve_metrics(config, metrics, switch, dataplane, supervisor)
                 wakeup = _signals_to_fd()
                 summary = (
                     f"{state.vnic_count()} vnics, {len(switch.sg_ids())} security groups, "
@@ -189,6 +227,8 @@ def run(config: Config, argv: list[str], notifier: Notifier) -> None:
                 )
                 notifier.stopping()
             finally:
+                if metrics_server is not None:
+                    metrics_server.close()
                 server.close()
         finally:
             dataplane.close()

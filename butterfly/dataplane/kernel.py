@@ -341,6 +341,12 @@ class KernelDataplane:
             raise DataplaneError(f"{_what(vnic)}: interface {tap_name(vnic.id)} is missing")
         return Counters(in_bytes=link.tx_bytes, out_bytes=link.rx_bytes)
 
+    def conntrack_zones(self) -> dict[int, int]:
+        """VNI -> its conntrack zone. Safe from another thread (the metrics'):
+        the copy is one step under CPython's lock, and the mapping is replaced
+        or changed a key at a time, never left half-made."""
+        return dict(self._zones)
+
     def graph(self, state: StateView) -> str:
         self._load()
         links = {link.name: link for link in self._netlink.links()}
