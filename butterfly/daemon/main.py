@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 
 from butterfly import __version__
@@ -25,6 +26,7 @@ from butterfly.daemon.systemd import Notifier
 from butterfly.dataplane import Dataplane, VhostPorts
 from butterfly.dataplane.conntrack import zone_entries
 from butterfly.dataplane.control_only import ControlOnlyDataplane
+from butterfly.dataplane.drops import DropCounters
 from butterfly.dataplane.kernel import KernelDataplane, cleanup
 from butterfly.errors import ButterflyError, DataplaneError
 from butterfly.model import State
@@ -133,12 +135,13 @@ def _serve_metrics(
 ) -> MetricsServer | None:
     if config.metrics is None:
         return None
+    conntrack: Callable[[], dict[int, int]] | None = None
+    drops: Callable[[], dict[str, int]] | None = None
+    if isinstance(dataplane, KernelDataplane):  # what only the kernel counts
+        conntrack = partial(_conntrack_per_vni, dataplane)
+        drops = DropCounters().read
     collector = SwitchCollector(
-        state=switch.state,
-        worker_pids=supervisor.worker_pids,
-        conntrack=partial(_conntrack_per_vni, dataplane)
-        if isinstance(dataplane, KernelDataplane)
-        else None,
+        state=switch.state, worker_pids=supervisor.worker_pids, conntrack=conntrack, drops=drops
     )
     server = MetricsServer(
         metrics, config.metrics, collector=collector, vnics=VnicCounters(switch.state)

@@ -186,17 +186,22 @@ class SwitchCollector(Collector):
         state: StateView,
         worker_pids: Callable[[], list[int]],
         conntrack: Callable[[], dict[int, int]] | None,
+        drops: Callable[[], dict[str, int]] | None,
     ) -> None:
-        """``conntrack``: tracked entries per VNI; None without a kernel data plane."""
+        """``conntrack``: tracked entries per VNI; ``drops``: packets dropped per
+        cause; both None without a kernel data plane."""
         self._state = state
         self._worker_pids = worker_pids
         self._conntrack = conntrack
+        self._drops = drops
 
     def collect(self) -> Iterable[Metric]:
         yield from self._counts(_copy(self._state.vnics))
         yield from self._workers()
         if self._conntrack is not None:
             yield from self._conntrack_entries()
+        if self._drops is not None:
+            yield from self._dropped()
 
     def _counts(self, vnics: list[Vnic]) -> Iterator[Metric]:
         yield GaugeMetricFamily("butterfly_vnics", "vnics on this host", value=len(vnics))
@@ -233,6 +238,23 @@ class SwitchCollector(Collector):
             log.warning("metrics: %s", error)
             return
         yield entries
+
+    def _dropped(self) -> Iterator[Metric]:
+        assert self._drops is not None
+        drops = CounterMetricFamily(
+            "butterfly_drops",
+            "Packets butterfly's rules dropped, by cause: security_group_in/out (no rule"
+            " of the vnic's groups allows it), ip_spoofing (a source address that is not"
+            " the vnic's), frame_type (neither IP nor ARP, to or from a filtered vnic)",
+            labels=["cause"],
+        )
+        try:
+            for cause, packets in sorted(self._drops().items()):
+                drops.add_metric([cause], packets)
+        except ButterflyError as error:
+            log.warning("metrics: %s", error)
+            return
+        yield drops
 
 
 class Metrics:

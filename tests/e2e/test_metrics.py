@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -221,3 +222,78 @@ def test_vhost_workers_cpu_time_is_their_processes(switch: tuple[Host, Vm, Vm]) 
         assert before <= sum(scraped) <= after
     finally:
         host.delete_vnic("mv")
+
+
+SEND_FRAMES = (
+    "import socket, sys\n"
+    "raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
+    "raw.bind((sys.argv[1], 0))\n"
+    "for line in sys.stdin.read().split():\n"
+    "    raw.send(bytes.fromhex(line))\n"
+)
+
+
+def _rule_counters(host: Host) -> dict[str, int]:
+    """The named drop counters, as nft lists them."""
+    counts = {}
+    for family in ("bridge", "inet"):
+        listed = json.loads(
+            host.exec("nft", "-j", "list", "counters", "table", family, "butterfly")
+        )
+        for item in listed["nftables"]:
+            if "counter" in item:
+                counts[item["counter"]["name"]] = int(item["counter"]["packets"])
+    return counts
+
+
+def _drops(host: Host) -> dict[str, float]:
+    return {
+        dict(labels)["cause"]: value
+        for (name, labels), value in scrape(host).items()
+        if name == "butterfly_drops_total"
+    }
+
+
+CAUSES = {
+    "security_group_in": "drop_sg_in",
+    "security_group_out": "drop_sg_out",
+    "ip_spoofing": "drop_spoof_ip",
+    "frame_type": "drop_frame_type",
+}
+
+
+def test_drops_by_cause_are_the_rules_counters(lab: Lab, switch: tuple[Host, Vm, Vm]) -> None:
+    host, a, _ = switch
+    closed, spoofer = lab.vm(), lab.vm()
+    host.cli("sg", "add", "closed")
+    host.add_vnic("mc", vm=closed, mac="52:54:00:77:00:04", vni=VNI, ips=["10.77.0.4"],
+                  security_groups=["closed"])  # fmt: skip
+    host.add_vnic("ms", vm=spoofer, mac="52:54:00:77:00:05", vni=VNI, ips=["10.77.0.5"],
+                  security_groups=["open"], ip_anti_spoof=True)  # fmt: skip
+    try:
+        start = _drops(host)
+        assert set(start) == set(CAUSES)
+        # a security group that allows nothing in, and one that allows all (the control)
+        assert a.ping("10.77.0.4", count=5, interval=0.05, deadline=2).received == 0
+        assert a.ping("10.77.0.2", count=3, interval=0.05).received == 3
+        # a source address that is not the vnic's, then its own (the control)
+        spoofer.ip("addr", "add", "10.77.0.55/24", "dev", tap_name("ms"))
+        spoofed = spoofer.exec("ping", "-n", "-q", "-c", "3", "-i", "0.2", "-w", "2", "-I",
+                               "10.77.0.55", "10.77.0.2", check=False)  # fmt: skip
+        assert " 0 received" in spoofed
+        assert spoofer.ping("10.77.0.2", count=3, interval=0.05).received == 3
+        # frames neither IP nor ARP from a filtered vnic
+        frame = "52540077000252540077000588b5" + "00" * 46
+        spoofer.exec(sys.executable, "-c", SEND_FRAMES, tap_name("ms"), input=f"{frame}\n" * 5)
+        before = _rule_counters(host)
+        scraped = _drops(host)
+        after = _rule_counters(host)
+        for cause, counter in CAUSES.items():
+            assert before[counter] <= scraped[cause] <= after[counter], cause
+        assert scraped["security_group_in"] - start["security_group_in"] >= 5
+        assert scraped["ip_spoofing"] - start["ip_spoofing"] >= 1
+        assert scraped["frame_type"] - start["frame_type"] == 5
+    finally:
+        host.delete_vnic("mc")
+        host.delete_vnic("ms")
+        host.cli("sg", "del", "closed")
