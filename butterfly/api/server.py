@@ -13,6 +13,7 @@ from collections.abc import Callable
 import zmq
 
 from butterfly.api.codec import answer_frame
+from butterfly.api.curve import CurveServer, ServerAuthenticator, allow_clients
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.errors import ConfigError
 
@@ -32,7 +33,9 @@ class ApiServer:
         endpoint: str,
         key: bytes | None,
         answer: Callable[[MessageV0], MessageV0],
+        curve: CurveServer | None = None,
     ) -> None:
+        """``curve``: only the clients it allows get through (see :mod:`butterfly.api.curve`)."""
         self.endpoint = endpoint
         self._key = key
         self._answer = answer
@@ -41,11 +44,23 @@ class ApiServer:
         self._socket.setsockopt(zmq.LINGER, 1000)
         self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_SIZE)
         self._stopping = False
+        self._authenticator: ServerAuthenticator | None = None
         try:
+            if curve is not None:
+                self._authenticator = ServerAuthenticator(self._context, curve)
+                allow_clients(self._socket, curve)
             self._socket.bind(endpoint)
         except zmq.ZMQError as error:
             self.close()
             raise ConfigError(f"cannot listen on endpoint {endpoint!r}: {error}") from error
+        except ConfigError:
+            self.close()
+            raise
+
+    def reload_clients(self) -> None:
+        """Read the CurveZMQ allowed clients folder again (nothing without CurveZMQ)."""
+        if self._authenticator is not None:
+            self._authenticator.reload()
 
     def stop_after_reply(self) -> None:
         """Finish the request being answered, send its reply, then stop serving."""
@@ -96,4 +111,6 @@ class ApiServer:
 
     def close(self) -> None:
         self._socket.close()
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self._context.term()

@@ -43,6 +43,10 @@ class Config:
     cleanup: bool = False
     metrics: tuple[str, int] | None = None
     """Where to serve Prometheus metrics (address, port); None: nowhere."""
+    curve_secret_key_path: str | None = None
+    """The daemon's CurveZMQ key pair (a ``.key_secret`` file); None: no CurveZMQ."""
+    curve_allowed_clients_dir: str | None = None
+    """Public keys of the clients CurveZMQ lets in, one file each."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,6 +121,16 @@ def _parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)",
     )
     parser.add_argument(
+        "--curve-secret-key",
+        metavar="FILE",
+        help="authenticate and encrypt the API with CurveZMQ: the daemon's .key_secret file",
+    )
+    parser.add_argument(
+        "--curve-allowed-clients",
+        metavar="DIR",
+        help="with --curve-secret-key: the public keys (.key files) of the clients let in",
+    )
+    parser.add_argument(
         "--no-dataplane",
         action="store_true",
         default=None,
@@ -165,7 +179,11 @@ def _read_file(path: str) -> dict[str, str]:
             "vhost-workers",
             "metrics",
         },
-        "security": {"encryption_key_path"},
+        "security": {
+            "encryption_key_path",
+            "curve_secret_key_path",
+            "curve_allowed_clients_dir",
+        },
     }
     for section in parser.sections():
         if section not in known:
@@ -194,6 +212,8 @@ def parse_args(argv: list[str]) -> Config:
         "vhost-workers": args.vhost_workers,
         "metrics": args.metrics,
         "encryption_key_path": args.key,
+        "curve_secret_key_path": args.curve_secret_key,
+        "curve_allowed_clients_dir": args.curve_allowed_clients,
     }
     where = "command line"
     if args.config:
@@ -235,6 +255,12 @@ def parse_args(argv: list[str]) -> Config:
         if canonical is None:
             raise ConfigError(f"{where}: vxlan-peers entry {peer!r} is not an IP address")
         peers.append(canonical)
+    curve_key, curve_clients = text("curve_secret_key_path"), text("curve_allowed_clients_dir")
+    if (curve_key is None) != (curve_clients is None):
+        raise ConfigError(
+            f"{where}: curve_secret_key_path and curve_allowed_clients_dir go together"
+            " (--curve-secret-key and --curve-allowed-clients)"
+        )
     return Config(
         endpoint=text("endpoint") or DEFAULT_ENDPOINT,
         ip=canonical_ip(ip) if ip else None,
@@ -251,6 +277,8 @@ def parse_args(argv: list[str]) -> Config:
         dataplane=not args.no_dataplane,
         cleanup=args.cleanup,
         metrics=_listen_address(text("metrics"), where),
+        curve_secret_key_path=curve_key,
+        curve_allowed_clients_dir=curve_clients,
     )
 
 

@@ -16,6 +16,7 @@ from functools import partial
 
 from butterfly import __version__
 from butterfly.api.crypto import load_key
+from butterfly.api.curve import CurveServer, load_key_pair
 from butterfly.api.server import ApiServer
 from butterfly.api.v0 import V0Handlers
 from butterfly.daemon.config import Config, parse_args
@@ -58,8 +59,11 @@ class Daemon:
             server.stop_after_reply()
 
     def reload(self) -> None:
-        """The log level from the command line and ini file as they are now; a
-        file that no longer reads leaves the level as it was."""
+        """The log level from the command line and ini file as they are now (a
+        file that no longer reads leaves the level as it was), and the CurveZMQ
+        allowed clients folder."""
+        for server in self._servers:
+            server.reload_clients()
         try:
             level = parse_args(self._argv).log_level
         except ButterflyError as error:
@@ -183,9 +187,23 @@ def _on_signal(daemon: Daemon, notifier: Notifier, status: str, signum: int) -> 
     return True
 
 
+def _protection(aes: bool, curve: bool) -> str:
+    if curve:
+        return "CurveZMQ and AES" if aes else "CurveZMQ"
+    return "encrypted" if aes else "clear text"
+
+
+def _curve(config: Config) -> CurveServer | None:
+    if config.curve_secret_key_path is None or config.curve_allowed_clients_dir is None:
+        return None
+    keys = load_key_pair(config.curve_secret_key_path, "curve_secret_key_path")
+    return CurveServer(keys, config.curve_allowed_clients_dir)
+
+
 def run(config: Config, argv: list[str], notifier: Notifier) -> None:
     _renice(config.nice)
     key = load_key(config.key_path) if config.key_path else None
+    curve = _curve(config)
     os.makedirs(config.socket_dir, exist_ok=True)
     store = SqliteStore(config.state_path)
     supervisor = VhostSupervisor(
@@ -209,6 +227,7 @@ def run(config: Config, argv: list[str], notifier: Notifier) -> None:
                 endpoint=config.endpoint,
                 key=key,
                 answer=ObservedAnswer(handlers.answer, metrics.observe_answer),
+                curve=curve,
             )
             servers.append(server)
             metrics_server = None
@@ -217,7 +236,7 @@ def run(config: Config, argv: list[str], notifier: Notifier) -> None:
                 wakeup = _signals_to_fd()
                 summary = (
                     f"{state.vnic_count()} vnics, {len(switch.sg_ids())} security groups, "
-                    + ("encrypted" if key else "clear text")
+                    + _protection(key is not None, curve is not None)
                 )
                 log.info("butterflyd %s ready on %s (%s)", __version__, config.endpoint, summary)
                 status = f"serving on {config.endpoint}: {summary}"
