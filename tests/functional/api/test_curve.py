@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import selectors
+import signal
 import socket
 import threading
 import time
@@ -114,7 +115,7 @@ def test_a_key_added_to_the_folder_is_let_in_after_sighup(curve_daemon: Daemon, 
     with keys.client(curve_daemon.endpoint, "mallory") as mallory, pytest.raises(ClientError):
         mallory.call(MessageV0.Request(nic_list=True))
     (keys.allowed / "mallory.key").write_bytes((keys.folder / "mallory.key").read_bytes())
-    os.kill(curve_daemon.pid, 1)  # SIGHUP
+    os.kill(curve_daemon.pid, signal.SIGHUP)
     deadline = time.monotonic() + 10
     while "log level set to" not in curve_daemon.log():
         assert time.monotonic() < deadline, curve_daemon.log()
