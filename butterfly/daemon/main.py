@@ -177,13 +177,13 @@ def _renice(nice: int) -> None:
         )
 
 
-def _on_signal(daemon: Daemon, notifier: Notifier, status: str, signum: int) -> bool:
+def _on_signal(daemon: Daemon, notifier: Notifier, status: Callable[[], str], signum: int) -> bool:
     """SIGHUP reloads (systemd's ExecReload) and serving goes on; others stop."""
     if signum != signal.SIGHUP:
         return False
     notifier.reloading()
     daemon.reload()
-    notifier.ready(status)
+    notifier.ready(status())
     return True
 
 
@@ -234,13 +234,16 @@ def run(config: Config, argv: list[str], notifier: Notifier) -> None:
             try:
                 metrics_server = _serve_metrics(config, metrics, switch, dataplane, supervisor)
                 wakeup = _signals_to_fd()
-                summary = (
-                    f"{state.vnic_count()} vnics, {len(switch.sg_ids())} security groups, "
-                    + _protection(key is not None, curve is not None)
-                )
-                log.info("butterflyd %s ready on %s (%s)", __version__, config.endpoint, summary)
-                status = f"serving on {config.endpoint}: {summary}"
-                notifier.ready(status)
+                protection = _protection(key is not None, curve is not None)
+
+                def status() -> str:
+                    return (
+                        f"serving on {config.endpoint}: {state.vnic_count()} vnics,"
+                        f" {len(switch.sg_ids())} security groups, {protection}"
+                    )
+
+                log.info("butterflyd %s ready: %s", __version__, status())
+                notifier.ready(status())
                 server.serve(
                     wakeup,
                     on_signal=partial(_on_signal, daemon, notifier, status),

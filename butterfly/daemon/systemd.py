@@ -67,7 +67,11 @@ class Notifier:
             log.warning("NOTIFY_SOCKET=%r is not a unix socket: not notifying systemd", name)
         self._socket: socket.socket | None = None
         if self._address is not None:
-            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Non-blocking: a full queue on systemd's side loses one message
+            # (logged) rather than stalling the API's loop.
+            self._socket = socket.socket(
+                socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+            )
         if self._socket is None:
             self.watchdog_interval = None
         self._last_kick = 0.0

@@ -253,10 +253,15 @@ def test_sighup_reads_the_log_level_again_and_serving_goes_on(
     monkeypatch.setenv("NOTIFY_SOCKET", listener.name)
     daemon = daemon_factory(config_path=str(ini))
     daemon.start()
+    request = MessageV0.Request()
+    request.nic_add.id, request.nic_add.mac, request.nic_add.vni = "v", "52:54:00:00:00:01", 1
+    assert daemon.client().call(request).response.status.status
     ini.write_text("[general]\nlog-level = debug\n")
     os.kill(daemon.pid, signal.SIGHUP)
     reloading = listener.wait(lambda fields: fields.get("RELOADING") == "1")
     listener.wait(lambda fields: fields.get("READY") == "1", since=reloading)
+    status = [f["STATUS"] for when, f in listener.messages if when >= reloading and "STATUS" in f]
+    assert status[-1].startswith(f"serving on {daemon.endpoint}: 1 vnics")  # as it is now
     assert _ping(daemon.endpoint)
     _wait_log(daemon, "log level set to debug")
     # A file that no longer reads leaves the level as it was, and the daemon up.
