@@ -1,6 +1,8 @@
 """The notify protocol's environment handling (pure: no socket is written to)."""
 
 import os
+import socket
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +53,16 @@ def test_a_socket_that_is_not_unix_is_not_used() -> None:
     notifier = Notifier({"NOTIFY_SOCKET": "vsock:2:1234", "WATCHDOG_USEC": "1000000"})
     assert not notifier.enabled
     assert notifier.watchdog_interval is None
+
+
+def test_a_listener_that_does_not_read_never_blocks_the_daemon(tmp_path: Path) -> None:
+    """systemd busy: the queue fills, messages are lost (logged), the loop goes on."""
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as deaf:
+        deaf.bind(path)
+        notifier = Notifier({"NOTIFY_SOCKET": path})
+        try:
+            for index in range(1000):  # far more than the socket's queue holds
+                notifier.status(f"message {index}")
+        finally:
+            notifier.close()
