@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
+from butterfly.api import curve
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.cli import output, requests
 from butterfly.cli.args import Command
@@ -285,6 +286,11 @@ def dump(command: Command, ctx: Context) -> None:
     ctx.out.write(output.protobuf_text(replay))
 
 
+def curve_keygen(command: Command, ctx: Context) -> None:
+    public, secret = curve.generate(command.args.word("DIR"), command.args.word("NAME"))
+    ctx.out.write(f"public key: {public}\nsecret key: {secret}\n")
+
+
 HANDLERS: Mapping[tuple[str, ...], Handler] = {
     ("nic", "list"): nic_list,
     ("nic", "stats"): nic_stats,
@@ -314,4 +320,5 @@ HANDLERS: Mapping[tuple[str, ...], Handler] = {
     ("shutdown",): shutdown,
     ("request",): request,
     ("dump",): dump,
+    ("curve", "keygen"): curve_keygen,
 }

@@ -66,6 +66,13 @@ class Config:
     conntrack_max: int | None = None
     """The host's connection table size; None: from its memory."""
 
+    metrics: tuple[str, int] | None = None
+    """Where to serve Prometheus metrics (address, port); None: nowhere."""
+    curve_secret_key_path: str | None = None
+    """The daemon's CurveZMQ key pair (a ``.key_secret`` file); None: no CurveZMQ."""
+    curve_allowed_clients_dir: str | None = None
+    """Public keys of the clients CurveZMQ lets in, one file each."""
+
 
 class _DpdkHelp(argparse.Action):
     """--dpdk-help: say there is no DPDK and exit, as --version does."""
@@ -217,6 +224,21 @@ def _parser() -> argparse.ArgumentParser:
         help="raise the host's connection table to N entries (default: one per 16 KiB of memory)",
     )
     parser.add_argument(
+        "--metrics",
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)",
+    )
+    parser.add_argument(
+        "--curve-secret-key",
+        metavar="FILE",
+        help="authenticate and encrypt the API with CurveZMQ: the daemon's .key_secret file",
+    )
+    parser.add_argument(
+        "--curve-allowed-clients",
+        metavar="DIR",
+        help="with --curve-secret-key: the public keys (.key files) of the clients let in",
+    )
+    parser.add_argument(
         "--no-dataplane",
         action="store_true",
         default=None,
@@ -272,8 +294,13 @@ def _read_file(path: str) -> dict[str, str]:
             "vnic-max-connections",
             "vnic-max-new-connections",
             "conntrack-max",
+            "metrics",
         },
-        "security": {"encryption_key_path"},
+        "security": {
+            "encryption_key_path",
+            "curve_secret_key_path",
+            "curve_allowed_clients_dir",
+        },
     }
     for section in parser.sections():
         if section not in known:
@@ -313,7 +340,10 @@ def parse_args(argv: list[str]) -> Config:
         "vnic-max-connections": args.vnic_max_connections,
         "vnic-max-new-connections": args.vnic_max_new_connections,
         "conntrack-max": args.conntrack_max,
+        "metrics": args.metrics,
         "encryption_key_path": args.key,
+        "curve_secret_key_path": args.curve_secret_key,
+        "curve_allowed_clients_dir": args.curve_allowed_clients,
     }
     where = "command line"
     if args.config:
@@ -365,6 +395,12 @@ def parse_args(argv: list[str]) -> Config:
         number("dpdk-port", 0, 65535)
         not_applicable.append(f"dpdk-port {text('dpdk-port')}")
     cpus = text("graph-cpu-core")
+    curve_key, curve_clients = text("curve_secret_key_path"), text("curve_allowed_clients_dir")
+    if (curve_key is None) != (curve_clients is None):
+        raise ConfigError(
+            f"{where}: curve_secret_key_path and curve_allowed_clients_dir go together"
+            " (--curve-secret-key and --curve-allowed-clients)"
+        )
     return Config(
         endpoint=text("endpoint") or DEFAULT_ENDPOINT,
         ip=canonical_ip(ip) if ip else None,
@@ -392,4 +428,23 @@ def parse_args(argv: list[str]) -> Config:
             DEFAULT_VNIC_MAX_NEW_CONNECTIONS if max_new_connections is None else max_new_connections
         ),
         conntrack_max=number("conntrack-max", 1024, 1 << 31),
+        metrics=_listen_address(text("metrics"), where),
+        curve_secret_key_path=curve_key,
+        curve_allowed_clients_dir=curve_clients,
     )
+
+
+def _listen_address(value: str | None, where: str) -> tuple[str, int] | None:
+    """``ADDR:PORT`` (an IPv6 address in brackets) as (address, port)."""
+    if not value:
+        return None
+    host, colon, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    valid_host = (bracketed or ":" not in host) and canonical_ip(host) is not None
+    if not colon or not valid_host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"{where}: metrics {value!r} is not ADDR:PORT"
+            " (an IP address and a port, e.g. 127.0.0.1:9477 or [::1]:9477)"
+        )
+    return canonical_ip(host) or host, int(port)

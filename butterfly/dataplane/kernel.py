@@ -396,6 +396,12 @@ class KernelDataplane:
             raise DataplaneError(f"{_what(vnic)}: vni {vnic.vni} has no conntrack zone here")
         return self._conntrack.load(zone, sessions)
 
+    def conntrack_zones(self) -> dict[int, int]:
+        """VNI -> its conntrack zone. Safe from another thread (the metrics'):
+        the copy is one step under CPython's lock, and the mapping is replaced
+        or changed a key at a time, never left half-made."""
+        return dict(self._zones)
+
     def graph(self, state: StateView) -> str:
         self._load()
         links = {link.name: link for link in self._netlink.links()}

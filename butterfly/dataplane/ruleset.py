@@ -68,6 +68,10 @@ change)::
                                  rules ("accept")
       m4_S, m6_S                 S's members: every rule naming S uses these sets
 
+Every drop rule also counts into a named counter of its table, one per
+cause (:data:`DROP_COUNTERS`): the metrics read them, and only dropped
+frames pay for them.
+
 P is a *profile*: the list of security groups a vnic uses, shared by every
 vnic using the same list; C_R a *limit class*, shared likewise. A member
 change is one set element; a rule change rewrites one chain; a vnic is
@@ -106,6 +110,7 @@ __all__ = [
     "BOOTSTRAP",
     "BRIDGE",
     "DROPS",
+    "DROP_COUNTERS",
     "INET",
     "MAX_ID",
     "NO_LIMITS",
@@ -169,7 +174,7 @@ ElementKey = int | str | tuple[str, ...]
 
 
 class Key(NamedTuple):
-    """One object: kind is table, chain, map, set or element."""
+    """One object: kind is table, counter, chain, map, set or element."""
 
     kind: str
     family: str
@@ -286,6 +291,21 @@ def _set_from_map(target: Json, key: Json, name: str) -> Json:
 
 _ACCEPT: Json = {"accept": None}
 _DROP: Json = {"drop": None}
+
+DROP_COUNTERS = {
+    "drop_sg_in": (INET, "security_group_in"),
+    "drop_sg_out": (INET, "security_group_out"),
+    "drop_spoof_ip": (BRIDGE, "ip_spoofing"),
+    "drop_frame_type": (BRIDGE, "frame_type"),
+}
+"""Named counter -> (its table's family, the drop cause the metrics call it)."""
+
+
+def _drop(counter: str) -> tuple[Json, Json]:
+    """The statements that count a frame into ``counter`` and drop it."""
+    return {"counter": counter}, _DROP
+
+
 _IIF = _meta("iifname")
 _IP_OR_ARP = _match(_payload("ether", "type"), _set(_FRAME_TYPES))
 _SENDER = _concat(_IIF, _payload("ether", "saddr"))
@@ -322,7 +342,7 @@ def _hex128(address: str) -> str:
 
 
 def _not_in(left: Json, name: str) -> NftRule:
-    return rule(_match(left, "@" + name, "!="), _DROP)
+    return rule(_match(left, "@" + name, "!="), *_drop("drop_spoof_ip"))
 
 
 def _spoof_chains() -> dict[str, Chain]:
@@ -364,7 +384,7 @@ def _spoof_chains() -> dict[str, Chain]:
                 rule(
                     _match(_payload("icmpv6", "type"), "nd-neighbor-advert"),
                     _match(_concat(_IIF, _ND_TARGET), "@port_nd", "!="),
-                    _DROP,
+                    *_drop("drop_spoof_ip"),
                 ),
                 rule(
                     _match(_payload("ip6", "saddr"), "::"),
@@ -427,6 +447,8 @@ class Layout:
             Key("map", INET, "zones"): Decl(("ifname", "integer"), bootstrapped=True),
             Key("set", INET, DROPS): Decl(("ifname", "ether_addr"), bootstrapped=True),
         }
+        for counter, (family, _) in DROP_COUNTERS.items():
+            objects[Key("counter", family, counter)] = Decl()
         for family, decls in ((BRIDGE, bridge_decls), (INET, inet_decls)):
             for name, types in decls.items():
                 kind = "map" if len(types) > 1 and types[-1] in ("mark", "verdict") else "set"
@@ -437,8 +459,8 @@ class Layout:
                     rule(_GROUP_FRAME, _set_from_map(_meta("mark"), _meta("oifname"), "port_ids")),
                     *((rule(_IP_OR_ARP, _vmap(_IIF, "port_in")),) if check_ips else ()),
                     rule(_IP_OR_ARP, _ACCEPT),
-                    rule(_match(_IIF, "@filtered"), _DROP),
-                    rule(_match(_meta("oifname"), "@filtered"), _DROP),
+                    rule(_match(_IIF, "@filtered"), *_drop("drop_frame_type")),
+                    rule(_match(_meta("oifname"), "@filtered"), *_drop("drop_frame_type")),
                 ),
                 Base("filter", "forward", -200),
             ),
@@ -600,12 +622,12 @@ class Layout:
                 *_no_server_rules(),
                 _icmpv6_types(_ND_TYPES, _ACCEPT),
                 *(rule(_jump(sg_out_chain(sg))) for sg in sg_ids),
-                rule(_DROP),
+                rule(*_drop("drop_sg_out")),
             )
         inbound = (
             _icmpv6_types(_NEIGHBOUR_TYPES, _ACCEPT),
             *(rule(_jump(sg_in_chain(sg))) for sg in sg_ids),
-            rule(_DROP),
+            rule(*_drop("drop_sg_in")),
         )
         return {
             Key("chain", INET, profile_in): Chain(inbound),
@@ -781,6 +803,8 @@ def diff(old: Mapping[Key, Obj], new: Mapping[Key, Obj]) -> list[Json]:
 def _declaration(key: Key, decl: Decl) -> Json:
     if key.kind == "table":
         return {"family": key.family, "name": TABLE}
+    if key.kind == "counter":
+        return _ref(key)
     if key.kind == "map":
         keys: Any = list(decl.types[:-1]) if len(decl.types) > 2 else decl.types[0]
         return {**_ref(key), "type": keys, "map": decl.types[-1]}
@@ -788,7 +812,7 @@ def _declaration(key: Key, decl: Decl) -> Json:
     return {**_ref(key), "type": types, **dict(decl.options)}
 
 
-_KIND_ORDER = {"table": 0, "map": 1, "set": 2, "chain": 3, "element": 4}
+_KIND_ORDER = {"table": 0, "counter": 1, "map": 2, "set": 3, "chain": 4, "element": 5}
 
 
 def _order(key: Key) -> tuple[int, str, str, str]:
@@ -848,6 +872,8 @@ def parse_listing(family: str, objects: Iterable[Json]) -> Listing:
         elif "rule" in obj:
             spec = obj["rule"]
             chains.setdefault(spec["chain"], []).append(NftRule(str(spec.get("comment", ""))))
+        elif "counter" in obj:
+            listing.objects[Key("counter", family, obj["counter"]["name"])] = Decl()
         elif "map" in obj or "set" in obj:
             kind = "map" if "map" in obj else "set"
             spec = obj[kind]

@@ -189,6 +189,8 @@ def _as_listing(family: str, commands: list[dict[str, Any]]) -> list[dict[str, A
         elif kind == "element":
             holder = sets[spec["name"]]
             next(iter(holder.values())).setdefault("elem", []).extend(spec["elem"])
+        elif kind == "counter":
+            listing.append({"counter": {**spec, "handle": 1, "packets": 0, "bytes": 0}})
         elif kind == "chain":
             listing.append({"chain": spec})
         elif kind == "rule":
