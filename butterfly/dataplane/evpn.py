@@ -1,0 +1,159 @@
+"""The BGP EVPN underlay: what the kernel must hold for FRR to carry the VNIs,
+and what FRR says it learned.
+
+With ``--underlay evpn`` no BGP runs in butterfly: FRR's ``zebra`` reads
+the kernel, ``bgpd`` speaks EVPN (RFC 7432 / RFC 8365). For that the kernel
+data plane makes each VXLAN device with a local tunnel address, no group
+and no learning (zebra installs remote MACs as ``extern_learn`` forwarding
+entries and the flood list as all-zero ones), pins every vnic's MAC on its
+port (zebra advertises a type-2 MAC route for a static entry at once, not
+once the VM speaks) and gives the bridge a no-ARP neighbour entry per vnic
+IP (a type-2 MAC/IP route). Neighbour suppression on the vnics' ports and
+on the VXLAN port lets the bridge answer a VM's ARP or neighbour
+solicitation from those entries, local or EVPN-learned, instead of
+flooding it across the underlay.
+
+This module owns the pure part (which neighbour entries a VNI wants, what
+to change) and the reading of FRR's state through ``vtysh ... json``,
+bounded in time: FRR being down or absent is a state to show, never an
+error of butterfly's. It imports only the model.
+"""
+
+import ipaddress
+import json
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from butterfly.model import Vnic
+
+__all__ = [
+    "VTYSH_TIMEOUT",
+    "EvpnStatus",
+    "FrrReader",
+    "VniLearned",
+    "neighbour_changes",
+    "parse_status",
+    "wanted_neighbours",
+]
+
+VTYSH_TIMEOUT = 2.0
+"""Seconds a vtysh question may take before FRR counts as not answering."""
+
+
+def wanted_neighbours(vnics: Iterable[Vnic]) -> dict[str, str]:
+    """IP -> MAC of the neighbour entries a VNI's bridge holds for its local vnics."""
+    return {str(ipaddress.ip_address(ip)): vnic.mac.lower() for vnic in vnics for ip in vnic.ips}
+
+
+def neighbour_changes(
+    present: Mapping[str, str], wanted: Mapping[str, str]
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(entries to set as (IP, MAC), IPs to remove) taking ``present`` to ``wanted``."""
+    to_set = sorted((ip, mac) for ip, mac in wanted.items() if present.get(ip) != mac)
+    to_remove = sorted(ip for ip in present if ip not in wanted)
+    return to_set, to_remove
+
+
+@dataclass(frozen=True, slots=True)
+class VniLearned:
+    """What FRR learned of one VNI from the other VTEPs."""
+
+    remote_vteps: tuple[str, ...] = ()
+    remote_macs: int = 0
+    local_macs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EvpnStatus:
+    """FRR's EVPN state as butterfly shows it: ``error`` says why there is none."""
+
+    error: str | None = None
+    sessions: dict[str, str] = field(default_factory=dict)
+    """BGP neighbour -> session state ("Established", "Active"...)."""
+    vnis: dict[int, VniLearned] = field(default_factory=dict)
+
+    def describe(self, vni: int) -> str:
+        """One line for the graph's VXLAN node."""
+        if self.error is not None:
+            return f"EVPN (FRR: {self.error})"
+        learned = self.vnis.get(vni)
+        if learned is None:
+            return "EVPN (FRR does not carry this VNI)"
+        vteps = ", ".join(learned.remote_vteps) or "none"
+        return f"EVPN: remote VTEPs {vteps}; {learned.remote_macs} remote MACs"
+
+    def sessions_line(self) -> str:
+        if self.error is not None:
+            return f"FRR: {self.error}"
+        if not self.sessions:
+            return "BGP EVPN: no session configured"
+        return "BGP EVPN: " + ", ".join(
+            f"{peer} {state}" for peer, state in sorted(self.sessions.items())
+        )
+
+
+def parse_status(summary: Any, macs: Any, vnis: Any) -> EvpnStatus:
+    """The status from vtysh's JSON of ``show bgp l2vpn evpn summary``,
+    ``show evpn mac vni all`` and ``show evpn vni``."""
+    sessions = {}
+    if isinstance(summary, dict):
+        for peer, details in (summary.get("peers") or {}).items():
+            if isinstance(details, dict):
+                sessions[str(peer)] = str(details.get("state", "unknown"))
+    learned: dict[int, VniLearned] = {}
+    for key, details in (vnis if isinstance(vnis, dict) else {}).items():
+        if not isinstance(details, dict) or not str(key).isdigit():
+            continue
+        entries = (macs.get(str(key)) or {}) if isinstance(macs, dict) else {}
+        kinds = [m.get("type") for m in (entries.get("macs") or {}).values() if isinstance(m, dict)]
+        learned[int(key)] = VniLearned(
+            remote_vteps=tuple(sorted(map(str, details.get("remoteVteps") or ()))),
+            remote_macs=kinds.count("remote"),
+            local_macs=kinds.count("local"),
+        )
+    return EvpnStatus(sessions=sessions, vnis=learned)
+
+
+class FrrReader:
+    """Asks FRR (``vtysh``, of the path space ``instance`` given to FRR's
+    daemons with ``-N``, or the default one) for its EVPN state."""
+
+    def __init__(self, *, instance: str | None = None, vtysh: str = "vtysh") -> None:
+        self._argv = [vtysh] + (["-N", instance] if instance else [])
+
+    def status(self) -> EvpnStatus:
+        answers = []
+        for command in (
+            "show bgp l2vpn evpn summary json",
+            "show evpn mac vni all json",
+            "show evpn vni json",
+        ):
+            answer = self._ask(command)
+            if isinstance(answer, str):
+                return EvpnStatus(error=answer)
+            answers.append(answer)
+        return parse_status(*answers)
+
+    def _ask(self, command: str) -> Any:
+        """vtysh's JSON answer, or a string saying why there is none."""
+        try:
+            done = subprocess.run(
+                [*self._argv, "-c", command],
+                capture_output=True,
+                text=True,
+                timeout=VTYSH_TIMEOUT,
+                check=False,
+            )
+        except FileNotFoundError:
+            return "vtysh is not installed"
+        except subprocess.TimeoutExpired:
+            return f"vtysh did not answer in {VTYSH_TIMEOUT:g} s"
+        if done.returncode != 0:
+            reason = (done.stderr.strip() or done.stdout.strip()).splitlines()
+            return f"not running ({reason[-1] if reason else f'vtysh status {done.returncode}'})"
+        try:
+            return json.loads(done.stdout or "{}")
+        except json.JSONDecodeError:
+            return f"vtysh gave no JSON for {command!r}"
