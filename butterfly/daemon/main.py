@@ -17,11 +17,13 @@ from butterfly.api.crypto import load_key
 from butterfly.api.server import ApiServer
 from butterfly.api.v0 import V0Handlers
 from butterfly.daemon.config import Config, parse_args
+from butterfly.daemon.frr import frr_config
 from butterfly.daemon.logs import set_level, setup_logging
 from butterfly.dataplane import Dataplane, VhostPorts
 from butterfly.dataplane.control_only import ControlOnlyDataplane
+from butterfly.dataplane.evpn import FrrReader
 from butterfly.dataplane.kernel import KernelDataplane, cleanup
-from butterfly.errors import ButterflyError, DataplaneError
+from butterfly.errors import ButterflyError, ConfigError, DataplaneError
 from butterfly.model import State
 from butterfly.service import Switch
 from butterfly.store import SqliteStore
@@ -90,8 +92,45 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         offload=config.offload,
         packet_trace_default=config.packet_trace,
         static_peers=config.vxlan_peers,
+        multicast=config.underlay == "multicast",
+        evpn=config.underlay == "evpn",
+        frr=_frr_reader(config),
         vhost=vhost,
     )
+
+
+def _frr_reader(config: Config) -> FrrReader:
+    return FrrReader(instance=config.evpn.frr_instance)
+
+
+def _check_frr(config: Config) -> None:
+    """Say at start-up when FRR does not answer: the switch runs on, and other
+    hosts learn its vnics once FRR does."""
+    if config.underlay != "evpn" or not config.dataplane:
+        return
+    status = _frr_reader(config).status()
+    if status.error is not None:
+        log.warning(
+            "underlay evpn: FRR %s; vnics work on this host, other hosts reach them once FRR runs",
+            status.error,
+        )
+    else:
+        log.info("underlay evpn: %s", status.sessions_line())
+
+
+def _write_frr_config(config: Config) -> None:
+    """--frr-config: bgpd's configuration from [evpn], to a file or stdout."""
+    source = "the command line"
+    text = frr_config(config.evpn, underlay_ip=config.ip, source=config.config_file or source)
+    if config.frr_config == "-":
+        sys.stdout.write(text)
+        return
+    assert config.frr_config is not None
+    try:
+        with open(config.frr_config, "w", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as error:
+        raise ConfigError(f"frr-config {config.frr_config}: {error.strerror}") from error
 
 
 def _reconcile(dataplane: Dataplane, state: State) -> None:
@@ -144,6 +183,7 @@ def run(config: Config) -> None:
         dataplane = _make_dataplane(config, SupervisedVhostPorts(supervisor))
         try:
             _reconcile(dataplane, state)
+            _check_frr(config)
             switch = Switch(store=store, dataplane=dataplane, state=state)
             servers: list[ApiServer] = []
             daemon = Daemon(servers)
@@ -183,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     logs_to_stderr = setup_logging(syslog=config.syslog, level=config.log_level)
     try:
-        if config.cleanup:
+        if config.frr_config is not None:
+            _write_frr_config(config)
+        elif config.cleanup:
             cleanup(socket_dir=config.socket_dir)
             log.info("removed every kernel object of butterfly")
         else:
