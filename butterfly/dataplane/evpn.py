@@ -22,6 +22,7 @@ error of butterfly's. It imports only the model.
 import ipaddress
 import json
 import subprocess
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +61,8 @@ def neighbour_changes(
 class VniLearned:
     """What FRR learned of one VNI from the other VTEPs."""
 
-    remote_vteps: tuple[str, ...] = ()
+    remote_vteps: tuple[tuple[str, int], ...] = ()
+    """Each remote VTEP flooded to, with how many MACs are behind it."""
     remote_macs: int = 0
     local_macs: int = 0
 
@@ -81,8 +83,12 @@ class EvpnStatus:
         learned = self.vnis.get(vni)
         if learned is None:
             return "EVPN (FRR does not carry this VNI)"
-        vteps = ", ".join(learned.remote_vteps) or "none"
+        vteps = ", ".join(vtep for vtep, _ in learned.remote_vteps) or "none"
         return f"EVPN: remote VTEPs {vteps}; {learned.remote_macs} remote MACs"
+
+    def remote_vteps(self, vni: int) -> tuple[tuple[str, int], ...]:
+        learned = self.vnis.get(vni)
+        return learned.remote_vteps if learned is not None else ()
 
     def sessions_line(self) -> str:
         if self.error is not None:
@@ -107,11 +113,13 @@ def parse_status(summary: Any, macs: Any, vnis: Any) -> EvpnStatus:
         if not isinstance(details, dict) or not str(key).isdigit():
             continue
         entries = (macs.get(str(key)) or {}) if isinstance(macs, dict) else {}
-        kinds = [m.get("type") for m in (entries.get("macs") or {}).values() if isinstance(m, dict)]
+        found = [m for m in (entries.get("macs") or {}).values() if isinstance(m, dict)]
+        behind = Counter(str(m.get("remoteVtep")) for m in found if m.get("type") == "remote")
+        vteps = sorted(set(map(str, details.get("remoteVteps") or ())) | set(behind))
         learned[int(key)] = VniLearned(
-            remote_vteps=tuple(sorted(map(str, details.get("remoteVteps") or ()))),
-            remote_macs=kinds.count("remote"),
-            local_macs=kinds.count("local"),
+            remote_vteps=tuple((vtep, behind[vtep]) for vtep in vteps),
+            remote_macs=sum(behind.values()),
+            local_macs=sum(m.get("type") == "local" for m in found),
         )
     return EvpnStatus(sessions=sessions, vnis=learned)
 

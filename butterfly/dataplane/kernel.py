@@ -406,6 +406,7 @@ class KernelDataplane:
                     zone=self._zones.get(vni),
                     present=bridge_name(vni) in links and vxlan_name(vni) in links,
                     ports=ports,
+                    remote_vteps=evpn.remote_vteps(vni) if evpn is not None else (),
                 )
             )
         underlay = f"{self._underlay.ifname} {self._underlay.address} mtu {self._underlay.mtu}"

@@ -246,3 +246,40 @@ def test_a_vnic_bypassing_filtering_is_advertised_before_it_speaks(evpn: Evpn) -
     wait_for(lambda: evpn.learned_everywhere(mac, VNI, evpn.hosts[2].address, 2), "learning")
     client = evpn.vm(0, "byc14", vni=VNI, mac="52:54:00:14:00:61", ip="10.14.0.61")
     assert client.reaches("icmp", "10.14.0.60")
+
+
+def test_status_shows_sessions_and_what_each_vni_learned(evpn: Evpn, tmp_path: Path) -> None:
+    reflector = evpn.hosts[0]
+    wait_for(
+        lambda: all(
+            evpn.frrs[0].remote_macs(VNI).get(f"52:54:00:14:01:0{i}") == evpn.hosts[i].address
+            for i in (1, 2)
+        ),
+        "the anchors learned",
+    )
+    status = reflector.cli("status")
+    for client in evpn.hosts[1:]:
+        assert f"{client.address} Established" in status, status
+    assert f"EVPN: remote VTEPs {evpn.hosts[1].address}, {evpn.hosts[2].address};" in status
+    assert f'"vtep:{evpn.hosts[2].address}" [shape=box3d' in status
+    svg = tmp_path / "status.svg"
+    reflector.cli("status", "--svg", str(svg))
+    assert f"remote VTEP {evpn.hosts[1].address}" in svg.read_text()
+
+
+def test_butterflyd_runs_without_frr(lab: Lab) -> None:
+    """No FRR at all: the daemon starts, serves, keeps vnics of one host
+    together, and its status says FRR is not running."""
+    host = lab.host(start=False)
+    ini = Path(host.folder, "butterflyd.ini")
+    ini.write_text(f"[general]\nunderlay = evpn\n[evpn]\nfrr-instance = {host.name}\n")
+    host.daemon.extra_args += ["-c", str(ini)]
+    host.start()
+    open_sg(host)
+    one, two = lab.vm(), lab.vm()
+    host.add_vnic("nf1", vm=one, mac="52:54:00:14:02:01", vni=VNI, ips=["10.14.2.1"],
+                  security_groups=["open"])  # fmt: skip
+    host.add_vnic("nf2", vm=two, mac="52:54:00:14:02:02", vni=VNI, ips=["10.14.2.2"],
+                  security_groups=["open"])  # fmt: skip
+    assert one.reaches("icmp", "10.14.2.2")
+    assert "FRR: not running" in host.cli("status")

@@ -152,6 +152,8 @@ def test_frr_json_read_back() -> None:
     assert status.describe(8) == "EVPN: remote VTEPs none; 0 remote MACs"
     assert status.describe(9) == "EVPN (FRR does not carry this VNI)"
     assert status.vnis[7].local_macs == 1
+    assert status.remote_vteps(7) == (("10.0.0.2", 1), ("10.0.0.3", 1))
+    assert status.remote_vteps(9) == ()
 
 
 def test_frr_down_or_absent_is_a_state_not_an_error(tmp_path: Path) -> None:
