@@ -18,9 +18,9 @@ import time
 from typing import Any
 
 from butterfly.bench.daemon import butterflyd_command
-from butterfly.bench.lab import LabError, Netns, sh, wait_for
+from butterfly.bench.lab import UNDERLAY_V4, Host, Lab, LabError, Netns, sh, wait_for
 
-__all__ = ["FRR_DIR", "Frr", "frr_available"]
+__all__ = ["FRR_DIR", "Frr", "evpn_hosts", "frr_available", "wait_seconds"]
 
 FRR_DIR = "/usr/lib/frr"
 _RUN_DIR = "/var/run/frr"
@@ -107,6 +107,43 @@ class Frr:
         """MAC -> remote VTEP that zebra learned for ``vni``."""
         macs = self.vtysh(f"show evpn mac vni {vni} json").get("macs", {})
         return {mac: m["remoteVtep"] for mac, m in macs.items() if m.get("type") == "remote"}
+
+
+def evpn_hosts(lab: Lab, count: int, *, asn: int = 65014) -> tuple[list[Host], list[Frr]]:
+    """``count`` hosts with ``underlay = evpn`` and their FRR, host 0 being the
+    route reflector of the others, on a fabric that drops multicast; started,
+    sessions up. The caller closes the FRRs (they are closed here on failure)."""
+    lab.fabric.block_multicast()
+    hosts = [lab.host(start=False) for _ in range(count)]
+    frrs: list[Frr] = []
+    try:
+        for index, host in enumerate(hosts):
+            if index == 0:
+                peers = f"route-reflector-clients = {UNDERLAY_V4.format(0)}/24\n"
+            else:
+                peers = f"neighbors = {hosts[0].address}\n"
+            ini = os.path.join(host.folder, "butterflyd.ini")
+            with open(ini, "w", encoding="ascii") as file:
+                file.write(
+                    "[general]\nunderlay = evpn\n"
+                    f"[evpn]\nasn = {asn}\nrouter-id = {host.address}\n{peers}"
+                    f"frr-instance = {host.name}\n"
+                )
+            host.daemon.extra_args += ["-c", ini]
+            frrs.append(Frr(host, os.path.join(host.folder, "frr"), ini))
+        for frr in frrs:
+            frr.start()
+        for host in hosts:
+            host.spawn()
+        for host in hosts:
+            host.wait_ready()
+        for frr in frrs:
+            frr.wait_established()
+    except BaseException:
+        for frr in frrs:
+            frr.close()
+        raise
+    return hosts, frrs
 
 
 def wait_seconds(condition: Any, what: str, timeout: float) -> float:

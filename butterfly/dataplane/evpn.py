@@ -8,10 +8,12 @@ and no learning (zebra installs remote MACs as ``extern_learn`` forwarding
 entries and the flood list as all-zero ones), pins every vnic's MAC on its
 port (zebra advertises a type-2 MAC route for a static entry at once, not
 once the VM speaks) and gives the bridge a no-ARP neighbour entry per vnic
-IP (a type-2 MAC/IP route). Neighbour suppression on the vnics' ports and
-on the VXLAN port lets the bridge answer a VM's ARP or neighbour
-solicitation from those entries, local or EVPN-learned, instead of
-flooding it across the underlay.
+IP (a type-2 MAC/IP route). Neighbour suppression on the VXLAN port (the
+kernel's model: it is set on the network side; a request arriving on a
+suppressing port is never answered by proxy) makes the bridge answer a
+VM's ARP or neighbour solicitation for a remote vnic from FRR's entries,
+and keeps every request whose MAC it knows, local or remote, off the
+underlay.
 
 This module owns the pure part (which neighbour entries a VNI wants, what
 to change) and the reading of FRR's state through ``vtysh ... json``,

@@ -771,7 +771,10 @@ class KernelDataplane:
         self._fix_link(j, vxlan, master=bridge.index, mtu=self._vxlan_mtu)
         if self._evpn:
             # Remote MACs are FRR's extern_learn entries: the bridge learns
-            # none on this port; ARP it answered goes no further.
+            # none on this port. Neighbour suppression here: a VM's ARP or
+            # solicitation for a MAC behind this port is answered by the
+            # bridge from FRR's neighbour entries, and no ARP or solicitation
+            # whose MAC the bridge knows is flooded through it.
             self._fix_port_flags(
                 j,
                 vxlan.name,
@@ -915,8 +918,10 @@ class KernelDataplane:
         flooded unicast, so the only unicast frames reaching it are those to
         its MAC: the inet family names a frame's receiver by that MAC. A vnic
         bypassing filtering gets the bridge's defaults back, its MAC pinned
-        too with EVPN (FRR advertises it before the VM speaks). With EVPN the
-        bridge answers the ARP and neighbour solicitations of every vnic."""
+        too with EVPN (FRR advertises it before the VM speaks). No vnic port
+        suppresses neighbour discovery: the kernel answers a request for a
+        proxy only when it comes in on a port that does not (see the VXLAN
+        port's flags in :meth:`_ensure_vni`)."""
         name = tap_name(vnic.id)
         filtered = self._filtered(vnic)
         pin = filtered or self._evpn
@@ -927,7 +932,7 @@ class KernelDataplane:
                 learning=not filtered,
                 unicast_flood=not filtered,
                 locked=filtered,
-                neigh_suppress=self._evpn,
+                neigh_suppress=False,
             ),
             what=_what(vnic),
         )

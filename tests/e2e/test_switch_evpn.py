@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from switch_helpers import BackgroundPing, open_sg
 
-from butterfly.bench.frr import Frr, frr_available, wait_seconds
-from butterfly.bench.lab import UNDERLAY_V4, Host, Lab, Vm, wait_for
+from butterfly.bench.evpn import captured, resolve
+from butterfly.bench.frr import Frr, evpn_hosts, frr_available, wait_seconds
+from butterfly.bench.lab import Host, Lab, Vm, wait_for
 from butterfly.dataplane.naming import bridge_name, vxlan_name
 
 pytestmark = pytest.mark.root
@@ -72,37 +73,14 @@ def _fdb_vtep(host: Host, vni: int, mac: str) -> str | None:
 def evpn(lab: Lab) -> Iterator[Evpn]:
     if not frr_available():
         pytest.skip("FRR is not installed (apt-get install frr)")
-    lab.fabric.block_multicast()
-    hosts = [lab.host(start=False) for _ in range(3)]
-    frrs = []
+    hosts, frrs = evpn_hosts(lab, 3, asn=ASN)
     try:
-        for index, host in enumerate(hosts):
-            ini = Path(host.folder, "butterflyd.ini")
-            if index == 0:
-                peers = f"route-reflector-clients = {UNDERLAY_V4.format(0)}/24\n"
-            else:
-                peers = f"neighbors = {hosts[0].address}\n"
-            ini.write_text(
-                "[general]\nunderlay = evpn\n"
-                f"[evpn]\nasn = {ASN}\nrouter-id = {host.address}\n{peers}"
-                f"frr-instance = {host.name}\n"
-            )
-            host.daemon.extra_args += ["-c", str(ini)]
-            frrs.append(Frr(host, str(Path(host.folder, "frr")), str(ini)))
-        for frr in frrs:
-            frr.start()
-        for host in hosts:
-            host.spawn()
-        for host in hosts:
-            host.wait_ready()
-            open_sg(host)
-        for frr in frrs:
-            frr.wait_established()
         made = Evpn(lab, hosts, frrs)
-        # Every host keeps carrying the VNI, whichever tests run.
-        for index in range(3):
+        for index, host in enumerate(hosts):
+            open_sg(host)
+            # Every host keeps carrying the VNI, whichever tests run.
             made.vm(index, f"anc{index}", vni=VNI, mac=f"52:54:00:14:01:0{index}",
-                    ip=f"10.14.1.{index}")  # fmt: skip
+                    ip=f"10.14.0.{200 + index}")  # fmt: skip
         yield made
     finally:
         for frr in frrs:
@@ -283,3 +261,22 @@ def test_butterflyd_runs_without_frr(lab: Lab) -> None:
                   security_groups=["open"])  # fmt: skip
     assert one.reaches("icmp", "10.14.2.2")
     assert "FRR: not running" in host.cli("status")
+
+
+def test_arp_for_a_remote_vnic_is_answered_on_its_own_host(evpn: Evpn) -> None:
+    """Neighbour suppression: the VM's ARP for a vnic of another host gets its
+    answer from its own host's bridge; no broadcast crosses the underlay. The
+    positive control: an ARP for an address no vnic has is flooded to the
+    two other VTEPs, and the capture counts it."""
+    client = evpn.vm(0, "arp14", vni=VNI, mac="52:54:00:14:00:70", ip="10.14.0.70")
+    wait_for(
+        lambda: evpn.learned_everywhere("52:54:00:14:01:01", VNI, evpn.hosts[1].address, 1),
+        "the anchor of host 1 learned",
+    )
+    with captured(evpn.hosts[0]) as frames:
+        assert not resolve(client, "10.14.0.250")
+    assert frames[0] >= 2, "the unknown address's ARP was not seen flooded"
+    with captured(evpn.hosts[0]) as frames:
+        for _ in range(5):
+            assert resolve(client, "10.14.0.201")
+    assert frames[0] == 0
