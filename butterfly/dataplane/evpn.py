@@ -21,6 +21,7 @@ bounded in time: FRR being down or absent is a state to show, never an
 error of butterfly's. It imports only the model.
 """
 
+import hashlib
 import ipaddress
 import json
 import subprocess
@@ -36,6 +37,7 @@ __all__ = [
     "EvpnStatus",
     "FrrReader",
     "VniLearned",
+    "bridge_mac",
     "neighbour_changes",
     "parse_status",
     "wanted_neighbours",
@@ -43,6 +45,18 @@ __all__ = [
 
 VTYSH_TIMEOUT = 2.0
 """Seconds a vtysh question may take before FRR counts as not answering."""
+
+
+def bridge_mac(underlay_ip: str, vni: int) -> str:
+    """A fixed, locally administered MAC for the VNI's bridge on this host.
+
+    A bridge whose MAC nobody set takes its lowest port's, and the kernel
+    flushes a device's neighbour entries whenever its MAC changes: without
+    this, removing one vnic could wipe the entries of all the others (and
+    FRR's) from the bridge.
+    """
+    digest = hashlib.sha256(f"{underlay_ip}/{vni}".encode()).digest()
+    return ":".join(f"{byte:02x}" for byte in (0x02, *digest[:5]))
 
 
 def wanted_neighbours(vnics: Iterable[Vnic]) -> dict[str, str]:

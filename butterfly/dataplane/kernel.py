@@ -38,7 +38,12 @@ from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from butterfly.dataplane.base import Attachment, Counters, SgChange, VhostPorts
-from butterfly.dataplane.evpn import FrrReader, neighbour_changes, wanted_neighbours
+from butterfly.dataplane.evpn import (
+    FrrReader,
+    bridge_mac,
+    neighbour_changes,
+    wanted_neighbours,
+)
 from butterfly.dataplane.graph import PortView, VniView, render
 from butterfly.dataplane.journal import FaultHook, Journal, journal
 from butterfly.dataplane.naming import (
@@ -742,6 +747,14 @@ class KernelDataplane:
                 partial(self._netlink.set_bridge_options, bridge.index),
             )
         self._fix_link(j, bridge, master=None, mtu=self._vnic_mtu)
+        if self._evpn and bridge.mac != (mac := bridge_mac(self._underlay.address, vni)):
+            index, old = bridge.index, bridge.mac
+            self._step(
+                j,
+                f"set the mac of {bridge.name}",
+                partial(self._netlink.set_link, index, mac=mac),
+                partial(self._netlink.set_link, index, mac=old),
+            )
         vxlan = self._own(vxlan_name(vni), what)
         if vxlan is not None and not self._vxlan_fits(vxlan, vni):
             self._step(j, f"delete {vxlan.name}", partial(self._netlink.delete_link, vxlan.index))

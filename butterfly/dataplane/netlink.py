@@ -207,7 +207,7 @@ class Netlink:
         (no ARP, not learned from outside, unicast): IP -> MAC. The kernel's
         own multicast entries and FRR's ``extern_learn`` ones are left out."""
         with _translated(f"netlink: listing neighbours of {self._name(index)}"):
-            messages = self._ipr.neigh("dump", ifindex=index, dump_filter=_everything)
+            messages = self._ipr.neigh("dump", ifindex=index)
         found = {}
         for msg in messages:
             address = msg.get_attr("NDA_DST")
