@@ -7,7 +7,7 @@ data plane makes each VXLAN device with a local tunnel address, no group
 and no learning (zebra installs remote MACs as ``extern_learn`` forwarding
 entries and the flood list as all-zero ones), pins every vnic's MAC on its
 port (zebra advertises a type-2 MAC route for a static entry at once, not
-once the VM speaks) and gives the bridge a no-ARP neighbour entry per vnic
+once the VM speaks) and gives the bridge a permanent neighbour entry per vnic
 IP (a type-2 MAC/IP route). Neighbour suppression on the VXLAN port (the
 kernel's model: it is set on the network side; a request arriving on a
 suppressing port is never answered by proxy) makes the bridge answer a

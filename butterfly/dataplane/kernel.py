@@ -1006,7 +1006,7 @@ class KernelDataplane:
         return index
 
     def _sync_neighbours(self, j: Journal | None, vni: int, state: StateView) -> None:
-        """With EVPN, the VNI's bridge holds a no-ARP neighbour entry for each
+        """With EVPN, the VNI's bridge holds a permanent neighbour entry for each
         IP of its vnics (FRR advertises each as a type-2 MAC/IP route at once,
         and the bridge answers ARP for it), and no other entry of ours."""
         if not self._evpn:

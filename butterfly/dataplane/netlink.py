@@ -203,9 +203,9 @@ class Netlink:
         }
 
     def static_neighbours(self, index: int) -> dict[str, str]:
-        """The neighbour entries of link ``index`` that someone set by hand
-        (no ARP, not learned from outside, unicast): IP -> MAC. The kernel's
-        own multicast entries and FRR's ``extern_learn`` ones are left out."""
+        """The permanent unicast neighbour entries of link ``index`` (as
+        :meth:`set_neighbour` makes them): IP -> MAC. The kernel's own
+        multicast entries and FRR's ``extern_learn`` ones are left out."""
         with _translated(f"netlink: listing neighbours of {self._name(index)}"):
             messages = self._ipr.neigh("dump", ifindex=index)
         found = {}
@@ -216,7 +216,7 @@ class Netlink:
                 msg["ifindex"] != index
                 or address is None
                 or mac is None
-                or msg["state"] != _NUD_NOARP
+                or msg["state"] != _NUD_PERMANENT
                 or msg["flags"] & NTF_EXT_LEARNED
                 or ipaddress.ip_address(address).is_multicast
             ):
@@ -377,8 +377,10 @@ class Netlink:
         self._changed(index=index)
 
     def set_neighbour(self, index: int, address: str, mac: str) -> None:
-        """``address`` is at ``mac`` behind link ``index`` (a bridge), for good:
-        no ARP, no expiry (``ip neigh replace ... nud noarp``)."""
+        """``address`` is at ``mac`` behind link ``index`` (a bridge), for good
+        (``ip neigh replace ... nud permanent``): the kernel's garbage
+        collector removes no-ARP entries unused for a minute once a table
+        holds more than 128, never permanent ones."""
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         with _translated(f"netlink: setting neighbour {address} on {self._name(index)}"):
             self._ipr.neigh(
@@ -387,7 +389,7 @@ class Netlink:
                 dst=address,
                 lladdr=mac,
                 family=family,
-                state=_NUD_NOARP,
+                state=_NUD_PERMANENT,
             )
 
     def delete_neighbour(self, index: int, address: str) -> None:

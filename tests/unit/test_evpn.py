@@ -10,6 +10,7 @@ from butterfly.daemon.frr import frr_config
 from butterfly.dataplane.evpn import (
     EvpnStatus,
     FrrReader,
+    bridge_mac,
     neighbour_changes,
     parse_status,
     wanted_neighbours,
@@ -165,3 +166,11 @@ def test_frr_down_or_absent_is_a_state_not_an_error(tmp_path: Path) -> None:
     assert status.error == "not running (Exiting: failed to connect to any daemons.)"
     assert status.describe(7).startswith("EVPN (FRR: not running")
     assert EvpnStatus().sessions_line() == "BGP EVPN: no session configured"
+
+
+def test_bridge_mac_is_fixed_unicast_and_local() -> None:
+    mac = bridge_mac("198.51.100.1", 14)
+    assert mac == bridge_mac("198.51.100.1", 14) != bridge_mac("198.51.100.1", 15)
+    assert mac != bridge_mac("198.51.100.2", 14)
+    first = int(mac[:2], 16)
+    assert first & 0x02 and not first & 0x01, "locally administered unicast"

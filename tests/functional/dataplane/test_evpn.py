@@ -72,9 +72,9 @@ def test_what_zebra_reads(lab: Lab) -> None:
     for name, mac in (("bf-f1", "52:54:00:00:14:01"), ("bf-b1", "52:54:00:00:14:02")):
         assert any(e["mac"] == mac and e.get("state") == "static" for e in fdb(host, name)), name
     assert neighbours(host) == {
-        "10.14.0.1": ("52:54:00:00:14:01", ("NOARP",)),
-        "2001:db8:14::1": ("52:54:00:00:14:01", ("NOARP",)),
-        "10.14.0.2": ("52:54:00:00:14:02", ("NOARP",)),
+        "10.14.0.1": ("52:54:00:00:14:01", ("PERMANENT",)),
+        "2001:db8:14::1": ("52:54:00:00:14:01", ("PERMANENT",)),
+        "10.14.0.2": ("52:54:00:00:14:02", ("PERMANENT",)),
     }
     moved = replace(bypass, ips=("10.14.0.3",))
     before = state.put_vnic(moved)
@@ -100,7 +100,7 @@ def test_reconcile_keeps_what_frr_installed_and_drops_stale_entries(lab: Lab) ->
               "dst", "198.51.100.9", "self", "extern_learn")  # fmt: skip
     # ...and an entry of a vnic deleted while the daemon was down.
     host.ip("neigh", "add", "10.14.0.8", "lladdr", "52:54:00:00:14:08", "dev", f"bfbr{VNI}",
-            "nud", "noarp")  # fmt: skip
+            "nud", "permanent")  # fmt: skip
     host.ip("neigh", "del", "10.14.0.1", "dev", f"bfbr{VNI}")
     dataplane.reconcile(state)
     found = neighbours(host)
