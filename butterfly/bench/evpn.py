@@ -33,16 +33,18 @@ __all__ = ["BumCapture", "add_arguments", "resolve", "run"]
 
 INNER_BROADCAST = "udp dst port 4789 and ether[50:4] = 0xffffffff and ether[54:2] = 0xffff"
 """VXLAN over IPv4 (no options): the inner Ethernet destination starts at byte 50."""
+INNER_SOLICITATION = (
+    "udp dst port 4789 and ether[62:2] = 0x86dd and ether[70] = 58 and ether[104] = 135"
+)
+"""An inner IPv6 packet (no extension header) carrying an ICMPv6 neighbour solicitation."""
 
 
 class BumCapture:
-    """tcpdump on a host's underlay, counting the VXLAN frames it sends whose
-    inner destination is broadcast (ARP requests flooded to remote VTEPs)."""
+    """tcpdump on a host's underlay, counting the VXLAN frames it sends that
+    match ``what`` (default: inner broadcast, ARP requests flooded to remote VTEPs)."""
 
-    def __init__(self, host: Host) -> None:
-        self._process = host.popen(
-            "tcpdump", "-i", host.underlay, "-n", "-l", "-Q", "out", INNER_BROADCAST
-        )
+    def __init__(self, host: Host, what: str = INNER_BROADCAST) -> None:
+        self._process = host.popen("tcpdump", "-i", host.underlay, "-n", "-l", "-Q", "out", what)
         self._lines: list[str] = []
         assert self._process.stdout is not None
         for line in self._process.stdout:
@@ -64,9 +66,9 @@ class BumCapture:
 
 
 @contextmanager
-def captured(host: Host) -> Iterator[list[int]]:
+def captured(host: Host, what: str = INNER_BROADCAST) -> Iterator[list[int]]:
     """``with captured(host) as frames:`` ... ``frames[0]`` once the block ends."""
-    capture = BumCapture(host)
+    capture = BumCapture(host, what)
     counted: list[int] = []
     try:
         yield counted
@@ -75,8 +77,9 @@ def captured(host: Host) -> Iterator[list[int]]:
 
 
 def resolve(vm: Vm, ip: str) -> bool:
-    """One ARP resolution of ``ip`` from ``vm`` (its neighbour cache emptied
-    first), checked by a ping that must get its reply."""
+    """One ARP (or, for IPv6, neighbour solicitation) resolution of ``ip``
+    from ``vm`` (its neighbour cache emptied first), checked by a ping that
+    must get its reply."""
     vm.ip("neigh", "flush", "all")
     done = subprocess.run(
         ["ip", "netns", "exec", vm.name, "ping", "-n", "-q", "-c", "1", "-W", "1", ip],

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from switch_helpers import BackgroundPing, open_sg
 
-from butterfly.bench.evpn import captured, resolve
+from butterfly.bench.evpn import INNER_SOLICITATION, captured, resolve
 from butterfly.bench.frr import Frr, evpn_hosts, frr_available, wait_seconds
 from butterfly.bench.lab import Host, Lab, Vm, wait_for
 from butterfly.dataplane.naming import bridge_name, vxlan_name
@@ -279,4 +279,31 @@ def test_arp_for_a_remote_vnic_is_answered_on_its_own_host(evpn: Evpn) -> None:
     with captured(evpn.hosts[0]) as frames:
         for _ in range(5):
             assert resolve(client, "10.14.0.201")
+    assert frames[0] == 0
+
+
+def test_neighbour_solicitation_for_a_remote_vnic_is_answered_on_its_own_host(
+    evpn: Evpn,
+) -> None:
+    """The same for IPv6: the solicitation for a remote vnic's address is answered
+    by the host's bridge; one for an address nobody has crosses (the control)."""
+    client = evpn.lab.vm()
+    evpn.hosts[0].add_vnic("nd14c", vm=client, mac="52:54:00:14:00:80", vni=VNI,
+                           ips=["2001:db8:14::80"], security_groups=["open"])  # fmt: skip
+    target = evpn.lab.vm()
+    evpn.hosts[1].add_vnic("nd14t", vm=target, mac="52:54:00:14:00:81", vni=VNI,
+                           ips=["2001:db8:14::81"], security_groups=["open"])  # fmt: skip
+    wait_for(
+        lambda: (
+            "2001:db8:14::81 "
+            in evpn.hosts[0].ip("neigh", "show", "dev", bridge_name(VNI), "nud", "all")
+        ),
+        "host 0 holding FRR's neighbour entry for the remote vnic",
+    )
+    with captured(evpn.hosts[0], INNER_SOLICITATION) as frames:
+        assert not resolve(client, "2001:db8:14::fe")
+    assert frames[0] >= 2, "the unknown address's solicitation was not seen flooded"
+    with captured(evpn.hosts[0], INNER_SOLICITATION) as frames:
+        for _ in range(5):
+            assert resolve(client, "2001:db8:14::81")
     assert frames[0] == 0
