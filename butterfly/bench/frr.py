@@ -11,6 +11,7 @@ are killed by pid; their socket folder ``/var/run/frr/NAME`` goes with them.
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,9 +19,18 @@ import time
 from typing import Any
 
 from butterfly.bench.daemon import butterflyd_command
-from butterfly.bench.lab import UNDERLAY_V4, Host, Lab, LabError, Netns, sh, wait_for
+from butterfly.bench.lab import (
+    PREFIX_BASE,
+    UNDERLAY_V4,
+    Host,
+    Lab,
+    LabError,
+    Netns,
+    sh,
+    wait_for,
+)
 
-__all__ = ["FRR_DIR", "Frr", "evpn_hosts", "frr_available", "wait_seconds"]
+__all__ = ["FRR_DIR", "Frr", "evpn_hosts", "frr_available", "reap_stale_frr", "wait_seconds"]
 
 FRR_DIR = "/usr/lib/frr"
 _RUN_DIR = "/var/run/frr"
@@ -109,10 +119,26 @@ class Frr:
         return {mac: m["remoteVtep"] for mac, m in macs.items() if m.get("type") == "remote"}
 
 
+def reap_stale_frr() -> list[str]:
+    """Remove the socket folders FRR left in /var/run/frr for the namespaces of
+    labs whose process is gone (their daemons are killed by the lab's own
+    :func:`~butterfly.bench.lab.reap_stale`: their command lines name the lab's folder)."""
+    removed = []
+    pattern = re.compile(rf"{re.escape(PREFIX_BASE)}(\d+)[a-z]\d+")
+    for entry in sorted(os.listdir(_RUN_DIR)) if os.path.isdir(_RUN_DIR) else []:
+        match = pattern.fullmatch(entry)
+        if match is None or os.path.exists(f"/proc/{match.group(1)}"):
+            continue
+        shutil.rmtree(os.path.join(_RUN_DIR, entry), ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
 def evpn_hosts(lab: Lab, count: int, *, asn: int = 65014) -> tuple[list[Host], list[Frr]]:
     """``count`` hosts with ``underlay = evpn`` and their FRR, host 0 being the
     route reflector of the others, on a fabric that drops multicast; started,
     sessions up. The caller closes the FRRs (they are closed here on failure)."""
+    reap_stale_frr()
     lab.fabric.block_multicast()
     hosts = [lab.host(start=False) for _ in range(count)]
     frrs: list[Frr] = []

@@ -307,3 +307,20 @@ def test_neighbour_solicitation_for_a_remote_vnic_is_answered_on_its_own_host(
         for _ in range(5):
             assert resolve(client, "2001:db8:14::81")
     assert frames[0] == 0
+
+
+def test_vm_added_at_its_new_host_before_leaving_the_old_one(evpn: Evpn) -> None:
+    """Live migration's order: the vnic exists on both hosts for a moment; once
+    it is deleted at the old host, every host forwards to the new one within 2 s."""
+    mac, ip = "52:54:00:14:00:90", "10.14.0.90"
+    watcher = evpn.vm(1, "w14b", vni=VNI, mac="52:54:00:14:00:91", ip="10.14.0.91")
+    evpn.vm(0, "mv14b", vni=VNI, mac=mac, ip=ip)
+    assert watcher.reaches("icmp", ip)
+    evpn.vm(2, "mv14b", vni=VNI, mac=mac, ip=ip)
+    evpn.hosts[0].delete_vnic("mv14b")
+    wait_seconds(lambda: watcher.probe("icmp", ip, timeout=0.1), "the moved VM answering", 2)
+    wait_seconds(
+        lambda: evpn.learned_everywhere(mac, VNI, evpn.hosts[2].address, 2),
+        "every other host forwarding the moved VM's MAC to its new host",
+        2,
+    )
