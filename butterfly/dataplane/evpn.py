@@ -148,36 +148,49 @@ class FrrReader:
         self._argv = [vtysh] + (["-N", instance] if instance else [])
 
     def status(self) -> EvpnStatus:
-        answers = []
-        for command in (
+        """One vtysh run (at most VTYSH_TIMEOUT) answering the three questions."""
+        commands = (
             "show bgp l2vpn evpn summary json",
             "show evpn mac vni all json",
             "show evpn vni json",
-        ):
-            answer = self._ask(command)
-            if isinstance(answer, str):
-                return EvpnStatus(error=answer)
-            answers.append(answer)
-        return parse_status(*answers)
-
-    def _ask(self, command: str) -> Any:
-        """vtysh's JSON answer, or a string saying why there is none."""
+        )
+        argv = [*self._argv]
+        for command in commands:
+            argv += ["-c", command]
         try:
             done = subprocess.run(
-                [*self._argv, "-c", command],
-                capture_output=True,
-                text=True,
-                timeout=VTYSH_TIMEOUT,
-                check=False,
+                argv, capture_output=True, text=True, timeout=VTYSH_TIMEOUT, check=False
             )
         except FileNotFoundError:
-            return "vtysh is not installed"
+            return EvpnStatus(error="vtysh is not installed")
         except subprocess.TimeoutExpired:
-            return f"vtysh did not answer in {VTYSH_TIMEOUT:g} s"
+            return EvpnStatus(error=f"vtysh did not answer in {VTYSH_TIMEOUT:g} s")
         if done.returncode != 0:
             reason = (done.stderr.strip() or done.stdout.strip()).splitlines()
-            return f"not running ({reason[-1] if reason else f'vtysh status {done.returncode}'})"
+            return EvpnStatus(
+                error=f"not running ({reason[-1] if reason else f'vtysh status {done.returncode}'})"
+            )
+        answers = _documents(done.stdout)
+        if len(answers) != len(commands):
+            return EvpnStatus(error="vtysh's answer is not the JSON asked for (is bgpd running?)")
+        return parse_status(*answers)
+
+
+def _documents(text: str) -> list[Any]:
+    """The JSON documents vtysh printed one after the other ([] if any is not JSON)."""
+    decoder = json.JSONDecoder()
+    found: list[Any] = []
+    position = 0
+    while (position := _skip_space(text, position)) < len(text):
         try:
-            return json.loads(done.stdout or "{}")
+            document, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError:
-            return f"vtysh gave no JSON for {command!r}"
+            return []
+        found.append(document)
+    return found
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position].isspace():
+        position += 1
+    return position

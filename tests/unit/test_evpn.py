@@ -174,3 +174,34 @@ def test_bridge_mac_is_fixed_unicast_and_local() -> None:
     assert mac != bridge_mac("198.51.100.2", 14)
     first = int(mac[:2], 16)
     assert first & 0x02 and not first & 0x01, "locally administered unicast"
+
+
+def _fake_vtysh(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "vtysh"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_one_vtysh_run_answers_the_three_questions(tmp_path: Path) -> None:
+    documents = (
+        '{"peers": {"10.0.0.9": {"state": "Established"}}}\n'
+        '{"7": {"macs": {"52:54:00:00:00:02": {"type": "remote", "remoteVtep": "10.0.0.2"}}}}\n'
+        '{"7": {"vni": 7, "remoteVteps": ["10.0.0.2"]}}\n'
+    )
+    vtysh = _fake_vtysh(tmp_path, f"cat <<'EOF'\n{documents}EOF\n")
+    status = FrrReader(vtysh=vtysh).status()
+    assert status.error is None
+    assert status.remote_vteps(7) == (("10.0.0.2", 1),)
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ("echo '% bgpd is not running'\n", "not the JSON asked for"),
+        ("echo '{}'\n", "not the JSON asked for"),
+        ("sleep 5\n", "did not answer in 2 s"),
+    ],
+)
+def test_a_vtysh_that_does_not_answer_is_a_state(tmp_path: Path, body: str, error: str) -> None:
+    assert error in (FrrReader(vtysh=_fake_vtysh(tmp_path, body)).status().error or "")
