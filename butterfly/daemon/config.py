@@ -9,6 +9,9 @@ accepted, on the command line and in the file; those about DPDK are read by
 
 import argparse
 import configparser
+import ipaddress
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from butterfly import __version__
@@ -16,9 +19,11 @@ from butterfly.daemon.original import DPDK_HELP, parse_cpu_list, parse_dpdk_args
 from butterfly.errors import ConfigError
 from butterfly.model import canonical_ip
 
-__all__ = ["LOG_LEVELS", "Config", "parse_args"]
+__all__ = ["LOG_LEVELS", "UNDERLAYS", "Config", "EvpnConfig", "parse_args"]
 
 LOG_LEVELS = ("none", "error", "warning", "info", "debug")
+UNDERLAYS = ("multicast", "static", "evpn")
+"""How hosts find each other: a multicast group per VNI, static peers, BGP EVPN (FRR)."""
 DEFAULT_ENDPOINT = "tcp://0.0.0.0:9999"
 DEFAULT_STATE = "/var/lib/butterfly/state.db"
 DEFAULT_SOCKET_DIR = "/run/butterfly"
@@ -27,6 +32,22 @@ DEFAULT_NICE = -10
 DEFAULT_VNIC_MAX_CONNECTIONS = 10000
 DEFAULT_VNIC_MAX_NEW_CONNECTIONS = 1000
 LIMIT_MAX = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class EvpnConfig:
+    """The ``[evpn]`` section: what FRR's BGP needs (``--frr-config`` writes it)."""
+
+    asn: int | None = None
+    router_id: str | None = None
+    """None: the underlay address (--ip), when it is IPv4."""
+    neighbors: tuple[str, ...] = ()
+    """iBGP neighbours: the route reflectors, or every other host."""
+    reflect_for: tuple[str, ...] = ()
+    """Prefixes this host accepts iBGP sessions from and reflects routes to
+    (``route-reflector-clients``): it is then a route reflector."""
+    frr_instance: str | None = None
+    """FRR's path space (its daemons' ``-N``), for ``vtysh -N``; None: the default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +76,13 @@ class Config:
     """The underlay named by --dpdk-args' ``--vdev=...,iface=NAME``, for when --ip is not given."""
     not_applicable: tuple[str, ...] = ()
     """The original's options given that mean nothing here, said once at start-up."""
+    underlay: str = "multicast"
+    """One of UNDERLAYS; "static" when vxlan-peers are given and no underlay is."""
+    evpn: EvpnConfig = field(default_factory=EvpnConfig)
+    frr_config: str | None = None
+    config_file: str | None = field(default=None, compare=False)
+    """The -c file the values came from, to name it in messages."""
+    """--frr-config FILE: write FRR's configuration for this host there ("-": stdout), exit."""
 
     sniff_cross_vni: bool = False
     """Whether a vnic may mirror its frames to a vnic of another VNI."""
@@ -191,6 +219,18 @@ def _parser() -> argparse.ArgumentParser:
         help="static VXLAN peers of every VNI, for underlays without multicast",
     )
     parser.add_argument(
+        "--underlay",
+        choices=UNDERLAYS,
+        help="how hosts find each other: a multicast group per VNI (the default), static"
+        " peers (--vxlan-peers, vni_peer_add), or BGP EVPN through FRR",
+    )
+    parser.add_argument(
+        "--frr-config",
+        metavar="FILE",
+        help="write FRR's BGP EVPN configuration for this host (the ini file's [evpn]"
+        " section) to FILE, '-' for stdout, then exit",
+    )
+    parser.add_argument(
         "--nice",
         type=int,
         metavar="N",
@@ -295,12 +335,14 @@ def _read_file(path: str) -> dict[str, str]:
             "vnic-max-new-connections",
             "conntrack-max",
             "metrics",
+            "underlay",
         },
         "security": {
             "encryption_key_path",
             "curve_secret_key_path",
             "curve_allowed_clients_dir",
         },
+        "evpn": {"asn", "router-id", "neighbors", "route-reflector-clients", "frr-instance"},
     }
     for section in parser.sections():
         if section not in known:
@@ -312,7 +354,8 @@ def _read_file(path: str) -> dict[str, str]:
                     f" (known: {', '.join(sorted(known[section]))})"
                 )
             # The original's sample file says graph-cpu-core, its code read graph-core-id.
-            values["graph-cpu-core" if name == "graph-core-id" else name] = value.strip()
+            key = "graph-cpu-core" if name == "graph-core-id" else name
+            values[f"evpn.{key}" if section == "evpn" else key] = value.strip()
     return values
 
 
@@ -344,6 +387,7 @@ def parse_args(argv: list[str]) -> Config:
         "encryption_key_path": args.key,
         "curve_secret_key_path": args.curve_secret_key,
         "curve_allowed_clients_dir": args.curve_allowed_clients,
+        "underlay": args.underlay,
     }
     where = "command line"
     if args.config:
@@ -351,7 +395,7 @@ def parse_args(argv: list[str]) -> Config:
         options.update(_read_file(args.config))
 
     def text(name: str) -> str | None:
-        value = options[name]
+        value = options.get(name)
         return None if value is None else str(value)
 
     def flag(name: str) -> bool:
@@ -401,6 +445,12 @@ def parse_args(argv: list[str]) -> Config:
             f"{where}: curve_secret_key_path and curve_allowed_clients_dir go together"
             " (--curve-secret-key and --curve-allowed-clients)"
         )
+    underlay = text("underlay") or ("static" if peers else "multicast")
+    if underlay not in UNDERLAYS:
+        raise ConfigError(f"{where}: underlay {underlay!r} is not one of {', '.join(UNDERLAYS)}")
+    if underlay == "evpn" and peers:
+        raise ConfigError(f"{where}: vxlan-peers cannot be given with underlay evpn (FRR floods)")
+    evpn = _evpn_config(text, number, where)
     return Config(
         endpoint=text("endpoint") or DEFAULT_ENDPOINT,
         ip=canonical_ip(ip) if ip else None,
@@ -431,6 +481,10 @@ def parse_args(argv: list[str]) -> Config:
         metrics=_listen_address(text("metrics"), where),
         curve_secret_key_path=curve_key,
         curve_allowed_clients_dir=curve_clients,
+        underlay=underlay,
+        evpn=evpn,
+        frr_config=args.frr_config,
+        config_file=args.config,
     )
 
 
@@ -448,3 +502,50 @@ def _listen_address(value: str | None, where: str) -> tuple[str, int] | None:
             " (an IP address and a port, e.g. 127.0.0.1:9477 or [::1]:9477)"
         )
     return canonical_ip(host) or host, int(port)
+
+
+def _evpn_config(
+    text: Callable[[str], str | None],
+    number: Callable[[str, int, int], int | None],
+    where: str,
+) -> EvpnConfig:
+    """The ``[evpn]`` section (its keys are ``evpn.NAME`` in the merged options)."""
+    router_id = text("evpn.router-id")
+    if router_id is not None and not _is_ipv4(router_id):
+        raise ConfigError(f"{where}: [evpn] router-id {router_id!r} is not an IPv4 address")
+    neighbors = []
+    for entry in _items(text("evpn.neighbors")):
+        canonical = canonical_ip(entry)
+        if canonical is None:
+            raise ConfigError(f"{where}: [evpn] neighbors entry {entry!r} is not an IP address")
+        neighbors.append(canonical)
+    clients = []
+    for entry in _items(text("evpn.route-reflector-clients")):
+        try:
+            clients.append(str(ipaddress.ip_network(entry, strict=False)))
+        except ValueError:
+            raise ConfigError(
+                f"{where}: [evpn] route-reflector-clients entry {entry!r} is not a prefix"
+            ) from None
+    instance = text("evpn.frr-instance")
+    if instance is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", instance):
+        raise ConfigError(f"{where}: [evpn] frr-instance {instance!r} is not a plain name")
+    return EvpnConfig(
+        asn=number("evpn.asn", 1, 4294967295),
+        router_id=router_id,
+        neighbors=tuple(dict.fromkeys(neighbors)),
+        reflect_for=tuple(dict.fromkeys(clients)),
+        frr_instance=instance,
+    )
+
+
+def _items(value: str | None) -> list[str]:
+    return [item for item in (part.strip() for part in (value or "").split(",")) if item]
+
+
+def _is_ipv4(value: str) -> bool:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return False
+    return True

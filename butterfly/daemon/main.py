@@ -21,6 +21,7 @@ from butterfly.api.server import ApiServer
 from butterfly.api.v0 import V0Handlers
 from butterfly.daemon.config import Config, parse_args
 from butterfly.daemon.exposure import exposure_warning
+from butterfly.daemon.frr import frr_config
 from butterfly.daemon.logs import set_level, setup_logging
 from butterfly.daemon.metrics import Metrics, MetricsServer, SwitchCollector, VnicCounters
 from butterfly.daemon.observe import ObservedAnswer
@@ -30,9 +31,10 @@ from butterfly.dataplane.conntrack_table import memory_bytes, size_conntrack
 from butterfly.dataplane.conntrack_zones import zone_entries
 from butterfly.dataplane.control_only import ControlOnlyDataplane
 from butterfly.dataplane.drops import DropCounters
+from butterfly.dataplane.evpn import FrrReader
 from butterfly.dataplane.kernel import KernelDataplane, cleanup
 from butterfly.dataplane.ruleset import ConnLimits
-from butterfly.errors import ButterflyError, DataplaneError
+from butterfly.errors import ButterflyError, ConfigError, DataplaneError
 from butterfly.model import State
 from butterfly.service import Switch
 from butterfly.store import SqliteStore
@@ -125,10 +127,47 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         offload=config.offload,
         packet_trace_default=config.packet_trace,
         static_peers=config.vxlan_peers,
+        multicast=config.underlay == "multicast",
+        evpn=config.underlay == "evpn",
+        frr=_frr_reader(config),
         vhost=vhost,
         sniff_cross_vni=config.sniff_cross_vni,
         limits=ConnLimits(config.vnic_max_connections, config.vnic_max_new_connections),
     )
+
+
+def _frr_reader(config: Config) -> FrrReader:
+    return FrrReader(instance=config.evpn.frr_instance)
+
+
+def _check_frr(config: Config) -> None:
+    """Say at start-up when FRR does not answer: the switch runs on, and other
+    hosts learn its vnics once FRR does."""
+    if config.underlay != "evpn" or not config.dataplane:
+        return
+    status = _frr_reader(config).status()
+    if status.error is not None:
+        log.warning(
+            "underlay evpn: FRR %s; vnics work on this host, other hosts reach them once FRR runs",
+            status.error,
+        )
+    else:
+        log.info("underlay evpn: %s", status.sessions_line())
+
+
+def _write_frr_config(config: Config) -> None:
+    """--frr-config: bgpd's configuration from [evpn], to a file or stdout."""
+    source = "the command line"
+    text = frr_config(config.evpn, underlay_ip=config.ip, source=config.config_file or source)
+    if config.frr_config == "-":
+        sys.stdout.write(text)
+        return
+    assert config.frr_config is not None
+    try:
+        with open(config.frr_config, "w", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as error:
+        raise ConfigError(f"frr-config {config.frr_config}: {error.strerror}") from error
 
 
 def _reconcile(dataplane: Dataplane, state: State) -> None:
@@ -243,6 +282,7 @@ def run(config: Config, argv: list[str], notifier: Notifier) -> None:
             _reconcile(dataplane, state)
             metrics = Metrics()
             metrics.reconciled(time.perf_counter() - started)
+            _check_frr(config)
             switch = Switch(store=store, dataplane=dataplane, state=state)
             servers: list[ApiServer] = []
             daemon = Daemon(servers, argv=argv)
@@ -303,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     logs_to_stderr = setup_logging(syslog=config.syslog, level=config.log_level)
     try:
-        if config.cleanup:
+        if config.frr_config is not None:
+            _write_frr_config(config)
+        elif config.cleanup:
             cleanup(socket_dir=config.socket_dir)
             log.info("removed every kernel object of butterfly")
         else:

@@ -39,6 +39,12 @@ from typing import Any, NamedTuple, TypeVar
 
 from butterfly.dataplane.base import Attachment, Counters, SgChange, VhostPorts
 from butterfly.dataplane.conntrack import Conntrack
+from butterfly.dataplane.evpn import (
+    FrrReader,
+    bridge_mac,
+    neighbour_changes,
+    wanted_neighbours,
+)
 from butterfly.dataplane.graph import PortView, VniView, render
 from butterfly.dataplane.journal import FaultHook, Journal, journal
 from butterfly.dataplane.naming import (
@@ -117,6 +123,7 @@ class _PortFlags(NamedTuple):
     learning: bool
     unicast_flood: bool
     locked: bool
+    neigh_suppress: bool
 
 
 def _what(vnic: Vnic) -> str:
@@ -138,7 +145,9 @@ class KernelDataplane:
     (default: only when no static peers are configured). ``vhost``: the
     backend that serves VHOST_USER_SERVER vnics' sockets on their taps;
     without one such vnics are refused as not supported. ``limits``: what a
-    filtered vnic may start unless it says otherwise (0: no cap). ``fault_hook``:
+    filtered vnic may start unless it says otherwise (0: no cap). ``evpn``: FRR
+    carries the VNIs (:mod:`butterfly.dataplane.evpn`; neither multicast
+    nor static peers), ``frr`` reads its state for the graph. ``fault_hook``:
     tests only, see :mod:`butterfly.dataplane.journal`.
 
     Raises ConfigError for an unusable option, DataplaneError when the
@@ -158,6 +167,8 @@ class KernelDataplane:
         static_peers: tuple[str, ...] = (),
         multicast: bool | None = None,
         vhost: VhostPorts | None = None,
+        evpn: bool = False,
+        frr: FrrReader | None = None,
         limits: ConnLimits = NO_LIMITS,
         fault_hook: FaultHook | None = None,
         sniff_cross_vni: bool = False,
@@ -169,7 +180,13 @@ class KernelDataplane:
         self._socket_dir = socket_dir
         self._trace_default = packet_trace_default
         self._vxlan_port = vxlan_port
-        self._multicast = not static_peers if multicast is None else multicast
+        if evpn and (static_peers or multicast):
+            raise ConfigError(
+                "underlay evpn: FRR floods every VNI; give neither vxlan-peers nor multicast"
+            )
+        self._evpn = evpn
+        self._frr = frr or FrrReader()
+        self._multicast = not (static_peers or evpn) if multicast is None else multicast
         self._fault_hook = fault_hook
         self._vhost = vhost
         self._offload = offload
@@ -252,6 +269,10 @@ class KernelDataplane:
         for vnic in vnics:
             self._best_effort(problems, _what(vnic), partial(self._ensure_port, None, vnic, None))
             self._best_effort(problems, _what(vnic), partial(self._serve, None, vnic))
+        for vni in sorted({vnic.vni for vnic in vnics}):
+            self._best_effort(
+                problems, f"vni {vni}", partial(self._sync_neighbours, None, vni, state)
+            )
         wanted_vnis = {vnic.vni for vnic in vnics}
         for name, link in owned.items():
             if link.kind in ("vxlan", "bridge") and int(name[4:]) not in wanted_vnis:
@@ -287,9 +308,11 @@ class KernelDataplane:
             )
             self._ensure_vni(j, vnic.vni, state)
             self._ensure_port(j, vnic, previous)
+            self._sync_neighbours(j, vnic.vni, state)
             self._serve(j, vnic)
             if previous is not None and previous.vni != vnic.vni:
                 self._remove_vni_if_unused(j, previous.vni, state)
+                self._sync_neighbours(j, previous.vni, state)
             self._sync_sniffing(j, state, vnic, replaced)
             self._apply_trace(j, vnic)
         return self.attachment(vnic)
@@ -308,6 +331,8 @@ class KernelDataplane:
             )
             if after.type == VnicType.NETNS and before.ips != after.ips:
                 self._configure_peer(j, after, before)
+            if before.ips != after.ips:
+                self._sync_neighbours(j, after.vni, state)
             self._sync_sniffing(j, state, after)
             self._apply_trace(j, after)
 
@@ -325,6 +350,7 @@ class KernelDataplane:
                 sgs=_current(state, vnic.security_groups),
             )
             self._remove_vni_if_unused(j, vnic.vni, state)
+            self._sync_neighbours(j, vnic.vni, state)
             self._sync_sniffing(j, state, vnic)
         self._tracer_stop(vnic)
 
@@ -349,6 +375,11 @@ class KernelDataplane:
             self._commit(j, state, sgs=sgs, profiles=profiles)
 
     def update_peers(self, vni: int, state: StateView) -> None:
+        if self._evpn:
+            raise NotSupported(
+                f"vni {vni}: static peers are not supported with underlay evpn "
+                "(FRR learns every VNI's VTEPs)"
+            )
         self._load()
         wanted = self._peers(vni, state)
         with journal(f"vni {vni}", self._fault_hook) as j:
@@ -405,12 +436,15 @@ class KernelDataplane:
     def graph(self, state: StateView) -> str:
         self._load()
         links = {link.name: link for link in self._netlink.links()}
+        evpn = self._frr.status() if self._evpn else None
         drops = self._limit_drops()
         vnis = []
         for vni in sorted({vnic.vni for vnic in state.vnics()}):
             ports = tuple(self._port_view(vnic, links, drops) for vnic in state.vnics_in(vni))
             peers = self._peers(vni, state)
             flooding = []
+            if evpn is not None:
+                flooding.append(evpn.describe(vni))
             if self._multicast:
                 flooding.append(f"multicast {flood_group(vni, self._underlay.version)}")
             if peers:
@@ -424,9 +458,12 @@ class KernelDataplane:
                     zone=self._zones.get(vni),
                     present=bridge_name(vni) in links and vxlan_name(vni) in links,
                     ports=ports,
+                    remote_vteps=evpn.remote_vteps(vni) if evpn is not None else (),
                 )
             )
         underlay = f"{self._underlay.ifname} {self._underlay.address} mtu {self._underlay.mtu}"
+        if evpn is not None:
+            underlay += "\n" + evpn.sessions_line()
         return render(underlay, vnis)
 
     def close(self) -> None:
@@ -778,6 +815,14 @@ class KernelDataplane:
                 partial(self._netlink.set_bridge_options, bridge.index),
             )
         self._fix_link(j, bridge, master=None, mtu=self._vnic_mtu)
+        if self._evpn and bridge.mac != (mac := bridge_mac(self._underlay.address, vni)):
+            index, old = bridge.index, bridge.mac
+            self._step(
+                j,
+                f"set the mac of {bridge.name}",
+                partial(self._netlink.set_link, index, mac=mac),
+                partial(self._netlink.set_link, index, mac=old),
+            )
         vxlan = self._own(vxlan_name(vni), what)
         if vxlan is not None and not self._vxlan_fits(vxlan, vni):
             self._step(j, f"delete {vxlan.name}", partial(self._netlink.delete_link, vxlan.index))
@@ -797,6 +842,7 @@ class KernelDataplane:
                     port=self._vxlan_port,
                     mtu=self._vxlan_mtu,
                     alias=vni_alias(vni),
+                    learning=not self._evpn,
                 ),
                 partial(self._delete, name),
             )
@@ -804,7 +850,19 @@ class KernelDataplane:
             assert vxlan is not None
             self._flood[vxlan.index] = set()
         self._fix_link(j, vxlan, master=bridge.index, mtu=self._vxlan_mtu)
-        self._sync_peers(j, vxlan, self._peers(vni, state))
+        if self._evpn:
+            # Remote MACs are FRR's extern_learn entries: the bridge learns
+            # none on this port. Neighbour suppression here: a VM's ARP or
+            # solicitation for a MAC behind this port is answered by the
+            # bridge from FRR's neighbour entries, and no ARP or solicitation
+            # whose MAC the bridge knows is flooded through it.
+            self._fix_port_flags(
+                j,
+                vxlan.name,
+                _PortFlags(learning=False, unicast_flood=True, locked=False, neigh_suppress=True),
+            )
+        else:
+            self._sync_peers(j, vxlan, self._peers(vni, state))
 
     def _vxlan_fits(self, vxlan: Link, vni: int) -> bool:
         info = vxlan.info
@@ -820,7 +878,7 @@ class KernelDataplane:
             and (str(ipaddress.ip_address(group)) if group else None) == wanted_group
             and info.get("IFLA_VXLAN_LINK") == self._underlay.index
             and info.get("IFLA_VXLAN_PORT") == self._vxlan_port
-            and info.get("IFLA_VXLAN_LEARNING") == 1
+            and info.get("IFLA_VXLAN_LEARNING") == int(not self._evpn)
         )
 
     def _peers(self, vni: int, state: StateView) -> tuple[str, ...]:
@@ -940,41 +998,29 @@ class KernelDataplane:
         anti-spoofing in the bridge itself), learns no address and gets no
         flooded unicast, so the only unicast frames reaching it are those to
         its MAC: the inet family names a frame's receiver by that MAC. A vnic
-        bypassing filtering gets the bridge's defaults back."""
+        bypassing filtering gets the bridge's defaults back, its MAC pinned
+        too with EVPN (FRR advertises it before the VM speaks). No vnic port
+        suppresses neighbour discovery: the kernel answers a request for a
+        proxy only when it comes in on a port that does not (see the VXLAN
+        port's flags in :meth:`_ensure_vni`)."""
         name = tap_name(vnic.id)
-        link = self._netlink.link(name)
-        if link is None:
-            raise DataplaneError(f"{_what(vnic)}: interface {name} vanished")
-        index = link.index
         filtered = self._filtered(vnic)
-        wanted = _PortFlags(learning=not filtered, unicast_flood=not filtered, locked=filtered)
-        flags = _PortFlags(
-            learning=bool(link.port.get("IFLA_BRPORT_LEARNING", 1)),
-            unicast_flood=bool(link.port.get("IFLA_BRPORT_UNICAST_FLOOD", 1)),
-            locked=bool(link.port.get("IFLA_BRPORT_LOCKED", 0)),
+        pin = filtered or self._evpn
+        index = self._fix_port_flags(
+            j,
+            name,
+            _PortFlags(
+                learning=not filtered,
+                unicast_flood=not filtered,
+                locked=filtered,
+                neigh_suppress=False,
+            ),
+            what=_what(vnic),
         )
-        if flags != wanted:
-
-            def lock() -> None:
-                self._netlink.set_bridge_port(index, **wanted._asdict())
-                changed = self._netlink.link(name)
-                if filtered and (changed is None or not changed.port.get("IFLA_BRPORT_LOCKED")):
-                    self._netlink.set_bridge_port(index, **flags._asdict())
-                    raise DataplaneError(
-                        f"{_what(vnic)}: this kernel cannot lock bridge port {name} to the "
-                        "vnic's MAC (Linux 5.18 or later is needed for MAC anti-spoofing)"
-                    )
-
-            self._step(
-                j,
-                f"set {name}'s learning, flooding and locking",
-                lock,
-                partial(self._netlink.set_bridge_port, index, **flags._asdict()),
-            )
         mac = vnic.mac.lower()
         entries = self._netlink.bridge_entries(index)
         for other, pinned in sorted(entries.items()):
-            if (filtered and other == mac) or not (filtered or pinned):
+            if (pin and other == mac) or not (filtered or pinned):
                 continue
             restore = partial(self._netlink.pin_mac, index, other) if pinned else None
             self._step(
@@ -983,12 +1029,81 @@ class KernelDataplane:
                 partial(self._netlink.forget_mac, index, other),
                 restore,
             )
-        if filtered and not entries.get(mac, False):
+        if pin and not entries.get(mac, False):
             self._step(
                 j,
                 f"pin {mac} to {name}",
                 partial(self._netlink.pin_mac, index, mac),
                 partial(self._netlink.forget_mac, index, mac),
+            )
+
+    def _fix_port_flags(
+        self, j: Journal | None, name: str, wanted: _PortFlags, *, what: str | None = None
+    ) -> int:
+        """Give bridge port ``name`` these flags where they differ; its ifindex."""
+        what = what or f"interface {name}"
+        link = self._netlink.link(name)
+        if link is None:
+            raise DataplaneError(f"{what}: interface {name} vanished")
+        index = link.index
+        flags = _PortFlags(
+            learning=bool(link.port.get("IFLA_BRPORT_LEARNING", 1)),
+            unicast_flood=bool(link.port.get("IFLA_BRPORT_UNICAST_FLOOD", 1)),
+            locked=bool(link.port.get("IFLA_BRPORT_LOCKED", 0)),
+            neigh_suppress=bool(link.port.get("IFLA_BRPORT_NEIGH_SUPPRESS", 0)),
+        )
+        if flags == wanted:
+            return index
+
+        def lock() -> None:
+            self._netlink.set_bridge_port(index, **wanted._asdict())
+            changed = self._netlink.link(name)
+            if wanted.locked and (changed is None or not changed.port.get("IFLA_BRPORT_LOCKED")):
+                self._netlink.set_bridge_port(index, **flags._asdict())
+                raise DataplaneError(
+                    f"{what}: this kernel cannot lock bridge port {name} to the "
+                    "vnic's MAC (Linux 5.18 or later is needed for MAC anti-spoofing)"
+                )
+
+        self._step(
+            j,
+            f"set {name}'s learning, flooding, locking and neighbour suppression",
+            lock,
+            partial(self._netlink.set_bridge_port, index, **flags._asdict()),
+        )
+        return index
+
+    def _sync_neighbours(self, j: Journal | None, vni: int, state: StateView) -> None:
+        """With EVPN, the VNI's bridge holds a permanent neighbour entry for each
+        IP of its vnics (FRR advertises each as a type-2 MAC/IP route at once,
+        and the bridge answers ARP for it), and no other entry of ours."""
+        if not self._evpn:
+            return
+        vnics = [vnic for vnic in state.vnics_in(vni) if self._has_port(vnic)]
+        if not vnics:
+            return
+        bridge = self._netlink.link(bridge_name(vni))
+        if bridge is None:
+            raise DataplaneError(f"vni {vni}: bridge {bridge_name(vni)} is missing")
+        index = bridge.index
+        present = self._netlink.static_neighbours(index)
+        to_set, to_remove = neighbour_changes(present, wanted_neighbours(vnics))
+        for ip, mac in to_set:
+            old = present.get(ip)
+            self._step(
+                j,
+                f"set neighbour {ip} at {mac} on {bridge.name}",
+                partial(self._netlink.set_neighbour, index, ip, mac),
+                partial(self._netlink.set_neighbour, index, ip, old)
+                if old
+                else partial(self._netlink.delete_neighbour, index, ip),
+            )
+        for ip in to_remove:
+            self._step(
+                j,
+                f"remove neighbour {ip} from {bridge.name}",
+                partial(self._netlink.delete_neighbour, index, ip),
+                partial(self._netlink.set_neighbour, index, ip, present[ip]),
             )
 
     def _port_fits(self, link: Link, vnic: Vnic) -> bool:
