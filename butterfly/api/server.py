@@ -14,6 +14,7 @@ from typing import Protocol
 import zmq
 
 from butterfly.api.codec import answer_frame
+from butterfly.api.curve import CurveServer, ServerAuthenticator, allow_clients
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.errors import ConfigError
 
@@ -51,7 +52,9 @@ class ApiServer:
         endpoint: str,
         key: bytes | None,
         answer: Callable[[MessageV0], MessageV0],
+        curve: CurveServer | None = None,
     ) -> None:
+        """``curve``: only the clients it allows get through (see :mod:`butterfly.api.curve`)."""
         self.endpoint = endpoint
         self._key = key
         self._answer = answer
@@ -60,19 +63,46 @@ class ApiServer:
         self._socket.setsockopt(zmq.LINGER, 1000)
         self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_SIZE)
         self._stopping = False
+        self._authenticator: ServerAuthenticator | None = None
         try:
+            if curve is not None:
+                self._authenticator = ServerAuthenticator(self._context, curve)
+                allow_clients(self._socket, curve)
             self._socket.bind(endpoint)
         except zmq.ZMQError as error:
             self.close()
             raise ConfigError(f"cannot listen on endpoint {endpoint!r}: {error}") from error
+        except ConfigError:
+            self.close()
+            raise
+
+    def reload_clients(self) -> None:
+        """Read the CurveZMQ allowed clients folder again (nothing without CurveZMQ)."""
+        if self._authenticator is not None:
+            self._authenticator.reload()
 
     def stop_after_reply(self) -> None:
         """Finish the request being answered, send its reply, then stop serving."""
         self._stopping = True
 
-    def serve(self, wakeup_fd: int | None = None, work: MainLoopWork | None = None) -> None:
-        """Answer requests until stop_after_reply() or a byte arrives on ``wakeup_fd``;
-        ``work`` runs on this thread between requests, never during one."""
+    def serve(
+        self,
+        wakeup_fd: int | None = None,
+        work: MainLoopWork | None = None,
+        *,
+        on_signal: Callable[[int], bool] | None = None,
+        tick: Callable[[], None] | None = None,
+        tick_every: float | None = None,
+    ) -> None:
+        """Answer requests until stop_after_reply() or a signal on ``wakeup_fd``.
+
+        ``wakeup_fd`` receives a byte per signal, its number (as
+        :func:`signal.set_wakeup_fd` writes it); ``on_signal`` says whether to
+        go on serving after it (default: stop). ``work`` runs on this thread
+        between requests, never during one. ``tick`` runs between requests
+        and at least every ``tick_every`` seconds: the watchdog's kick, which
+        only a loop that still turns sends.
+        """
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         if wakeup_fd is not None:
@@ -81,12 +111,14 @@ class ApiServer:
         for fd in work_fds:
             poller.register(fd, zmq.POLLIN)
         while not self._stopping:
-            timeout = work.timeout() if work is not None else None
-            events = dict(poller.poll(None if timeout is None else max(1, int(timeout * 1000))))
+            timeouts = [t for t in (tick_every, work.timeout() if work else None) if t is not None]
+            timeout_ms = max(1, int(min(timeouts) * 1000)) if timeouts else None
+            events = dict(poller.poll(timeout_ms))
             if wakeup_fd is not None and wakeup_fd in events:
-                os.read(wakeup_fd, 512)
-                log.info("signal received: stopping")
-                return
+                signals = os.read(wakeup_fd, 512)
+                if on_signal is None or not all(on_signal(number) for number in signals):
+                    log.info("signal received: stopping")
+                    return
             if work is not None and any(fd in events for fd in work_fds):
                 work.readable()
             if self._socket in events:
@@ -97,6 +129,8 @@ class ApiServer:
                     work.after_request()
             if work is not None:
                 work.run_due()
+            if tick is not None:
+                tick()
 
     def _serve_one(self) -> None:
         try:
@@ -110,4 +144,6 @@ class ApiServer:
 
     def close(self) -> None:
         self._socket.close()
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self._context.term()

@@ -61,6 +61,7 @@ from butterfly.api.client import Client
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.bench import agent as _agent_module
 from butterfly.bench.daemon import DaemonError, DaemonProcess, butterflyd_command
+from butterfly.dataplane.naming import DYNAMIC_PREFIX
 
 __all__ = [
     "FABRIC_BRIDGE",
@@ -207,7 +208,7 @@ def kernel_snapshot(netns: "Netns") -> dict[str, Any]:
     snapshots mean nothing was recreated or changed. Left out: what the
     kernel changes by itself, on its own schedule (timers, which tick;
     carrier and operational state, which the link watcher settles up to a
-    second after a link appears).
+    second after a link appears; what the packets put in the dyn_ sets).
     """
     links = {}
     for shown in json.loads(netns.ip("-d", "-j", "link", "show")):
@@ -222,7 +223,26 @@ def kernel_snapshot(netns: "Netns") -> dict[str, Any]:
         for line in netns.exec("bridge", "fdb", "show").splitlines()
         if line.startswith("00:00:00:00:00:00")
     )
-    return {"links": links, "fdb": fdb, "nft": netns.exec("nft", "list", "ruleset")}
+    nft = _without_dynamic_elements(netns.exec("nft", "list", "ruleset"))
+    return {"links": links, "fdb": fdb, "nft": nft}
+
+
+def _without_dynamic_elements(ruleset: str) -> str:
+    """``nft list ruleset`` without the elements of butterfly's dyn_ sets: the
+    packets fill those (connection meters, drop counters), not butterfly."""
+    kept: list[str] = []
+    in_dynamic_set = skipping = False
+    for line in ruleset.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("set "):
+            in_dynamic_set = stripped.startswith(f"set {DYNAMIC_PREFIX}")
+        if in_dynamic_set and stripped.startswith("elements = {"):
+            skipping = True
+        if not skipping:
+            kept.append(line)
+        elif stripped.endswith("}"):
+            skipping = False
+    return "\n".join(kept) + "\n"
 
 
 _CARRIER_FLAGS = frozenset({"LOWER_UP", "NO-CARRIER", "DORMANT", "M-DOWN"})

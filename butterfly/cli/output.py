@@ -62,10 +62,18 @@ def ids(items: Sequence[str], *, as_json: bool) -> str:
 
 
 def nic_stats(stats: MessageV0.NicStats, *, as_json: bool) -> str:
+    """The original's two lines, then what only our daemon counts (when it says)."""
     received = getattr(stats, "in")
+    sniffed = {
+        name: getattr(stats, name)
+        for name in ("sniffed_frames", "sniffed_bytes")
+        if stats.HasField(name)
+    }
     if as_json:
-        return _json({"in": received, "out": stats.out})
-    return _lines([f"in: {received}", f"out: {stats.out}"])
+        return _json({"in": received, "out": stats.out, **sniffed})
+    lines = [f"in: {received}", f"out: {stats.out}"]
+    lines += [f"{name.replace('_', ' ')}: {value}" for name, value in sniffed.items()]
+    return _lines(lines)
 
 
 def nic_details(nic: MessageV0.Nic, *, as_json: bool) -> str:
@@ -85,6 +93,8 @@ def nic_details(nic: MessageV0.Nic, *, as_json: bool) -> str:
                 "packet_trace_path": _optional(nic, "packet_trace_path"),
                 "sniff_target_nic_id": _optional(nic, "sniff_target_nic_id"),
                 "mtu": _optional(nic, "mtu"),
+                "max_connections": _optional(nic, "max_connections"),
+                "max_new_connections": _optional(nic, "max_new_connections"),
             }
         )
     lines = [f"id: {nic.id}", f"mac: {nic.mac}", f"vni: {nic.vni}"]
@@ -105,6 +115,10 @@ def nic_details(nic: MessageV0.Nic, *, as_json: bool) -> str:
         lines.append(f"path: {nic.path}")
     if nic.HasField("mtu"):
         lines.append(f"mtu: {nic.mtu}")
+    if nic.HasField("max_connections"):
+        lines.append(f"max connections: {nic.max_connections or 'no cap'}")
+    if nic.HasField("max_new_connections"):
+        lines.append(f"max new connections per second: {nic.max_new_connections or 'no cap'}")
     return _lines(lines)
 
 

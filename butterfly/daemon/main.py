@@ -11,18 +11,31 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 
 from butterfly import __version__
 from butterfly.api.crypto import load_key
+from butterfly.api.curve import CurveServer, load_key_pair
 from butterfly.api.server import ApiServer
 from butterfly.api.v0 import V0Handlers
 from butterfly.daemon.config import Config, parse_args
 from butterfly.daemon.drift import DriftRepair
+from butterfly.daemon.exposure import exposure_warning
+from butterfly.daemon.frr import frr_config
 from butterfly.daemon.logs import set_level, setup_logging
+from butterfly.daemon.metrics import Metrics, MetricsServer, SwitchCollector, VnicCounters
+from butterfly.daemon.observe import ObservedAnswer
+from butterfly.daemon.systemd import Notifier
 from butterfly.dataplane import Dataplane, VhostPorts
+from butterfly.dataplane.conntrack_table import memory_bytes, size_conntrack
+from butterfly.dataplane.conntrack_zones import zone_entries
 from butterfly.dataplane.control_only import ControlOnlyDataplane
+from butterfly.dataplane.drops import DropCounters
+from butterfly.dataplane.evpn import FrrReader
 from butterfly.dataplane.kernel import KernelDataplane, cleanup
-from butterfly.errors import ButterflyError, DataplaneError
+from butterfly.dataplane.ruleset import ConnLimits
+from butterfly.errors import ButterflyError, ConfigError, DataplaneError
 from butterfly.model import State
 from butterfly.service import Switch
 from butterfly.service.drift import DriftReport
@@ -35,11 +48,15 @@ log = logging.getLogger("butterfly.daemon")
 
 
 class Daemon:
-    """The App the API reports on: start date, log level, quitting."""
+    """The App the API reports on: start date, log level, quitting; and what
+    signals ask of it (SIGHUP: read the log level again)."""
 
-    def __init__(self, server_stop: "list[ApiServer]", drift: DriftRepair | None) -> None:
+    def __init__(
+        self, server_stop: "list[ApiServer]", *, argv: list[str], drift: DriftRepair | None
+    ) -> None:
         self.started_at = time.time()
         self._servers = server_stop
+        self._argv = argv
         self._drift = drift
 
     def drift_report(self) -> DriftReport | None:
@@ -53,6 +70,19 @@ class Daemon:
         log.info("app_quit received: stopping after this reply")
         for server in self._servers:
             server.stop_after_reply()
+
+    def reload(self) -> None:
+        """The log level from the command line and ini file as they are now (a
+        file that no longer reads leaves the level as it was), and the CurveZMQ
+        allowed clients folder."""
+        for server in self._servers:
+            server.reload_clients()
+        try:
+            level = parse_args(self._argv).log_level
+        except ButterflyError as error:
+            log.error("reload: %s; log level unchanged", error)
+            return
+        self.set_log_level(level)
 
 
 class SupervisedVhostPorts:
@@ -87,15 +117,65 @@ WORKERS_NICER = 10
 
 def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
     if not config.dataplane:
-        return ControlOnlyDataplane(socket_dir=config.socket_dir)
+        return ControlOnlyDataplane(
+            socket_dir=config.socket_dir, packet_trace_default=config.packet_trace
+        )
+    sizings = size_conntrack(config.conntrack_max, memory=memory_bytes())
+    log.info("connection tracking: %s", ", ".join(str(sizing) for sizing in sizings))
+    log.info(
+        "a vnic may start %s connections, %s per second, unless it says otherwise",
+        config.vnic_max_connections or "any number of",
+        config.vnic_max_new_connections or "any number",
+    )
     return KernelDataplane(
         underlay_ip=config.ip,
         socket_dir=config.socket_dir,
+        underlay_interface=config.underlay_interface,
         nic_mtu=config.nic_mtu,
+        offload=config.offload,
         packet_trace_default=config.packet_trace,
         static_peers=config.vxlan_peers,
+        multicast=config.underlay == "multicast",
+        evpn=config.underlay == "evpn",
+        frr=_frr_reader(config),
         vhost=vhost,
+        sniff_cross_vni=config.sniff_cross_vni,
+        limits=ConnLimits(config.vnic_max_connections, config.vnic_max_new_connections),
     )
+
+
+def _frr_reader(config: Config) -> FrrReader:
+    return FrrReader(instance=config.evpn.frr_instance)
+
+
+def _check_frr(config: Config) -> None:
+    """Say at start-up when FRR does not answer: the switch runs on, and other
+    hosts learn its vnics once FRR does."""
+    if config.underlay != "evpn" or not config.dataplane:
+        return
+    status = _frr_reader(config).status()
+    if status.error is not None:
+        log.warning(
+            "underlay evpn: FRR %s; vnics work on this host, other hosts reach them once FRR runs",
+            status.error,
+        )
+    else:
+        log.info("underlay evpn: %s", status.sessions_line())
+
+
+def _write_frr_config(config: Config) -> None:
+    """--frr-config: bgpd's configuration from [evpn], to a file or stdout."""
+    source = "the command line"
+    text = frr_config(config.evpn, underlay_ip=config.ip, source=config.config_file or source)
+    if config.frr_config == "-":
+        sys.stdout.write(text)
+        return
+    assert config.frr_config is not None
+    try:
+        with open(config.frr_config, "w", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as error:
+        raise ConfigError(f"frr-config {config.frr_config}: {error.strerror}") from error
 
 
 def _reconcile(dataplane: Dataplane, state: State) -> None:
@@ -116,6 +196,36 @@ def _watch(config: Config, dataplane: Dataplane, switch: Switch) -> DriftRepair 
         repair=lambda scope: dataplane.repair(switch.state, scope),
         report_only=config.report_drift_only,
     )
+
+
+def _conntrack_per_vni(dataplane: KernelDataplane) -> dict[int, int]:
+    zones = dataplane.conntrack_zones()
+    entries = zone_entries()
+    return {vni: entries.get(zone, 0) for vni, zone in zones.items()}
+
+
+def _serve_metrics(
+    config: Config,
+    metrics: Metrics,
+    switch: Switch,
+    dataplane: Dataplane,
+    supervisor: VhostSupervisor,
+) -> MetricsServer | None:
+    if config.metrics is None:
+        return None
+    conntrack: Callable[[], dict[int, int]] | None = None
+    drops: Callable[[], dict[str, int]] | None = None
+    if isinstance(dataplane, KernelDataplane):  # what only the kernel counts
+        conntrack = partial(_conntrack_per_vni, dataplane)
+        drops = DropCounters().read
+    collector = SwitchCollector(
+        state=switch.state, worker_pids=supervisor.worker_pids, conntrack=conntrack, drops=drops
+    )
+    server = MetricsServer(
+        metrics, config.metrics, collector=collector, vnics=VnicCounters(switch.state)
+    )
+    log.info("metrics on http://%s:%d/metrics", *config.metrics)
+    return server
 
 
 def _signals_to_fd() -> int:
@@ -141,38 +251,94 @@ def _renice(nice: int) -> None:
         )
 
 
-def run(config: Config) -> None:
+def _on_signal(daemon: Daemon, notifier: Notifier, status: Callable[[], str], signum: int) -> bool:
+    """SIGHUP reloads (systemd's ExecReload) and serving goes on; others stop."""
+    if signum != signal.SIGHUP:
+        return False
+    notifier.reloading()
+    daemon.reload()
+    notifier.ready(status())
+    return True
+
+
+def _protection(aes: bool, curve: bool) -> str:
+    if curve:
+        return "CurveZMQ and AES" if aes else "CurveZMQ"
+    return "encrypted" if aes else "clear text"
+
+
+def _curve(config: Config) -> CurveServer | None:
+    if config.curve_secret_key_path is None or config.curve_allowed_clients_dir is None:
+        return None
+    keys = load_key_pair(config.curve_secret_key_path, "curve_secret_key_path")
+    return CurveServer(keys, config.curve_allowed_clients_dir)
+
+
+def run(config: Config, argv: list[str], notifier: Notifier) -> None:
+    for option in config.not_applicable:
+        log.info("option %s: accepted, and not applicable here (butterflyd has no DPDK)", option)
     _renice(config.nice)
     key = load_key(config.key_path) if config.key_path else None
+    curve = _curve(config)
+    warning = exposure_warning(config.endpoint, encrypted=key is not None or curve is not None)
+    if warning:
+        log.warning("%s", warning)
     os.makedirs(config.socket_dir, exist_ok=True)
     store = SqliteStore(config.state_path)
     supervisor = VhostSupervisor(
-        workers=config.vhost_workers, nice=min(19, config.nice + WORKERS_NICER)
+        workers=config.vhost_workers,
+        nice=min(19, config.nice + WORKERS_NICER),
+        cpus=config.graph_cpus,
+        offload=config.offload,
     )
     try:
+        notifier.status("loading the state")
         state = store.load()
         dataplane = _make_dataplane(config, SupervisedVhostPorts(supervisor))
         try:
+            notifier.status(f"reconciling the kernel with {state.vnic_count()} vnics")
+            started = time.perf_counter()
             _reconcile(dataplane, state)
+            metrics = Metrics()
+            metrics.reconciled(time.perf_counter() - started)
+            _check_frr(config)
             switch = Switch(store=store, dataplane=dataplane, state=state)
             drift = _watch(config, dataplane, switch)
             servers: list[ApiServer] = []
-            daemon = Daemon(servers, drift)
+            daemon = Daemon(servers, argv=argv, drift=drift)
             handlers = V0Handlers(switch=switch, app=daemon)
-            server = ApiServer(endpoint=config.endpoint, key=key, answer=handlers.answer)
+            server = ApiServer(
+                endpoint=config.endpoint,
+                key=key,
+                answer=ObservedAnswer(handlers.answer, metrics.observe_answer),
+                curve=curve,
+            )
             servers.append(server)
+            metrics_server = None
             try:
+                metrics_server = _serve_metrics(config, metrics, switch, dataplane, supervisor)
                 wakeup = _signals_to_fd()
-                log.info(
-                    "butterflyd %s ready on %s (%d vnics, %d security groups, %s)",
-                    __version__,
-                    config.endpoint,
-                    state.vnic_count(),
-                    len(switch.sg_ids()),
-                    "encrypted" if key else "clear text",
+                protection = _protection(key is not None, curve is not None)
+
+                def status() -> str:
+                    return (
+                        f"serving on {config.endpoint}: {state.vnic_count()} vnics,"
+                        f" {len(switch.sg_ids())} security groups, {protection}"
+                    )
+
+                log.info("butterflyd %s ready: %s", __version__, status())
+                notifier.ready(status())
+                server.serve(
+                    wakeup,
+                    drift,
+                    on_signal=partial(_on_signal, daemon, notifier, status),
+                    tick=notifier.tick,
+                    tick_every=notifier.watchdog_interval,
                 )
-                server.serve(wakeup, drift)
+                notifier.stopping()
             finally:
+                if metrics_server is not None:
+                    metrics_server.close()
                 server.close()
                 if drift is not None:
                     drift.close()
@@ -187,18 +353,34 @@ def run(config: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every error is said once on stderr: a bad option before the log exists, a
+    later error through the log (and printed as well when the log is syslog)."""
+    arguments = sys.argv[1:] if argv is None else argv
+    notifier = Notifier()
     try:
-        config = parse_args(sys.argv[1:] if argv is None else argv)
-        setup_logging(syslog=config.syslog, level=config.log_level)
-        if config.cleanup:
+        config = parse_args(arguments)
+    except ButterflyError as error:
+        print(f"butterflyd: {error}", file=sys.stderr)
+        notifier.status(f"failed: {error}")
+        notifier.close()
+        return 1
+    logs_to_stderr = setup_logging(syslog=config.syslog, level=config.log_level)
+    try:
+        if config.frr_config is not None:
+            _write_frr_config(config)
+        elif config.cleanup:
             cleanup(socket_dir=config.socket_dir)
             log.info("removed every kernel object of butterfly")
         else:
-            run(config)
+            run(config, arguments, notifier)
     except ButterflyError as error:
-        print(f"butterflyd: {error}", file=sys.stderr)
+        if not logs_to_stderr:
+            print(f"butterflyd: {error}", file=sys.stderr)
         log.error("%s", error)
+        notifier.status(f"failed: {error}")
         return 1
+    finally:
+        notifier.close()
     return 0
 
 

@@ -17,11 +17,15 @@ import re
 from collections.abc import Sequence
 
 __all__ = [
+    "BRIDGE_WILDCARD",
+    "DYNAMIC_PREFIX",
     "LINK_ALIAS",
+    "PORT_WILDCARDS",
     "PREFIX",
     "TABLE",
     "bridge_name",
     "is_butterfly_link",
+    "limit_names",
     "member_set",
     "name_from_alias",
     "profile_chains",
@@ -43,7 +47,14 @@ _READABLE = re.compile(r"[A-Za-z0-9_.-]{1,12}")
 _LINK = re.compile(
     r"bfbr[0-9]{1,8}|bfvx[0-9]{1,8}|bf-[A-Za-z0-9_.-]{1,12}|bfh[0-9a-f]{12}|bfz[0-9a-f]{1,8}"
 )
+BRIDGE_WILDCARD = f"{PREFIX}br*"
+"""nft's pattern of every :func:`bridge_name`."""
+PORT_WILDCARDS = (f"{PREFIX}-*", f"{PREFIX}h*", f"{PREFIX}vx*")
+"""nft's patterns of every bridge port butterfly makes (:func:`tap_name`, :func:`vxlan_name`)."""
 LINK_ALIAS = "butterfly"
+DYNAMIC_PREFIX = "dyn_"
+"""Sets the packets fill (meters, connection counts): their elements are the
+kernel's, never the data plane's to compare or remove."""
 TABLE = "butterfly"
 """The name of butterfly's nftables table in each family it uses."""
 
@@ -112,6 +123,12 @@ def profile_chains(sg_ids: Sequence[str]) -> tuple[str, str]:
     """The inbound and outbound chains shared by vnics using exactly ``sg_ids``."""
     digest = _digest("\0".join(sg_ids))
     return f"in_{digest}", f"out_{digest}"
+
+
+def limit_names(connections: int, per_second: int) -> tuple[str, str, str]:
+    """The chain, rate meter and connection count set of vnics with these caps."""
+    suffix = f"{connections}_{per_second}"
+    return f"lim_{suffix}", f"{DYNAMIC_PREFIX}rate_{suffix}", f"{DYNAMIC_PREFIX}conns_{suffix}"
 
 
 def sg_in_chain(sg_id: str) -> str:

@@ -12,6 +12,7 @@ it, from that thread only (pyroute2 binds its event loop to it).
 
 import errno
 import fcntl
+import ipaddress
 import os
 import socket
 import struct
@@ -22,11 +23,11 @@ from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NTF_STICKY
+from pyroute2.netlink.rtnl.ndmsg import NTF_EXT_LEARNED, NTF_MASTER, NTF_SELF, NTF_STICKY
 
 from butterfly.errors import DataplaneError
 
-__all__ = ["Address", "Link", "Netlink", "Route"]
+__all__ = ["LLDP_FORWARD_MASK", "Address", "Link", "Netlink", "Route"]
 
 _TUNSETIFF = 0x400454CA
 _TUNSETPERSIST = 0x400454CB
@@ -40,6 +41,10 @@ _IFF_UP = 0x1
 _TC_EGRESS = 0xFFFFFFF3
 """The clsact qdisc's egress hook (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS))."""
 _GUARD_PRIO = 1
+
+LLDP_FORWARD_MASK = 1 << 0x0E
+"""A bridge hands frames to 01:80:c2:00:00:0e (LLDP) to the receiving port's own
+stack, past every bridge hook; forwarded instead, they meet the filters."""
 _NUD_NOARP = 0x40
 """The state of a static forwarding entry (``bridge fdb add ... static``)."""
 _NUD_PERMANENT = 0x80
@@ -211,6 +216,28 @@ class Netlink:
             and not msg["flags"] & NTF_SELF
         }
 
+    def static_neighbours(self, index: int) -> dict[str, str]:
+        """The permanent unicast neighbour entries of link ``index`` (as
+        :meth:`set_neighbour` makes them): IP -> MAC. The kernel's own
+        multicast entries and FRR's ``extern_learn`` ones are left out."""
+        with _translated(f"netlink: listing neighbours of {self._name(index)}"):
+            messages = self._ipr.neigh("dump", ifindex=index)
+        found = {}
+        for msg in messages:
+            address = msg.get_attr("NDA_DST")
+            mac = msg.get_attr("NDA_LLADDR")
+            if (
+                msg["ifindex"] != index
+                or address is None
+                or mac is None
+                or msg["state"] != _NUD_PERMANENT
+                or msg["flags"] & NTF_EXT_LEARNED
+                or ipaddress.ip_address(address).is_multicast
+            ):
+                continue
+            found[str(ipaddress.ip_address(address))] = mac.lower()
+        return found
+
     def netnsid(self, fd: int) -> int | None:
         """The id this namespace gives the namespace of ``fd`` (None: none yet)."""
         with _translated("netlink: reading a namespace id"):
@@ -221,8 +248,9 @@ class Netlink:
     # changing
 
     def add_bridge(self, name: str, *, mtu: int, alias: str) -> None:
-        """A bridge that forwards at once (no STP), floods multicast and hands
-        IP traffic to the inet family's hooks (br_netfilter, per bridge)."""
+        """A bridge that forwards at once (no STP), floods multicast, hands IP
+        traffic to the inet family's hooks (br_netfilter, per bridge) and lets
+        no frame past its hooks to a port's own stack (LLDP_FORWARD_MASK)."""
         with _translated(f"netlink: creating bridge {name}"):
             self._ipr.link(
                 "add",
@@ -234,6 +262,7 @@ class Netlink:
                 br_mcast_snooping=0,
                 br_nf_call_iptables=1,
                 br_nf_call_ip6tables=1,
+                br_group_fwd_mask=LLDP_FORWARD_MASK,
             )
         self._configure_new(name, alias)
 
@@ -248,14 +277,16 @@ class Netlink:
         port: int,
         mtu: int,
         alias: str,
+        learning: bool = True,
     ) -> None:
-        """A learning VXLAN device; ``group`` None leaves flooding to static peers."""
+        """A VXLAN device; ``group`` None leaves flooding to static peers or
+        FRR, ``learning`` False leaves remote MACs to FRR too."""
         version = 6 if ":" in local else 4
         spec: dict[str, Any] = {
             "vxlan_id": vni,
             "vxlan_link": underlay_index,
             "vxlan_port": port,
-            "vxlan_learning": 1,
+            "vxlan_learning": int(learning),
         }
         spec["vxlan_local6" if version == 6 else "vxlan_local"] = local
         if group is not None:
@@ -337,12 +368,22 @@ class Netlink:
                 br_mcast_snooping=0,
                 br_nf_call_iptables=1,
                 br_nf_call_ip6tables=1,
+                br_group_fwd_mask=LLDP_FORWARD_MASK,
             )
         self._changed(index=index)
 
     def set_bridge_port(
-        self, index: int, *, learning: bool, unicast_flood: bool, locked: bool
+        self,
+        index: int,
+        *,
+        learning: bool,
+        unicast_flood: bool,
+        locked: bool,
+        neigh_suppress: bool = False,
     ) -> None:
+        """``neigh_suppress``: the bridge answers ARP and neighbour solicitations
+        arriving on this port from its neighbour table, and floods none of
+        those it answered to the other such ports."""
         self._touched.add(index)
         with _translated(f"netlink: changing bridge port {self._name(index)}"):
             self._ipr.brport(
@@ -351,8 +392,30 @@ class Netlink:
                 learning=int(learning),
                 unicast_flood=int(unicast_flood),
                 locked=int(locked),
+                neigh_suppress=int(neigh_suppress),
             )
         self._changed(index=index)
+
+    def set_neighbour(self, index: int, address: str, mac: str) -> None:
+        """``address`` is at ``mac`` behind link ``index`` (a bridge), for good
+        (``ip neigh replace ... nud permanent``): the kernel's garbage
+        collector removes no-ARP entries unused for a minute once a table
+        holds more than 128, never permanent ones."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with _translated(f"netlink: setting neighbour {address} on {self._name(index)}"):
+            self._ipr.neigh(
+                "replace",
+                ifindex=index,
+                dst=address,
+                lladdr=mac,
+                family=family,
+                state=_NUD_PERMANENT,
+            )
+
+    def delete_neighbour(self, index: int, address: str) -> None:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with _translated(f"netlink: removing neighbour {address} from {self._name(index)}"):
+            self._ipr.neigh("del", ifindex=index, dst=address, family=family)
 
     def pin_mac(self, index: int, mac: str) -> None:
         """Pin ``mac`` to bridge port ``index`` (taking it from another port):

@@ -68,6 +68,8 @@ _BRPORT_FLAGS = {8: "learning", 9: "unicast flooding", 39: "locking"}
 """IFLA_BRPORT_LEARNING, _UNICAST_FLOOD, _LOCKED: what the data plane sets."""
 _NDA_DST, _NDA_LLADDR = 1, 2
 _NUD_NOARP, _NUD_PERMANENT = 0x40, 0x80
+_NTF_EXT_LEARNED = 0x10
+"""An entry another program (FRR's zebra) learned: never ours to repair."""
 _ZERO_MAC = "00:00:00:00:00:00"
 
 _NFNL_SUBSYS_NFTABLES = 10
@@ -83,10 +85,13 @@ _NFT_VERBS = {
     11: "delete set",
     12: "add elements to",
     14: "delete elements of",
+    18: "add counter",
+    20: "delete counter",
 }
-_NFT_NAMED = {3: 3, 5: 3, 6: 2, 8: 2, 9: 2, 11: 2, 12: 2, 14: 2}
+_NFT_NAMED = {3: 3, 5: 3, 6: 2, 8: 2, 9: 2, 11: 2, 12: 2, 14: 2, 18: 2, 20: 2}
 """Message type -> the attribute naming the chain or set (1 is always the table)."""
-_NFPROTO = {1: "inet", 7: "bridge"}
+_NFPROTO = {1: "inet", 5: "netdev", 7: "bridge"}
+"""Families of butterfly's tables (netdev: the sniffing copies)."""
 _SHOWN = 4
 """Changes of one nftables transaction shown before "and N more"."""
 
@@ -197,7 +202,9 @@ class KernelWatch:
     """Notifications about butterfly's links, forwarding entries and nftables
     tables, in the network namespace of the thread that builds it."""
 
-    def __init__(self, links: Iterable[Link]) -> None:
+    def __init__(self, links: Iterable[Link], *, evpn: bool = False) -> None:
+        """``evpn``: FRR owns the VXLAN devices' flooding entries, so their
+        changes are not drift."""
         try:
             self._rtnl = _open(_NETLINK_ROUTE, _RTMGRP_LINK | _RTMGRP_NEIGH | _RTMGRP_TC)
             try:
@@ -208,6 +215,7 @@ class KernelWatch:
                 raise
         except OSError as exc:
             raise DataplaneError(f"watching the kernel: {exc.strerror or exc}") from exc
+        self._evpn = evpn
         self._links: dict[int, LinkState] = {}
         self._pending_nft: list[str] = []
         self.prime(links)
@@ -355,14 +363,18 @@ class KernelWatch:
     def _neigh_message(
         self, kind: int, body: bytes, own: set[int] | frozenset[int], out: list[Change]
     ) -> None:
-        family, index, state, _flags, _type = _NDMSG.unpack_from(body)
+        family, index, state, flags, _type = _NDMSG.unpack_from(body)
         if family != _AF_BRIDGE or index in own or index not in self._links:
+            return
+        if flags & _NTF_EXT_LEARNED:
             return
         attrs = _attrs(body, _NDMSG.size)
         mac = _mac(attrs.get(_NDA_LLADDR))
         port = self._links[index].name
         removed = kind == _RTM_DELNEIGH
         if mac == _ZERO_MAC and _NDA_DST in attrs:
+            if self._evpn:
+                return
             peer = _peer(attrs[_NDA_DST])
             out.append(
                 _on(f"{port}: flooding peer {peer} {'removed' if removed else 'added'}", port)
@@ -408,7 +420,7 @@ def _weight(change: str) -> int:
     return next((i for i, word in enumerate(_KINDS) if word in change), len(_KINDS))
 
 
-_KINDS = (" table ", " chain ", " set ", " rule ", " elements ")
+_KINDS = (" table ", " chain ", " set ", " counter ", " rule ", " elements ")
 
 
 def _peer(raw: bytes) -> str:
