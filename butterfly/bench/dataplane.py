@@ -533,7 +533,7 @@ def butterfly_scenarios(lab: Lab, one: Host, two: Host) -> list[Scenario]:
 
 def vnic_mtu(host: Host, vnic_id: str) -> int:
     """The MTU butterflyd gave a vnic (the baselines use the same)."""
-    return host.call(MessageV0.Request(nic_details=vnic_id)).nic_details[0].mtu
+    return host.call(MessageV0.Request(nic_details=vnic_id, with_additions=True)).nic_details[0].mtu
 
 
 # ---------------------------------------------------------------- member changes

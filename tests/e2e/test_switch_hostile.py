@@ -43,7 +43,7 @@ def test_a_vm_cannot_reach_the_hosts_api(lab: Lab) -> None:
     os.makedirs(daemon.directory, exist_ok=True)
     daemon.spawn()
     try:
-        wait_for(lambda: "ready on" in daemon.log(), "butterflyd ready", timeout=30)
+        wait_for(lambda: " ready: serving on " in daemon.log(), "butterflyd ready", timeout=30)
         assert "listens on every address of this host without an encryption key" in daemon.log()
         vm = lab.vm()
         added = _cli(

@@ -410,7 +410,7 @@ def _start_log(lab: Lab, folder: str, *args: str) -> str:
     os.makedirs(daemon.directory, exist_ok=True)
     daemon.spawn()
     try:
-        wait_for(lambda: "ready on" in daemon.log(), "butterflyd ready", timeout=20)
+        wait_for(lambda: " ready: serving on " in daemon.log(), "butterflyd ready", timeout=20)
         return daemon.log()
     finally:
         daemon.stop()
