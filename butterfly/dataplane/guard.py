@@ -14,7 +14,7 @@ tables are back. A filtered vnic's port needs all three bits
 (:data:`FILTERED`); the other ports (vnics bypassing filtering, VXLAN
 devices) need the bridge's and the sender's (:data:`OPEN`).
 
-The guard is a 10-instruction eBPF program (cls_bpf in direct-action mode:
+The guard is a 12-instruction eBPF program (cls_bpf in direct-action mode:
 kernels without the tc fw/matchall classifiers or gact have it), written
 here as bytecode so no compiler is needed; it also clears the bits, so the
 mark a VXLAN device routes its packet with is the one it had before.
@@ -64,6 +64,8 @@ _BPF_PROG_LOAD = 5
 _BPF_PROG_TYPE_SCHED_CLS = 3
 _SKB_MARK = 8
 """offsetof(struct __sk_buff, mark)."""
+_SKB_INGRESS_IFINDEX = 36
+"""offsetof(struct __sk_buff, ingress_ifindex): 0 for a frame no device received."""
 _TC_ACT_OK = 0
 _TC_ACT_SHOT = 2
 
@@ -73,15 +75,21 @@ def _insn(code: int, dst: int, src: int, off: int, imm: int) -> bytes:
 
 
 def program(mask: int) -> bytes:
-    """The guard's bytecode: pass (with the bits cleared) when mark & mask == mask."""
+    """The guard's bytecode: pass (with the bits cleared) when mark & mask == mask,
+    or when the host itself made the frame (no device received it): the
+    bridge's answers to ARP and neighbour solicitations for the addresses in
+    its neighbour table (EVPN's suppression) go straight out of a port, past
+    every table. A tenant's frame always entered through a device."""
     clear = struct.unpack("<i", struct.pack("<I", ~ALL_OK & 0xFFFFFFFF))[0]
     return b"".join(
         [
             _insn(0x61, 2, 1, _SKB_MARK, 0),  # w2 = skb->mark
+            _insn(0x61, 3, 1, _SKB_INGRESS_IFINDEX, 0),  # w3 = skb->ingress_ifindex
+            _insn(0x16, 3, 0, 3, 0),  # if w3 == 0 goto pass (the host made it)
             _insn(0xBC, 0, 2, 0, 0),  # w0 = w2
             _insn(0x54, 0, 0, 0, mask),  # w0 &= mask
             _insn(0x56, 0, 0, 4, mask),  # if w0 != mask goto drop
-            _insn(0x54, 2, 0, 0, clear),  # w2 &= ~ALL_OK
+            _insn(0x54, 2, 0, 0, clear),  # pass: w2 &= ~ALL_OK
             _insn(0x63, 1, 2, _SKB_MARK, 0),  # skb->mark = w2
             _insn(0xB7, 0, 0, 0, _TC_ACT_OK),
             _insn(0x95, 0, 0, 0, 0),  # exit

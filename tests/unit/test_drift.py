@@ -239,11 +239,13 @@ def _decode(code: bytes) -> list[tuple[int, int, int, int, int]]:
 @pytest.mark.parametrize("kind", list(GuardKind))
 def test_the_guard_program_checks_its_kinds_bits_and_clears_them(kind: GuardKind) -> None:
     insns = _decode(program(kind.mask))
-    assert insns[2] == (0x54, 0, 0, 0, kind.mask), "w0 &= mask"
-    assert insns[3][0] == 0x56 and insns[3][4] == kind.mask, "if w0 != mask goto drop"
-    assert insns[3][3] == 4 and insns[3 + 4 + 1] == (0xB7, 0, 0, 0, 2), "drop is TC_ACT_SHOT"
-    assert insns[4][4] & 0xFFFFFFFF == ~ALL_OK & 0xFFFFFFFF, "the bits are cleared"
-    assert insns[6] == (0xB7, 0, 0, 0, 0) and insns[7][0] == 0x95, "else pass: TC_ACT_OK"
+    assert insns[1] == (0x61, 3, 1, 36, 0), "w3 = skb->ingress_ifindex"
+    assert insns[2] == (0x16, 3, 0, 3, 0) and 2 + 3 + 1 == 6, "made by the host: goto pass"
+    assert insns[4] == (0x54, 0, 0, 0, kind.mask), "w0 &= mask"
+    assert insns[5][0] == 0x56 and insns[5][4] == kind.mask, "if w0 != mask goto drop"
+    assert insns[5][3] == 4 and insns[5 + 4 + 1] == (0xB7, 0, 0, 0, 2), "drop is TC_ACT_SHOT"
+    assert insns[6][4] & 0xFFFFFFFF == ~ALL_OK & 0xFFFFFFFF, "pass: the bits are cleared"
+    assert insns[8] == (0xB7, 0, 0, 0, 0) and insns[9][0] == 0x95, "then TC_ACT_OK"
 
 
 def test_an_unfiltered_port_needs_neither_inbound_proof() -> None:

@@ -112,3 +112,28 @@ def test_requests_are_not_drift(lab: Lab, watched: Watched) -> None:
     for change in changes:
         change()
         assert own(dataplane, watch) == []
+
+
+def test_the_sniffing_table_and_the_drop_counters_are_butterflys(watched: Watched) -> None:
+    host, dataplane, state, watch = watched
+    host.exec("nft", f"add table netdev {TABLE}; delete table netdev {TABLE}")
+    (change,) = watch.drain()
+    assert f"netdev {TABLE}" in change.what and change.scope == Scope(tables=True)
+    host.exec("nft", f"flush table inet {TABLE}; delete counter inet {TABLE} drop_sg_in")
+    (change,) = watch.drain()
+    assert f"delete counter inet {TABLE} drop_sg_in" in change.what
+    dataplane.repair(state, change.scope)
+    assert own(dataplane, watch) == []
+    assert "drop_sg_in" in host.exec("nft", "list", "counters", "table", "inet", TABLE)
+
+
+def test_entries_another_program_learned_are_not_drift(watched: Watched) -> None:
+    """FRR's zebra installs remote MACs as extern_learn entries on a VXLAN
+    device: theirs, never repaired (nor counted as drift)."""
+    host, _, _, watch = watched
+    mac = "52:54:00:00:00:99"
+    host.exec("bridge", "fdb", "add", mac, "dev", "bfvx42", "master", "static", "extern_learn")
+    host.exec("bridge", "fdb", "del", mac, "dev", "bfvx42", "master")
+    assert lines(watch.drain()) == []
+    host.exec("bridge", "fdb", "add", mac, "dev", "bfvx42", "master", "static")
+    assert lines(watch.drain()) == [f"bfvx42: static entry {mac} added"], "positive control"
