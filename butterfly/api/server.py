@@ -9,6 +9,7 @@ polling on a timer.
 import logging
 import os
 from collections.abc import Callable
+from typing import Protocol
 
 import zmq
 
@@ -17,13 +18,31 @@ from butterfly.api.curve import CurveServer, ServerAuthenticator, allow_clients
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.errors import ConfigError
 
-__all__ = ["DEFAULT_ENDPOINT", "MAX_FRAME_SIZE", "ApiServer"]
+__all__ = ["DEFAULT_ENDPOINT", "MAX_FRAME_SIZE", "ApiServer", "MainLoopWork"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "tcp://0.0.0.0:9999"
 MAX_FRAME_SIZE = 256 * 1024 * 1024
 """Larger frames are dropped by ZeroMQ before they reach Python."""
+
+
+class MainLoopWork(Protocol):
+    """Work the server's thread does between requests (the daemon's drift repair)."""
+
+    def filenos(self) -> tuple[int, ...]:
+        """Descriptors whose readability calls :meth:`readable`."""
+
+    def readable(self) -> None: ...
+
+    def before_request(self) -> None: ...
+
+    def after_request(self) -> None: ...
+
+    def timeout(self) -> float | None:
+        """Seconds until :meth:`run_due` has work; None: none planned."""
+
+    def run_due(self) -> None: ...
 
 
 class ApiServer:
@@ -69,6 +88,7 @@ class ApiServer:
     def serve(
         self,
         wakeup_fd: int | None = None,
+        work: MainLoopWork | None = None,
         *,
         on_signal: Callable[[int], bool] | None = None,
         tick: Callable[[], None] | None = None,
@@ -78,7 +98,8 @@ class ApiServer:
 
         ``wakeup_fd`` receives a byte per signal, its number (as
         :func:`signal.set_wakeup_fd` writes it); ``on_signal`` says whether to
-        go on serving after it (default: stop). ``tick`` runs between requests
+        go on serving after it (default: stop). ``work`` runs on this thread
+        between requests, never during one. ``tick`` runs between requests
         and at least every ``tick_every`` seconds: the watchdog's kick, which
         only a loop that still turns sends.
         """
@@ -86,16 +107,28 @@ class ApiServer:
         poller.register(self._socket, zmq.POLLIN)
         if wakeup_fd is not None:
             poller.register(wakeup_fd, zmq.POLLIN)
-        timeout_ms = None if tick_every is None else max(1, int(tick_every * 1000))
+        work_fds = work.filenos() if work is not None else ()
+        for fd in work_fds:
+            poller.register(fd, zmq.POLLIN)
         while not self._stopping:
+            timeouts = [t for t in (tick_every, work.timeout() if work else None) if t is not None]
+            timeout_ms = max(1, int(min(timeouts) * 1000)) if timeouts else None
             events = dict(poller.poll(timeout_ms))
             if wakeup_fd is not None and wakeup_fd in events:
                 signals = os.read(wakeup_fd, 512)
                 if on_signal is None or not all(on_signal(number) for number in signals):
                     log.info("signal received: stopping")
                     return
+            if work is not None and any(fd in events for fd in work_fds):
+                work.readable()
             if self._socket in events:
+                if work is not None:
+                    work.before_request()
                 self._serve_one()
+                if work is not None:
+                    work.after_request()
+            if work is not None:
+                work.run_due()
             if tick is not None:
                 tick()
 

@@ -26,6 +26,7 @@ from butterfly.api.convert import (
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.errors import BadRequest, ButterflyError
 from butterfly.service import Switch
+from butterfly.service.drift import DriftReport
 
 __all__ = ["App", "V0Handlers"]
 
@@ -45,6 +46,9 @@ class App(Protocol):
 
     def request_quit(self) -> None:
         """Stop after this reply is sent."""
+
+    def drift_report(self) -> DriftReport | None:
+        """Foreign changes to the kernel and their repairs; None: not watched."""
 
 
 class V0Handlers:
@@ -189,6 +193,17 @@ class V0Handlers:
         status.current_date = int(time.time())
         status.request_counter = self.request_counter
         status.graph_dot = self._switch.graph()
+        report = self._app.drift_report() if request.app_status_drift else None
+        if report is not None:
+            drift = status.drift
+            drift.changes_seen = report.changes_seen
+            drift.changes_repaired = report.changes_repaired
+            drift.repairs = report.repairs
+            drift.repair_failures = report.repair_failures
+            drift.report_only = report.report_only
+            drift.last_changes.extend(report.last_changes)
+            if report.last_change_date is not None:
+                drift.last_change_date = int(report.last_change_date)
 
     def _app_quit(self, request: Request, response: Response) -> None:
         self._app.request_quit()

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "api": ("butterfly.bench.api", "control plane: API requests/s, latency, daemon memory"),
     "dataplane": ("butterfly.bench.dataplane", "data path: latency, throughput, SG member changes"),
     "vhost": ("butterfly.bench.vhost", "vhost-user: frames/s vs DPDK, TSO, guests, API under load"),
+    "drift": ("butterfly.bench.drift", "other software's changes: window until repaired"),
     "metrics": ("butterfly.bench.metrics", "Prometheus: scraping 10,000 vnics, API under scrapes"),
     "evpn": ("butterfly.bench.evpn", "EVPN with FRR: nic_add to reachable, underlay BUM per ARP"),
 }

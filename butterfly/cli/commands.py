@@ -242,7 +242,7 @@ def _render_svg(graph: str, path: str) -> None:
 
 
 def status(command: Command, ctx: Context) -> None:
-    response = _ask_one(ctx.api, Request(app_status=True))
+    response = _ask_one(ctx.api, Request(app_status=True, app_status_drift=True))
     if not response.HasField("app_status"):
         raise ClientError("no status received")
     ctx.out.write(output.status(response.app_status, as_json=_json(command)))

@@ -10,6 +10,7 @@ unless it is empty.
 
 import json
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from google.protobuf import text_format
 from google.protobuf.message import Message
@@ -161,15 +162,24 @@ def rules(items: Sequence[MessageV0.Rule], *, as_json: bool) -> str:
     return _lines(_rule_line(rule) for rule in items)
 
 
+_DRIFT_COUNTS = ("changes_seen", "changes_repaired", "repairs", "repair_failures")
+
+
 def status(app: MessageV0.AppStatusRes, *, as_json: bool) -> str:
     if as_json:
-        return _json(
-            {
-                name: _optional(app, name)
-                for name in ("start_date", "current_date", "request_counter", "graph_dot")
+        fields: dict[str, Any] = {
+            name: _optional(app, name)
+            for name in ("start_date", "current_date", "request_counter", "graph_dot")
+        }
+        if app.HasField("drift"):
+            fields["drift"] = {
+                **{name: getattr(app.drift, name) for name in _DRIFT_COUNTS},
+                "report_only": app.drift.report_only,
+                "last_changes": list(app.drift.last_changes),
+                "last_change_date": _optional(app.drift, "last_change_date"),
             }
-        )
-    lines = []
+        return _json(fields)
+    lines = _drift_lines(app.drift) if app.HasField("drift") else []
     if app.HasField("start_date"):
         lines.append(f"start date: {app.start_date}")
     if app.HasField("current_date"):
@@ -179,6 +189,17 @@ def status(app: MessageV0.AppStatusRes, *, as_json: bool) -> str:
     if app.HasField("graph_dot"):
         lines += ["dot graph: ", app.graph_dot]
     return _lines(lines)
+
+
+def _drift_lines(drift: MessageV0.DriftStatus) -> list[str]:
+    """What other software changed in the kernel, and what was put back."""
+    mode = "report only, not repaired" if drift.report_only else "repaired"
+    counts = ", ".join(f"{name.replace('_', ' ')} {getattr(drift, name)}" for name in _DRIFT_COUNTS)
+    lines = [f"kernel drift ({mode}): {counts}"]
+    if drift.HasField("last_change_date"):
+        lines.append(f"last drift date: {drift.last_change_date}")
+    lines += [f"  drift: {change}" for change in drift.last_changes]
+    return lines
 
 
 def vni_peers(groups: Sequence[MessageV0.VniPeers], *, as_json: bool) -> str:

@@ -101,6 +101,10 @@ class Config:
     curve_allowed_clients_dir: str | None = None
     """Public keys of the clients CurveZMQ lets in, one file each."""
 
+    report_drift_only: bool = False
+    """Log and count what other software changes in butterfly's kernel objects,
+    without putting it back (an operator debugging by hand)."""
+
 
 class _DpdkHelp(argparse.Action):
     """--dpdk-help: say there is no DPDK and exit, as --version does."""
@@ -285,6 +289,13 @@ def _parser() -> argparse.ArgumentParser:
         help="control plane only: program nothing in the kernel (tests)",
     )
     parser.add_argument(
+        "--report-drift-only",
+        action="store_true",
+        default=None,
+        help="log and count changes other software makes to butterfly's kernel objects,"
+        " without repairing them",
+    )
+    parser.add_argument(
         "--cleanup",
         action="store_true",
         help="remove every kernel object butterfly created, then exit",
@@ -336,6 +347,7 @@ def _read_file(path: str) -> dict[str, str]:
             "conntrack-max",
             "metrics",
             "underlay",
+            "report-drift-only",
         },
         "security": {
             "encryption_key_path",
@@ -384,6 +396,7 @@ def parse_args(argv: list[str]) -> Config:
         "vnic-max-new-connections": args.vnic_max_new_connections,
         "conntrack-max": args.conntrack_max,
         "metrics": args.metrics,
+        "report-drift-only": args.report_drift_only,
         "encryption_key_path": args.key,
         "curve_secret_key_path": args.curve_secret_key,
         "curve_allowed_clients_dir": args.curve_allowed_clients,
@@ -485,6 +498,7 @@ def parse_args(argv: list[str]) -> Config:
         evpn=evpn,
         frr_config=args.frr_config,
         config_file=args.config,
+        report_drift_only=flag("report-drift-only"),
     )
 
 

@@ -20,6 +20,7 @@ from butterfly.api.curve import CurveServer, load_key_pair
 from butterfly.api.server import ApiServer
 from butterfly.api.v0 import V0Handlers
 from butterfly.daemon.config import Config, parse_args
+from butterfly.daemon.drift import DriftRepair
 from butterfly.daemon.exposure import exposure_warning
 from butterfly.daemon.frr import frr_config
 from butterfly.daemon.logs import set_level, setup_logging
@@ -37,6 +38,7 @@ from butterfly.dataplane.ruleset import ConnLimits
 from butterfly.errors import ButterflyError, ConfigError, DataplaneError
 from butterfly.model import State
 from butterfly.service import Switch
+from butterfly.service.drift import DriftReport
 from butterfly.store import SqliteStore
 from butterfly.vhost import VhostSupervisor, VhostUserServer
 
@@ -49,10 +51,16 @@ class Daemon:
     """The App the API reports on: start date, log level, quitting; and what
     signals ask of it (SIGHUP: read the log level again)."""
 
-    def __init__(self, server_stop: "list[ApiServer]", *, argv: list[str]) -> None:
+    def __init__(
+        self, server_stop: "list[ApiServer]", *, argv: list[str], drift: DriftRepair | None
+    ) -> None:
         self.started_at = time.time()
         self._servers = server_stop
         self._argv = argv
+        self._drift = drift
+
+    def drift_report(self) -> DriftReport | None:
+        return self._drift.report() if self._drift is not None else None
 
     def set_log_level(self, level: str) -> None:
         set_level(level)
@@ -179,6 +187,17 @@ def _reconcile(dataplane: Dataplane, state: State) -> None:
         log.error("start-up: %s", error)
 
 
+def _watch(config: Config, dataplane: Dataplane, switch: Switch) -> DriftRepair | None:
+    """Repair (or only report) what other software changes in the kernel data plane."""
+    if not isinstance(dataplane, KernelDataplane):
+        return None
+    return DriftRepair(
+        dataplane=dataplane,
+        repair=lambda scope: dataplane.repair(switch.state, scope),
+        report_only=config.report_drift_only,
+    )
+
+
 def _conntrack_per_vni(dataplane: KernelDataplane) -> dict[int, int]:
     zones = dataplane.conntrack_zones()
     entries = zone_entries()
@@ -284,8 +303,9 @@ def run(config: Config, argv: list[str], notifier: Notifier) -> None:
             metrics.reconciled(time.perf_counter() - started)
             _check_frr(config)
             switch = Switch(store=store, dataplane=dataplane, state=state)
+            drift = _watch(config, dataplane, switch)
             servers: list[ApiServer] = []
-            daemon = Daemon(servers, argv=argv)
+            daemon = Daemon(servers, argv=argv, drift=drift)
             handlers = V0Handlers(switch=switch, app=daemon)
             server = ApiServer(
                 endpoint=config.endpoint,
@@ -310,6 +330,7 @@ def run(config: Config, argv: list[str], notifier: Notifier) -> None:
                 notifier.ready(status())
                 server.serve(
                     wakeup,
+                    drift,
                     on_signal=partial(_on_signal, daemon, notifier, status),
                     tick=notifier.tick,
                     tick_every=notifier.watchdog_interval,
@@ -319,6 +340,8 @@ def run(config: Config, argv: list[str], notifier: Notifier) -> None:
                 if metrics_server is not None:
                     metrics_server.close()
                 server.close()
+                if drift is not None:
+                    drift.close()
         finally:
             dataplane.close()
     finally:

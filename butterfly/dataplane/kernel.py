@@ -14,6 +14,9 @@ that makes the kernel of the network namespace it runs in carry the model:
   anti-spoofing, counters and tracing are the kernel's for every kind;
 - security groups, anti-spoofing and conntrack zones in butterfly's nftables
   tables (see :mod:`butterfly.dataplane.ruleset` for the layout);
+- on every port and VXLAN device, before it joins its bridge, the port guard
+  that keeps filtering closed without those tables
+  (:mod:`butterfly.dataplane.guard`);
 - packet traces (:mod:`butterfly.dataplane.tracing`).
 
 Every request is atomic (:mod:`butterfly.dataplane.journal`): nftables
@@ -22,7 +25,9 @@ the port is gone when removing, and any failure undoes the steps made.
 What the tables hold is mirrored in memory, so a request sends only the
 difference for the objects it touches; :meth:`KernelDataplane.reconcile`
 reads the kernel back and repairs everything, without touching what is
-already right, so established flows survive a daemon restart.
+already right, so established flows survive a daemon restart, and puts back
+what another program changed (the daemon's drift repair runs it; links
+renamed away get their names back, tables lost their ids).
 
 Not thread-safe: the service calls one method at a time, from the thread
 that built the data plane.
@@ -46,11 +51,13 @@ from butterfly.dataplane.evpn import (
     wanted_neighbours,
 )
 from butterfly.dataplane.graph import PortView, VniView, render
+from butterfly.dataplane.guard import GuardKind, GuardPrograms
 from butterfly.dataplane.journal import FaultHook, Journal, journal
 from butterfly.dataplane.naming import (
     TABLE,
     bridge_name,
     is_butterfly_link,
+    name_from_alias,
     profile_chains,
     retired_name,
     tap_name,
@@ -85,6 +92,7 @@ from butterfly.dataplane.ruleset import (
 from butterfly.dataplane.sniffing import Sniffer, remove_table
 from butterfly.dataplane.tracing import Tracer, trace_settings
 from butterfly.dataplane.underlay import Underlay, find_underlay, flood_group
+from butterfly.dataplane.watch import KernelWatch, Scope
 from butterfly.errors import ConfigError, DataplaneError, NotSupported
 from butterfly.model import SecurityGroup, StateView, Vnic, VnicType
 from butterfly.model.firewall import (
@@ -217,6 +225,12 @@ class KernelDataplane:
         except BaseException:
             self._netlink.close()
             raise
+        try:
+            self._guards = GuardPrograms()
+        except BaseException:
+            self._nft.close()
+            self._netlink.close()
+            raise
         self._static_peers = static_peers
         self._vnic_mtu = nic_mtu or self._underlay.vxlan_mtu
         self._vxlan_mtu = min(self._vnic_mtu, self._underlay.vxlan_mtu)
@@ -252,6 +266,7 @@ class KernelDataplane:
             raise DataplaneError("reconcile: " + "; ".join(problems))
 
     def _reconcile(self, state: StateView, problems: list[str]) -> None:
+        self._rename_strays(problems)
         vnics = [vnic for vnic in state.vnics() if self._pluggable(vnic)]
         wanted_ports = {tap_name(vnic.id): vnic for vnic in vnics}
         served = {vnic.id for vnic in vnics if vnic.type == VnicType.VHOST_USER_SERVER}
@@ -283,6 +298,47 @@ class KernelDataplane:
         self._best_effort(
             problems, "sniffing", lambda: self._sniffer.apply(self._sniffer.rescan(state))
         )
+
+    def repair(self, state: StateView, scope: Scope) -> None:
+        """Put back what another program changed, looking only at what ``scope``
+        names (a reconcile reads every link and port: seconds with thousands of
+        vnics); raises DataplaneError listing what could not be repaired."""
+        if scope.everything:
+            self.reconcile(state)
+            return
+        problems: list[str] = []
+        vnics = [vnic for vnic in state.vnics() if self._has_port(vnic)]
+        if scope.tables:
+            self._best_effort(problems, "nftables", partial(self._reconcile_nft, state, vnics))
+        self._rename_strays(problems, scope.links)
+        vnis = {vnic.vni for vnic in vnics if _names_vni(scope.links, vnic.vni)}
+        if vnis:
+            self._flood.clear()
+            self._flood_loaded = False
+        for vni in sorted(vnis):
+            self._best_effort(problems, f"vni {vni}", partial(self._ensure_vni, None, vni, state))
+        for vnic in vnics:
+            if vnic.vni in vnis or tap_name(vnic.id) in scope.links:
+                self._best_effort(
+                    problems, _what(vnic), partial(self._ensure_port, None, vnic, None)
+                )
+                self._best_effort(problems, _what(vnic), partial(self._serve, None, vnic))
+        for vni in sorted(vnis):
+            # A bridge made again has lost its neighbour entries (EVPN).
+            self._best_effort(
+                problems, f"vni {vni}", partial(self._sync_neighbours, None, vni, state)
+            )
+        if scope.tables or scope.links:
+            # The copy rules hook ports by device: a port made again lost them.
+            self._best_effort(problems, "sniffing", partial(self._repair_sniffing, state))
+        if problems:
+            raise DataplaneError("repair: " + "; ".join(problems))
+
+    def _repair_sniffing(self, state: StateView) -> None:
+        """The copy rules as ``state`` wants them (no transaction while no vnic sniffs)."""
+        plan = self._sniffer.rescan(state)
+        if plan.rules or self._sniffer.applied.rules:
+            self._sniffer.apply(plan)
 
     def plug(self, vnic: Vnic, replaced: Vnic | None, state: StateView) -> Attachment:
         if vnic.type == VnicType.VHOST_USER_SERVER and self._vhost is None:
@@ -466,6 +522,18 @@ class KernelDataplane:
             underlay += "\n" + evpn.sessions_line()
         return render(underlay, vnis)
 
+    # watching (butterfly.daemon.drift)
+
+    def watch(self) -> KernelWatch:
+        """Notifications of this namespace about butterfly's objects, from now on."""
+        return KernelWatch(self._netlink.links(), evpn=self._evpn)
+
+    def rewatch(self, watch: KernelWatch) -> None:
+        watch.prime(self._netlink.links())
+
+    def take_touched(self) -> set[int]:
+        return self._netlink.take_touched()
+
     def close(self) -> None:
         """Stop talking to the kernel; bridges, ports, rules and traces stay.
 
@@ -474,6 +542,7 @@ class KernelDataplane:
         if not self._closed:
             self._closed = True
             self._tracer.close()
+            self._guards.close()
             self._conntrack.close()
             self._nft.close()
             self._netlink.close()
@@ -543,11 +612,12 @@ class KernelDataplane:
         listing = self._listing()
         ports = {tap_name(vnic.id) for vnic in vnics}
         vnis = {vnic.vni for vnic in vnics}
-        self._port_ids = {p: i for p, i in listing.allocations("port_ids").items() if p in ports}
+        # Tables another program removed get back the ids they had (known here).
+        port_ids = listing.allocations("port_ids") or self._port_ids
+        zones = listing.allocations("zones") or {bridge_name(v): z for v, z in self._zones.items()}
+        self._port_ids = {p: i for p, i in port_ids.items() if p in ports}
         self._zones = {
-            vni: zone
-            for bridge, zone in listing.allocations("zones").items()
-            if (vni := int(bridge[4:])) in vnis
+            vni: zone for bridge, zone in zones.items() if (vni := int(bridge[4:])) in vnis
         }
         wanted = dict(self._infrastructure[state.checks_ips()])
         for vni in sorted(vnis):
@@ -780,6 +850,28 @@ class KernelDataplane:
             if is_butterfly_link(link.name, link.alias)
         }
 
+    def _rename_strays(self, problems: list[str], names: Iterable[str] | None = None) -> None:
+        """Links another program renamed get their names back (their alias still
+        says whose they are), so a guest keeps its very interface. ``names``:
+        look only at these (None: every link)."""
+        if names is None:
+            links = self._netlink.links()
+        else:
+            links = [link for name in names if (link := self._netlink.link(name)) is not None]
+        for link in links:
+            if is_butterfly_link(link.name, link.alias):
+                continue
+            name = name_from_alias(link.alias, link.kind)
+            if name is None or self._netlink.link(name) is not None:
+                continue
+            self._best_effort(problems, f"link {link.name}", partial(self._rename, link, name))
+
+    def _rename(self, link: Link, name: str) -> None:
+        """Only a link that is down can be renamed; reconcile sets it up again."""
+        if link.up:
+            self._netlink.set_link(link.index, up=False)
+        self._netlink.rename_link(link.index, name)
+
     def _own(self, name: str, what: str) -> Link | None:
         """The link ``name`` if it exists; refuses one that is not butterfly's."""
         link = self._netlink.link(name)
@@ -849,6 +941,9 @@ class KernelDataplane:
             vxlan = self._netlink.link(name)
             assert vxlan is not None
             self._flood[vxlan.index] = set()
+            self._ensure_guard(j, vxlan, GuardKind.OPEN, fresh=True)
+        else:
+            self._ensure_guard(j, vxlan, GuardKind.OPEN)
         self._fix_link(j, vxlan, master=bridge.index, mtu=self._vxlan_mtu)
         if self._evpn:
             # Remote MACs are FRR's extern_learn entries: the bridge learns
@@ -863,6 +958,27 @@ class KernelDataplane:
             )
         else:
             self._sync_peers(j, vxlan, self._peers(vni, state))
+
+    def _ensure_guard(
+        self, j: Journal | None, link: Link, kind: GuardKind, *, fresh: bool = False
+    ) -> None:
+        """The port guard ``kind`` on ``link``'s egress, before the link joins its
+        bridge (``fresh``: just created, so it has none and is not asked)."""
+        current = None if fresh else self._netlink.guard(link.index)
+        if current == kind.value:
+            return
+        previous = next((k for k in GuardKind if k.value == current), None)
+        undo = None
+        if previous is not None:
+            undo = partial(
+                self._netlink.set_guard, link.index, self._guards.fd(previous), previous.value
+            )
+        self._step(
+            j,
+            f"guard {link.name}",
+            partial(self._netlink.set_guard, link.index, self._guards.fd(kind), kind.value),
+            undo,
+        )
 
     def _vxlan_fits(self, vxlan: Link, vni: int) -> bool:
         info = vxlan.info
@@ -973,6 +1089,7 @@ class KernelDataplane:
             self._tracer_stop(vnic)
             self._step(j, f"delete {name}", partial(self._netlink.delete_link, link.index))
             link = None
+        fresh = link is None
         if link is None:
             self._step(
                 j, f"create {name}", partial(self._create_port, vnic), partial(self._delete, name)
@@ -981,6 +1098,8 @@ class KernelDataplane:
             if link is None:
                 raise DataplaneError(f"{what}: interface {name} vanished")
             previous = None
+        kind = GuardKind.FILTERED if self._filtered(vnic) else GuardKind.OPEN
+        self._ensure_guard(j, link, kind, fresh=fresh)
         bridge = self._netlink.link(bridge_name(vnic.vni))
         if bridge is None:
             raise DataplaneError(f"{what}: bridge {bridge_name(vnic.vni)} is missing")
@@ -1419,6 +1538,10 @@ def _peer_op(netlink: Netlink, index: int, op: _PeerOp, *, forward: bool) -> Non
 def _revert_peer(netlink: Netlink, index: int, done: list[_PeerOp]) -> None:
     for op in reversed(done):
         _peer_op(netlink, index, op, forward=False)
+
+
+def _names_vni(names: frozenset[str], vni: int) -> bool:
+    return bridge_name(vni) in names or vxlan_name(vni) in names
 
 
 def _groups(vnic: Vnic | None) -> tuple[str, ...]:

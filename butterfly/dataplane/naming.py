@@ -27,6 +27,7 @@ __all__ = [
     "is_butterfly_link",
     "limit_names",
     "member_set",
+    "name_from_alias",
     "profile_chains",
     "retired_name",
     "sg_in_chain",
@@ -93,6 +94,20 @@ def vni_alias(vni: int) -> str:
 
 def vnic_alias(vnic_id: str) -> str:
     return f"{LINK_ALIAS} vnic {vnic_id}"
+
+
+def name_from_alias(alias: str | None, kind: str) -> str | None:
+    """The name a link of this alias and kind is given by butterfly (None: not
+    butterfly's alias): the way back for a link another program renamed."""
+    words = (alias or "").split(" ", 2)
+    if len(words) != 3 or words[0] != LINK_ALIAS:
+        return None
+    if words[1] == "vnic":
+        return tap_name(words[2])
+    if words[1] == "vni" and words[2].isdigit() and kind in ("bridge", "vxlan"):
+        vni = int(words[2])
+        return bridge_name(vni) if kind == "bridge" else vxlan_name(vni)
+    return None
 
 
 def is_butterfly_link(name: str, alias: str | None) -> bool:

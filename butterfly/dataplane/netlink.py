@@ -38,6 +38,10 @@ _IN6_ADDR_GEN_MODE_NONE = 1
 _ZERO_MAC = "00:00:00:00:00:00"
 _RT_TABLE_MAIN = 254
 _IFF_UP = 0x1
+_TC_EGRESS = 0xFFFFFFF3
+"""The clsact qdisc's egress hook (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS))."""
+_GUARD_PRIO = 1
+
 LLDP_FORWARD_MASK = 1 << 0x0E
 """A bridge hands frames to 01:80:c2:00:00:0e (LLDP) to the receiving port's own
 stack, past every bridge hook; forwarded instead, they meet the filters."""
@@ -96,6 +100,13 @@ class Netlink:
         except (NetlinkError, OSError) as exc:
             raise DataplaneError(f"netlink: cannot open a socket: {_reason(exc)}") from exc
         self._snapshot: dict[str, Link] | None = None
+        self._touched: set[int] = set()
+
+    def take_touched(self) -> set[int]:
+        """The indexes of the links changed through this object since the last
+        call: the kernel's notifications about them are butterfly's own echo."""
+        touched, self._touched = self._touched, set()
+        return touched
 
     def close(self) -> None:
         self._ipr.close()
@@ -339,12 +350,14 @@ class Netlink:
         if up is not None:
             spec["state"] = "up" if up else "down"
         if spec:
+            self._touched.add(index)
             with _translated(f"netlink: changing link {self._name(index)}"):
                 self._ipr.link("set", index=index, **spec)
             self._changed(index=index)
 
     def set_bridge_options(self, index: int) -> None:
         """Re-apply :meth:`add_bridge`'s options to an existing bridge."""
+        self._touched.add(index)
         with _translated(f"netlink: changing bridge {self._name(index)}"):
             self._ipr.link(
                 "set",
@@ -371,6 +384,7 @@ class Netlink:
         """``neigh_suppress``: the bridge answers ARP and neighbour solicitations
         arriving on this port from its neighbour table, and floods none of
         those it answered to the other such ports."""
+        self._touched.add(index)
         with _translated(f"netlink: changing bridge port {self._name(index)}"):
             self._ipr.brport(
                 "set",
@@ -407,6 +421,7 @@ class Netlink:
         """Pin ``mac`` to bridge port ``index`` (taking it from another port):
         frames to it go there only, and frames from it elsewhere cannot move it
         (static, sticky)."""
+        self._touched.add(index)
         with _translated(f"netlink: pinning {mac} to {self._name(index)}"):
             self._ipr.fdb(
                 "replace",
@@ -418,11 +433,13 @@ class Netlink:
 
     def forget_mac(self, index: int, mac: str) -> None:
         """Remove the forwarding entry of ``mac`` towards bridge port ``index``."""
+        self._touched.add(index)
         with _translated(f"netlink: removing {mac} from {self._name(index)}"):
             self._ipr.fdb("del", ifindex=index, lladdr=mac, flags=NTF_MASTER)
 
     def rename_link(self, index: int, name: str) -> None:
         old = self._name(index)
+        self._touched.add(index)
         with _translated(f"netlink: renaming link {old} to {name}"):
             self._ipr.link("set", index=index, ifname=name)
         self._changed(old)
@@ -430,17 +447,60 @@ class Netlink:
 
     def delete_link(self, index: int) -> None:
         name = self._name(index)
+        self._touched.add(index)
         with _translated(f"netlink: deleting link {name}"):
             self._ipr.link("del", index=index)
         self._changed(name)
 
     def fdb_append(self, index: int, dst: str) -> None:
+        self._touched.add(index)
         with _translated(f"netlink: adding flooding peer {dst} to link {self._name(index)}"):
             self._ipr.fdb("append", ifindex=index, lladdr=_ZERO_MAC, dst=dst)
 
     def fdb_delete(self, index: int, dst: str) -> None:
+        self._touched.add(index)
         with _translated(f"netlink: removing flooding peer {dst} from link {self._name(index)}"):
             self._ipr.fdb("del", ifindex=index, lladdr=_ZERO_MAC, dst=dst)
+
+    def guard(self, index: int) -> str | None:
+        """The name of the guard program on link ``index``'s egress, if any."""
+        with _translated(f"netlink: listing the tc filters of {self._name(index)}"):
+            try:
+                messages = self._ipr.get_filters(index=index, parent=_TC_EGRESS)
+            except NetlinkError as exc:
+                if exc.code == errno.EINVAL:
+                    return None  # no clsact qdisc
+                raise
+        for msg in messages:
+            options = msg.get_attr("TCA_OPTIONS")
+            if msg.get_attr("TCA_KIND") == "bpf" and options is not None:
+                name = options.get_attr("TCA_BPF_NAME")
+                if name is not None:
+                    return str(name)
+        return None
+
+    def set_guard(self, index: int, fd: int, name: str) -> None:
+        """Put the eBPF program ``fd`` on link ``index``'s egress, in place of
+        the one there (one filter, replaced in one operation: never none)."""
+        self._touched.add(index)
+        what = f"netlink: guarding {self._name(index)}"
+        with _translated(what):
+            try:
+                self._ipr.tc("add", "clsact", index)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
+            self._ipr.tc(
+                "replace-filter",
+                "bpf",
+                index,
+                parent=_TC_EGRESS,
+                prio=_GUARD_PRIO,
+                handle=1,
+                fd=fd,
+                name=name,
+                direct_action=True,
+            )
 
     def add_address(self, index: int, address: str, prefixlen: int) -> None:
         """Usable at once: no duplicate address detection delay for IPv6."""
@@ -471,6 +531,7 @@ class Netlink:
         """Mark a new link as butterfly's and keep the host's own IPv6 (link-local
         address, router solicitations, MLD) out of the tenant network."""
         index = self._index(name)
+        self._touched.add(index)
         with _translated(f"netlink: configuring link {name}"):
             self._ipr.link("set", index=index, IFLA_IFALIAS=alias)
             self._ipr.link(

@@ -25,8 +25,10 @@ change)::
       forward  forward -200      group frames: mark := @port_ids[oif] (vnic id,
                                  0 for VXLAN and bypass ports); IP/ARP:
                                  goto @port_in[iif] (only while a vnic has IP
-                                 anti-spoofing on), accept; anything else from
-                                 or to a filtered vnic: drop
+                                 anti-spoofing on: every port is there, its
+                                 checks or ip_unchecked; a port missing: drop),
+                                 accept; anything else from or to a filtered
+                                 vnic: drop
       spoof_ip                   by frame type: ARP sender (MAC and IP) and IP
                                  source in @port_macs, @port_ip4, IPv6 source in
                                  @port_ip6, neighbour advertisement target in
@@ -68,6 +70,17 @@ change)::
                                  rules ("accept")
       m4_S, m6_S                 S's members: every rule naming S uses these sets
 
+Every accept also sets bits of the frame's mark (B: the bridge table's
+checks passed, I: the receiver's groups, O: the sender's; established
+flows get I and O): the port guard (:mod:`butterfly.dataplane.guard`)
+drops a frame without the bits its port needs, so a table, chain, set or
+element that another program removes makes frames drop, not pass. The
+IP/ARP accept of ``forward`` sets B (ARP all three), its last rule (other
+frame types between unfiltered ports) B and O; ``filter`` sets I and O for
+established and quiet traffic, ``si_S`` sets I, ``out_check``, ``out_P``
+and ``so_S`` set O; ``in_dispatch`` is looked up with the mark's low 16
+bits.
+
 Every drop rule also counts into a named counter of its table, one per
 cause (:data:`DROP_COUNTERS`): the metrics read them, and only dropped
 frames pay for them.
@@ -92,6 +105,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from butterfly.dataplane.guard import ALL_OK, BRIDGE_OK, INBOUND_OK, OUTBOUND_OK
 from butterfly.dataplane.naming import (
     BRIDGE_WILDCARD,
     DYNAMIC_PREFIX,
@@ -308,6 +322,8 @@ def _drop(counter: str) -> tuple[Json, Json]:
 
 _IIF = _meta("iifname")
 _IP_OR_ARP = _match(_payload("ether", "type"), _set(_FRAME_TYPES))
+_IP = _match(_payload("ether", "type"), _set(["ip", "ip6"]))
+_ARP = _match(_payload("ether", "type"), "arp")
 _SENDER = _concat(_IIF, _payload("ether", "saddr"))
 """A filtered vnic, by its bridge and MAC (see the layout)."""
 _SENDER_TYPES = ("ifname", "ether_addr")
@@ -316,8 +332,23 @@ _GROUP_FRAME = _match({"&": [_payload("ether", "daddr"), "01:00:00:00:00:00"]}, 
 """A broadcast or multicast frame (the group bit of its destination MAC)."""
 
 
-def _icmpv6_types(types: list[str], verdict: Json) -> NftRule:
-    return rule(_match(_payload("icmpv6", "type"), _set(types)), verdict)
+def _prove(bits: int) -> Json:
+    """Set ``bits`` of the mark: the proof the port guard wants (see
+    :mod:`butterfly.dataplane.guard`) that this part of the filter accepted."""
+    return {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), bits]}}}
+
+
+_IP_OR_ARP_ACCEPT = (
+    rule(_IP, _prove(BRIDGE_OK), _ACCEPT),
+    rule(_ARP, _prove(ALL_OK), _ACCEPT),
+)
+"""IP frames proven by the bridge table; ARP (no group looks at it) by all."""
+_UNCHECKED = "ip_unchecked"
+"""The port_in verdict of a port without IP anti-spoofing."""
+
+
+def _icmpv6_types(types: list[str], *statements: Json) -> NftRule:
+    return rule(_match(_payload("icmpv6", "type"), _set(types)), *statements)
 
 
 def _no_server_rules() -> tuple[NftRule, ...]:
@@ -348,7 +379,8 @@ def _not_in(left: Json, name: str) -> NftRule:
 def _spoof_chains() -> dict[str, Chain]:
     """IP anti-spoofing, the same for every port (its data is in sets), through
     one chain per frame type so a frame meets only its own checks. The source
-    MAC needs no rule: the port is locked to it."""
+    MAC needs no rule: the port is locked to it. Reached by a goto from the
+    base chain, each ends with its own accept, which sets the guard's bits."""
     return {
         "spoof_ip": Chain(
             (
@@ -374,9 +406,11 @@ def _spoof_chains() -> dict[str, Chain]:
                     _match(_payload("ip", "saddr"), "0.0.0.0"),
                     _match(_payload("udp", "sport"), 68),
                     _match(_payload("udp", "dport"), 67),
+                    _prove(BRIDGE_OK),
                     _ACCEPT,
                 ),
                 _not_in(_concat(_IIF, _payload("ip", "saddr")), "port_ip4"),
+                rule(_prove(BRIDGE_OK), _ACCEPT),
             )
         ),
         "spoof_ip6": Chain(
@@ -390,21 +424,25 @@ def _spoof_chains() -> dict[str, Chain]:
                     _match(_payload("ip6", "saddr"), "::"),
                     _match(_payload("icmpv6", "type"), "nd-neighbor-solicit"),
                     _match(_concat(_IIF, _ND_TARGET), "@port_nd"),
+                    _prove(BRIDGE_OK),
                     _ACCEPT,
                 ),
                 rule(
                     _match(_payload("ip6", "saddr"), "::"),
                     _match(_payload("icmpv6", "type"), _set(_UNSPECIFIED_TYPES)),
+                    _prove(BRIDGE_OK),
                     _ACCEPT,
                 ),
                 _not_in(_concat(_IIF, _payload("ip6", "saddr")), "port_ip6"),
+                rule(_prove(BRIDGE_OK), _ACCEPT),
             )
         ),
         "spoof_arp": Chain(
             (
                 _not_in(_concat(_IIF, _payload("arp", "saddr ether")), "port_macs"),
-                rule(_match(_payload("arp", "saddr ip"), "0.0.0.0"), _ACCEPT),
+                rule(_match(_payload("arp", "saddr ip"), "0.0.0.0"), _prove(ALL_OK), _ACCEPT),
                 _not_in(_concat(_IIF, _payload("arp", "saddr ip")), "port_ip4"),
+                rule(_prove(ALL_OK), _ACCEPT),
             )
         ),
     }
@@ -457,10 +495,19 @@ class Layout:
             (BRIDGE, "forward"): Chain(
                 (
                     rule(_GROUP_FRAME, _set_from_map(_meta("mark"), _meta("oifname"), "port_ids")),
-                    *((rule(_IP_OR_ARP, _vmap(_IIF, "port_in")),) if check_ips else ()),
-                    rule(_IP_OR_ARP, _ACCEPT),
+                    *(
+                        # Every port is in port_in: one missing (a flushed map)
+                        # drops rather than skips anti-spoofing.
+                        (
+                            rule(_IP_OR_ARP, _vmap(_IIF, "port_in")),
+                            rule(_IP_OR_ARP, *_drop("drop_spoof_ip")),
+                        )
+                        if check_ips
+                        else _IP_OR_ARP_ACCEPT
+                    ),
                     rule(_match(_IIF, "@filtered"), *_drop("drop_frame_type")),
                     rule(_match(_meta("oifname"), "@filtered"), *_drop("drop_frame_type")),
+                    rule(_prove(BRIDGE_OK | OUTBOUND_OK), _ACCEPT),
                 ),
                 Base("filter", "forward", -200),
             ),
@@ -506,12 +553,13 @@ class Layout:
                 (
                     rule(
                         _match({"ct": {"key": "state"}}, ["established", "related"], "in"),
+                        _prove(INBOUND_OK | OUTBOUND_OK),
                         _ACCEPT,
                     ),
                     rule(_match(_IIF, BRIDGE_WILDCARD, "!="), _ACCEPT),
-                    rule(_match(_IIF, "@quiet"), _ACCEPT),
+                    rule(_match(_IIF, "@quiet"), _prove(INBOUND_OK | OUTBOUND_OK), _ACCEPT),
                     rule(_vmap(_concat(_IIF, _payload("ether", "daddr")), "in_mac")),
-                    rule(_GROUP_FRAME, _vmap(_meta("mark"), "in_dispatch")),
+                    rule(_GROUP_FRAME, _vmap({"&": [_meta("mark"), MAX_ID]}, "in_dispatch")),
                     rule(_goto("out_check")),
                 ),
                 Base("filter", "forward", 0),
@@ -527,11 +575,14 @@ class Layout:
                 (
                     rule(_vmap(_SENDER, "limits")),
                     rule(_vmap(_SENDER, "out_mac")),
-                    rule(_ACCEPT),
+                    rule(_prove(OUTBOUND_OK), _ACCEPT),
                 )
             ),
         }
         chains.update({(BRIDGE, name): chain for name, chain in _spoof_chains().items()})
+        chains[(BRIDGE, _UNCHECKED)] = Chain(
+            (_IP_OR_ARP_ACCEPT[0], rule(_prove(ALL_OK), _ACCEPT))  # IP or ARP only here
+        )
         for (family, name), chain in chains.items():
             objects[Key("chain", family, name)] = chain
         return objects
@@ -545,6 +596,7 @@ class Layout:
         objects: dict[Key, Obj] = {
             Key("element", INET, "zones", bridge): zone,
             Key("element", BRIDGE, "port_ids", vxlan): 0,
+            Key("element", BRIDGE, "port_in", vxlan): Verdict(_UNCHECKED),
         }
         if quiet:
             objects[Key("element", INET, "quiet", bridge)] = PRESENT
@@ -562,10 +614,13 @@ class Layout:
         (the objects of :meth:`limit_class` must be there too).
 
         A vnic that bypasses filtering only gets its id reset (the mark of
-        group frames towards it).
+        group frames towards it) and no IP check.
         """
         if vnic_filter is None or vnic_id is None:
-            return {Key("element", BRIDGE, "port_ids", port): 0}
+            return {
+                Key("element", BRIDGE, "port_ids", port): 0,
+                Key("element", BRIDGE, "port_in", port): Verdict(_UNCHECKED),
+            }
         spoof = vnic_filter.anti_spoof
         profile_in, profile_out = profile_chains(vnic_filter.security_groups)
         objects: dict[Key, Obj] = {
@@ -574,6 +629,7 @@ class Layout:
             Key("element", INET, "in_mac", (bridge, spoof.mac)): Verdict(profile_in),
             Key("element", INET, "out_mac", (bridge, spoof.mac)): Verdict(profile_out),
             Key("element", INET, "in_dispatch", vnic_id): Verdict(profile_in),
+            Key("element", BRIDGE, "port_in", port): Verdict(_UNCHECKED),
         }
         if any(limits):
             objects[Key("element", INET, "limits", (bridge, spoof.mac))] = Verdict(
@@ -616,16 +672,16 @@ class Layout:
     def profile(self, sg_ids: Sequence[str], restrict_outbound: bool) -> dict[Key, Obj]:
         """The chains of the vnics using exactly these security groups."""
         profile_in, profile_out = profile_chains(sg_ids)
-        outbound: tuple[NftRule, ...] = (*_no_server_rules(), rule(_ACCEPT))
+        outbound: tuple[NftRule, ...] = (*_no_server_rules(), rule(_prove(OUTBOUND_OK), _ACCEPT))
         if restrict_outbound:
             outbound = (
                 *_no_server_rules(),
-                _icmpv6_types(_ND_TYPES, _ACCEPT),
+                _icmpv6_types(_ND_TYPES, _prove(OUTBOUND_OK), _ACCEPT),
                 *(rule(_jump(sg_out_chain(sg))) for sg in sg_ids),
                 rule(*_drop("drop_sg_out")),
             )
         inbound = (
-            _icmpv6_types(_NEIGHBOUR_TYPES, _ACCEPT),
+            _icmpv6_types(_NEIGHBOUR_TYPES, _prove(INBOUND_OK | OUTBOUND_OK), _ACCEPT),
             *(rule(_jump(sg_in_chain(sg))) for sg in sg_ids),
             rule(*_drop("drop_sg_in")),
         )
@@ -640,12 +696,15 @@ class Layout:
         objects: dict[Key, Obj] = {
             Key("chain", INET, sg_in_chain(sg_id)): Chain(
                 tuple(
-                    rule(*_match_statements(m, "saddr"), _goto("out_check"))
+                    rule(*_match_statements(m, "saddr"), _prove(INBOUND_OK), _goto("out_check"))
                     for m in sg_filter.inbound
                 )
             ),
             Key("chain", INET, sg_out_chain(sg_id)): Chain(
-                tuple(rule(*_match_statements(m, "daddr"), _ACCEPT) for m in sg_filter.outbound)
+                tuple(
+                    rule(*_match_statements(m, "daddr"), _prove(OUTBOUND_OK), _ACCEPT)
+                    for m in sg_filter.outbound
+                )
             ),
             Key("set", INET, member_set(sg_id, 4)): Decl(("ipv4_addr",)),
             Key("set", INET, member_set(sg_id, 6)): Decl(("ipv6_addr",)),

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from butterfly.dataplane.guard import ALL_OK
 from butterfly.dataplane.naming import TABLE, tap_name, vxlan_name
 from butterfly.dataplane.nft import Json, Nftables
 from butterfly.errors import BadNic, shown
@@ -158,6 +159,21 @@ def sniff_rules(
     return tuple(rules)
 
 
+_MARK: Json = {"meta": {"key": "mark"}}
+
+
+def _guarded_dup(target: str) -> tuple[Json, ...]:
+    """Copy to ``target`` carrying the bits its port guard wants (the copy is
+    sent straight out of that port, past the tables that would set them: see
+    :mod:`butterfly.dataplane.guard`), and clear them again on the original,
+    which the tables have yet to prove."""
+    return (
+        {"mangle": {"key": _MARK, "value": {"|": [_MARK, ALL_OK]}}},
+        {"dup": {"addr": target}},
+        {"mangle": {"key": _MARK, "value": {"&": [_MARK, ~ALL_OK & 0xFFFFFFFF]}}},
+    )
+
+
 def _commands(rules: tuple[SniffRule, ...]) -> list[Json]:
     """Replace the whole table by ``rules`` (none: no table)."""
     table = {"family": NETDEV, "name": TABLE}
@@ -173,7 +189,7 @@ def _commands(rules: tuple[SniffRule, ...]) -> list[Json]:
         expr = [
             *rule.matches,
             {"counter": {"packets": 0, "bytes": 0}},
-            {"dup": {"addr": rule.target}},
+            *_guarded_dup(rule.target),
         ]
         commands.append(
             {"add": {"rule": {"family": NETDEV, "table": TABLE, "chain": rule.port,

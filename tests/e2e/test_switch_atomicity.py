@@ -57,6 +57,9 @@ class App:
     def request_quit(self) -> None:
         pass
 
+    def drift_report(self) -> None:
+        return None
+
 
 class Service:
     """butterflyd's composition, in the host's namespace thread (the lab's ``run``)."""

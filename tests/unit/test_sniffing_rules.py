@@ -1,6 +1,7 @@
 """Which copy rules sniffing needs (butterfly.dataplane.sniffing, pure part, no kernel)."""
 
-from butterfly.dataplane.sniffing import passes_anti_spoofing, sniff_rules
+from butterfly.dataplane.guard import ALL_OK
+from butterfly.dataplane.sniffing import _commands, passes_anti_spoofing, sniff_rules
 from butterfly.model import State, Vnic, make_vnic
 from butterfly.model.firewall import AntiSpoof
 
@@ -47,3 +48,18 @@ def test_anti_spoofing_alternatives() -> None:
     alternatives = passes_anti_spoofing(checked)
     assert all(alternative[0] == mac_only[0][0] for alternative in alternatives)
     assert any("10.0.0.1" in str(alternative) for alternative in alternatives)
+
+
+def test_a_copy_carries_the_guards_bits_and_the_original_does_not() -> None:
+    """The copy leaves by the target's port, past the tables: without the bits
+    its port guard drops it (test_switch_sniffing.py fails then)."""
+    state = _state(SOURCE, TARGET)
+    commands = _commands(sniff_rules(state, [SOURCE], cross_vni=False))
+    rules = [command["add"]["rule"] for command in commands if "rule" in command.get("add", {})]
+    assert rules
+    for rule in rules:
+        expr = rule["expr"]
+        dup = next(i for i, statement in enumerate(expr) if "dup" in statement)
+        before, after = expr[dup - 1]["mangle"], expr[dup + 1]["mangle"]
+        assert before["value"]["|"][1] == ALL_OK
+        assert after["value"]["&"][1] == ~ALL_OK & 0xFFFFFFFF

@@ -472,6 +472,46 @@ class MessageV0(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     @_typing.final
+    class DriftStatus(_message.Message):
+        """butterfly addition: what other software changed in butterfly's kernel
+        objects since the daemon started, and what was put back.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        CHANGES_SEEN_FIELD_NUMBER: _builtins.int
+        CHANGES_REPAIRED_FIELD_NUMBER: _builtins.int
+        REPAIRS_FIELD_NUMBER: _builtins.int
+        REPAIR_FAILURES_FIELD_NUMBER: _builtins.int
+        REPORT_ONLY_FIELD_NUMBER: _builtins.int
+        LAST_CHANGES_FIELD_NUMBER: _builtins.int
+        LAST_CHANGE_DATE_FIELD_NUMBER: _builtins.int
+        changes_seen: _builtins.int
+        changes_repaired: _builtins.int
+        repairs: _builtins.int
+        repair_failures: _builtins.int
+        report_only: _builtins.bool
+        last_change_date: _builtins.int
+        @_builtins.property
+        def last_changes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+        def __init__(
+            self,
+            *,
+            changes_seen: _builtins.int | None = ...,
+            changes_repaired: _builtins.int | None = ...,
+            repairs: _builtins.int | None = ...,
+            repair_failures: _builtins.int | None = ...,
+            report_only: _builtins.bool | None = ...,
+            last_changes: _abc.Iterable[_builtins.str] | None = ...,
+            last_change_date: _builtins.int | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["changes_repaired", b"changes_repaired", "changes_seen", b"changes_seen", "last_change_date", b"last_change_date", "repair_failures", b"repair_failures", "repairs", b"repairs", "report_only", b"report_only"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["changes_repaired", b"changes_repaired", "changes_seen", b"changes_seen", "last_change_date", b"last_change_date", "last_changes", b"last_changes", "repair_failures", b"repair_failures", "repairs", b"repairs", "report_only", b"report_only"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
     class AppStatusRes(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
@@ -479,10 +519,15 @@ class MessageV0(_message.Message):
         CURRENT_DATE_FIELD_NUMBER: _builtins.int
         REQUEST_COUNTER_FIELD_NUMBER: _builtins.int
         GRAPH_DOT_FIELD_NUMBER: _builtins.int
+        DRIFT_FIELD_NUMBER: _builtins.int
         start_date: _builtins.int
         current_date: _builtins.int
         request_counter: _builtins.int
         graph_dot: _builtins.str
+        @_builtins.property
+        def drift(self) -> Global___MessageV0.DriftStatus:
+            """butterfly addition, only when the request's app_status_drift asks"""
+
         def __init__(
             self,
             *,
@@ -490,10 +535,11 @@ class MessageV0(_message.Message):
             current_date: _builtins.int | None = ...,
             request_counter: _builtins.int | None = ...,
             graph_dot: _builtins.str | None = ...,
+            drift: Global___MessageV0.DriftStatus | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["current_date", b"current_date", "graph_dot", b"graph_dot", "request_counter", b"request_counter", "start_date", b"start_date"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["current_date", b"current_date", "drift", b"drift", "graph_dot", b"graph_dot", "request_counter", b"request_counter", "start_date", b"start_date"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["current_date", b"current_date", "graph_dot", b"graph_dot", "request_counter", b"request_counter", "start_date", b"start_date"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["current_date", b"current_date", "drift", b"drift", "graph_dot", b"graph_dot", "request_counter", b"request_counter", "start_date", b"start_date"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -613,6 +659,7 @@ class MessageV0(_message.Message):
         VNI_PEER_LIST_FIELD_NUMBER: _builtins.int
         NIC_IMPORT_FIELD_NUMBER: _builtins.int
         WITH_ADDITIONS_FIELD_NUMBER: _builtins.int
+        APP_STATUS_DRIFT_FIELD_NUMBER: _builtins.int
         nic_del: _builtins.str
         nic_list: _builtins.bool
         nic_details: _builtins.str
@@ -631,6 +678,8 @@ class MessageV0(_message.Message):
         reply. Without it (or another addition in the request), a reply holds
         only what revision 6 of the protocol has (shared/protocol.md).
         """
+        app_status_drift: _builtins.bool
+        """butterfly addition: with app_status, also answer AppStatusRes.drift"""
         @_builtins.property
         def nic_add(self) -> Global___MessageV0.Nic: ...
         @_builtins.property
@@ -683,10 +732,11 @@ class MessageV0(_message.Message):
             vni_peer_list: _builtins.bool | None = ...,
             nic_import: Global___MessageV0.NicImportReq | None = ...,
             with_additions: _builtins.bool | None = ...,
+            app_status_drift: _builtins.bool | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_import", b"nic_import", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list", "with_additions", b"with_additions"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "app_status_drift", b"app_status_drift", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_import", b"nic_import", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list", "with_additions", b"with_additions"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_import", b"nic_import", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list", "with_additions", b"with_additions"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "app_status_drift", b"app_status_drift", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_import", b"nic_import", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list", "with_additions", b"with_additions"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["nic_add", "nic_update", "nic_del", "nic_list", "nic_details", "nic_export", "nic_stats", "sg_add", "sg_del", "sg_list", "sg_rule_add", "sg_rule_del", "sg_rule_list", "sg_member_add", "sg_member_del", "sg_member_list", "app_status", "app_quit", "app_config", "sg_details", "vni_peer_add", "vni_peer_del", "vni_peer_list", "nic_import"]  # noqa: Y015
         _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
