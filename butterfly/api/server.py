@@ -51,8 +51,12 @@ class ApiServer:
         """Finish the request being answered, send its reply, then stop serving."""
         self._stopping = True
 
-    def serve(self, wakeup_fd: int | None = None) -> None:
-        """Answer requests until stop_after_reply() or a byte arrives on ``wakeup_fd``."""
+    def serve(
+        self, wakeup_fd: int | None = None, on_signal: Callable[[int], bool] | None = None
+    ) -> None:
+        """Answer requests until stop_after_reply() or a signal arrives on ``wakeup_fd``
+        (``signal.set_wakeup_fd``: a byte per signal, its number). ``on_signal`` is
+        given each such number and says whether to stop; without it, any does."""
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         if wakeup_fd is not None:
@@ -60,9 +64,11 @@ class ApiServer:
         while not self._stopping:
             events = dict(poller.poll())
             if wakeup_fd is not None and wakeup_fd in events:
-                os.read(wakeup_fd, 512)
-                log.info("signal received: stopping")
-                return
+                received = os.read(wakeup_fd, 512)
+                stops = [on_signal is None or on_signal(signum) for signum in received]
+                if any(stops):
+                    log.info("signal received: stopping")
+                    return
             if self._socket in events:
                 self._serve_one()
 

@@ -41,6 +41,8 @@ class Config:
     """vhost-user worker processes; None: one per CPU."""
     dataplane: bool = True
     cleanup: bool = False
+    debug_memory: bool = False
+    """Trace allocations; SIGUSR2 logs the largest sites (butterfly.daemon.memory)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
         help="control plane only: program nothing in the kernel (tests)",
     )
     parser.add_argument(
+        "--debug-memory",
+        action="store_true",
+        default=None,
+        help="trace memory allocations (costs CPU and memory); SIGUSR2 then logs"
+        " the largest allocation sites and their growth since the last SIGUSR2",
+    )
+    parser.add_argument(
         "--cleanup",
         action="store_true",
         help="remove every kernel object butterfly created, then exit",
@@ -156,6 +165,7 @@ def _read_file(path: str) -> dict[str, str]:
             "no-syslog",
             "nice",
             "vhost-workers",
+            "debug-memory",
         },
         "security": {"encryption_key_path"},
     }
@@ -184,6 +194,7 @@ def parse_args(argv: list[str]) -> Config:
         "no-syslog": args.no_syslog,
         "nice": args.nice,
         "vhost-workers": args.vhost_workers,
+        "debug-memory": args.debug_memory,
         "encryption_key_path": args.key,
     }
     where = "command line"
@@ -241,4 +252,5 @@ def parse_args(argv: list[str]) -> Config:
         vhost_workers=number("vhost-workers", 1, 1024),
         dataplane=not args.no_dataplane,
         cleanup=args.cleanup,
+        debug_memory=flag("debug-memory"),
     )

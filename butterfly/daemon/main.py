@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from butterfly import __version__
 from butterfly.api.crypto import load_key
@@ -18,6 +19,7 @@ from butterfly.api.server import ApiServer
 from butterfly.api.v0 import V0Handlers
 from butterfly.daemon.config import Config, parse_args
 from butterfly.daemon.logs import set_level, setup_logging
+from butterfly.daemon.memory import MemoryReport
 from butterfly.dataplane import Dataplane, VhostPorts
 from butterfly.dataplane.control_only import ControlOnlyDataplane
 from butterfly.dataplane.kernel import KernelDataplane, cleanup
@@ -102,13 +104,26 @@ def _reconcile(dataplane: Dataplane, state: State) -> None:
 
 
 def _signals_to_fd() -> int:
-    """A pipe that receives a byte on SIGTERM/SIGINT/SIGHUP, for the server's poll."""
+    """A pipe that receives the number of each SIGTERM/SIGINT/SIGHUP/SIGUSR2, for
+    the server's poll (whichever thread the kernel delivers it to)."""
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     signal.set_wakeup_fd(write_fd)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
         signal.signal(signum, lambda *_: None)
     return read_fd
+
+
+def _on_signal(memory: MemoryReport) -> Callable[[int], bool]:
+    """SIGUSR2 logs the memory report (or says how to enable it); the others stop."""
+
+    def on_signal(signum: int) -> bool:
+        if signum == signal.SIGUSR2:
+            memory.log()
+            return False
+        return True
+
+    return on_signal
 
 
 def _renice(nice: int) -> None:
@@ -125,6 +140,9 @@ def _renice(nice: int) -> None:
 
 
 def run(config: Config) -> None:
+    memory = MemoryReport()
+    if config.debug_memory:
+        memory.start()
     _renice(config.nice)
     key = load_key(config.key_path) if config.key_path else None
     os.makedirs(config.socket_dir, exist_ok=True)
@@ -153,7 +171,7 @@ def run(config: Config) -> None:
                     len(switch.sg_ids()),
                     "encrypted" if key else "clear text",
                 )
-                server.serve(wakeup)
+                server.serve(wakeup, on_signal=_on_signal(memory))
             finally:
                 server.close()
         finally:

@@ -47,3 +47,21 @@ def test_a_word_where_a_number_belongs_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         parse_args(["-c", str(ini)])
     assert str(error.value) == f"config file {ini}: nice 'low' is not a number"
+
+
+def test_memory_debugging_is_off_unless_asked(tmp_path: Path) -> None:
+    assert not parse_args([]).debug_memory
+    assert parse_args(["--debug-memory"]).debug_memory
+    ini = tmp_path / "butterfly.ini"
+    ini.write_text("[general]\ndebug-memory = yes\n")
+    assert parse_args(["-c", str(ini)]).debug_memory
+    ini.write_text("[general]\ndebug-memory = off\n")
+    assert not parse_args(["--debug-memory", "-c", str(ini)]).debug_memory
+
+
+def test_a_bad_debug_memory_value_is_named(tmp_path: Path) -> None:
+    ini = tmp_path / "bad.ini"
+    ini.write_text("[general]\ndebug-memory = maybe\n")
+    with pytest.raises(ConfigError) as error:
+        parse_args(["-c", str(ini)])
+    assert str(error.value) == f"config file {ini}: debug-memory 'maybe' is not true or false"
