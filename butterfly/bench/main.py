@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "api": ("butterfly.bench.api", "control plane: API requests/s, latency, daemon memory"),
     "dataplane": ("butterfly.bench.dataplane", "data path: latency, throughput, SG member changes"),
     "vhost": ("butterfly.bench.vhost", "vhost-user: frames/s vs DPDK, TSO, guests, API under load"),
+    "soak": ("butterfly.bench.soak", "vnic churn: daemon memory, descriptors, latency per 1,000"),
 }
 
 
