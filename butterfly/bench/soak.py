@@ -443,14 +443,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"lab {lab.prefix}: namespaces {lab.prefix}*, files in {lab.folder}", flush=True)
             host, vm = lab_host(lab)
             print(f"butterflyd pid {host.daemon.pid}; warm-up of {settings.warm_up} cycles")
-            result = soak(
-                host,
-                vm,
-                cycles=settings.cycles,
-                every=settings.every,
-                warm_up=settings.warm_up,
-                progress=_progress,
-            )
+            try:
+                result = soak(
+                    host,
+                    vm,
+                    cycles=settings.cycles,
+                    every=settings.every,
+                    warm_up=settings.warm_up,
+                    progress=_progress,
+                )
+            except (BenchError, LabError, ClientError) as error:
+                print(f"butterfly-bench soak: {error}", file=sys.stderr)
+                print(f"butterflyd's log ends with:\n{host.daemon.log()[-6000:]}", file=sys.stderr)
+                raise
             report, met = render(result, busy)
     except (BenchError, LabError, ClientError, DaemonError) as error:
         print(f"butterfly-bench soak: {error}", file=sys.stderr)
