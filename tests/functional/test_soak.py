@@ -37,9 +37,10 @@ def test_vnic_churn_leaves_memory_descriptors_threads_and_kernel_as_they_were() 
         result = soak(host, vm, cycles=CYCLES, every=EVERY, warm_up=WARM_UP)
     samples = result.samples
     table = "\n".join(f"{s.cycles}: RSS {s.rss_kib} KiB, PSS {s.pss_kib} KiB" for s in samples)
-    for name, value in (("RSS", "rss_kib"), ("PSS", "pss_kib")):
-        growth = result.growth_mb(lambda s, v=value: float(getattr(s, v))) * CYCLES / 1000
-        assert growth < MAX_GROWTH_MB, f"{name} grew {growth:.1f} MB over {CYCLES}:\n{table}"
+    # RSS, not PSS: a page shared with other processes (libpython) counts in PSS
+    # as a share that moves whenever processes of other tests start or end.
+    growth = result.growth_mb(lambda s: s.rss_kib) * CYCLES / 1000
+    assert growth < MAX_GROWTH_MB, f"RSS grew {growth:.1f} MB over {CYCLES} cycles:\n{table}"
     assert {s.fds for s in samples} == {result.baseline.fds}, samples
     assert {s.threads for s in samples} == {result.baseline.threads}, samples
     assert {s.processes for s in samples} == {2}, samples  # the daemon and its one worker
