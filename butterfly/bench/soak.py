@@ -17,7 +17,10 @@ cloud host sees, ten requests:
 After a warm-up (caches fill, the allocator finds its level), it samples
 every ``--every`` cycles the daemon's processes (the daemon and its
 vhost-user workers): resident and proportional memory (VmRSS, Pss), open
-descriptors and threads, and the requests' latency over those cycles. The
+descriptors and threads, and the requests' latency over those cycles.
+Memory is shown three ways: RSS (judged), PSS and USS (private pages only);
+a PSS that moves while RSS and USS stay is other processes starting or
+ending that share pages (libpython) with the daemon. The
 first sample, right after the warm-up, is the baseline every later one is
 compared with; the headline is the growth per 1,000 cycles (a
 least-squares slope over the samples, so one noisy sample does not decide
@@ -126,12 +129,17 @@ def _status_field(pid: int, name: str) -> int:
     raise BenchError(f"process {pid} has no {name}")
 
 
-def _pss_kib(pid: int) -> int:
+def _rollup_kib(pid: int) -> tuple[int, int]:
+    """Pss, and the private pages alone (USS: what the process alone holds)."""
+    fields = {}
     with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
         for line in rollup:
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    raise BenchError(f"process {pid} has no Pss")
+            name, _, rest = line.partition(":")
+            if name in ("Pss", "Private_Clean", "Private_Dirty"):
+                fields[name] = int(rest.split()[0])
+    if "Pss" not in fields:
+        raise BenchError(f"process {pid} has no Pss")
+    return fields["Pss"], fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +151,7 @@ class Sample:
     processes: int
     rss_kib: int
     pss_kib: int
+    uss_kib: int
     fds: int
     threads: int
     latencies_ms: tuple[float, ...] = ()
@@ -152,12 +161,14 @@ def sample_processes(pid: int, cycles: int, seconds: float) -> Sample:
     """VmRSS, Pss, descriptors and threads summed over the daemon's process tree."""
     pids = process_tree(pid)
     try:
+        rollups = [_rollup_kib(p) for p in pids]
         return Sample(
             cycles=cycles,
             seconds=seconds,
             processes=len(pids),
             rss_kib=sum(_status_field(p, "VmRSS") for p in pids),
-            pss_kib=sum(_pss_kib(p) for p in pids),
+            pss_kib=sum(pss for pss, _ in rollups),
+            uss_kib=sum(uss for _, uss in rollups),
             fds=sum(len(os.listdir(f"/proc/{p}/fd")) for p in pids),
             threads=sum(_status_field(p, "Threads") for p in pids),
         )
@@ -349,6 +360,8 @@ def render(result: Soak, busy: float) -> tuple[str, bool]:
                 _delta(sample.rss_kib - base.rss_kib),
                 _mb(sample.pss_kib),
                 _delta(sample.pss_kib - base.pss_kib),
+                _mb(sample.uss_kib),
+                _delta(sample.uss_kib - base.uss_kib),
                 str(sample.fds),
                 str(sample.threads),
                 *_latency(sample),
@@ -362,6 +375,8 @@ def render(result: Soak, busy: float) -> tuple[str, bool]:
         "dRSS MB",
         "PSS MB",
         "dPSS MB",
+        "USS MB",
+        "dUSS MB",
         "fds",
         "threads",
         "p50 ms",
@@ -379,6 +394,7 @@ def render(result: Soak, busy: float) -> tuple[str, bool]:
     )
     rss = result.growth_mb(lambda s: s.rss_kib)
     pss = result.growth_mb(lambda s: s.pss_kib)
+    uss = result.growth_mb(lambda s: s.uss_kib)
     last = result.samples[-1]
     budget = MAX_GROWTH_MB * 1000 / TARGET_CYCLES
     verdicts = {
@@ -392,10 +408,11 @@ def render(result: Soak, busy: float) -> tuple[str, bool]:
     lines = [
         title,
         table(header, rows, right=set(range(1, len(header)))),
-        f"growth per 1,000 cycles: RSS {rss:+.3f} MB, PSS {pss:+.3f} MB"
+        f"growth per 1,000 cycles: RSS {rss:+.3f} MB, PSS {pss:+.3f} MB, USS {uss:+.3f} MB"
         f" (least-squares slope over {len(result.samples)} samples);"
         f" over the run: RSS {_delta(last.rss_kib - base.rss_kib)} MB,"
-        f" PSS {_delta(last.pss_kib - base.pss_kib)} MB",
+        f" PSS {_delta(last.pss_kib - base.pss_kib)} MB,"
+        f" USS {_delta(last.uss_kib - base.uss_kib)} MB",
     ]
     for name, met in verdicts.items():
         lines.append(f"{name}: {'PASS' if met else 'FAIL'}")
@@ -407,7 +424,8 @@ def render(result: Soak, busy: float) -> tuple[str, bool]:
 def _progress(sample: Sample) -> None:
     print(
         f"  {sample.cycles:>6} cycles, {sample.seconds:.0f} s: RSS {_mb(sample.rss_kib)} MB,"
-        f" PSS {_mb(sample.pss_kib)} MB, {sample.fds} fds, {sample.threads} threads",
+        f" PSS {_mb(sample.pss_kib)} MB, USS {_mb(sample.uss_kib)} MB, {sample.fds} fds,"
+        f" {sample.threads} threads",
         flush=True,
     )
 

@@ -59,11 +59,17 @@ def test_the_bench_prints_a_row_per_sample_and_the_growth_headline() -> None:
     )
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
-    assert re.search(r"^cycles +s +procs +RSS MB +dRSS MB +PSS MB +dPSS MB +fds", out, re.M), out
+    assert re.search(
+        r"^cycles +s +procs +RSS MB +dRSS MB +PSS MB +dPSS MB +USS MB +dUSS MB +fds", out, re.M
+    ), out
     assert re.search(r"^baseline +0 +2 +[\d.]+ +\+0\.00 ", out, re.M), out
     for cycles in (5, 10):
         assert re.search(
             rf"^{cycles} +\d+ +2 +[\d.]+ +[+-][\d.]+ .* [\d.]+ +[\d.]+ +[\d.]+$", out, re.M
         )
-    assert re.search(r"^growth per 1,000 cycles: RSS [+-][\d.]+ MB, PSS [+-][\d.]+ MB", out, re.M)
+    assert re.search(
+        r"^growth per 1,000 cycles: RSS [+-][\d.]+ MB, PSS [+-][\d.]+ MB, USS [+-][\d.]+ MB",
+        out,
+        re.M,
+    )
     assert "kernel objects and state as before the warm-up: PASS" in out, out

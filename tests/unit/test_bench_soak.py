@@ -7,7 +7,7 @@ from butterfly.bench.soak import Sample, Soak, growth_per_1000, render
 
 def _sample(cycles: int, rss_mb: float, *, fds: int = 30, threads: int = 5) -> Sample:
     kib = int(rss_mb * 1024)
-    return Sample(cycles, cycles / 2, 2, kib, kib - 10_000, fds, threads, (1.0, 2.0, 30.0))
+    return Sample(cycles, cycles / 2, 2, kib, kib - 10_000, kib - 20_000, fds, threads, (1.0, 2.0))
 
 
 def test_the_growth_is_the_slope_per_1000_cycles_not_the_last_minus_the_first() -> None:
@@ -22,7 +22,7 @@ def test_a_flat_run_passes_and_a_leak_fails() -> None:
     flat = Soak(warm_up=10, samples=[_sample(c, 60) for c in (0, 1000, 2000)], unchanged=True)
     report, met = render(flat, busy=0.1)
     assert met, report
-    assert "growth per 1,000 cycles: RSS +0.000 MB, PSS +0.000 MB" in report
+    assert "growth per 1,000 cycles: RSS +0.000 MB, PSS +0.000 MB, USS +0.000 MB" in report
     leaking = Soak(
         warm_up=10, samples=[_sample(c, 60 + 0.03 * c) for c in (0, 1000, 2000)], unchanged=True
     )
