@@ -334,13 +334,18 @@ def _delta(kib: float) -> str:
     return f"{kib / 1024:+.2f}"
 
 
+MIN_P99_SAMPLES = 1000
+"""Fewer requests than this in a row: no p99 (the maximum is shown anyway)."""
+
+
 def _latency(sample: Sample) -> tuple[str, str, str]:
     if not sample.latencies_ms:
         return "-", "-", "-"
     values = sample.latencies_ms
+    p99 = percentile(values, 0.99) if len(values) >= MIN_P99_SAMPLES else None
     return (
         f"{percentile(values, 0.50):.2f}",
-        f"{percentile(values, 0.99):.2f}",
+        "-" if p99 is None else f"{p99:.2f}",
         f"{max(values):.1f}",
     )
 

@@ -64,12 +64,9 @@ def test_the_bench_prints_a_row_per_sample_and_the_growth_headline() -> None:
     ), out
     assert re.search(r"^baseline +0 +2 +[\d.]+ +\+0\.00 ", out, re.M), out
     for cycles in (5, 10):
-        assert re.search(
-            rf"^{cycles} +\d+ +2 +[\d.]+ +[+-][\d.]+ .* [\d.]+ +[\d.]+ +[\d.]+$", out, re.M
-        )
-    assert re.search(
-        r"^growth per 1,000 cycles: RSS [+-][\d.]+ MB, PSS [+-][\d.]+ MB, USS [+-][\d.]+ MB",
-        out,
-        re.M,
-    )
+        # p50, no p99 (50 requests are too few for one), the maximum
+        row = rf"^{cycles} +\d+ +2 +[\d.]+ +[+-][\d.]+ .* [\d.]+ +- +[\d.]+$"
+        assert re.search(row, out, re.M), out
+    headline = r"^growth per 1,000 cycles: RSS [+-][\d.]+ MB, PSS [+-][\d.]+ MB, USS [+-][\d.]+ MB"
+    assert re.search(headline, out, re.M), out
     assert "kernel objects and state as before the warm-up: PASS" in out, out
