@@ -7,7 +7,8 @@ allocations from the start (tracemalloc: a few percent of CPU and some
 memory for the traces, hence off by default), and each SIGUSR2 logs the
 largest allocation sites and the sites that grew most since the previous
 SIGUSR2 (or the start), each with the calls that led there. Sending SIGUSR2
-twice, hours apart, names the leak.
+twice, hours apart, names the leak. A report is made in the API's thread:
+requests wait for it (a second or more on a big daemon).
 """
 
 import gc
