@@ -105,6 +105,9 @@ class Config:
     """Log and count what other software changes in butterfly's kernel objects,
     without putting it back (an operator debugging by hand)."""
 
+    debug_memory: bool = False
+    """Trace allocations; SIGUSR2 logs the largest sites (butterfly.daemon.memory)."""
+
 
 class _DpdkHelp(argparse.Action):
     """--dpdk-help: say there is no DPDK and exit, as --version does."""
@@ -296,6 +299,13 @@ def _parser() -> argparse.ArgumentParser:
         " without repairing them",
     )
     parser.add_argument(
+        "--debug-memory",
+        action="store_true",
+        default=None,
+        help="trace memory allocations (costs CPU and memory); SIGUSR2 then logs"
+        " the largest allocation sites and their growth since the last SIGUSR2",
+    )
+    parser.add_argument(
         "--cleanup",
         action="store_true",
         help="remove every kernel object butterfly created, then exit",
@@ -348,6 +358,7 @@ def _read_file(path: str) -> dict[str, str]:
             "metrics",
             "underlay",
             "report-drift-only",
+            "debug-memory",
         },
         "security": {
             "encryption_key_path",
@@ -397,6 +408,7 @@ def parse_args(argv: list[str]) -> Config:
         "conntrack-max": args.conntrack_max,
         "metrics": args.metrics,
         "report-drift-only": args.report_drift_only,
+        "debug-memory": args.debug_memory,
         "encryption_key_path": args.key,
         "curve_secret_key_path": args.curve_secret_key,
         "curve_allowed_clients_dir": args.curve_allowed_clients,
@@ -499,6 +511,7 @@ def parse_args(argv: list[str]) -> Config:
         frr_config=args.frr_config,
         config_file=args.config,
         report_drift_only=flag("report-drift-only"),
+        debug_memory=flag("debug-memory"),
     )
 
 

@@ -24,6 +24,7 @@ from butterfly.daemon.drift import DriftRepair
 from butterfly.daemon.exposure import exposure_warning
 from butterfly.daemon.frr import frr_config
 from butterfly.daemon.logs import set_level, setup_logging
+from butterfly.daemon.memory import MemoryReport
 from butterfly.daemon.metrics import Metrics, MetricsServer, SwitchCollector, VnicCounters
 from butterfly.daemon.observe import ObservedAnswer
 from butterfly.daemon.systemd import Notifier
@@ -229,11 +230,12 @@ def _serve_metrics(
 
 
 def _signals_to_fd() -> int:
-    """A pipe that receives a byte on SIGTERM/SIGINT/SIGHUP, for the server's poll."""
+    """A pipe that receives the number of each SIGTERM/SIGINT/SIGHUP/SIGUSR2, for
+    the server's poll (whichever thread the kernel delivers it to)."""
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     signal.set_wakeup_fd(write_fd)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
         signal.signal(signum, lambda *_: None)
     return read_fd
 
@@ -251,8 +253,18 @@ def _renice(nice: int) -> None:
         )
 
 
-def _on_signal(daemon: Daemon, notifier: Notifier, status: Callable[[], str], signum: int) -> bool:
-    """SIGHUP reloads (systemd's ExecReload) and serving goes on; others stop."""
+def _on_signal(
+    daemon: Daemon,
+    notifier: Notifier,
+    status: Callable[[], str],
+    memory: MemoryReport,
+    signum: int,
+) -> bool:
+    """SIGHUP reloads (systemd's ExecReload), SIGUSR2 logs the memory report
+    (or says how to enable it): serving goes on. Other signals stop."""
+    if signum == signal.SIGUSR2:
+        memory.log()
+        return True
     if signum != signal.SIGHUP:
         return False
     notifier.reloading()
@@ -277,6 +289,9 @@ def _curve(config: Config) -> CurveServer | None:
 def run(config: Config, argv: list[str], notifier: Notifier) -> None:
     for option in config.not_applicable:
         log.info("option %s: accepted, and not applicable here (butterflyd has no DPDK)", option)
+    memory = MemoryReport()
+    if config.debug_memory:
+        memory.start()
     _renice(config.nice)
     key = load_key(config.key_path) if config.key_path else None
     curve = _curve(config)
@@ -331,7 +346,7 @@ def run(config: Config, argv: list[str], notifier: Notifier) -> None:
                 server.serve(
                     wakeup,
                     drift,
-                    on_signal=partial(_on_signal, daemon, notifier, status),
+                    on_signal=partial(_on_signal, daemon, notifier, status, memory),
                     tick=notifier.tick,
                     tick_every=notifier.watchdog_interval,
                 )

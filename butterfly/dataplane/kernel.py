@@ -1048,7 +1048,13 @@ class KernelDataplane:
             if link is not None:
                 # Only once the request has succeeded: a bridge re-created by
                 # an undo would come back with another MAC and bridge id.
-                j.after_success(f"delete {name}", partial(self._netlink.delete_link, link.index))
+                j.after_success(f"delete {name}", partial(self._delete_vni_link, link.index))
+
+    def _delete_vni_link(self, index: int) -> None:
+        """Delete a VNI's device and forget its flooding peers: ifindexes are not
+        reused, so the entry of a deleted device would stay for ever."""
+        self._netlink.delete_link(index)
+        self._flood.pop(index, None)
 
     def _fix_link(self, j: Journal | None, link: Link, *, master: int | None, mtu: int) -> None:
         """Set the MTU, master and up state of ``link`` where they differ."""

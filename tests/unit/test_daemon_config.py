@@ -72,3 +72,21 @@ def test_sniff_cross_vni_from_the_command_line_or_the_file(tmp_path: Path) -> No
     assert parse_args(["-c", str(ini)]).sniff_cross_vni is True
     ini.write_text("[general]\nsniff-cross-vni = false\n")
     assert parse_args(["--sniff-cross-vni", "-c", str(ini)]).sniff_cross_vni is False
+
+
+def test_memory_debugging_is_off_unless_asked(tmp_path: Path) -> None:
+    assert not parse_args([]).debug_memory
+    assert parse_args(["--debug-memory"]).debug_memory
+    ini = tmp_path / "butterfly.ini"
+    ini.write_text("[general]\ndebug-memory = yes\n")
+    assert parse_args(["-c", str(ini)]).debug_memory
+    ini.write_text("[general]\ndebug-memory = off\n")
+    assert not parse_args(["--debug-memory", "-c", str(ini)]).debug_memory
+
+
+def test_a_bad_debug_memory_value_is_named(tmp_path: Path) -> None:
+    ini = tmp_path / "bad.ini"
+    ini.write_text("[general]\ndebug-memory = maybe\n")
+    with pytest.raises(ConfigError) as error:
+        parse_args(["-c", str(ini)])
+    assert str(error.value) == f"config file {ini}: debug-memory 'maybe' is not true or false"
