@@ -7,6 +7,7 @@
     │   ├── BadIp           "Bad IP format: ..."
     │   ├── NicNotFound     "NIC does not exist with id X"
     │   ├── SgNotFound      "Security Group not found: X"
+    │   ├── BadSessions     "Bad session data: ..." (nic_import's blob)
     │   └── NotSupported    a feature this daemon does not offer (yet)
     ├── StoreError          the state file cannot be read or written
     ├── DataplaneError      the kernel refused a change (already rolled back)
@@ -25,6 +26,7 @@ __all__ = [
     "BadNic",
     "BadRequest",
     "BadRule",
+    "BadSessions",
     "ButterflyError",
     "ClientError",
     "ConfigError",
@@ -74,6 +76,11 @@ class BadRule(BadRequest):
 class BadIp(BadRequest):
     def __init__(self, detail: str) -> None:
         super().__init__(f"Bad IP format: {detail}")
+
+
+class BadSessions(BadRequest):
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"Bad session data: {detail}")
 
 
 class NicNotFound(BadRequest):

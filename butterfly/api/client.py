@@ -8,6 +8,7 @@ call opens a fresh one.
 import zmq
 
 from butterfly.api.codec import REVISION, decode_reply, encode_request
+from butterfly.api.curve import CurveClient
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
 from butterfly.errors import ClientError
@@ -24,9 +25,11 @@ class Client:
         endpoint: str = DEFAULT_ENDPOINT,
         key: bytes | None = None,
         timeout_ms: int = 10_000,
+        curve: CurveClient | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._key = key
+        self._curve = curve
         self._timeout_ms = timeout_ms
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._socket: zmq.Socket[bytes] | None = None
@@ -35,6 +38,10 @@ class Client:
         if self._socket is None:
             socket: zmq.Socket[bytes] = self._context.socket(zmq.REQ)
             socket.setsockopt(zmq.LINGER, 0)
+            if self._curve is not None:
+                socket.curve_serverkey = self._curve.server_public
+                socket.curve_publickey = self._curve.keys.public
+                socket.curve_secretkey = self._curve.keys.secret
             try:
                 socket.connect(self.endpoint)
             except zmq.ZMQError as error:
@@ -49,9 +56,10 @@ class Client:
         try:
             socket.send(frame)
             if not socket.poll(self._timeout_ms, zmq.POLLIN):
+                hint = " or it refused our CurveZMQ key" if self._curve is not None else ""
                 raise ClientError(
                     f"cannot reach butterflyd at {self.endpoint}"
-                    f" (no answer within {self._timeout_ms} ms)"
+                    f" (no answer within {self._timeout_ms} ms{hint})"
                 )
             return socket.recv()
         except (ClientError, zmq.ZMQError) as error:

@@ -83,16 +83,20 @@ def answer_frame(frame: bytes, key: bytes | None, answer: AnswerV0) -> bytes:
 
 
 def _answer_frame(frame: bytes, key: bytes | None, answer: AnswerV0) -> bytes:
+    """The refusals are the deployed daemon's, shape for shape (clients match
+    on them): see the specification's encryption section."""
     request = _parse(frame)
     if request is None:
         return _envelope_error(Error.PARSE_ERROR).SerializeToString()
-    if not request.HasField("encrypted"):
-        if key is not None:
-            log.warning("rejected a clear request: this daemon requires encryption")
-            return _encrypted_error(Encrypted.Error.REJECTED)
-        return _answer_messages(request, answer).SerializeToString()
     if key is None:
-        return _encrypted_error(Encrypted.Error.NOT_SUPPORTED)
+        if request.messages:
+            return _answer_messages(request, answer).SerializeToString()
+        if request.HasField("encrypted"):
+            log.warning("rejected an encrypted request: this daemon has no key")
+        return _envelope_error(Error.REJECTED).SerializeToString()
+    if not request.HasField("encrypted"):
+        log.warning("rejected a clear request: this daemon requires encryption")
+        return _envelope_error(Error.REJECTED).SerializeToString()
     if not request.encrypted.HasField("aes256cbc_sha512"):
         return _encrypted_error(Encrypted.Error.NOT_SUPPORTED)
     try:
@@ -100,11 +104,20 @@ def _answer_frame(frame: bytes, key: bytes | None, answer: AnswerV0) -> bytes:
     except ProtocolError as error:
         log.warning("rejected an encrypted request: %s", error)
         return _encrypted_error(Encrypted.Error.REJECTED)
-    inner = _parse(content)
-    reply = _envelope_error(Error.PARSE_ERROR) if inner is None else _answer_messages(inner, answer)
     sealed = Messages()
-    sealed.encrypted.aes256cbc_sha512 = seal(reply.SerializeToString(), key)
+    sealed.encrypted.aes256cbc_sha512 = seal(_answer_sealed(content, answer), key)
     return sealed.SerializeToString()
+
+
+def _answer_sealed(content: bytes, answer: AnswerV0) -> bytes:
+    """The clear reply to a decrypted frame (encryption inside it is refused)."""
+    inner = _parse(content)
+    if inner is None:
+        return _envelope_error(Error.PARSE_ERROR).SerializeToString()
+    if inner.HasField("encrypted"):
+        log.warning("rejected an encrypted request inside an encrypted one")
+        return _envelope_error(Error.REJECTED).SerializeToString()
+    return _answer_messages(inner, answer).SerializeToString()
 
 
 def encode_request(request: Messages, key: bytes | None) -> bytes:
@@ -118,7 +131,7 @@ def encode_request(request: Messages, key: bytes | None) -> bytes:
 
 def decode_reply(frame: bytes, key: bytes | None) -> Messages:
     """The daemon's reply, decrypted; ClientError when it is not a usable reply."""
-    reply = _parse(frame)
+    reply = clear = _parse(frame)
     if reply is None:
         raise ClientError("the daemon's reply is not a protobuf Messages frame")
     if reply.HasField("encrypted"):
@@ -126,8 +139,8 @@ def decode_reply(frame: bytes, key: bytes | None) -> Messages:
         if encrypted.HasField("error"):
             code = Encrypted.Error.Code.Name(encrypted.error.code)
             hint = {
-                "REJECTED": " (wrong key, or the daemon requires a key)",
-                "NOT_SUPPORTED": " (the daemon has no key: drop -k/--key)",
+                "REJECTED": " (wrong key)",
+                "NOT_SUPPORTED": " (no encrypted content in the request)",
             }.get(code, "")
             raise ClientError(f"the daemon refused the request: encryption {code}{hint}")
         if key is None:
@@ -142,5 +155,8 @@ def decode_reply(frame: bytes, key: bytes | None) -> Messages:
     for message in reply.messages:
         if message.HasField("error"):
             code = Error.Code.Name(message.error.code)
-            raise ClientError(f"the daemon could not read the request: {code}")
+            if message.error.code != Error.REJECTED or reply is not clear:
+                raise ClientError(f"the daemon could not read the request: {code}")
+            hint = "has no key: drop -k/--key" if key else "requires a key: give -k/--key"
+            raise ClientError(f"the daemon refused the request: REJECTED (the daemon {hint})")
     return reply

@@ -68,6 +68,10 @@ def vnic_from_proto(nic: MessageV0.Nic) -> Vnic:
         packet_trace=nic.packet_trace if nic.HasField("packet_trace") else None,
         packet_trace_path=nic.packet_trace_path,
         sniff_target_nic_id=nic.sniff_target_nic_id,
+        max_connections=nic.max_connections if nic.HasField("max_connections") else None,
+        max_new_connections=(
+            nic.max_new_connections if nic.HasField("max_new_connections") else None
+        ),
     )
 
 
@@ -88,6 +92,10 @@ def update_from_proto(update: MessageV0.NicUpdateReq) -> VnicUpdate:
         packet_trace_path=(
             update.packet_trace_path if update.HasField("packet_trace_path") else None
         ),
+        max_connections=update.max_connections if update.HasField("max_connections") else None,
+        max_new_connections=(
+            update.max_new_connections if update.HasField("max_new_connections") else None
+        ),
     )
 
 
@@ -98,15 +106,19 @@ def nic_to_proto(vnic: Vnic, attachment: Attachment, out: MessageV0.Nic) -> None
     out.ip.extend(vnic.ips)
     out.security_group.extend(vnic.security_groups)
     out.ip_anti_spoof = vnic.ip_anti_spoof
+    if vnic.sniff_target_nic_id:
+        out.sniff_target_nic_id = vnic.sniff_target_nic_id
     out.bypass_filtering = vnic.bypass_filtering
     out.type = int(vnic.type)  # type: ignore[assignment]
     out.path = attachment.path
-    if vnic.packet_trace is not None:
-        out.packet_trace = vnic.packet_trace
-    if vnic.packet_trace_path:
-        out.packet_trace_path = vnic.packet_trace_path
+    out.packet_trace = attachment.packet_trace
+    out.packet_trace_path = attachment.packet_trace_path
     if attachment.mtu is not None:
         out.mtu = attachment.mtu
+    if vnic.max_connections is not None:
+        out.max_connections = vnic.max_connections
+    if vnic.max_new_connections is not None:
+        out.max_new_connections = vnic.max_new_connections
 
 
 def rule_from_proto(sg_id: str, rule: MessageV0.Rule) -> Rule:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from butterfly.api.additions import asks_for_additions, strip_additions
 from butterfly.api.convert import (
     nic_to_proto,
     rule_from_proto,
@@ -25,6 +26,7 @@ from butterfly.api.convert import (
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.errors import BadRequest, ButterflyError
 from butterfly.service import Switch
+from butterfly.service.drift import DriftReport
 from butterfly.service.startup import ReconcileStatus
 
 __all__ = ["App", "V0Handlers"]
@@ -49,6 +51,9 @@ class App(Protocol):
     def reconcile_status(self) -> ReconcileStatus | None:
         """The start-up reconcile's progress (None: the daemon runs none)."""
 
+    def drift_report(self) -> DriftReport | None:
+        """Foreign changes to the kernel and their repairs; None: not watched."""
+
 
 class V0Handlers:
     def __init__(self, *, switch: Switch, app: App) -> None:
@@ -63,6 +68,7 @@ class V0Handlers:
             "nic_details": self._nic_details,
             "nic_export": self._nic_export,
             "nic_stats": self._nic_stats,
+            "nic_import": self._nic_import,
             "sg_add": self._sg_add,
             "sg_del": self._sg_del,
             "sg_list": self._sg_list,
@@ -109,6 +115,8 @@ class V0Handlers:
             response.Clear()
             response.status.status = False
             response.status.error.description = f"Internal error while answering {kind}"
+        if not asks_for_additions(message.request):
+            strip_additions(response)
         return reply
 
     # vnics
@@ -133,11 +141,17 @@ class V0Handlers:
     def _nic_export(self, request: Request, response: Response) -> None:
         response.nic_export.fw_data.data = self._switch.export_vnic(request.nic_export)
 
+    def _nic_import(self, request: Request, response: Response) -> None:
+        self._switch.import_sessions(request.nic_import.id, request.nic_import.data)
+
     def _nic_stats(self, request: Request, response: Response) -> None:
         counters = self._switch.vnic_counters(request.nic_stats)
         response.nic_stats.SetInParent()
         setattr(response.nic_stats, "in", counters.in_bytes)
         response.nic_stats.out = counters.out_bytes
+        if counters.sniffed_frames is not None and counters.sniffed_bytes is not None:
+            response.nic_stats.sniffed_frames = counters.sniffed_frames
+            response.nic_stats.sniffed_bytes = counters.sniffed_bytes
 
     # security groups
 
@@ -193,6 +207,17 @@ class V0Handlers:
             shown.milliseconds = int(reconcile.seconds * 1000)
             if reconcile.problems:
                 shown.problems = reconcile.problems
+        report = self._app.drift_report() if request.app_status_drift else None
+        if report is not None:
+            drift = status.drift
+            drift.changes_seen = report.changes_seen
+            drift.changes_repaired = report.changes_repaired
+            drift.repairs = report.repairs
+            drift.repair_failures = report.repair_failures
+            drift.report_only = report.report_only
+            drift.last_changes.extend(report.last_changes)
+            if report.last_change_date is not None:
+                drift.last_change_date = int(report.last_change_date)
 
     def _app_quit(self, request: Request, response: Response) -> None:
         self._app.request_quit()

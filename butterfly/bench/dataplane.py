@@ -20,9 +20,13 @@ kernel, VMs as namespaces holding NETNS vnics):
   ``sg_member_add``/``sg_member_del`` on a group that the only group of
   1,000 TAP vnics names in a rule, p50 and p99, against the same with 10
   vnics: the change is one set element, so it must not grow with the vnics;
+* the cost of the port guards (what keeps filtering closed without the
+  tables) on the same-host filtered path: with and without them, in
+  alternating rounds;
 * last, a diagnosis of the same-host TCP gap: the filtered path against the
-  plain bridge again, once butterfly's bridge table is deleted from the
-  host, then its inet table too (what is left is br_netfilter alone).
+  plain bridge again, once the port guards are removed from the host (the
+  cost of failing closed), then butterfly's bridge table, then its inet
+  table too (what is left is br_netfilter alone).
 
 Noise must not favour one side: paths are measured in rounds, each round
 starting one path later, and every figure is the median over the rounds.
@@ -64,7 +68,9 @@ from butterfly.bench.lab import (
     sh,
     wait_for,
 )
+from butterfly.dataplane.guard import GuardKind, GuardPrograms
 from butterfly.dataplane.naming import TABLE
+from butterfly.dataplane.netlink import Netlink
 from butterfly.errors import ClientError
 
 __all__ = ["add_arguments", "parse_iperf3", "parse_qperf", "run"]
@@ -281,11 +287,67 @@ def measure_rounds(paths: Sequence[Path], settings: Settings, cpus: Cpus) -> dic
     return {name: median(taken) for name, taken in samples.items()}
 
 
+def _guarded(host: Host) -> dict[str, str]:
+    """The host's guarded links: name -> guard (its tc filter's name)."""
+
+    def read() -> dict[str, str]:
+        with Netlink() as netlink:
+            return {
+                link.name: guard
+                for link in netlink.links()
+                if link.name.startswith("bf") and (guard := netlink.guard(link.index))
+            }
+
+    return host.run(read)
+
+
+def _set_guards(host: Host, guards: dict[str, str] | None, programs: GuardPrograms) -> None:
+    """Put ``guards`` back (None: remove every guard), as tc, outside the daemon."""
+    if guards is None:
+        for link in json.loads(host.ip("-j", "link", "show")):
+            if link["ifname"].startswith("bf"):
+                host.exec("tc", "qdisc", "del", "dev", link["ifname"], "clsact", check=False)
+        return
+
+    def put() -> None:
+        with Netlink() as netlink:
+            for name, guard in guards.items():
+                link = netlink.link(name)
+                if link is not None:
+                    netlink.set_guard(link.index, programs.fd(GuardKind(guard)), guard)
+
+    host.run(put)
+
+
+def guard_cost(host: Host, filtered: Path, settings: Settings, cpus: Cpus) -> tuple[Sample, Sample]:
+    """The filtered same-host path with its port guards, and without, in
+    alternating rounds (the guards taken off and put back each round): what
+    failing closed costs the common path. The host's daemon only reports
+    drift, or it would put the guards back itself."""
+    guards = _guarded(host)
+    if not guards:
+        raise BenchError(f"host {host.name} has no port guard to measure")
+    programs = GuardPrograms()
+    on: list[Sample] = []
+    off: list[Sample] = []
+    try:
+        for round_ in range(settings.rounds):
+            for state in (True, False) if round_ % 2 == 0 else (False, True):
+                _set_guards(host, guards if state else None, programs)
+                (on if state else off).append(measure(filtered, settings.seconds, cpus))
+    finally:
+        _set_guards(host, guards, programs)
+        programs.close()
+    return median(on), median(off)
+
+
 ABLATIONS = (
-    ("bridge", "without butterfly's bridge table"),
-    ("inet", "without either table"),
+    (None, "without the port guards"),
+    ("bridge", "without the guards and the bridge table"),
+    ("inet", "without the guards and either table"),
 )
-"""The nftables tables deleted, one after the other, by :func:`ablation`."""
+"""What :func:`ablation` removes, one after the other: the port guards (tc
+egress programs), then each nftables table (None: no table)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,12 +361,19 @@ def ablation(
     host: Host, filtered: Path, bridge: Path, settings: Settings, cpus: Cpus
 ) -> list[Ablation]:
     """Where the same-host TCP gap goes: the filtered path again, against the plain
-    bridge in the same rounds, once butterfly's bridge table (anti-spoofing, the
-    marks) is deleted, then its inet table too (conntrack, the rules): what is
-    left is br_netfilter alone. Last of all, since it ends the host's filtering."""
+    bridge in the same rounds, once the port guards are gone (what failing
+    closed costs), then butterfly's bridge table (anti-spoofing, the marks),
+    then its inet table too (conntrack, the rules): what is left is
+    br_netfilter alone. Last of all, since it ends the host's filtering (its
+    daemon only reports drift, or it would put all of it back)."""
     found = []
     for family, label in ABLATIONS:
-        host.exec("nft", "delete", "table", family, TABLE)
+        if family is None:
+            for link in json.loads(host.ip("-j", "link", "show")):
+                if link["ifname"].startswith("bf"):
+                    host.exec("tc", "qdisc", "del", "dev", link["ifname"], "clsact", check=False)
+        else:
+            host.exec("nft", "delete", "table", family, TABLE)
         ours, plain = [], []
         for _ in range(settings.rounds):
             ours.append(iperf3(filtered, settings.seconds, cpus)[0])
@@ -464,7 +533,7 @@ def butterfly_scenarios(lab: Lab, one: Host, two: Host) -> list[Scenario]:
 
 def vnic_mtu(host: Host, vnic_id: str) -> int:
     """The MTU butterflyd gave a vnic (the baselines use the same)."""
-    return host.call(MessageV0.Request(nic_details=vnic_id)).nic_details[0].mtu
+    return host.call(MessageV0.Request(nic_details=vnic_id, with_additions=True)).nic_details[0].mtu
 
 
 # ---------------------------------------------------------------- member changes
@@ -643,6 +712,20 @@ def ablation_rows(found: Sequence[Ablation]) -> list[Row]:
     ]
 
 
+def guard_rows(on: Sample, off: Sample) -> list[Row]:
+    return [
+        Row(
+            measure=f"port guards: same host, {RULES} SG rules: {metric.label}",
+            baselines=f"without guards {_cell(off, metric)}",
+            butterfly=_cell(on, metric),
+            ratio=f"{metric.value(on) / metric.value(off):.2f}" if metric.value(off) else "-",
+            target="-",
+            result="-",
+        )
+        for metric in METRICS
+    ]
+
+
 def render(rows: Sequence[Row]) -> str:
     """The header is Row's field names; the figures (butterfly, ratio) right-aligned."""
     names = [field.name for field in fields(Row)]
@@ -703,7 +786,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _bench(lab: Lab, settings: Settings, cpus: Cpus) -> tuple[str, list[Row], str]:
-    one, two, scale = lab.hosts(3, log_level="warning")
+    one, two, scale = lab.hosts(
+        3,
+        log_level="warning",
+        extra_args=lambda index: ["--report-drift-only"] if index == 0 else [],
+    )
     try:
         scenarios = butterfly_scenarios(lab, one, two)
         mtu = vnic_mtu(one, "101-1")
@@ -721,6 +808,7 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus) -> tuple[str, list[Row], st
         busy = (busy_before, busy_elsewhere())
         small, large, fill = member_changes(scale, settings)
         filtered = next(s for s in scenarios if s.scope == "same host" and s.filtered)
+        guards = guard_cost(one, filtered.butterfly, settings, cpus)
         found = ablation(one, filtered.butterfly, bridge, settings, cpus)
     except (BenchError, LabError, ClientError, DaemonError):
         for host in (one, two, scale):
@@ -734,7 +822,12 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus) -> tuple[str, list[Row], st
     )
     return (
         header(settings, cpus, mtu, busy),
-        [*traffic_rows(scenarios, results), *member_rows(small, large), *ablation_rows(found)],
+        [
+            *traffic_rows(scenarios, results),
+            *member_rows(small, large),
+            *guard_rows(*guards),
+            *ablation_rows(found),
+        ],
         note,
     )
 

@@ -61,6 +61,7 @@ from butterfly.api.client import Client
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.bench import agent as _agent_module
 from butterfly.bench.daemon import DaemonError, DaemonProcess, butterflyd_command
+from butterfly.dataplane.naming import DYNAMIC_PREFIX
 
 __all__ = [
     "FABRIC_BRIDGE",
@@ -75,6 +76,7 @@ __all__ = [
     "PingResult",
     "Vm",
     "butterfly_cli",
+    "comparable_ruleset",
     "kernel_snapshot",
     "parse_ping",
     "reap_stale",
@@ -207,7 +209,8 @@ def kernel_snapshot(netns: "Netns") -> dict[str, Any]:
     snapshots mean nothing was recreated or changed. Left out: what the
     kernel changes by itself, on its own schedule (timers, which tick;
     carrier and operational state, which the link watcher settles up to a
-    second after a link appears).
+    second after a link appears; what the packets put in the dyn_ sets and
+    count in the named drop counters).
     """
     links = {}
     for shown in json.loads(netns.ip("-d", "-j", "link", "show")):
@@ -222,9 +225,36 @@ def kernel_snapshot(netns: "Netns") -> dict[str, Any]:
         for line in netns.exec("bridge", "fdb", "show").splitlines()
         if line.startswith("00:00:00:00:00:00")
     )
-    return {"links": links, "fdb": fdb, "nft": netns.exec("nft", "list", "ruleset")}
+    nft = comparable_ruleset(netns.exec("nft", "list", "ruleset"))
+    return {"links": links, "fdb": fdb, "nft": nft}
 
 
+def comparable_ruleset(listing: str) -> str:
+    """``nft list ruleset`` without what packets change: the elements of
+    butterfly's dyn_ sets and what the named drop counters counted."""
+    return _COUNTED.sub("packets - bytes -", _without_dynamic_elements(listing))
+
+
+def _without_dynamic_elements(ruleset: str) -> str:
+    """``nft list ruleset`` without the elements of butterfly's dyn_ sets: the
+    packets fill those (connection meters, drop counters), not butterfly."""
+    kept: list[str] = []
+    in_dynamic_set = skipping = False
+    for line in ruleset.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("set "):
+            in_dynamic_set = stripped.startswith(f"set {DYNAMIC_PREFIX}")
+        if in_dynamic_set and stripped.startswith("elements = {"):
+            skipping = True
+        if not skipping:
+            kept.append(line)
+        elif stripped.endswith("}"):
+            skipping = False
+    return "\n".join(kept) + "\n"
+
+
+_COUNTED = re.compile(r"packets \d+ bytes \d+")
+"""What a counter has counted: the packets', not butterfly's."""
 _CARRIER_FLAGS = frozenset({"LOWER_UP", "NO-CARRIER", "DORMANT", "M-DOWN"})
 
 
@@ -621,7 +651,7 @@ class Host(Netns):
 
     def snapshot(self) -> dict[str, Any]:
         """The daemon's view (``nic_details ""``, ``sg_details ""``) and the kernel's."""
-        nics = self.call(MessageV0.Request(nic_details=""))
+        nics = self.call(MessageV0.Request(nic_details="", with_additions=True))
         sgs = self.call(MessageV0.Request(sg_details=""))
         return {
             "nic_details": [nic.SerializeToString(deterministic=True) for nic in nics.nic_details],

@@ -109,6 +109,10 @@ class CommandSpec:
 class GlobalOptions:
     endpoint: str = DEFAULT_ENDPOINT
     key_path: str | None = None
+    curve_server_key: str | None = None
+    """The daemon's public CurveZMQ key file: talk CurveZMQ (with ``curve_key``)."""
+    curve_key: str | None = None
+    """Our CurveZMQ key pair (a ``.key_secret`` file)."""
     timeout_ms: int = DEFAULT_TIMEOUT_MS
     verbose: bool = False
     version: bool = False
@@ -214,6 +218,19 @@ _TRACE_OPTIONS = (
     ),
 )
 
+_LIMIT_OPTIONS = (
+    _opt(
+        "--max-connections",
+        metavar="N",
+        help="connections the nic may have started at once (0: no cap; default: the server's)",
+    ),
+    _opt(
+        "--max-new-connections",
+        metavar="N",
+        help="connections the nic may start per second (0: no cap; default: the server's)",
+    ),
+)
+
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
         path=("nic", "list"),
@@ -262,6 +279,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 help="enable antispoof protection (default: off)",
             ),
             *_TRACE_OPTIONS,
+            *_LIMIT_OPTIONS,
             _opt(
                 "--bypass-filtering",
                 kind=Kind.FLAG,
@@ -272,7 +290,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
         path=("nic", "update"),
         summary="update a nic",
-        description="Change the ips, antispoof or tracing of a vnic",
+        description="Change the ips, antispoof, tracing or connection caps of a vnic",
         options=(
             _opt(
                 "--ip",
@@ -283,7 +301,26 @@ COMMANDS: tuple[CommandSpec, ...] = (
             _opt("--id", metavar="ID", help="interface's id (mandatory)"),
             _opt("--enable-antispoof", metavar="BOOL", help="true/false  enable antispoof"),
             *_TRACE_OPTIONS,
+            *_LIMIT_OPTIONS,
         ),
+    ),
+    CommandSpec(
+        path=("nic", "export"),
+        summary="save a nic's firewall sessions to a file",
+        description=(
+            "Write the firewall sessions (conntrack entries) of a vnic to FILE, before a\n"
+            "live migration; 'nic import' loads them on the destination host"
+        ),
+        positionals=(_one("NIC"), _one("FILE")),
+    ),
+    CommandSpec(
+        path=("nic", "import"),
+        summary="load a nic's firewall sessions from a file",
+        description=(
+            "Load the firewall sessions that 'nic export' wrote to FILE into the vnic of\n"
+            "this host (same id and VNI), after 'nic add' and before the VM resumes"
+        ),
+        positionals=(_one("NIC"), _one("FILE")),
     ),
     CommandSpec(
         path=("nic", "del"),
@@ -427,6 +464,17 @@ COMMANDS: tuple[CommandSpec, ...] = (
         options=(_opt("--stdout", kind=Kind.FLAG, help="prints protobuf response to stdout"),),
     ),
     CommandSpec(
+        path=("curve", "keygen"),
+        summary="make a CurveZMQ key pair",
+        description=(
+            "Write DIR/NAME.key (the public key: give it to the other side) and\n"
+            "DIR/NAME.key_secret (keep it: --curve-key, or the daemon's\n"
+            "curve_secret_key_path). A daemon lets in the clients whose .key files\n"
+            "are in its curve_allowed_clients_dir. Needs no daemon."
+        ),
+        positionals=(_one("DIR"), _one("NAME")),
+    ),
+    CommandSpec(
         path=("dump",),
         summary="extract Butterfly configuration",
         description=(
@@ -450,6 +498,7 @@ _GROUPS: dict[tuple[str, ...], str] = {
     ("sg", "member"): "manage security group members",
     ("vni",): "manage VXLAN networks",
     ("vni", "peer"): "manage static VXLAN peers (for underlays without multicast)",
+    ("curve",): "manage CurveZMQ keys (an authenticated API)",
 }
 
 _SPECS = {spec.path: spec for spec in COMMANDS}
@@ -471,6 +520,8 @@ _GLOBAL_VALUE = {
     "--endpoint": "endpoint",
     "-k": "key_path",
     "--key": "key_path",
+    "--curve-server-key": "curve_server_key",
+    "--curve-key": "curve_key",
     "-t": "timeout_ms",
     "--timeout": "timeout_ms",
 }
@@ -526,9 +577,14 @@ class _Globals:
     def build(self) -> GlobalOptions:
         timeout = self._given.get("timeout_ms")
         endpoint = self._value("endpoint")
+        curve_server_key, curve_key = self._value("curve_server_key"), self._value("curve_key")
+        if (curve_server_key is None) != (curve_key is None):
+            raise ConfigError("--curve-server-key and --curve-key go together")
         return GlobalOptions(
             endpoint=DEFAULT_ENDPOINT if endpoint is None else endpoint,
             key_path=self._value("key_path"),
+            curve_server_key=curve_server_key,
+            curve_key=curve_key,
             timeout_ms=(
                 DEFAULT_TIMEOUT_MS
                 if timeout is None
@@ -721,6 +777,8 @@ def _global_help() -> list[str]:
             [
                 ("--endpoint, -e", f"endpoint to use (default: {DEFAULT_ENDPOINT})"),
                 ("--key, -k", "path to the encryption key (32 bytes in base64)"),
+                ("--curve-server-key", "the daemon's CurveZMQ public key (.key file)"),
+                ("--curve-key", "our CurveZMQ key pair (.key_secret file)"),
                 (
                     "--timeout, -t",
                     f"milliseconds to wait for each answer (default: {DEFAULT_TIMEOUT_MS})",

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
+from butterfly.api import curve
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.cli import output, requests
 from butterfly.cli.args import Command
@@ -68,7 +69,10 @@ def _details(api: Api, nic_id: str) -> MessageV0.Nic:
 
 
 def nic_details(command: Command, ctx: Context) -> None:
-    nic = _details(ctx.api, command.args.word("NIC"))
+    response = _ask_one(ctx.api, Request(nic_details=command.args.word("NIC")))
+    if not response.nic_details:
+        raise ClientError("no nic details received")
+    nic = response.nic_details[0]
     ctx.out.write(output.nic_details(nic, as_json=_json(command)))
 
 
@@ -85,6 +89,27 @@ def nic_add(command: Command, ctx: Context) -> None:
 
 def nic_update(command: Command, ctx: Context) -> None:
     _ask_one(ctx.api, requests.nic_update(command.args))
+
+
+def nic_export(command: Command, ctx: Context) -> None:
+    response = _ask_one(ctx.api, Request(nic_export=command.args.word("NIC")))
+    path = command.args.word("FILE")
+    try:
+        with open(path, "wb") as file:
+            file.write(response.nic_export.fw_data.data)
+    except OSError as error:
+        raise ConfigError(f"cannot write {path}: {error.strerror}") from error
+
+
+def nic_import(command: Command, ctx: Context) -> None:
+    path = command.args.word("FILE")
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from error
+    nic_id = command.args.word("NIC")
+    _ask_one(ctx.api, Request(nic_import=MessageV0.NicImportReq(id=nic_id, data=data)))
 
 
 def nic_del(command: Command, ctx: Context) -> None:
@@ -217,7 +242,8 @@ def _render_svg(graph: str, path: str) -> None:
 
 
 def status(command: Command, ctx: Context) -> None:
-    response = _ask_one(ctx.api, Request(app_status=True, app_status_reconcile=True))
+    request = Request(app_status=True, app_status_reconcile=True, app_status_drift=True)
+    response = _ask_one(ctx.api, request)
     if not response.HasField("app_status"):
         raise ClientError("no status received")
     ctx.out.write(output.status(response.app_status, as_json=_json(command)))
@@ -261,12 +287,19 @@ def dump(command: Command, ctx: Context) -> None:
     ctx.out.write(output.protobuf_text(replay))
 
 
+def curve_keygen(command: Command, ctx: Context) -> None:
+    public, secret = curve.generate(command.args.word("DIR"), command.args.word("NAME"))
+    ctx.out.write(f"public key: {public}\nsecret key: {secret}\n")
+
+
 HANDLERS: Mapping[tuple[str, ...], Handler] = {
     ("nic", "list"): nic_list,
     ("nic", "stats"): nic_stats,
     ("nic", "details"): nic_details,
     ("nic", "add"): nic_add,
     ("nic", "update"): nic_update,
+    ("nic", "export"): nic_export,
+    ("nic", "import"): nic_import,
     ("nic", "del"): nic_del,
     ("nic", "sg", "list"): nic_sg_list,
     ("nic", "sg", "add"): nic_sg_add,
@@ -288,4 +321,5 @@ HANDLERS: Mapping[tuple[str, ...], Handler] = {
     ("shutdown",): shutdown,
     ("request",): request,
     ("dump",): dump,
+    ("curve", "keygen"): curve_keygen,
 }

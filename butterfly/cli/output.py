@@ -10,6 +10,7 @@ unless it is empty.
 
 import json
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from google.protobuf import text_format
 from google.protobuf.message import Message
@@ -61,10 +62,18 @@ def ids(items: Sequence[str], *, as_json: bool) -> str:
 
 
 def nic_stats(stats: MessageV0.NicStats, *, as_json: bool) -> str:
+    """The original's two lines, then what only our daemon counts (when it says)."""
     received = getattr(stats, "in")
+    sniffed = {
+        name: getattr(stats, name)
+        for name in ("sniffed_frames", "sniffed_bytes")
+        if stats.HasField(name)
+    }
     if as_json:
-        return _json({"in": received, "out": stats.out})
-    return _lines([f"in: {received}", f"out: {stats.out}"])
+        return _json({"in": received, "out": stats.out, **sniffed})
+    lines = [f"in: {received}", f"out: {stats.out}"]
+    lines += [f"{name.replace('_', ' ')}: {value}" for name, value in sniffed.items()]
+    return _lines(lines)
 
 
 def nic_details(nic: MessageV0.Nic, *, as_json: bool) -> str:
@@ -84,6 +93,8 @@ def nic_details(nic: MessageV0.Nic, *, as_json: bool) -> str:
                 "packet_trace_path": _optional(nic, "packet_trace_path"),
                 "sniff_target_nic_id": _optional(nic, "sniff_target_nic_id"),
                 "mtu": _optional(nic, "mtu"),
+                "max_connections": _optional(nic, "max_connections"),
+                "max_new_connections": _optional(nic, "max_new_connections"),
             }
         )
     lines = [f"id: {nic.id}", f"mac: {nic.mac}", f"vni: {nic.vni}"]
@@ -104,6 +115,10 @@ def nic_details(nic: MessageV0.Nic, *, as_json: bool) -> str:
         lines.append(f"path: {nic.path}")
     if nic.HasField("mtu"):
         lines.append(f"mtu: {nic.mtu}")
+    if nic.HasField("max_connections"):
+        lines.append(f"max connections: {nic.max_connections or 'no cap'}")
+    if nic.HasField("max_new_connections"):
+        lines.append(f"max new connections per second: {nic.max_new_connections or 'no cap'}")
     return _lines(lines)
 
 
@@ -147,23 +162,33 @@ def rules(items: Sequence[MessageV0.Rule], *, as_json: bool) -> str:
     return _lines(_rule_line(rule) for rule in items)
 
 
+_DRIFT_COUNTS = ("changes_seen", "changes_repaired", "repairs", "repair_failures")
+
+
 def status(app: MessageV0.AppStatusRes, *, as_json: bool) -> str:
     reconcile = app.reconcile if app.HasField("reconcile") else None
     if as_json:
-        shown: dict[str, object] = {
+        fields: dict[str, Any] = {
             name: _optional(app, name)
             for name in ("start_date", "current_date", "request_counter", "graph_dot")
         }
         if reconcile is not None:
-            shown["reconcile"] = {
+            fields["reconcile"] = {
                 "running": reconcile.running,
                 "done": reconcile.done,
                 "total": reconcile.total,
                 "milliseconds": reconcile.milliseconds,
                 "problems": reconcile.problems,
             }
-        return _json(shown)
-    lines = []
+        if app.HasField("drift"):
+            fields["drift"] = {
+                **{name: getattr(app.drift, name) for name in _DRIFT_COUNTS},
+                "report_only": app.drift.report_only,
+                "last_changes": list(app.drift.last_changes),
+                "last_change_date": _optional(app.drift, "last_change_date"),
+            }
+        return _json(fields)
+    lines = _drift_lines(app.drift) if app.HasField("drift") else []
     if app.HasField("start_date"):
         lines.append(f"start date: {app.start_date}")
     if app.HasField("current_date"):
@@ -188,6 +213,17 @@ def _reconcile_line(reconcile: MessageV0.ReconcileStatus) -> str:
     if reconcile.problems:
         line += f"; {reconcile.problems}"
     return line
+
+
+def _drift_lines(drift: MessageV0.DriftStatus) -> list[str]:
+    """What other software changed in the kernel, and what was put back."""
+    mode = "report only, not repaired" if drift.report_only else "repaired"
+    counts = ", ".join(f"{name.replace('_', ' ')} {getattr(drift, name)}" for name in _DRIFT_COUNTS)
+    lines = [f"kernel drift ({mode}): {counts}"]
+    if drift.HasField("last_change_date"):
+        lines.append(f"last drift date: {drift.last_change_date}")
+    lines += [f"  drift: {change}" for change in drift.last_changes]
+    return lines
 
 
 def vni_peers(groups: Sequence[MessageV0.VniPeers], *, as_json: bool) -> str:

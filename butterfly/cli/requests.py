@@ -21,7 +21,7 @@ from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
 from butterfly.cli.args import Args, parse_bool, parse_int
 from butterfly.errors import BadRequest, ClientError, ConfigError
-from butterfly.model import MAX_VNI, TCP, UDP, Cidr, Direction, Rule
+from butterfly.model import MAX_LIMIT, MAX_VNI, TCP, UDP, Cidr, Direction, Rule
 
 __all__ = [
     "DUMP_NICS",
@@ -67,12 +67,21 @@ _MAX_PORT = 65535
 _MAX_MASK = 128
 
 
-def envelope(requests: Sequence[Request], ids: Sequence[str] | None = None) -> Messages:
-    """One frame holding ``requests`` in order, tagged with ``ids`` if given."""
+def envelope(
+    requests: Sequence[Request], ids: Sequence[str] | None = None, *, additions: bool = True
+) -> Messages:
+    """One frame holding ``requests`` in order, tagged with ``ids`` if given.
+
+    With ``additions``, each asks for butterfly's additions in its reply
+    (``with_additions``): this CLI shows all the daemon knows; deployed
+    daemons ignore the field.
+    """
     messages = Messages()
     for index, request in enumerate(requests):
         message = messages.messages.add(revision=REVISION)
         message.message_0.request.CopyFrom(request)
+        if additions:
+            message.message_0.request.with_additions = True
         if ids is not None:
             message.message_0.message_id = ids[index]
     return messages
@@ -152,6 +161,15 @@ def _trace(args: Args) -> tuple[bool | None, str | None]:
     return trace, path
 
 
+def _limits(args: Args) -> dict[str, int]:
+    """--max-connections and --max-new-connections, as Nic/NicUpdateReq fields."""
+    return {
+        option.replace("-", "_"): parse_int(text, what=f"--{option}", low=0, high=MAX_LIMIT)
+        for option in ("max-connections", "max-new-connections")
+        if (text := args.value(option)) is not None
+    }
+
+
 def nic_add(args: Args) -> Request:
     nic = MessageV0.Nic(
         id=_mandatory(args, "id"),
@@ -179,6 +197,8 @@ def nic_add(args: Args) -> Request:
         nic.packet_trace = trace
     if trace_path is not None:
         nic.packet_trace_path = trace_path
+    for name, value in _limits(args).items():
+        setattr(nic, name, value)
     return Request(nic_add=nic)
 
 
@@ -196,9 +216,13 @@ def nic_update(args: Args) -> Request:
         update.packet_trace = trace
     if trace_path is not None:
         update.packet_trace_path = trace_path
-    if not (ips or antispoof is not None or trace is not None):
+    limits = _limits(args)
+    for name, value in limits.items():
+        setattr(update, name, value)
+    if not (ips or antispoof is not None or trace is not None or limits):
         raise ConfigError(
-            "nothing to update: give --ip, --enable-antispoof, --packet-trace or --trace-path"
+            "nothing to update: give --ip, --enable-antispoof, --packet-trace, --trace-path,"
+            " --max-connections or --max-new-connections"
         )
     return Request(nic_update=update)
 
@@ -355,7 +379,9 @@ def dump_replay(
             Request(vni_peer_add=MessageV0.VniPeerReq(vni=group.vni, peer=peer))
             for peer in group.peer
         )
-    return envelope(requests)
+    # Requests to replay, not questions: a file a deployed client can read
+    # too, when the state needs nothing only we can say (netns, peers).
+    return envelope(requests, additions=False)
 
 
 def parse_request_file(text: str, path: str) -> Messages:

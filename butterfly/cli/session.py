@@ -10,6 +10,7 @@ from typing import Protocol, TextIO
 
 from butterfly.api.client import Client
 from butterfly.api.crypto import load_key
+from butterfly.api.curve import CurveClient, load_key_pair, load_public_key
 from butterfly.api.proto.message_pb2 import Messages
 from butterfly.cli.args import GlobalOptions
 from butterfly.cli.output import protobuf_text
@@ -33,11 +34,18 @@ class DaemonApi:
 
     def _connect(self) -> Client:
         if self._client is None:
-            key_path = self._options.key_path
+            options = self._options
+            curve = None
+            if options.curve_server_key is not None and options.curve_key is not None:
+                curve = CurveClient(
+                    load_public_key(options.curve_server_key, "--curve-server-key"),
+                    load_key_pair(options.curve_key, "--curve-key"),
+                )
             self._client = Client(
-                endpoint=self._options.endpoint,
-                key=None if key_path is None else load_key(key_path),
-                timeout_ms=self._options.timeout_ms,
+                endpoint=options.endpoint,
+                key=None if options.key_path is None else load_key(options.key_path),
+                timeout_ms=options.timeout_ms,
+                curve=curve,
             )
         return self._client
 

@@ -10,11 +10,12 @@ The data plane receives the desired state *after* the change as a read-only
 security group without keeping a copy of its own.
 """
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from butterfly.model import SecurityGroup, StateView, Vnic
+from butterfly.model.sessions import Session
 
 __all__ = ["Attachment", "Counters", "Dataplane", "Progress", "SgChange", "VhostPorts"]
 
@@ -27,6 +28,10 @@ class Attachment:
     """The vhost-user socket, the tap's name or the netns the veth went into."""
     mtu: int | None = None
     """None when the data plane does not set one."""
+    packet_trace: bool = False
+    """Whether the vnic is traced: its own setting, else the daemon's (-t)."""
+    packet_trace_path: str = ""
+    """The pcap file its trace goes (or would go) to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +41,9 @@ class Counters:
 
     in_bytes: int = 0
     out_bytes: int = 0
+    sniffed_frames: int | None = None
+    """Frames to and from the vnic copied to its sniff target (None: it names none)."""
+    sniffed_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +98,14 @@ class Dataplane(Protocol):
 
     def counters(self, vnic: Vnic) -> Counters:
         """The kernel's byte counters of ``vnic`` (nic_stats)."""
+
+    def sessions(self, vnic: Vnic) -> tuple[Session, ...]:
+        """``vnic``'s firewall sessions: its VNI's conntrack entries with one of
+        its addresses at an end (nic_export)."""
+
+    def load_sessions(self, vnic: Vnic, sessions: Sequence[Session]) -> int:
+        """Add ``sessions`` to ``vnic``'s VNI's conntrack zone, all or none
+        (nic_import); how many were not there yet."""
 
     def graph(self, state: StateView) -> str:
         """The data path as a Graphviz DOT graph (app_status)."""

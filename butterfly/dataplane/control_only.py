@@ -6,18 +6,24 @@ moves: the vhost-user socket path or tap name as ``path``, zero counters,
 and a graph of the desired state (not of a data path, since there is none).
 """
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from butterfly.dataplane.base import Attachment, Counters, Progress, SgChange
 from butterfly.dataplane.naming import tap_name, vhost_socket_path
+from butterfly.dataplane.tracing import trace_settings
 from butterfly.model import StateView, Vnic, VnicType
+from butterfly.model.sessions import Session
 
 __all__ = ["ControlOnlyDataplane", "desired_state_graph"]
 
 
 class ControlOnlyDataplane:
-    def __init__(self, *, socket_dir: str) -> None:
+    """``packet_trace_default``: what nic_details reports for vnics that do not
+    say (nothing is traced, but the settings are the daemon's as with the kernel)."""
+
+    def __init__(self, *, socket_dir: str, packet_trace_default: bool = False) -> None:
         self._socket_dir = socket_dir
+        self._trace_default = packet_trace_default
 
     def reconcile(self, state: StateView) -> None:
         pass
@@ -42,13 +48,24 @@ class ControlOnlyDataplane:
 
     def attachment(self, vnic: Vnic) -> Attachment:
         if vnic.type == VnicType.VHOST_USER_SERVER:
-            return Attachment(vhost_socket_path(self._socket_dir, vnic.id))
-        if vnic.type == VnicType.NETNS:
-            return Attachment(vnic.netns)
-        return Attachment(tap_name(vnic.id))
+            path = vhost_socket_path(self._socket_dir, vnic.id)
+        else:
+            path = vnic.netns if vnic.type == VnicType.NETNS else tap_name(vnic.id)
+        traced, trace_file = trace_settings(
+            vnic, default=self._trace_default, socket_dir=self._socket_dir
+        )
+        return Attachment(path, packet_trace=traced, packet_trace_path=trace_file)
 
     def counters(self, vnic: Vnic) -> Counters:
         return Counters()
+
+    def sessions(self, vnic: Vnic) -> tuple[Session, ...]:
+        """No kernel, no connections: an export holds none."""
+        return ()
+
+    def load_sessions(self, vnic: Vnic, sessions: Sequence[Session]) -> int:
+        """No kernel to load them into: the blob was checked, nothing is new."""
+        return 0
 
     def graph(self, state: StateView) -> str:
         return desired_state_graph(state)

@@ -34,11 +34,26 @@ class PortDeleter:
         self._reader = LinkReader()
         self._queue: queue.SimpleQueue[tuple[str, int] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._deleting: set[int] = set()
+        self._deleted: set[int] = set()
+
+    def take_deleted(self) -> set[int]:
+        """The links queued or being deleted, and those deleted since the last
+        call: the kernel's notifications of their deletion are butterfly's own
+        (each index is still named once after its deletion, whose notification
+        is queued before the deletion returns)."""
+        with self._lock:
+            taken = self._deleting | self._deleted
+            self._deleted = set()
+        return taken
 
     def delete(self, name: str, index: int) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="butterfly-delete", daemon=True)
             self._thread.start()
+        with self._lock:
+            self._deleting.add(index)
         self._queue.put((name, index))
 
     def _run(self) -> None:
@@ -49,6 +64,9 @@ class PortDeleter:
             except OSError as exc:
                 if exc.errno != errno.ENODEV:
                     log.error("deleting %s: %s; the next reconcile removes it", name, exc)
+            with self._lock:
+                self._deleting.discard(index)
+                self._deleted.add(index)
 
     def close(self) -> None:
         """Finish the deletions queued (for a few seconds at most), then close."""

@@ -2,7 +2,8 @@
 
 Owns the picture only: the kernel data plane says what exists (the underlay,
 each VNI's VXLAN device and bridge, each vnic's port with its filtering,
-anti-spoofing and tracing) and whether the kernel really has it; this module
+anti-spoofing and tracing; with EVPN, the remote VTEPs FRR learned for each
+VNI and how many MACs sit behind each) and whether the kernel really has it; this module
 lays it out. Frames flow underlay <-> vxlan <-> bridge <-> port <-> guest.
 """
 
@@ -27,6 +28,8 @@ class PortView:
     anti_spoof: str
     trace: str | None
     present: bool
+    limits: str = ""
+    """"at most 10000 connections, 1000 new/s; 12 dropped" ("": not filtered)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,8 @@ class VniView:
     zone: int | None
     present: bool
     ports: tuple[PortView, ...]
+    remote_vteps: tuple[tuple[str, int], ...] = ()
+    """EVPN: the remote VTEPs FRR learned for the VNI, with their MAC counts."""
 
 
 def _quote(text: str) -> str:
@@ -75,6 +80,8 @@ def render(underlay: str, vnis: Sequence[VniView]) -> str:
                 f"filter: {port.filtering}",
                 f"anti-spoof: {port.anti_spoof}",
             ]
+            if port.limits:
+                details.append(f"limits: {port.limits}")
             if port.trace:
                 details.append(f"trace: {port.trace}")
             port_label = _quote("\n".join(details))
@@ -88,5 +95,12 @@ def render(underlay: str, vnis: Sequence[VniView]) -> str:
         lines.append("  }")
         lines.append(f"  underlay -> {vx} [dir=both];")
         lines.append(f"  {vx} -> {br} [dir=both];")
+        for vtep, macs in vni.remote_vteps:
+            label = _quote(f"vni {vni.vni}: {macs} MAC{'' if macs == 1 else 's'}")
+            lines.append(f"  {vx} -> {_quote('vtep:' + vtep)} [style=dashed, label={label}];")
+    vteps = sorted({vtep for vni in vnis for vtep, _ in vni.remote_vteps})
+    for vtep in vteps:
+        label = _quote(f"remote VTEP {vtep}")
+        lines.append(f"  {_quote('vtep:' + vtep)} [shape=box3d, label={label}];")
     lines.append("}")
     return "\n".join(lines) + "\n"

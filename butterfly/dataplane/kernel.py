@@ -14,6 +14,9 @@ that makes the kernel of the network namespace it runs in carry the model:
   anti-spoofing, counters and tracing are the kernel's for every kind;
 - security groups, anti-spoofing and conntrack zones in butterfly's nftables
   tables (see :mod:`butterfly.dataplane.ruleset` for the layout);
+- on every port and VXLAN device, before it joins its bridge, the port guard
+  that keeps filtering closed without those tables
+  (:mod:`butterfly.dataplane.guard`);
 - packet traces (:mod:`butterfly.dataplane.tracing`).
 
 Every request is atomic (:mod:`butterfly.dataplane.journal`): nftables
@@ -22,7 +25,9 @@ the port is gone when removing, and any failure undoes the steps made.
 What the tables hold is mirrored in memory, so a request sends only the
 difference for the objects it touches; :meth:`KernelDataplane.reconcile`
 reads the kernel back and repairs everything, without touching what is
-already right, so established flows survive a daemon restart.
+already right, so established flows survive a daemon restart, and puts back
+what another program changed (the daemon's drift repair runs it; links
+renamed away get their names back, tables lost their ids).
 
 Not thread-safe: the service calls one method at a time, from the thread
 that built the data plane.
@@ -35,38 +40,50 @@ import ipaddress
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from butterfly.dataplane.base import Attachment, Counters, Progress, SgChange, VhostPorts
+from butterfly.dataplane.conntrack import Conntrack
 from butterfly.dataplane.deleter import PortDeleter
+from butterfly.dataplane.evpn import (
+    FrrReader,
+    bridge_mac,
+    neighbour_changes,
+    wanted_neighbours,
+)
 from butterfly.dataplane.graph import PortView, VniView, render
+from butterfly.dataplane.guard import GuardKind, GuardPrograms
 from butterfly.dataplane.journal import FaultHook, Journal, journal
 from butterfly.dataplane.limits import MulticastLimits
 from butterfly.dataplane.naming import (
     TABLE,
     bridge_name,
     is_butterfly_link,
+    name_from_alias,
     profile_chains,
     retired_name,
     tap_name,
-    trace_path,
     trace_pidfile,
     vhost_socket_path,
     vni_alias,
     vnic_alias,
     vxlan_name,
 )
-from butterfly.dataplane.netlink import Link, Netlink
+from butterfly.dataplane.netlink import LLDP_FORWARD_MASK, Link, Netlink
 from butterfly.dataplane.netns import open_netns, run_in_netns
 from butterfly.dataplane.nft import Nftables
+from butterfly.dataplane.offloads import turn_off_offloads
 from butterfly.dataplane.ruleset import (
     BOOTSTRAP,
     BRIDGE,
+    DROPS,
     INET,
     MAX_ID,
+    NO_LIMITS,
+    ConnLimits,
     Decl,
     Key,
     Layout,
@@ -77,8 +94,10 @@ from butterfly.dataplane.ruleset import (
     parse_listing,
     tables,
 )
-from butterfly.dataplane.tracing import Tracer
+from butterfly.dataplane.sniffing import Sniffer, remove_table
+from butterfly.dataplane.tracing import Tracer, trace_settings
 from butterfly.dataplane.underlay import Underlay, find_underlay, flood_group
+from butterfly.dataplane.watch import KernelWatch, Scope
 from butterfly.errors import ConfigError, DataplaneError, NotSupported
 from butterfly.model import SecurityGroup, StateView, Vnic, VnicType
 from butterfly.model.firewall import (
@@ -87,6 +106,7 @@ from butterfly.model.firewall import (
     sg_filter,
     vnic_filter,
 )
+from butterfly.model.sessions import Session
 
 __all__ = ["NETNS_PREFIX_V4", "NETNS_PREFIX_V6", "KernelDataplane", "cleanup"]
 
@@ -106,6 +126,7 @@ _BRIDGE_OPTIONS = {
     "IFLA_BR_MCAST_SNOOPING": 0,
     "IFLA_BR_NF_CALL_IPTABLES": 1,
     "IFLA_BR_NF_CALL_IP6TABLES": 1,
+    "IFLA_BR_GROUP_FWD_MASK": LLDP_FORWARD_MASK,
 }
 
 
@@ -115,6 +136,7 @@ class _PortFlags(NamedTuple):
     learning: bool
     unicast_flood: bool
     locked: bool
+    neigh_suppress: bool
 
 
 def _what(vnic: Vnic) -> str:
@@ -124,18 +146,24 @@ def _what(vnic: Vnic) -> str:
 class KernelDataplane:
     """The kernel data plane of the network namespace it is created in.
 
-    ``underlay_ip``: the daemon's --ip; None takes the default route's
-    interface. ``socket_dir``: where traces and their pid files go by
-    default. ``nic_mtu``: the vnics' MTU (default: the underlay's minus the
-    VXLAN overhead). ``packet_trace_default``: trace vnics whose
+    ``underlay_ip``: the daemon's --ip; None takes ``underlay_interface``
+    (--dpdk-args' iface), else the default route's interface. ``socket_dir``:
+    where traces and their pid files go by default. ``nic_mtu``: the vnics'
+    MTU (default: the underlay's minus the VXLAN overhead). ``offload``:
+    False turns off the checksum and segmentation offloads of both ends of
+    NETNS vnics' veths (--no-offload; a tap's are set by its reader: the
+    vhost-user backend, or QEMU for a TAP vnic). ``packet_trace_default``: trace vnics whose
     ``packet_trace`` is None. ``static_peers``: VXLAN peers flooded for every
     VNI (vxlan-peers). ``multicast``: flood to the VNI's multicast group
     (default: only when no static peers are configured). ``vhost``: the
     backend that serves VHOST_USER_SERVER vnics' sockets on their taps;
-    without one such vnics are refused as not supported. ``defer_deletes``:
-    delete links a request no longer needs after its reply: removed ports in
-    a thread, a VNI's devices in :meth:`background_work` (the daemon's idle
-    time). ``fault_hook``: tests
+    without one such vnics are refused as not supported. ``limits``: what a
+    filtered vnic may start unless it says otherwise (0: no cap). ``evpn``: FRR
+    carries the VNIs (:mod:`butterfly.dataplane.evpn`; neither multicast
+    nor static peers), ``frr`` reads its state for the graph.
+    ``defer_deletes``: delete links a request no longer needs after its
+    reply: removed ports in a thread, a VNI's devices in
+    :meth:`background_work` (the daemon's idle time). ``fault_hook``: tests
     only, see :mod:`butterfly.dataplane.journal`.
 
     Raises ConfigError for an unusable option, DataplaneError when the
@@ -147,14 +175,20 @@ class KernelDataplane:
         *,
         underlay_ip: str | None,
         socket_dir: str,
+        underlay_interface: str | None = None,
         nic_mtu: int | None = None,
+        offload: bool = True,
         packet_trace_default: bool = False,
         vxlan_port: int = 4789,
         static_peers: tuple[str, ...] = (),
         multicast: bool | None = None,
         vhost: VhostPorts | None = None,
+        evpn: bool = False,
+        frr: FrrReader | None = None,
+        limits: ConnLimits = NO_LIMITS,
         defer_deletes: bool = False,
         fault_hook: FaultHook | None = None,
+        sniff_cross_vni: bool = False,
     ) -> None:
         if not os.path.exists(_BR_NETFILTER):
             raise DataplaneError(
@@ -163,9 +197,17 @@ class KernelDataplane:
         self._socket_dir = socket_dir
         self._trace_default = packet_trace_default
         self._vxlan_port = vxlan_port
-        self._multicast = not static_peers if multicast is None else multicast
+        if evpn and (static_peers or multicast):
+            raise ConfigError(
+                "underlay evpn: FRR floods every VNI; give neither vxlan-peers nor multicast"
+            )
+        self._evpn = evpn
+        self._frr = frr or FrrReader()
+        self._multicast = not (static_peers or evpn) if multicast is None else multicast
         self._fault_hook = fault_hook
         self._vhost = vhost
+        self._offload = offload
+        self._limits = limits
         self._port_types = {VnicType.TAP, VnicType.NETNS}
         if vhost is not None:
             self._port_types.add(VnicType.VHOST_USER_SERVER)
@@ -173,7 +215,15 @@ class KernelDataplane:
         """vnic id -> ifindex of the tap the backend was asked to serve it on."""
         self._netlink = Netlink()
         try:
-            self._underlay: Underlay = find_underlay(self._netlink, underlay_ip)
+            self._underlay: Underlay = find_underlay(self._netlink, underlay_ip, underlay_interface)
+            if underlay_interface not in (None, self._underlay.ifname):
+                log.warning(
+                    "dpdk-args names iface %s, but --ip %s is on %s: VXLAN runs on %s",
+                    underlay_interface,
+                    underlay_ip,
+                    self._underlay.ifname,
+                    self._underlay.ifname,
+                )
             for peer in static_peers:
                 if (":" in peer) != (self._underlay.version == 6):
                     raise ConfigError(
@@ -184,8 +234,14 @@ class KernelDataplane:
         except BaseException:
             self._netlink.close()
             raise
+        try:
+            self._guards = GuardPrograms()
+        except BaseException:
+            self._nft.close()
+            self._netlink.close()
+            raise
         self._static_peers = static_peers
-        self._limits = MulticastLimits(self._underlay.version)
+        self._multicast_limits = MulticastLimits(self._underlay.version)
         self._vnic_mtu = nic_mtu or self._underlay.vxlan_mtu
         self._vxlan_mtu = min(self._vnic_mtu, self._underlay.vxlan_mtu)
         self._layout = Layout(
@@ -205,6 +261,8 @@ class KernelDataplane:
         self._defer_deletes = defer_deletes
         self._deferred: deque[tuple[str, Callable[[], None]]] = deque()
         self._deleter: PortDeleter | None = None
+        self._sniffer = Sniffer(self._nft, cross_vni=sniff_cross_vni)
+        self._conntrack = Conntrack()
         self._closed = False
 
     # the Dataplane protocol
@@ -232,6 +290,7 @@ class KernelDataplane:
             raise DataplaneError("reconcile: " + "; ".join(problems))
 
     def _reconcile(self, state: StateView, problems: list[str]) -> Iterator[Progress]:
+        self._rename_strays(problems)
         vnics = [vnic for vnic in state.vnics() if self._pluggable(vnic)]
         wanted_ports = {tap_name(vnic.id) for vnic in vnics}
         wanted_vnis = {vnic.vni for vnic in vnics}
@@ -262,7 +321,7 @@ class KernelDataplane:
             # Left-over devices still hold their groups until the end.
             devices = {vxlan_name(vni) for vni in wanted_vnis}
             devices.update(name for name, link in owned.items() if link.kind == "vxlan")
-            self._limits.ensure(len(devices))
+            self._multicast_limits.ensure(len(devices))
         yield (progress := progress.next())
         for vni in sorted(wanted_vnis):
             if self._vni_used(vni, state):
@@ -278,12 +337,21 @@ class KernelDataplane:
                 )
                 self._best_effort(problems, _what(vnic), partial(self._serve, None, vnic))
             yield (progress := progress.next())
+        for vni in sorted(wanted_vnis):
+            # A bridge made again has lost its neighbour entries (EVPN).
+            if self._vni_used(vni, state):
+                self._best_effort(
+                    problems, f"vni {vni}", partial(self._sync_neighbours, None, vni, state)
+                )
         for link in stale_vnis:
             if self._still_stale(link, state):
                 self._best_effort(
                     problems, f"link {link.name}", partial(self._netlink.delete_link, link.index)
                 )
         self._reconcile_traces([vnic for vnic in state.vnics() if self._has_port(vnic)], problems)
+        self._best_effort(
+            problems, "sniffing", lambda: self._sniffer.apply(self._sniffer.rescan(state))
+        )
         yield progress.next()
 
     def _still_stale(self, link: Link, state: StateView) -> bool:
@@ -301,6 +369,47 @@ class KernelDataplane:
     def _vni_used(self, vni: int, state: StateView) -> bool:
         return any(self._has_port(vnic) for vnic in state.vnics_in(vni))
 
+    def repair(self, state: StateView, scope: Scope) -> None:
+        """Put back what another program changed, looking only at what ``scope``
+        names (a reconcile reads every link and port: seconds with thousands of
+        vnics); raises DataplaneError listing what could not be repaired."""
+        if scope.everything:
+            self.reconcile(state)
+            return
+        problems: list[str] = []
+        vnics = [vnic for vnic in state.vnics() if self._has_port(vnic)]
+        if scope.tables:
+            self._best_effort(problems, "nftables", partial(self._reconcile_nft, state, vnics))
+        self._rename_strays(problems, scope.links)
+        vnis = {vnic.vni for vnic in vnics if _names_vni(scope.links, vnic.vni)}
+        if vnis:
+            self._flood.clear()
+            self._flood_loaded = False
+        for vni in sorted(vnis):
+            self._best_effort(problems, f"vni {vni}", partial(self._ensure_vni, None, vni, state))
+        for vnic in vnics:
+            if vnic.vni in vnis or tap_name(vnic.id) in scope.links:
+                self._best_effort(
+                    problems, _what(vnic), partial(self._ensure_port, None, vnic, None)
+                )
+                self._best_effort(problems, _what(vnic), partial(self._serve, None, vnic))
+        for vni in sorted(vnis):
+            # A bridge made again has lost its neighbour entries (EVPN).
+            self._best_effort(
+                problems, f"vni {vni}", partial(self._sync_neighbours, None, vni, state)
+            )
+        if scope.tables or scope.links:
+            # The copy rules hook ports by device: a port made again lost them.
+            self._best_effort(problems, "sniffing", partial(self._repair_sniffing, state))
+        if problems:
+            raise DataplaneError("repair: " + "; ".join(problems))
+
+    def _repair_sniffing(self, state: StateView) -> None:
+        """The copy rules as ``state`` wants them (no transaction while no vnic sniffs)."""
+        plan = self._sniffer.rescan(state)
+        if plan.rules or self._sniffer.applied.rules:
+            self._sniffer.apply(plan)
+
     def plug(self, vnic: Vnic, replaced: Vnic | None, state: StateView) -> Attachment:
         if vnic.type == VnicType.VHOST_USER_SERVER and self._vhost is None:
             raise NotSupported(
@@ -309,6 +418,7 @@ class KernelDataplane:
             )
         if not self._has_port(vnic):
             raise NotSupported(f"{_what(vnic)}: type {vnic.type.name} is not supported")
+        self._sniffer.check(vnic, state)
         previous = replaced if replaced is not None and self._has_port(replaced) else None
         with journal(_what(vnic), self._fault_hook) as j:
             self._load()
@@ -324,9 +434,12 @@ class KernelDataplane:
             )
             self._ensure_vni(j, vnic.vni, state)
             self._ensure_port(j, vnic, previous)
+            self._sync_neighbours(j, vnic.vni, state)
             self._serve(j, vnic)
             if previous is not None and previous.vni != vnic.vni:
                 self._remove_vni_if_unused(j, previous.vni, state)
+                self._sync_neighbours(j, previous.vni, state)
+            self._sync_sniffing(j, state, vnic, replaced)
             self._apply_trace(j, vnic)
         return self.attachment(vnic)
 
@@ -344,6 +457,9 @@ class KernelDataplane:
             )
             if after.type == VnicType.NETNS and before.ips != after.ips:
                 self._configure_peer(j, after, before)
+            if before.ips != after.ips:
+                self._sync_neighbours(j, after.vni, state)
+            self._sync_sniffing(j, state, after)
             self._apply_trace(j, after)
 
     def unplug(self, vnic: Vnic, state: StateView) -> None:
@@ -360,6 +476,8 @@ class KernelDataplane:
                 sgs=_current(state, vnic.security_groups),
             )
             self._remove_vni_if_unused(j, vnic.vni, state)
+            self._sync_neighbours(j, vnic.vni, state)
+            self._sync_sniffing(j, state, vnic)
         self._tracer_stop(vnic)
 
     def update_security_groups(self, changes: Mapping[str, SgChange], state: StateView) -> None:
@@ -383,6 +501,11 @@ class KernelDataplane:
             self._commit(j, state, sgs=sgs, profiles=profiles)
 
     def update_peers(self, vni: int, state: StateView) -> None:
+        if self._evpn:
+            raise NotSupported(
+                f"vni {vni}: static peers are not supported with underlay evpn "
+                "(FRR learns every VNI's VTEPs)"
+            )
         self._load()
         wanted = self._peers(vni, state)
         with journal(f"vni {vni}", self._fault_hook) as j:
@@ -391,12 +514,16 @@ class KernelDataplane:
                 self._sync_peers(j, vxlan, wanted)
 
     def attachment(self, vnic: Vnic) -> Attachment:
+        mtu: int | None = self._vnic_mtu
         if vnic.type == VnicType.VHOST_USER_SERVER:
+            path = vhost_socket_path(self._socket_dir, vnic.id)
             mtu = self._vnic_mtu if self._vhost is not None else None
-            return Attachment(vhost_socket_path(self._socket_dir, vnic.id), mtu)
-        if vnic.type == VnicType.NETNS:
-            return Attachment(vnic.netns, self._vnic_mtu)
-        return Attachment(tap_name(vnic.id), self._vnic_mtu)
+        else:
+            path = vnic.netns if vnic.type == VnicType.NETNS else tap_name(vnic.id)
+        traced, trace_file = trace_settings(
+            vnic, default=self._trace_default, socket_dir=self._socket_dir
+        )
+        return Attachment(path, mtu, packet_trace=traced, packet_trace_path=trace_file)
 
     def counters(self, vnic: Vnic) -> Counters:
         """The host-side interface's bytes: what it transmits went in to the
@@ -407,16 +534,43 @@ class KernelDataplane:
         link = self._netlink.link(tap_name(vnic.id), fresh=True)
         if link is None:
             raise DataplaneError(f"{_what(vnic)}: interface {tap_name(vnic.id)} is missing")
-        return Counters(in_bytes=link.tx_bytes, out_bytes=link.rx_bytes)
+        if not vnic.sniff_target_nic_id:
+            return Counters(in_bytes=link.tx_bytes, out_bytes=link.rx_bytes)
+        frames, octets = self._sniffer.copied(vnic.id)
+        return Counters(link.tx_bytes, link.rx_bytes, sniffed_frames=frames, sniffed_bytes=octets)
+
+    def sessions(self, vnic: Vnic) -> tuple[Session, ...]:
+        self._load()
+        zone = self._zones.get(vnic.vni)
+        if zone is None or not vnic.ips:
+            return ()
+        return self._conntrack.sessions(zone, vnic.ips)
+
+    def load_sessions(self, vnic: Vnic, sessions: Sequence[Session]) -> int:
+        self._load()
+        zone = self._zones.get(vnic.vni)
+        if zone is None:
+            raise DataplaneError(f"{_what(vnic)}: vni {vnic.vni} has no conntrack zone here")
+        return self._conntrack.load(zone, sessions)
+
+    def conntrack_zones(self) -> dict[int, int]:
+        """VNI -> its conntrack zone. Safe from another thread (the metrics'):
+        the copy is one step under CPython's lock, and the mapping is replaced
+        or changed a key at a time, never left half-made."""
+        return dict(self._zones)
 
     def graph(self, state: StateView) -> str:
         self._load()
         links = {link.name: link for link in self._netlink.links()}
+        evpn = self._frr.status() if self._evpn else None
+        drops = self._limit_drops()
         vnis = []
         for vni in sorted({vnic.vni for vnic in state.vnics()}):
-            ports = tuple(self._port_view(vnic, links) for vnic in state.vnics_in(vni))
+            ports = tuple(self._port_view(vnic, links, drops) for vnic in state.vnics_in(vni))
             peers = self._peers(vni, state)
             flooding = []
+            if evpn is not None:
+                flooding.append(evpn.describe(vni))
             if self._multicast:
                 flooding.append(f"multicast {flood_group(vni, self._underlay.version)}")
             if peers:
@@ -430,10 +584,29 @@ class KernelDataplane:
                     zone=self._zones.get(vni),
                     present=bridge_name(vni) in links and vxlan_name(vni) in links,
                     ports=ports,
+                    remote_vteps=evpn.remote_vteps(vni) if evpn is not None else (),
                 )
             )
         underlay = f"{self._underlay.ifname} {self._underlay.address} mtu {self._underlay.mtu}"
+        if evpn is not None:
+            underlay += "\n" + evpn.sessions_line()
         return render(underlay, vnis)
+
+    # watching (butterfly.daemon.drift)
+
+    def watch(self) -> KernelWatch:
+        """Notifications of this namespace about butterfly's objects, from now on."""
+        return KernelWatch(self._netlink.links(), evpn=self._evpn)
+
+    def rewatch(self, watch: KernelWatch) -> None:
+        watch.prime(self._netlink.links())
+
+    def take_touched(self) -> set[int]:
+        """Also the retired ports the deletion thread deletes (see :mod:`.deleter`)."""
+        touched = self._netlink.take_touched()
+        if self._deleter is not None:
+            touched |= self._deleter.take_deleted()
+        return touched
 
     def close(self) -> None:
         """Stop talking to the kernel; bridges, ports, rules and traces stay.
@@ -445,6 +618,8 @@ class KernelDataplane:
             if self._deleter is not None:
                 self._deleter.close()
             self._tracer.close()
+            self._guards.close()
+            self._conntrack.close()
             self._nft.close()
             self._netlink.close()
 
@@ -513,11 +688,12 @@ class KernelDataplane:
         listing = self._listing()
         ports = {tap_name(vnic.id) for vnic in vnics}
         vnis = {vnic.vni for vnic in vnics}
-        self._port_ids = {p: i for p, i in listing.allocations("port_ids").items() if p in ports}
+        # Tables another program removed get back the ids they had (known here).
+        port_ids = listing.allocations("port_ids") or self._port_ids
+        zones = listing.allocations("zones") or {bridge_name(v): z for v, z in self._zones.items()}
+        self._port_ids = {p: i for p, i in port_ids.items() if p in ports}
         self._zones = {
-            vni: zone
-            for bridge, zone in listing.allocations("zones").items()
-            if (vni := int(bridge[4:])) in vnis
+            vni: zone for bridge, zone in zones.items() if (vni := int(bridge[4:])) in vnis
         }
         wanted = dict(self._infrastructure[state.checks_ips()])
         for vni in sorted(vnis):
@@ -527,6 +703,7 @@ class KernelDataplane:
             wanted.update(self._vnic_objects(None, vnic.id, state))
             if self._filtered(vnic):
                 profiles.add(vnic.security_groups)
+                wanted.update(self._limit_objects(vnic))
         for profile in sorted(profiles):
             wanted.update(self._profile_objects(profile, state))
         known = {sg.id for sg in state.sgs()} | referenced_groups(state.sgs())
@@ -590,6 +767,7 @@ class KernelDataplane:
                     bridge_name(before.vni),
                     vnic_filter(before, state),
                     self._port_ids.get(port),
+                    self._vnic_limits(before),
                 ).keys()
                 if self._filtered(before):
                     touched.add(before.security_groups)
@@ -599,6 +777,11 @@ class KernelDataplane:
             after = state.vnic(vnic_id)
             if after is not None and self._filtered(after):
                 touched.add(after.security_groups)
+                # A class no vnic uses any more stays until the next reconcile:
+                # finding its last user would mean scanning every vnic.
+                objects = self._limit_objects(after)
+                keys |= objects.keys()
+                new.update(objects)
         for vni in vnis:
             keys |= self._layout.vni(bridge_name(vni), vxlan_name(vni), 0, quiet=True).keys()
             objects = self._vni_objects(j, vni, state)
@@ -667,7 +850,20 @@ class KernelDataplane:
         if filtering is not None:
             mark = self._port_ids.get(port) or self._allocate(self._port_ids.values(), "vnic")
         self._set_allocation(j, self._port_ids, port, mark)
-        return self._layout.vnic(port, bridge_name(vnic.vni), filtering, mark)
+        return self._layout.vnic(
+            port, bridge_name(vnic.vni), filtering, mark, self._vnic_limits(vnic)
+        )
+
+    def _vnic_limits(self, vnic: Vnic) -> ConnLimits:
+        connections, per_second = self._limits
+        return ConnLimits(
+            connections if vnic.max_connections is None else vnic.max_connections,
+            per_second if vnic.max_new_connections is None else vnic.max_new_connections,
+        )
+
+    def _limit_objects(self, vnic: Vnic) -> dict[Key, Obj]:
+        limits = self._vnic_limits(vnic)
+        return self._layout.limit_class(limits) if any(limits) else {}
 
     def _vni_objects(self, j: Journal | None, vni: int, state: StateView) -> dict[Key, Obj]:
         if not any(self._has_port(vnic) for vnic in state.vnics_in(vni)):
@@ -730,6 +926,28 @@ class KernelDataplane:
             if is_butterfly_link(link.name, link.alias)
         }
 
+    def _rename_strays(self, problems: list[str], names: Iterable[str] | None = None) -> None:
+        """Links another program renamed get their names back (their alias still
+        says whose they are), so a guest keeps its very interface. ``names``:
+        look only at these (None: every link)."""
+        if names is None:
+            links = self._netlink.links()
+        else:
+            links = [link for name in names if (link := self._netlink.link(name)) is not None]
+        for link in links:
+            if is_butterfly_link(link.name, link.alias):
+                continue
+            name = name_from_alias(link.alias, link.kind)
+            if name is None or self._netlink.link(name) is not None:
+                continue
+            self._best_effort(problems, f"link {link.name}", partial(self._rename, link, name))
+
+    def _rename(self, link: Link, name: str) -> None:
+        """Only a link that is down can be renamed; reconcile sets it up again."""
+        if link.up:
+            self._netlink.set_link(link.index, up=False)
+        self._netlink.rename_link(link.index, name)
+
     def _own(self, name: str, what: str) -> Link | None:
         """The link ``name`` if it exists; refuses one that is not butterfly's."""
         link = self._netlink.link(name)
@@ -765,6 +983,14 @@ class KernelDataplane:
                 partial(self._netlink.set_bridge_options, bridge.index),
             )
         self._fix_link(j, bridge, master=None, mtu=self._vnic_mtu)
+        if self._evpn and bridge.mac != (mac := bridge_mac(self._underlay.address, vni)):
+            index, old = bridge.index, bridge.mac
+            self._step(
+                j,
+                f"set the mac of {bridge.name}",
+                partial(self._netlink.set_link, index, mac=mac),
+                partial(self._netlink.set_link, index, mac=old),
+            )
         vxlan = self._own(vxlan_name(vni), what)
         if vxlan is not None and not self._vxlan_fits(vxlan, vni):
             self._step(j, f"delete {vxlan.name}", partial(self._netlink.delete_link, vxlan.index))
@@ -773,7 +999,7 @@ class KernelDataplane:
             name = vxlan_name(vni)
             group = flood_group(vni, self._underlay.version) if self._multicast else None
             if self._multicast:
-                self._limits.ensure(len(self._zones))
+                self._multicast_limits.ensure(len(self._zones))
             self._step(
                 j,
                 f"create vxlan {name}",
@@ -786,17 +1012,54 @@ class KernelDataplane:
                     port=self._vxlan_port,
                     mtu=self._vxlan_mtu,
                     alias=vni_alias(vni),
+                    learning=not self._evpn,
                 ),
                 partial(self._delete, name),
             )
             vxlan = self._netlink.link(name)
             assert vxlan is not None
             self._flood[vxlan.index] = set()
+            self._ensure_guard(j, vxlan, GuardKind.OPEN, fresh=True)
+        else:
+            self._ensure_guard(j, vxlan, GuardKind.OPEN)
         advice = None
         if self._multicast and not vxlan.up:  # going up joins the group
-            advice = dict.fromkeys((errno.ENOBUFS, errno.ENOMEM), self._limits.advice())
+            advice = dict.fromkeys((errno.ENOBUFS, errno.ENOMEM), self._multicast_limits.advice())
         self._fix_link(j, vxlan, master=bridge.index, mtu=self._vxlan_mtu, advice=advice)
-        self._sync_peers(j, vxlan, self._peers(vni, state))
+        if self._evpn:
+            # Remote MACs are FRR's extern_learn entries: the bridge learns
+            # none on this port. Neighbour suppression here: a VM's ARP or
+            # solicitation for a MAC behind this port is answered by the
+            # bridge from FRR's neighbour entries, and no ARP or solicitation
+            # whose MAC the bridge knows is flooded through it.
+            self._fix_port_flags(
+                j,
+                vxlan.name,
+                _PortFlags(learning=False, unicast_flood=True, locked=False, neigh_suppress=True),
+            )
+        else:
+            self._sync_peers(j, vxlan, self._peers(vni, state))
+
+    def _ensure_guard(
+        self, j: Journal | None, link: Link, kind: GuardKind, *, fresh: bool = False
+    ) -> None:
+        """The port guard ``kind`` on ``link``'s egress, before the link joins its
+        bridge (``fresh``: just created, so it has none and is not asked)."""
+        current = None if fresh else self._netlink.guard(link.index)
+        if current == kind.value:
+            return
+        previous = next((k for k in GuardKind if k.value == current), None)
+        undo = None
+        if previous is not None:
+            undo = partial(
+                self._netlink.set_guard, link.index, self._guards.fd(previous), previous.value
+            )
+        self._step(
+            j,
+            f"guard {link.name}",
+            partial(self._netlink.set_guard, link.index, self._guards.fd(kind), kind.value),
+            undo,
+        )
 
     def _vxlan_fits(self, vxlan: Link, vni: int) -> bool:
         info = vxlan.info
@@ -812,7 +1075,7 @@ class KernelDataplane:
             and (str(ipaddress.ip_address(group)) if group else None) == wanted_group
             and info.get("IFLA_VXLAN_LINK") == self._underlay.index
             and info.get("IFLA_VXLAN_PORT") == self._vxlan_port
-            and info.get("IFLA_VXLAN_LEARNING") == 1
+            and info.get("IFLA_VXLAN_LEARNING") == int(not self._evpn)
         )
 
     def _peers(self, vni: int, state: StateView) -> tuple[str, ...]:
@@ -871,6 +1134,12 @@ class KernelDataplane:
                     partial(self._delete_later, link, partial(self._vni_used, vni, state)),
                 )
 
+    def _delete_vni_link(self, index: int) -> None:
+        """Delete a VNI's device and forget its flooding peers: ifindexes are not
+        reused, so the entry of a deleted device would stay for ever."""
+        self._netlink.delete_link(index)
+        self._flood.pop(index, None)
+
     def _delete_later(self, link: Link, wanted: Callable[[], bool]) -> None:
         """Delete a link that a successful request left unused: at once, or
         (``defer_deletes``) after the reply, since the kernel spends ~25 ms per
@@ -878,13 +1147,13 @@ class KernelDataplane:
         is skipped if the link was replaced or is ``wanted`` again by then;
         one a crash leaves undone is a leftover the next reconcile removes."""
         if not self._defer_deletes:
-            self._netlink.delete_link(link.index)
+            self._delete_vni_link(link.index)
             return
 
         def delete() -> None:
             now = self._netlink.link(link.name)
             if now is not None and now.index == link.index and not wanted():
-                self._netlink.delete_link(link.index)
+                self._delete_vni_link(link.index)
 
         self._deferred.append((link.name, delete))
 
@@ -958,6 +1227,7 @@ class KernelDataplane:
             self._tracer_stop(vnic)
             self._step(j, f"delete {name}", partial(self._netlink.delete_link, link.index))
             link = None
+        fresh = link is None
         if link is None:
             self._step(
                 j, f"create {name}", partial(self._create_port, vnic), partial(self._delete, name)
@@ -966,10 +1236,14 @@ class KernelDataplane:
             if link is None:
                 raise DataplaneError(f"{what}: interface {name} vanished")
             previous = None
+        kind = GuardKind.FILTERED if self._filtered(vnic) else GuardKind.OPEN
+        self._ensure_guard(j, link, kind, fresh=fresh)
         bridge = self._netlink.link(bridge_name(vnic.vni))
         if bridge is None:
             raise DataplaneError(f"{what}: bridge {bridge_name(vnic.vni)} is missing")
         self._fix_link(j, link, master=bridge.index, mtu=self._vnic_mtu)
+        if vnic.type == VnicType.NETNS and not self._offload:
+            self._step(j, f"turn off offloads of {name}", partial(turn_off_offloads, name))
         if link.alias is None:
             self._netlink.set_link(link.index, alias=vnic_alias(vnic.id))
         self._fix_forwarding(j, vnic)
@@ -981,41 +1255,29 @@ class KernelDataplane:
         anti-spoofing in the bridge itself), learns no address and gets no
         flooded unicast, so the only unicast frames reaching it are those to
         its MAC: the inet family names a frame's receiver by that MAC. A vnic
-        bypassing filtering gets the bridge's defaults back."""
+        bypassing filtering gets the bridge's defaults back, its MAC pinned
+        too with EVPN (FRR advertises it before the VM speaks). No vnic port
+        suppresses neighbour discovery: the kernel answers a request for a
+        proxy only when it comes in on a port that does not (see the VXLAN
+        port's flags in :meth:`_ensure_vni`)."""
         name = tap_name(vnic.id)
-        link = self._netlink.link(name)
-        if link is None:
-            raise DataplaneError(f"{_what(vnic)}: interface {name} vanished")
-        index = link.index
         filtered = self._filtered(vnic)
-        wanted = _PortFlags(learning=not filtered, unicast_flood=not filtered, locked=filtered)
-        flags = _PortFlags(
-            learning=bool(link.port.get("IFLA_BRPORT_LEARNING", 1)),
-            unicast_flood=bool(link.port.get("IFLA_BRPORT_UNICAST_FLOOD", 1)),
-            locked=bool(link.port.get("IFLA_BRPORT_LOCKED", 0)),
+        pin = filtered or self._evpn
+        index = self._fix_port_flags(
+            j,
+            name,
+            _PortFlags(
+                learning=not filtered,
+                unicast_flood=not filtered,
+                locked=filtered,
+                neigh_suppress=False,
+            ),
+            what=_what(vnic),
         )
-        if flags != wanted:
-
-            def lock() -> None:
-                self._netlink.set_bridge_port(index, **wanted._asdict())
-                changed = self._netlink.link(name)
-                if filtered and (changed is None or not changed.port.get("IFLA_BRPORT_LOCKED")):
-                    self._netlink.set_bridge_port(index, **flags._asdict())
-                    raise DataplaneError(
-                        f"{_what(vnic)}: this kernel cannot lock bridge port {name} to the "
-                        "vnic's MAC (Linux 5.18 or later is needed for MAC anti-spoofing)"
-                    )
-
-            self._step(
-                j,
-                f"set {name}'s learning, flooding and locking",
-                lock,
-                partial(self._netlink.set_bridge_port, index, **flags._asdict()),
-            )
         mac = vnic.mac.lower()
         entries = self._netlink.bridge_entries(index)
         for other, pinned in sorted(entries.items()):
-            if (filtered and other == mac) or not (filtered or pinned):
+            if (pin and other == mac) or not (filtered or pinned):
                 continue
             restore = partial(self._netlink.pin_mac, index, other) if pinned else None
             self._step(
@@ -1024,12 +1286,81 @@ class KernelDataplane:
                 partial(self._netlink.forget_mac, index, other),
                 restore,
             )
-        if filtered and not entries.get(mac, False):
+        if pin and not entries.get(mac, False):
             self._step(
                 j,
                 f"pin {mac} to {name}",
                 partial(self._netlink.pin_mac, index, mac),
                 partial(self._netlink.forget_mac, index, mac),
+            )
+
+    def _fix_port_flags(
+        self, j: Journal | None, name: str, wanted: _PortFlags, *, what: str | None = None
+    ) -> int:
+        """Give bridge port ``name`` these flags where they differ; its ifindex."""
+        what = what or f"interface {name}"
+        link = self._netlink.link(name)
+        if link is None:
+            raise DataplaneError(f"{what}: interface {name} vanished")
+        index = link.index
+        flags = _PortFlags(
+            learning=bool(link.port.get("IFLA_BRPORT_LEARNING", 1)),
+            unicast_flood=bool(link.port.get("IFLA_BRPORT_UNICAST_FLOOD", 1)),
+            locked=bool(link.port.get("IFLA_BRPORT_LOCKED", 0)),
+            neigh_suppress=bool(link.port.get("IFLA_BRPORT_NEIGH_SUPPRESS", 0)),
+        )
+        if flags == wanted:
+            return index
+
+        def lock() -> None:
+            self._netlink.set_bridge_port(index, **wanted._asdict())
+            changed = self._netlink.link(name)
+            if wanted.locked and (changed is None or not changed.port.get("IFLA_BRPORT_LOCKED")):
+                self._netlink.set_bridge_port(index, **flags._asdict())
+                raise DataplaneError(
+                    f"{what}: this kernel cannot lock bridge port {name} to the "
+                    "vnic's MAC (Linux 5.18 or later is needed for MAC anti-spoofing)"
+                )
+
+        self._step(
+            j,
+            f"set {name}'s learning, flooding, locking and neighbour suppression",
+            lock,
+            partial(self._netlink.set_bridge_port, index, **flags._asdict()),
+        )
+        return index
+
+    def _sync_neighbours(self, j: Journal | None, vni: int, state: StateView) -> None:
+        """With EVPN, the VNI's bridge holds a permanent neighbour entry for each
+        IP of its vnics (FRR advertises each as a type-2 MAC/IP route at once,
+        and the bridge answers ARP for it), and no other entry of ours."""
+        if not self._evpn:
+            return
+        vnics = [vnic for vnic in state.vnics_in(vni) if self._has_port(vnic)]
+        if not vnics:
+            return
+        bridge = self._netlink.link(bridge_name(vni))
+        if bridge is None:
+            raise DataplaneError(f"vni {vni}: bridge {bridge_name(vni)} is missing")
+        index = bridge.index
+        present = self._netlink.static_neighbours(index)
+        to_set, to_remove = neighbour_changes(present, wanted_neighbours(vnics))
+        for ip, mac in to_set:
+            old = present.get(ip)
+            self._step(
+                j,
+                f"set neighbour {ip} at {mac} on {bridge.name}",
+                partial(self._netlink.set_neighbour, index, ip, mac),
+                partial(self._netlink.set_neighbour, index, ip, old)
+                if old
+                else partial(self._netlink.delete_neighbour, index, ip),
+            )
+        for ip in to_remove:
+            self._step(
+                j,
+                f"remove neighbour {ip} from {bridge.name}",
+                partial(self._netlink.delete_neighbour, index, ip),
+                partial(self._netlink.set_neighbour, index, ip, present[ip]),
             )
 
     def _port_fits(self, link: Link, vnic: Vnic) -> bool:
@@ -1137,6 +1468,7 @@ class KernelDataplane:
         wanted = {_prefixed(ip) for ip in vnic.ips}
         stale = {_prefixed(ip) for ip in previous.ips} - wanted if previous else set()
         mtu = self._vnic_mtu
+        offload = self._offload
 
         def inside() -> tuple[int, list[_PeerOp]]:
             with Netlink() as netlink:
@@ -1156,6 +1488,8 @@ class KernelDataplane:
                     for op in todo:
                         _peer_op(netlink, link.index, op, forward=True)
                         done.append(op)
+                    if not offload:
+                        turn_off_offloads(name)
                 except DataplaneError:
                     _revert_peer(netlink, link.index, done)
                     raise
@@ -1202,13 +1536,25 @@ class KernelDataplane:
             log.error("reconcile: %s: %s", what, exc)
             problems.append(str(exc) if str(exc).startswith(what) else f"{what}: {exc}")
 
+    # sniffing
+
+    def _sync_sniffing(self, j: Journal, state: StateView, *vnics: Vnic | None) -> None:
+        """Mirror rules after a change of ``vnics`` (most requests: nothing to do)."""
+        if not self._sniffer.affects(*vnics):
+            return
+        plan = self._sniffer.plan(state, [vnic for vnic in vnics if vnic is not None])
+        previous = self._sniffer.applied
+        j.step(
+            "sniffing", partial(self._sniffer.apply, plan), partial(self._sniffer.apply, previous)
+        )
+
     # traces
 
     def _trace_file(self, vnic: Vnic) -> str | None:
-        wanted = self._trace_default if vnic.packet_trace is None else vnic.packet_trace
-        if not wanted:
-            return None
-        return vnic.packet_trace_path or trace_path(self._socket_dir, vnic.id)
+        traced, path = trace_settings(
+            vnic, default=self._trace_default, socket_dir=self._socket_dir
+        )
+        return path if traced else None
 
     def _apply_trace(self, j: Journal, vnic: Vnic) -> None:
         """Start, move or stop the vnic's trace: the last step of a request, so
@@ -1255,7 +1601,32 @@ class KernelDataplane:
 
     # graph
 
-    def _port_view(self, vnic: Vnic, links: Mapping[str, Link]) -> PortView:
+    def _limit_drops(self) -> dict[tuple[str, str], int]:
+        """New connections dropped by the caps, by sender (bridge, MAC), since the
+        sender first met one (the kernel's counters in dyn_drops)."""
+        listing = self._nft.list({"set": {"family": INET, "table": TABLE, "name": DROPS}})
+        drops: dict[tuple[str, str], int] = {}
+        for obj in listing or []:
+            for element in obj.get("set", {}).get("elem", []):
+                entry = element.get("elem", {}) if isinstance(element, dict) else {}
+                bridge, mac = entry.get("val", {}).get("concat", ("", ""))
+                drops[(bridge, str(mac).lower())] = int(entry.get("counter", {}).get("packets", 0))
+        return drops
+
+    def _limits_view(self, vnic: Vnic, drops: Mapping[tuple[str, str], int]) -> str:
+        if not self._filtered(vnic):
+            return ""
+        connections, per_second = self._vnic_limits(vnic)
+        caps = [
+            f"at most {connections} connections" if connections else "any connections",
+            f"{per_second} new/s" if per_second else "any new/s",
+        ]
+        dropped = drops.get((bridge_name(vnic.vni), vnic.mac.lower()), 0)
+        return ", ".join(caps) + f"; {dropped} dropped"
+
+    def _port_view(
+        self, vnic: Vnic, links: Mapping[str, Link], drops: Mapping[tuple[str, str], int]
+    ) -> PortView:
         name = tap_name(vnic.id)
         if vnic.bypass_filtering:
             filtering, anti_spoof = "bypassed", "off (bypass)"
@@ -1277,6 +1648,7 @@ class KernelDataplane:
             anti_spoof=anti_spoof,
             trace=self._tracer.tracing(vnic.id),
             present=name in links,
+            limits=self._limits_view(vnic, drops),
         )
 
 
@@ -1305,6 +1677,10 @@ def _peer_op(netlink: Netlink, index: int, op: _PeerOp, *, forward: bool) -> Non
 def _revert_peer(netlink: Netlink, index: int, done: list[_PeerOp]) -> None:
     for op in reversed(done):
         _peer_op(netlink, index, op, forward=False)
+
+
+def _names_vni(names: frozenset[str], vni: int) -> bool:
+    return bridge_name(vni) in names or vxlan_name(vni) in names
 
 
 def _groups(vnic: Vnic | None) -> tuple[str, ...]:
@@ -1336,6 +1712,10 @@ def cleanup(*, socket_dir: str) -> None:
                     nft.apply([{"delete": {"table": {"family": key.family, "name": TABLE}}}])
             except DataplaneError as exc:
                 problems.append(str(exc))
+        try:
+            remove_table(nft)
+        except DataplaneError as exc:
+            problems.append(str(exc))
     finally:
         nft.close()
     tracer = Tracer()

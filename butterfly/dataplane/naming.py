@@ -17,12 +17,17 @@ import re
 from collections.abc import Sequence
 
 __all__ = [
+    "BRIDGE_WILDCARD",
+    "DYNAMIC_PREFIX",
     "LINK_ALIAS",
+    "PORT_WILDCARDS",
     "PREFIX",
     "TABLE",
     "bridge_name",
     "is_butterfly_link",
+    "limit_names",
     "member_set",
+    "name_from_alias",
     "profile_chains",
     "retired_name",
     "sg_in_chain",
@@ -42,7 +47,14 @@ _READABLE = re.compile(r"[A-Za-z0-9_.-]{1,12}")
 _LINK = re.compile(
     r"bfbr[0-9]{1,8}|bfvx[0-9]{1,8}|bf-[A-Za-z0-9_.-]{1,12}|bfh[0-9a-f]{12}|bfz[0-9a-f]{1,8}"
 )
+BRIDGE_WILDCARD = f"{PREFIX}br*"
+"""nft's pattern of every :func:`bridge_name`."""
+PORT_WILDCARDS = (f"{PREFIX}-*", f"{PREFIX}h*", f"{PREFIX}vx*")
+"""nft's patterns of every bridge port butterfly makes (:func:`tap_name`, :func:`vxlan_name`)."""
 LINK_ALIAS = "butterfly"
+DYNAMIC_PREFIX = "dyn_"
+"""Sets the packets fill (meters, connection counts): their elements are the
+kernel's, never the data plane's to compare or remove."""
 TABLE = "butterfly"
 """The name of butterfly's nftables table in each family it uses."""
 
@@ -84,6 +96,20 @@ def vnic_alias(vnic_id: str) -> str:
     return f"{LINK_ALIAS} vnic {vnic_id}"
 
 
+def name_from_alias(alias: str | None, kind: str) -> str | None:
+    """The name a link of this alias and kind is given by butterfly (None: not
+    butterfly's alias): the way back for a link another program renamed."""
+    words = (alias or "").split(" ", 2)
+    if len(words) != 3 or words[0] != LINK_ALIAS:
+        return None
+    if words[1] == "vnic":
+        return tap_name(words[2])
+    if words[1] == "vni" and words[2].isdigit() and kind in ("bridge", "vxlan"):
+        vni = int(words[2])
+        return bridge_name(vni) if kind == "bridge" else vxlan_name(vni)
+    return None
+
+
 def is_butterfly_link(name: str, alias: str | None) -> bool:
     """True for a link butterfly created: its name's pattern and its alias agree."""
     return _LINK.fullmatch(name) is not None and (alias or "").startswith(LINK_ALIAS + " ")
@@ -97,6 +123,12 @@ def profile_chains(sg_ids: Sequence[str]) -> tuple[str, str]:
     """The inbound and outbound chains shared by vnics using exactly ``sg_ids``."""
     digest = _digest("\0".join(sg_ids))
     return f"in_{digest}", f"out_{digest}"
+
+
+def limit_names(connections: int, per_second: int) -> tuple[str, str, str]:
+    """The chain, rate meter and connection count set of vnics with these caps."""
+    suffix = f"{connections}_{per_second}"
+    return f"lim_{suffix}", f"{DYNAMIC_PREFIX}rate_{suffix}", f"{DYNAMIC_PREFIX}conns_{suffix}"
 
 
 def sg_in_chain(sg_id: str) -> str:

@@ -10,7 +10,9 @@ A :class:`Netlink` works in the network namespace of the thread that built
 it, from that thread only (pyroute2 binds its event loop to it).
 """
 
+import errno
 import fcntl
+import ipaddress
 import os
 import socket
 import struct
@@ -20,14 +22,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NTF_STICKY
+from pyroute2.netlink.rtnl import RTM_GETLINK
+from pyroute2.netlink.rtnl.ndmsg import NTF_EXT_LEARNED, NTF_MASTER, NTF_SELF, NTF_STICKY
 
 from butterfly.dataplane.kernel_errors import code_of, explain
 from butterfly.dataplane.rtlink import FdbEntry, LinkReader, RawLink
 from butterfly.errors import DataplaneError
 
-__all__ = ["Address", "Link", "Netlink", "Route"]
+__all__ = ["LLDP_FORWARD_MASK", "Address", "Link", "Netlink", "Route"]
 
 _TUNSETIFF = 0x400454CA
 _TUNSETPERSIST = 0x400454CB
@@ -38,10 +42,22 @@ _IN6_ADDR_GEN_MODE_NONE = 1
 _ZERO_MAC = "00:00:00:00:00:00"
 _RT_TABLE_MAIN = 254
 _IFF_UP = 0x1
+_TC_EGRESS = 0xFFFFFFF3
+"""The clsact qdisc's egress hook (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS))."""
+_GUARD_PRIO = 1
+
+LLDP_FORWARD_MASK = 1 << 0x0E
+"""A bridge hands frames to 01:80:c2:00:00:0e (LLDP) to the receiving port's own
+stack, past every bridge hook; forwarded instead, they meet the filters."""
 _NUD_NOARP = 0x40
 """The state of a static forwarding entry (``bridge fdb add ... static``)."""
 _NUD_PERMANENT = 0x80
 """The state of a port's own address."""
+_GET_LINK = (RTM_GETLINK, NLM_F_REQUEST)
+"""A link query that asks for no ACK. pyroute2's ``"get"`` sets NLM_F_ACK but
+stops reading at the answer, so the kernel's ACK after it lands in the queue
+of unsolicited messages, which nothing reads: a few KB of daemon memory per
+query for ever (about 50 KB per vnic added and deleted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +116,13 @@ class Netlink:
         self._snapshot: dict[str, Link] | None = None
         self._fdb: dict[int, dict[str, bool]] | None = None
         """During a snapshot: bridge forwarding entries by port, then MAC -> pinned."""
+        self._touched: set[int] = set()
+
+    def take_touched(self) -> set[int]:
+        """The indexes of the links changed through this object since the last
+        call: the kernel's notifications about them are butterfly's own echo."""
+        touched, self._touched = self._touched, set()
+        return touched
 
     def close(self) -> None:
         self._reader.close()
@@ -224,6 +247,28 @@ class Netlink:
         if self._fdb is not None and _port_entry(entry):
             self._fdb.setdefault(entry.ifindex, {})[entry.mac] = _pinned(entry)
 
+    def static_neighbours(self, index: int) -> dict[str, str]:
+        """The permanent unicast neighbour entries of link ``index`` (as
+        :meth:`set_neighbour` makes them): IP -> MAC. The kernel's own
+        multicast entries and FRR's ``extern_learn`` ones are left out."""
+        with _translated(lambda: f"netlink: listing neighbours of {self._name(index)}"):
+            messages = self._ipr.neigh("dump", ifindex=index)
+        found = {}
+        for msg in messages:
+            address = msg.get_attr("NDA_DST")
+            mac = msg.get_attr("NDA_LLADDR")
+            if (
+                msg["ifindex"] != index
+                or address is None
+                or mac is None
+                or msg["state"] != _NUD_PERMANENT
+                or msg["flags"] & NTF_EXT_LEARNED
+                or ipaddress.ip_address(address).is_multicast
+            ):
+                continue
+            found[str(ipaddress.ip_address(address))] = mac.lower()
+        return found
+
     def netnsid(self, fd: int) -> int | None:
         """The id this namespace gives the namespace of ``fd`` (None: none yet)."""
         with _translated("netlink: reading a namespace id"):
@@ -234,8 +279,9 @@ class Netlink:
     # changing
 
     def add_bridge(self, name: str, *, mtu: int, alias: str) -> None:
-        """A bridge that forwards at once (no STP), floods multicast and hands
-        IP traffic to the inet family's hooks (br_netfilter, per bridge)."""
+        """A bridge that forwards at once (no STP), floods multicast, hands IP
+        traffic to the inet family's hooks (br_netfilter, per bridge) and lets
+        no frame past its hooks to a port's own stack (LLDP_FORWARD_MASK)."""
         with _translated(f"netlink: creating bridge {name}"):
             self._ipr.link(
                 "add",
@@ -247,6 +293,7 @@ class Netlink:
                 br_mcast_snooping=0,
                 br_nf_call_iptables=1,
                 br_nf_call_ip6tables=1,
+                br_group_fwd_mask=LLDP_FORWARD_MASK,
             )
         self._configure_new(name, alias)
 
@@ -261,14 +308,16 @@ class Netlink:
         port: int,
         mtu: int,
         alias: str,
+        learning: bool = True,
     ) -> None:
-        """A learning VXLAN device; ``group`` None leaves flooding to static peers."""
+        """A VXLAN device; ``group`` None leaves flooding to static peers or
+        FRR, ``learning`` False leaves remote MACs to FRR too."""
         version = 6 if ":" in local else 4
         spec: dict[str, Any] = {
             "vxlan_id": vni,
             "vxlan_link": underlay_index,
             "vxlan_port": port,
-            "vxlan_learning": 1,
+            "vxlan_learning": int(learning),
         }
         spec["vxlan_local6" if version == 6 else "vxlan_local"] = local
         if group is not None:
@@ -328,12 +377,14 @@ class Netlink:
         if up is not None:
             spec["state"] = "up" if up else "down"
         if spec:
+            self._touched.add(index)
             with _translated(lambda: f"netlink: changing link {self._name(index)}", advice):
                 self._ipr.link("set", index=index, **spec)
             self._changed(index=index)
 
     def set_bridge_options(self, index: int) -> None:
         """Re-apply :meth:`add_bridge`'s options to an existing bridge."""
+        self._touched.add(index)
         with _translated(lambda: f"netlink: changing bridge {self._name(index)}"):
             self._ipr.link(
                 "set",
@@ -344,12 +395,20 @@ class Netlink:
                 br_mcast_snooping=0,
                 br_nf_call_iptables=1,
                 br_nf_call_ip6tables=1,
+                br_group_fwd_mask=LLDP_FORWARD_MASK,
             )
         self._changed(index=index)
 
     def set_bridge_port(
-        self, index: int, *, learning: bool, unicast_flood: bool, locked: bool
+        self,
+        index: int,
+        *,
+        learning: bool,
+        unicast_flood: bool,
+        locked: bool,
+        neigh_suppress: bool = False,
     ) -> None:
+        self._touched.add(index)
         with _translated(lambda: f"netlink: changing bridge port {self._name(index)}"):
             self._ipr.brport(
                 "set",
@@ -357,13 +416,36 @@ class Netlink:
                 learning=int(learning),
                 unicast_flood=int(unicast_flood),
                 locked=int(locked),
+                neigh_suppress=int(neigh_suppress),
             )
         self._changed(index=index)
+
+    def set_neighbour(self, index: int, address: str, mac: str) -> None:
+        """``address`` is at ``mac`` behind link ``index`` (a bridge), for good
+        (``ip neigh replace ... nud permanent``): the kernel's garbage
+        collector removes no-ARP entries unused for a minute once a table
+        holds more than 128, never permanent ones."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with _translated(f"netlink: setting neighbour {address} on {self._name(index)}"):
+            self._ipr.neigh(
+                "replace",
+                ifindex=index,
+                dst=address,
+                lladdr=mac,
+                family=family,
+                state=_NUD_PERMANENT,
+            )
+
+    def delete_neighbour(self, index: int, address: str) -> None:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with _translated(f"netlink: removing neighbour {address} from {self._name(index)}"):
+            self._ipr.neigh("del", ifindex=index, dst=address, family=family)
 
     def pin_mac(self, index: int, mac: str) -> None:
         """Pin ``mac`` to bridge port ``index`` (taking it from another port):
         frames to it go there only, and frames from it elsewhere cannot move it
         (static, sticky)."""
+        self._touched.add(index)
         with _translated(lambda: f"netlink: pinning {mac} to {self._name(index)}"):
             self._ipr.fdb(
                 "replace",
@@ -379,6 +461,7 @@ class Netlink:
 
     def forget_mac(self, index: int, mac: str) -> None:
         """Remove the forwarding entry of ``mac`` towards bridge port ``index``."""
+        self._touched.add(index)
         with _translated(lambda: f"netlink: removing {mac} from {self._name(index)}"):
             self._ipr.fdb("del", ifindex=index, lladdr=mac, flags=NTF_MASTER)
         if self._fdb is not None:
@@ -386,6 +469,7 @@ class Netlink:
 
     def rename_link(self, index: int, name: str) -> None:
         old = self._name(index)
+        self._touched.add(index)
         with _translated(f"netlink: renaming link {old} to {name}"):
             self._ipr.link("set", index=index, ifname=name)
         self._changed(old)
@@ -393,21 +477,63 @@ class Netlink:
 
     def delete_link(self, index: int) -> None:
         name = self._name(index)
+        self._touched.add(index)
         with _translated(f"netlink: deleting link {name}"):
             self._ipr.link("del", index=index)
         self._changed(name)
 
     def fdb_append(self, index: int, dst: str) -> None:
+        self._touched.add(index)
         with _translated(
             lambda: f"netlink: adding flooding peer {dst} to link {self._name(index)}"
         ):
             self._ipr.fdb("append", ifindex=index, lladdr=_ZERO_MAC, dst=dst)
 
     def fdb_delete(self, index: int, dst: str) -> None:
+        self._touched.add(index)
         with _translated(
             lambda: f"netlink: removing flooding peer {dst} from link {self._name(index)}"
         ):
             self._ipr.fdb("del", ifindex=index, lladdr=_ZERO_MAC, dst=dst)
+
+    def guard(self, index: int) -> str | None:
+        """The name of the guard program on link ``index``'s egress, if any."""
+        with _translated(lambda: f"netlink: listing the tc filters of {self._name(index)}"):
+            try:
+                messages = self._ipr.get_filters(index=index, parent=_TC_EGRESS)
+            except NetlinkError as exc:
+                if exc.code == errno.EINVAL:
+                    return None  # no clsact qdisc
+                raise
+        for msg in messages:
+            options = msg.get_attr("TCA_OPTIONS")
+            if msg.get_attr("TCA_KIND") == "bpf" and options is not None:
+                name = options.get_attr("TCA_BPF_NAME")
+                if name is not None:
+                    return str(name)
+        return None
+
+    def set_guard(self, index: int, fd: int, name: str) -> None:
+        """Put the eBPF program ``fd`` on link ``index``'s egress, in place of
+        the one there (one filter, replaced in one operation: never none)."""
+        self._touched.add(index)
+        with _translated(lambda: f"netlink: guarding {self._name(index)}"):
+            try:
+                self._ipr.tc("add", "clsact", index)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
+            self._ipr.tc(
+                "replace-filter",
+                "bpf",
+                index,
+                parent=_TC_EGRESS,
+                prio=_GUARD_PRIO,
+                handle=1,
+                fd=fd,
+                name=name,
+                direct_action=True,
+            )
 
     def add_address(self, index: int, address: str, prefixlen: int) -> None:
         """Usable at once: no duplicate address detection delay for IPv6."""
@@ -454,6 +580,7 @@ class Netlink:
         }
         if mtu is not None:
             spec["mtu"] = mtu
+        self._touched.add(index)
         with _translated(f"netlink: configuring link {name}"):
             self._ipr.link("set", index=index, **spec)
         self._changed(name)
@@ -470,7 +597,7 @@ class Netlink:
                 if link.index == index:
                     return name
         try:
-            messages = self._ipr.link("get", index=index)
+            messages = self._ipr.link(_GET_LINK, index=index)
         except NetlinkError:
             return f"#{index}"
         return str(messages[0].get_attr("IFLA_IFNAME")) if messages else f"#{index}"

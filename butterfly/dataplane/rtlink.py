@@ -56,6 +56,10 @@ def _u8(data: bytes) -> int:
     return data[0]
 
 
+def _u16(data: bytes) -> int:
+    return int(struct.unpack_from("=H", data)[0])
+
+
 def _u32(data: bytes) -> int:
     return int(struct.unpack_from("=I", data)[0])
 
@@ -95,6 +99,7 @@ _VXLAN: dict[int, tuple[str, Decoder]] = {
 _BRIDGE: dict[int, tuple[str, Decoder]] = {
     1: ("IFLA_BR_FORWARD_DELAY", _u32),
     5: ("IFLA_BR_STP_STATE", _u32),
+    9: ("IFLA_BR_GROUP_FWD_MASK", _u16),
     23: ("IFLA_BR_MCAST_SNOOPING", _u8),
     36: ("IFLA_BR_NF_CALL_IPTABLES", _u8),
     37: ("IFLA_BR_NF_CALL_IP6TABLES", _u8),
@@ -102,6 +107,7 @@ _BRIDGE: dict[int, tuple[str, Decoder]] = {
 _BRIDGE_PORT: dict[int, tuple[str, Decoder]] = {
     8: ("IFLA_BRPORT_LEARNING", _u8),
     9: ("IFLA_BRPORT_UNICAST_FLOOD", _u8),
+    32: ("IFLA_BRPORT_NEIGH_SUPPRESS", _u8),
     39: ("IFLA_BRPORT_LOCKED", _u8),
 }
 _KIND_DATA = {"vxlan": _VXLAN, "bridge": _BRIDGE}

@@ -25,13 +25,22 @@ change)::
       forward  forward -200      group frames: mark := @port_ids[oif] (vnic id,
                                  0 for VXLAN and bypass ports); IP/ARP:
                                  goto @port_in[iif] (only while a vnic has IP
-                                 anti-spoofing on), accept; anything else from
-                                 or to a filtered vnic: drop
+                                 anti-spoofing on: every port is there, its
+                                 checks or ip_unchecked; a port missing: drop),
+                                 accept; anything else from or to a filtered
+                                 vnic: drop
       spoof_ip                   by frame type: ARP sender (MAC and IP) and IP
                                  source in @port_macs, @port_ip4, IPv6 source in
                                  @port_ip6, neighbour advertisement target in
-                                 @port_nd
+                                 @port_nd; from ::, only duplicate address
+                                 detection of an address in @port_nd, router
+                                 solicitations and MLD reports
+      to_host  input -200        from a butterfly port: drop (nothing from a
+                                 VNI reaches the host's stack; the bridges also
+                                 forward LLDP's group, which skips this hook)
     table inet butterfly
+      host_in  input -200        in through a butterfly link: drop (a second
+                                 lock); VXLAN not from the underlay: drop
       zone     prerouting raw    own VXLAN packets: notrack, accept; a bridge in
                                  @quiet (no filtered vnic here): notrack, accept
                                  (a later "ct zone set" would track them again);
@@ -42,24 +51,51 @@ change)::
                                  goto @in_mac[iif . ether daddr]; group frames:
                                  goto @in_dispatch[mark] (receiver's in_P);
                                  goto out_check
-      out_check                  goto @out_mac[iif . ether saddr] (sender's
-                                 out_P); accept
-      in_P                       ND/MLD accept; jump si_S for each group S; drop
-      out_P                      with OUTBOUND rules: ND/MLD accept; jump so_S
-                                 for each group S; drop. Without: accept
+      out_check                  jump @limits[iif . ether saddr] (sender's
+                                 lim_C_R, if it has caps); goto @out_mac[iif .
+                                 ether saddr] (sender's out_P); accept
+      lim_C_R                    new connection over R per second (meter
+                                 dyn_rate_C_R) or over C tracked (dyn_conns_C_R,
+                                 ct count): goto capped. Only new flows a
+                                 receiver admitted get here, so only what would
+                                 enter the table is counted
+      capped                     count in dyn_drops (by sender); drop
+      in_P                       NS/NA accept; jump si_S for each group S; drop
+      out_P                      router advertisements and redirects, DHCP and
+                                 DHCPv6 server messages: drop (what no tenant
+                                 starts: a router needs a bypassing vnic); with
+                                 OUTBOUND rules: ND/MLD accept; jump so_S for
+                                 each group S; drop. Without: accept
       si_S / so_S                S's INBOUND rules ("goto out_check") / OUTBOUND
                                  rules ("accept")
       m4_S, m6_S                 S's members: every rule naming S uses these sets
 
+Every accept also sets bits of the frame's mark (B: the bridge table's
+checks passed, I: the receiver's groups, O: the sender's; established
+flows get I and O): the port guard (:mod:`butterfly.dataplane.guard`)
+drops a frame without the bits its port needs, so a table, chain, set or
+element that another program removes makes frames drop, not pass. The
+IP/ARP accept of ``forward`` sets B (ARP all three), its last rule (other
+frame types between unfiltered ports) B and O; ``filter`` sets I and O for
+established and quiet traffic, ``si_S`` sets I, ``out_check``, ``out_P``
+and ``so_S`` set O; ``in_dispatch`` is looked up with the mark's low 16
+bits.
+
+Every drop rule also counts into a named counter of its table, one per
+cause (:data:`DROP_COUNTERS`): the metrics read them, and only dropped
+frames pay for them.
+
 P is a *profile*: the list of security groups a vnic uses, shared by every
-vnic using the same list. A member change is one set element; a rule change
-rewrites one chain; a vnic is elements only.
+vnic using the same list; C_R a *limit class*, shared likewise. A member
+change is one set element; a rule change rewrites one chain; a vnic is
+elements only.
 
 Every object is addressed by a :class:`Key`; a rule carries a digest of its
 statements as its comment, so a chain read back from the kernel compares
 equal to the wanted one exactly when it holds the same rules. Two objects
-need nft's ``typeof`` declarations, which its JSON input lacks: they are
-made by :data:`BOOTSTRAP`, in nft's own syntax, before any JSON.
+need nft's ``typeof`` declarations, which its JSON input lacks, and one set
+the packets fill must be declared dynamic: they are made by
+:data:`BOOTSTRAP`, in nft's own syntax, before any JSON.
 """
 
 import hashlib
@@ -69,8 +105,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from butterfly.dataplane.guard import ALL_OK, BRIDGE_OK, INBOUND_OK, OUTBOUND_OK
 from butterfly.dataplane.naming import (
+    BRIDGE_WILDCARD,
+    DYNAMIC_PREFIX,
+    PORT_WILDCARDS,
     TABLE,
+    limit_names,
     member_set,
     profile_chains,
     sg_in_chain,
@@ -82,11 +123,15 @@ from butterfly.model.firewall import Match, SgFilter, VnicFilter
 __all__ = [
     "BOOTSTRAP",
     "BRIDGE",
+    "DROPS",
+    "DROP_COUNTERS",
     "INET",
     "MAX_ID",
+    "NO_LIMITS",
     "PRESENT",
     "Base",
     "Chain",
+    "ConnLimits",
     "Decl",
     "Key",
     "Layout",
@@ -104,18 +149,22 @@ BRIDGE = "bridge"
 INET = "inet"
 MAX_ID = 0xFFFF
 """Vnic ids and conntrack zones are 16-bit."""
+METER_SIZE = 4 * (MAX_ID + 1)
+"""Elements of a set the packets fill (one per sender vnic, with room for churn)."""
 
 BOOTSTRAP = f"""add table bridge {TABLE}
 add set bridge {TABLE} port_nd {{ typeof iifname . @th,64,128; }}
 add table inet {TABLE}
 add map inet {TABLE} zones {{ typeof iifname : ct zone; }}
+add set inet {TABLE} {DYNAMIC_PREFIX}drops {{
+    type ifname . ether_addr; flags dynamic; counter; size {METER_SIZE};
+}}
 """
 """nft commands (its own syntax) making the objects JSON cannot declare."""
 
 _ND_TARGET: Json = {"payload": {"base": "th", "offset": 64, "len": 128}}
 _ND_TYPES = [
     "nd-router-solicit",
-    "nd-router-advert",
     "nd-neighbor-solicit",
     "nd-neighbor-advert",
     "mld-listener-query",
@@ -123,6 +172,15 @@ _ND_TYPES = [
     "mld-listener-done",
     "mld2-listener-report",
 ]
+"""What a vnic may send ahead of its OUTBOUND rules (a router's messages are not)."""
+_NEIGHBOUR_TYPES = ["nd-neighbor-solicit", "nd-neighbor-advert"]
+"""What a vnic receives ahead of its groups (anti-spoofing checked their sender)."""
+_ROUTER_TYPES = ["nd-router-advert", "nd-redirect"]
+_UNSPECIFIED_TYPES = ["nd-router-solicit", "mld-listener-report", "mld2-listener-report"]
+"""What a host without an address yet sends from ``::`` besides duplicate address
+detection (RFC 4861 6.3.7, RFC 3810 5.2.13)."""
+_SERVER_PORTS = [["udp", 67, 68], ["udp", 547, 546]]
+"""DHCP and DHCPv6 server to client: (protocol, source port, destination port)."""
 _FRAME_TYPES = ["ip", "ip6", "arp"]
 
 
@@ -130,7 +188,7 @@ ElementKey = int | str | tuple[str, ...]
 
 
 class Key(NamedTuple):
-    """One object: kind is table, chain, map, set or element."""
+    """One object: kind is table, counter, chain, map, set or element."""
 
     kind: str
     family: str
@@ -167,13 +225,27 @@ class Decl:
     types: tuple[str, ...] = ()
     bootstrapped: bool = False
     """Made by :data:`BOOTSTRAP`, not by JSON commands."""
+    options: tuple[tuple[str, int], ...] = field(default=(), compare=False)
+    """More of the declaration (a meter's size and timeout); read back as they
+    were made, since nothing changes them."""
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """A verdict map's value: go to ``chain``."""
+    """A verdict map's value: go to ``chain`` (or jump to it: come back after)."""
 
     chain: str
+    jump: bool = False
+
+
+class ConnLimits(NamedTuple):
+    """What a vnic may start: tracked connections at once, new ones per second (0: no cap)."""
+
+    connections: int
+    per_second: int
+
+
+NO_LIMITS = ConnLimits(0, 0)
 
 
 PRESENT = True
@@ -233,14 +305,67 @@ def _set_from_map(target: Json, key: Json, name: str) -> Json:
 
 _ACCEPT: Json = {"accept": None}
 _DROP: Json = {"drop": None}
+
+DROP_COUNTERS = {
+    "drop_sg_in": (INET, "security_group_in"),
+    "drop_sg_out": (INET, "security_group_out"),
+    "drop_spoof_ip": (BRIDGE, "ip_spoofing"),
+    "drop_frame_type": (BRIDGE, "frame_type"),
+}
+"""Named counter -> (its table's family, the drop cause the metrics call it)."""
+
+
+def _drop(counter: str) -> tuple[Json, Json]:
+    """The statements that count a frame into ``counter`` and drop it."""
+    return {"counter": counter}, _DROP
+
+
 _IIF = _meta("iifname")
 _IP_OR_ARP = _match(_payload("ether", "type"), _set(_FRAME_TYPES))
+_IP = _match(_payload("ether", "type"), _set(["ip", "ip6"]))
+_ARP = _match(_payload("ether", "type"), "arp")
+_SENDER = _concat(_IIF, _payload("ether", "saddr"))
+"""A filtered vnic, by its bridge and MAC (see the layout)."""
+_SENDER_TYPES = ("ifname", "ether_addr")
+DROPS = f"{DYNAMIC_PREFIX}drops"
 _GROUP_FRAME = _match({"&": [_payload("ether", "daddr"), "01:00:00:00:00:00"]}, "01:00:00:00:00:00")
 """A broadcast or multicast frame (the group bit of its destination MAC)."""
 
 
-def _nd_accept() -> NftRule:
-    return rule(_match(_payload("icmpv6", "type"), _set(_ND_TYPES)), _ACCEPT)
+def _prove(bits: int) -> Json:
+    """Set ``bits`` of the mark: the proof the port guard wants (see
+    :mod:`butterfly.dataplane.guard`) that this part of the filter accepted."""
+    return {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), bits]}}}
+
+
+_IP_OR_ARP_ACCEPT = (
+    rule(_IP, _prove(BRIDGE_OK), _ACCEPT),
+    rule(_ARP, _prove(ALL_OK), _ACCEPT),
+)
+"""IP frames proven by the bridge table; ARP (no group looks at it) by all."""
+_UNCHECKED = "ip_unchecked"
+"""The port_in verdict of a port without IP anti-spoofing."""
+
+
+def _icmpv6_types(types: list[str], *statements: Json) -> NftRule:
+    return rule(_match(_payload("icmpv6", "type"), _set(types)), *statements)
+
+
+def _no_server_rules() -> tuple[NftRule, ...]:
+    """What no vnic may start (a profile's outbound side): router advertisements,
+    redirects, DHCP and DHCPv6 server messages. A router or DHCP server needs a
+    vnic that bypasses filtering."""
+    server = {"set": [{"concat": ports} for ports in _SERVER_PORTS]}
+    return (
+        _icmpv6_types(_ROUTER_TYPES, _DROP),
+        rule(
+            _match(
+                _concat(_meta("l4proto"), _payload("th", "sport"), _payload("th", "dport")),
+                server,
+            ),
+            _DROP,
+        ),
+    )
 
 
 def _hex128(address: str) -> str:
@@ -248,13 +373,14 @@ def _hex128(address: str) -> str:
 
 
 def _not_in(left: Json, name: str) -> NftRule:
-    return rule(_match(left, "@" + name, "!="), _DROP)
+    return rule(_match(left, "@" + name, "!="), *_drop("drop_spoof_ip"))
 
 
 def _spoof_chains() -> dict[str, Chain]:
     """IP anti-spoofing, the same for every port (its data is in sets), through
     one chain per frame type so a frame meets only its own checks. The source
-    MAC needs no rule: the port is locked to it."""
+    MAC needs no rule: the port is locked to it. Reached by a goto from the
+    base chain, each ends with its own accept, which sets the guard's bits."""
     return {
         "spoof_ip": Chain(
             (
@@ -280,9 +406,11 @@ def _spoof_chains() -> dict[str, Chain]:
                     _match(_payload("ip", "saddr"), "0.0.0.0"),
                     _match(_payload("udp", "sport"), 68),
                     _match(_payload("udp", "dport"), 67),
+                    _prove(BRIDGE_OK),
                     _ACCEPT,
                 ),
                 _not_in(_concat(_IIF, _payload("ip", "saddr")), "port_ip4"),
+                rule(_prove(BRIDGE_OK), _ACCEPT),
             )
         ),
         "spoof_ip6": Chain(
@@ -290,21 +418,31 @@ def _spoof_chains() -> dict[str, Chain]:
                 rule(
                     _match(_payload("icmpv6", "type"), "nd-neighbor-advert"),
                     _match(_concat(_IIF, _ND_TARGET), "@port_nd", "!="),
-                    _DROP,
+                    *_drop("drop_spoof_ip"),
                 ),
                 rule(
                     _match(_payload("ip6", "saddr"), "::"),
-                    _match(_meta("l4proto"), "ipv6-icmp"),
+                    _match(_payload("icmpv6", "type"), "nd-neighbor-solicit"),
+                    _match(_concat(_IIF, _ND_TARGET), "@port_nd"),
+                    _prove(BRIDGE_OK),
+                    _ACCEPT,
+                ),
+                rule(
+                    _match(_payload("ip6", "saddr"), "::"),
+                    _match(_payload("icmpv6", "type"), _set(_UNSPECIFIED_TYPES)),
+                    _prove(BRIDGE_OK),
                     _ACCEPT,
                 ),
                 _not_in(_concat(_IIF, _payload("ip6", "saddr")), "port_ip6"),
+                rule(_prove(BRIDGE_OK), _ACCEPT),
             )
         ),
         "spoof_arp": Chain(
             (
                 _not_in(_concat(_IIF, _payload("arp", "saddr ether")), "port_macs"),
-                rule(_match(_payload("arp", "saddr ip"), "0.0.0.0"), _ACCEPT),
+                rule(_match(_payload("arp", "saddr ip"), "0.0.0.0"), _prove(ALL_OK), _ACCEPT),
                 _not_in(_concat(_IIF, _payload("arp", "saddr ip")), "port_ip4"),
+                rule(_prove(ALL_OK), _ACCEPT),
             )
         ),
     }
@@ -337,6 +475,7 @@ class Layout:
             "quiet": ("ifname",),
             "in_mac": ("ifname", "ether_addr", "verdict"),
             "out_mac": ("ifname", "ether_addr", "verdict"),
+            "limits": ("ifname", "ether_addr", "verdict"),
             "in_dispatch": ("mark", "verdict"),
         }
         objects: dict[Key, Obj] = {
@@ -344,7 +483,10 @@ class Layout:
             Key("table", INET): Decl(bootstrapped=True),
             Key("set", BRIDGE, "port_nd"): Decl(("ifname", "integer"), bootstrapped=True),
             Key("map", INET, "zones"): Decl(("ifname", "integer"), bootstrapped=True),
+            Key("set", INET, DROPS): Decl(("ifname", "ether_addr"), bootstrapped=True),
         }
+        for counter, (family, _) in DROP_COUNTERS.items():
+            objects[Key("counter", family, counter)] = Decl()
         for family, decls in ((BRIDGE, bridge_decls), (INET, inet_decls)):
             for name, types in decls.items():
                 kind = "map" if len(types) > 1 and types[-1] in ("mark", "verdict") else "set"
@@ -353,12 +495,36 @@ class Layout:
             (BRIDGE, "forward"): Chain(
                 (
                     rule(_GROUP_FRAME, _set_from_map(_meta("mark"), _meta("oifname"), "port_ids")),
-                    *((rule(_IP_OR_ARP, _vmap(_IIF, "port_in")),) if check_ips else ()),
-                    rule(_IP_OR_ARP, _ACCEPT),
-                    rule(_match(_IIF, "@filtered"), _DROP),
-                    rule(_match(_meta("oifname"), "@filtered"), _DROP),
+                    *(
+                        # Every port is in port_in: one missing (a flushed map)
+                        # drops rather than skips anti-spoofing.
+                        (
+                            rule(_IP_OR_ARP, _vmap(_IIF, "port_in")),
+                            rule(_IP_OR_ARP, *_drop("drop_spoof_ip")),
+                        )
+                        if check_ips
+                        else _IP_OR_ARP_ACCEPT
+                    ),
+                    rule(_match(_IIF, "@filtered"), *_drop("drop_frame_type")),
+                    rule(_match(_meta("oifname"), "@filtered"), *_drop("drop_frame_type")),
+                    rule(_prove(BRIDGE_OK | OUTBOUND_OK), _ACCEPT),
                 ),
                 Base("filter", "forward", -200),
+            ),
+            (BRIDGE, "to_host"): Chain(
+                (rule(_match(_IIF, {"set": list(PORT_WILDCARDS)}), _DROP),),
+                Base("filter", "input", -200),
+            ),
+            (INET, "host_in"): Chain(
+                (
+                    rule(_match(_IIF, {"set": [BRIDGE_WILDCARD, *PORT_WILDCARDS]}), _DROP),
+                    rule(
+                        _match(_IIF, self.underlay_ifname, "!="),
+                        _match(_payload("udp", "dport"), self.vxlan_port),
+                        _DROP,
+                    ),
+                ),
+                Base("filter", "input", -200),
             ),
             (INET, "zone"): Chain(
                 (
@@ -387,21 +553,36 @@ class Layout:
                 (
                     rule(
                         _match({"ct": {"key": "state"}}, ["established", "related"], "in"),
+                        _prove(INBOUND_OK | OUTBOUND_OK),
                         _ACCEPT,
                     ),
-                    rule(_match(_IIF, "bfbr*", "!="), _ACCEPT),
-                    rule(_match(_IIF, "@quiet"), _ACCEPT),
+                    rule(_match(_IIF, BRIDGE_WILDCARD, "!="), _ACCEPT),
+                    rule(_match(_IIF, "@quiet"), _prove(INBOUND_OK | OUTBOUND_OK), _ACCEPT),
                     rule(_vmap(_concat(_IIF, _payload("ether", "daddr")), "in_mac")),
-                    rule(_GROUP_FRAME, _vmap(_meta("mark"), "in_dispatch")),
+                    rule(_GROUP_FRAME, _vmap({"&": [_meta("mark"), MAX_ID]}, "in_dispatch")),
                     rule(_goto("out_check")),
                 ),
                 Base("filter", "forward", 0),
             ),
+            (INET, "capped"): Chain(
+                (
+                    # Its own rule: a full set must not spare the drop.
+                    rule({"set": {"op": "update", "elem": _SENDER, "set": "@" + DROPS}}),
+                    rule(_DROP),
+                )
+            ),
             (INET, "out_check"): Chain(
-                (rule(_vmap(_concat(_IIF, _payload("ether", "saddr")), "out_mac")), rule(_ACCEPT))
+                (
+                    rule(_vmap(_SENDER, "limits")),
+                    rule(_vmap(_SENDER, "out_mac")),
+                    rule(_prove(OUTBOUND_OK), _ACCEPT),
+                )
             ),
         }
         chains.update({(BRIDGE, name): chain for name, chain in _spoof_chains().items()})
+        chains[(BRIDGE, _UNCHECKED)] = Chain(
+            (_IP_OR_ARP_ACCEPT[0], rule(_prove(ALL_OK), _ACCEPT))  # IP or ARP only here
+        )
         for (family, name), chain in chains.items():
             objects[Key("chain", family, name)] = chain
         return objects
@@ -415,21 +596,31 @@ class Layout:
         objects: dict[Key, Obj] = {
             Key("element", INET, "zones", bridge): zone,
             Key("element", BRIDGE, "port_ids", vxlan): 0,
+            Key("element", BRIDGE, "port_in", vxlan): Verdict(_UNCHECKED),
         }
         if quiet:
             objects[Key("element", INET, "quiet", bridge)] = PRESENT
         return objects
 
     def vnic(
-        self, port: str, bridge: str, vnic_filter: VnicFilter | None, vnic_id: int | None
+        self,
+        port: str,
+        bridge: str,
+        vnic_filter: VnicFilter | None,
+        vnic_id: int | None,
+        limits: ConnLimits = NO_LIMITS,
     ) -> dict[Key, Obj]:
-        """A vnic's id, anti-spoofing data and dispatch to its profile.
+        """A vnic's id, anti-spoofing data, dispatch to its profile and caps
+        (the objects of :meth:`limit_class` must be there too).
 
         A vnic that bypasses filtering only gets its id reset (the mark of
-        group frames towards it).
+        group frames towards it) and no IP check.
         """
         if vnic_filter is None or vnic_id is None:
-            return {Key("element", BRIDGE, "port_ids", port): 0}
+            return {
+                Key("element", BRIDGE, "port_ids", port): 0,
+                Key("element", BRIDGE, "port_in", port): Verdict(_UNCHECKED),
+            }
         spoof = vnic_filter.anti_spoof
         profile_in, profile_out = profile_chains(vnic_filter.security_groups)
         objects: dict[Key, Obj] = {
@@ -438,7 +629,12 @@ class Layout:
             Key("element", INET, "in_mac", (bridge, spoof.mac)): Verdict(profile_in),
             Key("element", INET, "out_mac", (bridge, spoof.mac)): Verdict(profile_out),
             Key("element", INET, "in_dispatch", vnic_id): Verdict(profile_in),
+            Key("element", BRIDGE, "port_in", port): Verdict(_UNCHECKED),
         }
+        if any(limits):
+            objects[Key("element", INET, "limits", (bridge, spoof.mac))] = Verdict(
+                limit_names(*limits)[0], jump=True
+            )
         if spoof.check_ip:
             objects[Key("element", BRIDGE, "port_in", port)] = Verdict("spoof_ip")
             objects[Key("element", BRIDGE, "port_macs", (port, spoof.mac))] = PRESENT
@@ -449,20 +645,48 @@ class Layout:
                 objects[Key("element", BRIDGE, "port_nd", (port, _hex128(ip)))] = PRESENT
         return objects
 
+    def limit_class(self, limits: ConnLimits) -> dict[Key, Obj]:
+        """The chain and meters of the vnics with these caps, which drop (and count
+        in @dyn_drops, by sender) a new connection over them. A meter must be
+        made in the transaction that makes its chain (nft marks it dynamic then)."""
+        chain, rate_set, count_set = limit_names(*limits)
+        rules: list[NftRule] = []
+        objects: dict[Key, Obj] = {}
+        capped = _goto("capped")
+        if limits.per_second:
+            limit = {"rate": limits.per_second, "burst": limits.per_second, "per": "second"}
+            meter = {"limit": {**limit, "inv": True}}
+            # A sender quiet for a minute starts again with a full bucket.
+            rate_options = (("size", METER_SIZE), ("timeout", 60))
+            objects[Key("set", INET, rate_set)] = Decl(_SENDER_TYPES, options=rate_options)
+            rules.append(rule(_NEW, _meter("update", rate_set, meter), capped))
+        if limits.connections:
+            count = {"ct count": {"val": limits.connections, "inv": True}}
+            # The kernel removes a sender's element once it has no connection.
+            count_options = (("size", METER_SIZE),)
+            objects[Key("set", INET, count_set)] = Decl(_SENDER_TYPES, options=count_options)
+            rules.append(rule(_NEW, _meter("add", count_set, count), capped))
+        objects[Key("chain", INET, chain)] = Chain(tuple(rules))
+        return objects
+
     def profile(self, sg_ids: Sequence[str], restrict_outbound: bool) -> dict[Key, Obj]:
         """The chains of the vnics using exactly these security groups."""
         profile_in, profile_out = profile_chains(sg_ids)
-        outbound: tuple[NftRule, ...] = (rule(_ACCEPT),)
+        outbound: tuple[NftRule, ...] = (*_no_server_rules(), rule(_prove(OUTBOUND_OK), _ACCEPT))
         if restrict_outbound:
             outbound = (
-                _nd_accept(),
+                *_no_server_rules(),
+                _icmpv6_types(_ND_TYPES, _prove(OUTBOUND_OK), _ACCEPT),
                 *(rule(_jump(sg_out_chain(sg))) for sg in sg_ids),
-                rule(_DROP),
+                rule(*_drop("drop_sg_out")),
             )
+        inbound = (
+            _icmpv6_types(_NEIGHBOUR_TYPES, _prove(INBOUND_OK | OUTBOUND_OK), _ACCEPT),
+            *(rule(_jump(sg_in_chain(sg))) for sg in sg_ids),
+            rule(*_drop("drop_sg_in")),
+        )
         return {
-            Key("chain", INET, profile_in): Chain(
-                (_nd_accept(), *(rule(_jump(sg_in_chain(sg))) for sg in sg_ids), rule(_DROP))
-            ),
+            Key("chain", INET, profile_in): Chain(inbound),
             Key("chain", INET, profile_out): Chain(outbound),
         }
 
@@ -472,12 +696,15 @@ class Layout:
         objects: dict[Key, Obj] = {
             Key("chain", INET, sg_in_chain(sg_id)): Chain(
                 tuple(
-                    rule(*_match_statements(m, "saddr"), _goto("out_check"))
+                    rule(*_match_statements(m, "saddr"), _prove(INBOUND_OK), _goto("out_check"))
                     for m in sg_filter.inbound
                 )
             ),
             Key("chain", INET, sg_out_chain(sg_id)): Chain(
-                tuple(rule(*_match_statements(m, "daddr"), _ACCEPT) for m in sg_filter.outbound)
+                tuple(
+                    rule(*_match_statements(m, "daddr"), _prove(OUTBOUND_OK), _ACCEPT)
+                    for m in sg_filter.outbound
+                )
             ),
             Key("set", INET, member_set(sg_id, 4)): Decl(("ipv4_addr",)),
             Key("set", INET, member_set(sg_id, 6)): Decl(("ipv6_addr",)),
@@ -485,6 +712,13 @@ class Layout:
         for ip in members:
             objects[Key("element", INET, member_set(sg_id, 6 if ":" in ip else 4), ip)] = PRESENT
         return objects
+
+
+_NEW = _match({"ct": {"key": "state"}}, "new", "in")
+
+
+def _meter(op: str, name: str, statement: Json) -> Json:
+    return {"set": {"op": op, "elem": _SENDER, "set": "@" + name, "stmt": [statement]}}
 
 
 def _match_statements(match: Match, peer: str) -> list[Json]:
@@ -532,7 +766,9 @@ def _element(key: Key, value: Obj | None) -> Any:
         element = {"concat": list(element)}
     if value is None or value is PRESENT:
         return element
-    return [element, {"goto": {"target": value.chain}} if isinstance(value, Verdict) else value]
+    if isinstance(value, Verdict):
+        return [element, {"jump" if value.jump else "goto": {"target": value.chain}}]
+    return [element, value]
 
 
 def diff(old: Mapping[Key, Obj], new: Mapping[Key, Obj]) -> list[Json]:
@@ -626,14 +862,16 @@ def diff(old: Mapping[Key, Obj], new: Mapping[Key, Obj]) -> list[Json]:
 def _declaration(key: Key, decl: Decl) -> Json:
     if key.kind == "table":
         return {"family": key.family, "name": TABLE}
+    if key.kind == "counter":
+        return _ref(key)
     if key.kind == "map":
         keys: Any = list(decl.types[:-1]) if len(decl.types) > 2 else decl.types[0]
         return {**_ref(key), "type": keys, "map": decl.types[-1]}
     types: Any = list(decl.types) if len(decl.types) > 1 else decl.types[0]
-    return {**_ref(key), "type": types}
+    return {**_ref(key), "type": types, **dict(decl.options)}
 
 
-_KIND_ORDER = {"table": 0, "map": 1, "set": 2, "chain": 3, "element": 4}
+_KIND_ORDER = {"table": 0, "counter": 1, "map": 2, "set": 3, "chain": 4, "element": 5}
 
 
 def _order(key: Key) -> tuple[int, str, str, str]:
@@ -674,7 +912,11 @@ def parse_listing(family: str, objects: Iterable[Json]) -> Listing:
     listing = Listing()
     chains: dict[str, list[NftRule]] = {}
     bases: dict[str, Base | None] = {}
-    bootstrapped = {Key("set", BRIDGE, "port_nd"), Key("map", INET, "zones")}
+    bootstrapped = {
+        Key("set", BRIDGE, "port_nd"),
+        Key("map", INET, "zones"),
+        Key("set", INET, DROPS),
+    }
     for obj in objects:
         if "table" in obj:
             listing.objects[Key("table", family)] = Decl(bootstrapped=True)
@@ -689,6 +931,8 @@ def parse_listing(family: str, objects: Iterable[Json]) -> Listing:
         elif "rule" in obj:
             spec = obj["rule"]
             chains.setdefault(spec["chain"], []).append(NftRule(str(spec.get("comment", ""))))
+        elif "counter" in obj:
+            listing.objects[Key("counter", family, obj["counter"]["name"])] = Decl()
         elif "map" in obj or "set" in obj:
             kind = "map" if "map" in obj else "set"
             spec = obj[kind]
@@ -697,6 +941,8 @@ def parse_listing(family: str, objects: Iterable[Json]) -> Listing:
                 types = [*types, spec["map"]]
             key = Key(kind, family, spec["name"])
             listing.objects[key] = Decl(tuple(types), bootstrapped=key in bootstrapped)
+            if spec["name"].startswith(DYNAMIC_PREFIX):
+                continue
             for element in spec.get("elem", []):
                 if kind == "map":
                     element_key, value = element
@@ -737,6 +983,6 @@ def _map_value(value: Any) -> Obj:
     if isinstance(value, dict):
         for verdict in ("goto", "jump"):
             if verdict in value:
-                return Verdict(value[verdict]["target"])
+                return Verdict(value[verdict]["target"], jump=verdict == "jump")
         raise ValueError(f"unexpected map value {value!r}")
     return int(value, 0) if isinstance(value, str) else int(value)

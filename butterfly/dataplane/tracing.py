@@ -20,9 +20,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from butterfly.dataplane.naming import trace_path
 from butterfly.errors import DataplaneError
+from butterfly.model import Vnic
 
-__all__ = ["TRACER", "Tracer"]
+__all__ = ["TRACER", "Tracer", "trace_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,13 @@ TRACER = "tcpdump"
 _START_WAIT = 5.0
 _STOP_WAIT = 3.0
 _POLL = 0.02
+
+
+def trace_settings(vnic: Vnic, *, default: bool, socket_dir: str) -> tuple[bool, str]:
+    """Whether ``vnic`` is traced and to which file: its own settings, else the
+    daemon's (``-t``, the socket folder). nic_details reports both, always."""
+    traced = default if vnic.packet_trace is None else vnic.packet_trace
+    return traced, vnic.packet_trace_path or trace_path(socket_dir, vnic.id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
 """The underlay: the interface and address VXLAN runs on, and VXLAN's parameters.
 
 Owns the choice of the underlay at start-up (the interface holding the
-daemon's ``--ip``, or the one with the default route), the multicast group
+daemon's ``--ip``; else the interface named by ``--dpdk-args``' ``iface=``,
+as the original's DPDK port was; else the one with the default route), the
+multicast group
 of each VNI, and the MTU arithmetic. The group is the original's:
 230.x.y.z, where x.y.z are the VNI's three bytes; an IPv6 underlay embeds
 that same 32-bit group in the site-local multicast prefix: ff05::e6xx:yyzz.
@@ -10,7 +12,7 @@ that same 32-bit group in the site-local multicast prefix: ff05::e6xx:yyzz.
 import ipaddress
 from dataclasses import dataclass
 
-from butterfly.dataplane.netlink import Link, Netlink
+from butterfly.dataplane.netlink import Address, Link, Netlink
 from butterfly.errors import ConfigError
 
 __all__ = ["VXLAN_OVERHEAD", "Underlay", "find_underlay", "flood_group"]
@@ -44,20 +46,28 @@ def flood_group(vni: int, version: int) -> str:
     return str(ipaddress.IPv4Address(group))
 
 
-def find_underlay(netlink: Netlink, ip: str | None) -> Underlay:
-    """The interface holding ``ip``, or when None the default route's (and its address).
+def find_underlay(netlink: Netlink, ip: str | None, interface: str | None = None) -> Underlay:
+    """The interface holding ``ip`` (``interface`` if several do); when ``ip`` is
+    None, ``interface`` and its address; when both are None, the default
+    route's interface and address.
 
     Raises ConfigError naming the option when no interface fits.
     """
     addresses = netlink.addresses()
     if ip is not None:
         wanted = ipaddress.ip_address(ip)
-        for address in addresses:
-            if ipaddress.ip_address(address.address) == wanted:
-                link = netlink.link_by_index(address.index)
-                if link is not None:
-                    return _underlay(link, str(wanted))
-        raise ConfigError(f"ip {ip}: no interface holds this address (option --ip)")
+        holders = [
+            link
+            for address in addresses
+            if ipaddress.ip_address(address.address) == wanted
+            and (link := netlink.link_by_index(address.index)) is not None
+        ]
+        if not holders:
+            raise ConfigError(f"ip {ip}: no interface holds this address (option --ip)")
+        named = [link for link in holders if link.name == interface]
+        return _underlay((named or holders)[0], str(wanted))
+    if interface is not None:
+        return _named_underlay(interface, netlink.link(interface), addresses)
     for family in (4, 6):
         route = netlink.default_route(family)
         link = netlink.link_by_index(route.oif) if route is not None else None
@@ -76,6 +86,21 @@ def find_underlay(netlink: Netlink, ip: str | None) -> Underlay:
             f"ip: the default route's interface {link.name} has no address; give one with --ip"
         )
     raise ConfigError("ip: no --ip given and no default route to find the underlay by")
+
+
+def _named_underlay(interface: str, link: Link | None, addresses: list[Address]) -> Underlay:
+    """``interface``'s first global address, IPv4 first (the original's underlay was IPv4)."""
+    if link is None:
+        raise ConfigError(f"dpdk-args: iface {interface}: no such interface")
+    usable = [
+        address.address
+        for address in addresses
+        if address.index == link.index and not ipaddress.ip_address(address.address).is_link_local
+    ]
+    usable.sort(key=lambda address: ":" in address)
+    if not usable:
+        raise ConfigError(f"dpdk-args: iface {interface} has no address; give one with --ip")
+    return _underlay(link, usable[0])
 
 
 def _underlay(link: Link, address: str) -> Underlay:

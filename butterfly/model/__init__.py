@@ -18,10 +18,11 @@ from butterfly.model.security_group import (
     make_security_group,
 )
 from butterfly.model.state import State, StateView
-from butterfly.model.vnic import MAX_VNI, Vnic, VnicType, VnicUpdate, make_vnic
+from butterfly.model.vnic import MAX_LIMIT, MAX_VNI, Vnic, VnicType, VnicUpdate, make_vnic
 
 __all__ = [
     "ALL_PROTOCOLS",
+    "MAX_LIMIT",
     "MAX_VNI",
     "TCP",
     "UDP",

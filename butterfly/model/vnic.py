@@ -13,9 +13,11 @@ from butterfly.errors import BadIp, BadNic, NotSupported, shown
 from butterfly.model.addresses import canonical_ip, is_mac
 from butterfly.model.ids import check_id
 
-__all__ = ["MAX_VNI", "Vnic", "VnicType", "VnicUpdate", "make_vnic"]
+__all__ = ["MAX_LIMIT", "MAX_VNI", "Vnic", "VnicType", "VnicUpdate", "make_vnic"]
 
 MAX_VNI = (1 << 24) - 1
+MAX_LIMIT = 10_000_000
+"""The largest per-vnic connection cap or rate (0 is no cap)."""
 MAX_PATH = 4095
 """Linux's PATH_MAX, less the terminating NUL."""
 
@@ -45,6 +47,11 @@ class Vnic:
     """None follows the daemon-wide default."""
     packet_trace_path: str = ""
     sniff_target_nic_id: str = ""
+    max_connections: int | None = None
+    """Tracked connections the vnic may have started at once: None follows the
+    daemon-wide default, 0 is no cap."""
+    max_new_connections: int | None = None
+    """Connections the vnic may start per second: None and 0 as above."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +64,8 @@ class VnicUpdate:
     ip_anti_spoof: bool | None = None
     packet_trace: bool | None = None
     packet_trace_path: str | None = None
+    max_connections: int | None = None
+    max_new_connections: int | None = None
 
     def apply_to(self, vnic: Vnic) -> Vnic:
         """The vnic after this update, validated like a new one."""
@@ -73,8 +82,14 @@ class VnicUpdate:
             packet_trace_path=(
                 vnic.packet_trace_path if self.packet_trace_path is None else self.packet_trace_path
             ),
+            max_connections=_kept(vnic.max_connections, self.max_connections),
+            max_new_connections=_kept(vnic.max_new_connections, self.max_new_connections),
         )
         return make_vnic(changed)
+
+
+def _kept(current: int | None, update: int | None) -> int | None:
+    return current if update is None else update
 
 
 def _dedup(items: list[str]) -> tuple[str, ...]:
@@ -116,7 +131,15 @@ def make_vnic(vnic: Vnic) -> Vnic:
         if "\0" in vnic.netns or "\n" in vnic.netns:
             raise BadNic(f"{what}: path {shown(vnic.netns)} is not a namespace name or path")
     if vnic.sniff_target_nic_id:
-        raise NotSupported(f"{what}: sniff_target_nic_id is not supported; use packet_trace")
+        problem = check_id(vnic.sniff_target_nic_id)
+        if problem:
+            raise BadNic(f"{what}: sniff_target_nic_id {shown(vnic.sniff_target_nic_id)} {problem}")
+        if vnic.sniff_target_nic_id == vnic.id:
+            raise BadNic(f"{what}: sniff_target_nic_id names the nic itself")
+    for name in ("max_connections", "max_new_connections"):
+        value = getattr(vnic, name)
+        if value is not None and not 0 <= value <= MAX_LIMIT:
+            raise BadNic(f"{what}: {name} {value} is out of range 0-{MAX_LIMIT}")
     if "\0" in vnic.packet_trace_path:
         raise BadNic(f"{what}: packet_trace_path {shown(vnic.packet_trace_path)} is not a path")
     return replace(

@@ -17,8 +17,8 @@ from butterfly.dataplane import Attachment, Counters, Dataplane, SgChange
 from butterfly.errors import (
     BadNic,
     BadRequest,
+    BadSessions,
     NicNotFound,
-    NotSupported,
     SgNotFound,
     StoreError,
     shown,
@@ -36,6 +36,7 @@ from butterfly.model import (
     make_member,
     make_vnic,
 )
+from butterfly.model.sessions import SessionExport, decode_sessions, encode_sessions
 from butterfly.store.base import Store, StoreTransaction
 
 __all__ = ["Switch", "VnicDetails"]
@@ -176,10 +177,37 @@ class Switch:
         return self._dataplane.counters(self._get_vnic(vnic_id))
 
     def export_vnic(self, vnic_id: str) -> bytes:
-        self._get_vnic(vnic_id)
-        raise NotSupported(
-            f"nic {shown(vnic_id)}: nic_export (firewall session export) is not supported"
+        """The vnic's firewall sessions, as the blob of :mod:`butterfly.model.sessions`."""
+        vnic = self._get_vnic(vnic_id)
+        sessions = self._dataplane.sessions(vnic)
+        log.info("nic %s: exported %d firewall sessions", vnic.id, len(sessions))
+        return encode_sessions(SessionExport(vni=vnic.vni, nic_id=vnic.id, sessions=sessions))
+
+    def import_sessions(self, vnic_id: str, data: bytes) -> int:
+        """Load a blob of ``export_vnic`` (from another host) into the vnic; how
+        many sessions were new. Every check comes before the kernel is touched."""
+        vnic = self._get_vnic(vnic_id)
+        export = decode_sessions(data)
+        if export.vni != vnic.vni:
+            raise BadSessions(
+                f"nic {shown(vnic.id)} is in vni {vnic.vni}, the blob's sessions are of "
+                f"vni {export.vni} (nic {shown(export.nic_id)})"
+            )
+        for index, session in enumerate(export.sessions):
+            if not session.involves(vnic.ips):
+                flow = session.original
+                raise BadSessions(
+                    f"session {index} ({flow.src} -> {flow.dst}) has none of nic "
+                    f"{shown(vnic.id)}'s addresses at an end"
+                )
+        loaded = self._dataplane.load_sessions(vnic, export.sessions)
+        log.info(
+            "nic %s: imported %d firewall sessions (%d new)",
+            vnic.id,
+            len(export.sessions),
+            loaded,
         )
+        return loaded
 
     def _get_vnic(self, vnic_id: str) -> Vnic:
         vnic = self._state.vnic(vnic_id)

@@ -67,6 +67,16 @@ CREATE TABLE vni_peer (
 );
 """
 
+_LIMITS = """
+CREATE TABLE IF NOT EXISTS vnic_limit (
+    vnic_id TEXT PRIMARY KEY,
+    max_connections INTEGER,
+    max_new_connections INTEGER
+)
+"""
+"""A vnic's own caps (none: the daemon's defaults). A table of its own, made
+when missing, so a state file of schema 1 stays readable by earlier butterflys."""
+
 _RULE_MATCH = (
     "sg_id = ? AND direction = ? AND protocol = ? AND port_start IS ? AND port_end IS ?"
     " AND cidr_address IS ? AND cidr_mask IS ? AND source_sg IS ?"
@@ -111,9 +121,15 @@ class _Transaction:
                 vnic.sniff_target_nic_id,
             ),
         )
+        limits = (vnic.max_connections, vnic.max_new_connections)
+        if limits == (None, None):
+            self._db.execute("DELETE FROM vnic_limit WHERE vnic_id = ?", (vnic.id,))
+        else:
+            self._db.execute("INSERT OR REPLACE INTO vnic_limit VALUES (?,?,?)", (vnic.id, *limits))
 
     def delete_vnic(self, vnic_id: str) -> None:
         self._db.execute("DELETE FROM vnic WHERE id = ?", (vnic_id,))
+        self._db.execute("DELETE FROM vnic_limit WHERE vnic_id = ?", (vnic_id,))
 
     def _ensure_sg(self, sg_id: str) -> None:
         self._db.execute("INSERT OR IGNORE INTO sg VALUES (?)", (sg_id,))
@@ -212,6 +228,7 @@ class SqliteStore:
                 f"state file {self._path}: schema version {version} is not supported"
                 f" (this butterfly reads version {SCHEMA_VERSION})"
             )
+        self._db.execute(_LIMITS)
 
     def load(self) -> State:
         state = State()
@@ -239,7 +256,14 @@ class SqliteStore:
             sgs[sg_id][1].append(rule)
         for sg_id, (members, rules) in sgs.items():
             state.put_sg(SecurityGroup(sg_id, tuple(members), tuple(rules)))
+        limits = {
+            row[0]: (row[1], row[2])
+            for row in self._db.execute(
+                "SELECT vnic_id, max_connections, max_new_connections FROM vnic_limit"
+            )
+        }
         for row in self._db.execute("SELECT * FROM vnic"):
+            max_connections, max_new_connections = limits.get(row[0], (None, None))
             state.put_vnic(
                 Vnic(
                     id=row[0],
@@ -254,6 +278,8 @@ class SqliteStore:
                     packet_trace=None if row[9] is None else bool(row[9]),
                     packet_trace_path=row[10],
                     sniff_target_nic_id=row[11],
+                    max_connections=max_connections,
+                    max_new_connections=max_new_connections,
                 )
             )
         peers: dict[int, list[str]] = {}

@@ -33,6 +33,7 @@ from .memory import GuestMemory, decode_memory_table
 from .protocol import (
     BACKEND_FEATURES,
     BACKEND_PROTOCOL_FEATURES,
+    OFFLOAD_FEATURES,
     Feature,
     Message,
     MessageReader,
@@ -86,8 +87,11 @@ class NetDevice:
         poller: Poller,
         publish_counters: Callable[[list[int]], None],
         counters: list[int] | None = None,
+        offload: bool = True,
     ) -> None:
-        """``counters`` continue where a previous worker left them (it died)."""
+        """``counters`` continue where a previous worker left them (it died).
+        ``offload``: False offers the guest no checksum or segmentation offload,
+        so every frame crosses whole and checksummed, both ways."""
         self.vnic = vnic
         self.socket_path = socket_path
         self.tap_name = tap_name
@@ -102,6 +106,7 @@ class NetDevice:
         self._reader: MessageReader | None = None
         self._memory: GuestMemory | None = None
         self._queues = [Virtqueue(_RX), Virtqueue(_TX)]
+        self._offered = BACKEND_FEATURES if offload else BACKEND_FEATURES & ~OFFLOAD_FEATURES
         self._features = 0
         self._protocol_features = 0
         self._header = 12
@@ -282,14 +287,14 @@ class NetDevice:
         return self._queues[index]
 
     def _get_features(self, _message: Message) -> bytes:
-        return _U64.pack(BACKEND_FEATURES)
+        return _U64.pack(self._offered)
 
     def _set_features(self, message: Message) -> None:
         (features,) = self._payload(message, _U64)
-        if features & ~BACKEND_FEATURES:
+        if features & ~self._offered:
             raise ProtocolError(
                 f"vhost-user: SET_FEATURES {features:#x} has bits never offered "
-                f"({features & ~BACKEND_FEATURES:#x})"
+                f"({features & ~self._offered:#x})"
             )
         self._features = features
         self._header = taps.header_size(features)

@@ -24,6 +24,7 @@ __all__ = [
     "BACKEND_PROTOCOL_FEATURES",
     "MAX_PAYLOAD",
     "MAX_REGIONS",
+    "OFFLOAD_FEATURES",
     "Feature",
     "Message",
     "MessageReader",
@@ -104,6 +105,17 @@ BACKEND_FEATURES = int(
     | Feature.PROTOCOL_FEATURES
     | Feature.VERSION_1
 )
+OFFLOAD_FEATURES = int(
+    Feature.CSUM
+    | Feature.GUEST_CSUM
+    | Feature.GUEST_TSO4
+    | Feature.GUEST_TSO6
+    | Feature.GUEST_ECN
+    | Feature.HOST_TSO4
+    | Feature.HOST_TSO6
+    | Feature.HOST_ECN
+)
+"""The checksum and segmentation offloads, which --no-offload withholds from guests."""
 # MQ is offered so that GET_QUEUE_NUM can tell the truth: one queue pair.
 BACKEND_PROTOCOL_FEATURES = int(ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import butterfly
-from butterfly.errors import DataplaneError
+from butterfly.errors import ConfigError, DataplaneError
 
 from .counters import SLOT_SIZE, SLOTS, VnicCounters, read_slot, write_slot
 
@@ -45,9 +45,18 @@ class _Vnic:
 class _WorkerProcess:
     """One worker: its process, control channel, log channel and counter memory."""
 
-    def __init__(self, number: int, on_death: "_DeathCallback", nice: int | None) -> None:
+    def __init__(
+        self,
+        number: int,
+        on_death: "_DeathCallback",
+        nice: int | None,
+        cpus: tuple[int, ...],
+        offload: bool,
+    ) -> None:
         self.number = number
         self._nice = nice
+        self._cpus = cpus
+        self._offload = offload
         self.vnics: dict[str, _Vnic] = {}
         self._on_death = on_death
         self._lock = threading.Lock()
@@ -77,6 +86,15 @@ class _WorkerProcess:
         finally:
             control_child.close()
             logs_child.close()
+        if self._cpus:
+            try:
+                os.sched_setaffinity(self.process.pid, self._cpus)
+            except OSError:
+                self.process.kill()
+                self.process.wait()
+                control.close()
+                logs.close()
+                raise
         control.settimeout(_CONTROL_TIMEOUT)
         self._control = control
         self._logs = logs
@@ -134,7 +152,14 @@ class _WorkerProcess:
         write_slot(self.counters, slot, [0] * 8)
         entry = _Vnic(vnic, socket_path, tap_name, slot)
         try:
-            self.request(op="add", vnic=vnic, socket_path=socket_path, tap_name=tap_name, slot=slot)
+            self.request(
+                op="add",
+                vnic=vnic,
+                socket_path=socket_path,
+                tap_name=tap_name,
+                slot=slot,
+                offload=self._offload,
+            )
         except DataplaneError:
             self.vnics.pop(vnic, None)
             self._free.append(slot)
@@ -161,6 +186,7 @@ class _WorkerProcess:
                     socket_path=entry.socket_path,
                     tap_name=entry.tap_name,
                     slot=entry.slot,
+                    offload=self._offload,
                 )
             except DataplaneError as e:
                 log.error("vnic %s: not served after the worker restart: %s", entry.vnic, e)
@@ -200,12 +226,32 @@ class VhostSupervisor:
     several cores; a worker that dies is restarted with its vnics (QEMU
     started with ``reconnect=1`` comes back by itself). ``nice``: the workers'
     niceness (None: the caller's), higher than the daemon's so that a CPU
-    full of packet work still answers the API first.
+    full of packet work still answers the API first. ``cpus``: the CPUs the
+    workers may run on (the original's --graph-cpu-core), one worker per CPU
+    unless ``workers`` says otherwise; () lets them run anywhere. ``offload``:
+    False offers guests no checksum or segmentation offloads (--no-offload).
+
+    Raises ConfigError when ``cpus`` names a CPU this process may not use.
     """
 
-    def __init__(self, *, workers: int | None = None, nice: int | None = None) -> None:
-        self._count = workers or os.cpu_count() or 1
+    def __init__(
+        self,
+        *,
+        workers: int | None = None,
+        nice: int | None = None,
+        cpus: tuple[int, ...] = (),
+        offload: bool = True,
+    ) -> None:
+        usable = os.sched_getaffinity(0)
+        if not set(cpus) <= usable:
+            raise ConfigError(
+                f"graph-cpu-core: CPU {min(set(cpus) - usable)} is not one butterflyd may run on"
+                f" (CPUs {','.join(map(str, sorted(usable)))})"
+            )
+        self._count = workers or len(cpus) or os.cpu_count() or 1
         self._nice = nice
+        self._cpus = cpus
+        self._offload = offload
         self._workers: list[_WorkerProcess] = []
         self._where: dict[str, _WorkerProcess] = {}
         self._lock = threading.RLock()
@@ -219,7 +265,9 @@ class VhostSupervisor:
             started: list[_WorkerProcess] = []
             try:
                 for number in range(self._count):
-                    started.append(_WorkerProcess(number, callback, self._nice))
+                    started.append(
+                        _WorkerProcess(number, callback, self._nice, self._cpus, self._offload)
+                    )
             except OSError as e:
                 for worker in started:
                     worker.stop()

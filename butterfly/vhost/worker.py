@@ -103,7 +103,11 @@ class Worker:
             op = request["op"]
             if op == "add":
                 self._add(
-                    request["vnic"], request["socket_path"], request["tap_name"], request["slot"]
+                    request["vnic"],
+                    request["socket_path"],
+                    request["tap_name"],
+                    request["slot"],
+                    offload=bool(request.get("offload", True)),
                 )
             elif op == "remove":
                 self._remove(request["vnic"])
@@ -115,7 +119,7 @@ class Worker:
             reply = {"ok": False, "error": str(e)}
         self._control.send(json.dumps(reply).encode())
 
-    def _add(self, vnic: str, socket_path: str, tap_name: str, slot: int) -> None:
+    def _add(self, vnic: str, socket_path: str, tap_name: str, slot: int, *, offload: bool) -> None:
         if vnic in self._devices:
             self._remove(vnic)
         counters = self._counters
@@ -130,6 +134,7 @@ class Worker:
             poller=self,
             publish_counters=publish,
             counters=read_values(counters, slot),
+            offload=offload,
         )
         device.start()
         self._devices[vnic] = device

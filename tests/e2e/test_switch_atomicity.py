@@ -60,6 +60,9 @@ class App:
     def reconcile_status(self) -> None:
         return None
 
+    def drift_report(self) -> None:
+        return None
+
 
 class Service:
     """butterflyd's composition, in the host's namespace thread (the lab's ``run``)."""

@@ -509,8 +509,8 @@ def test_encrypted_daemon_with_and_without_the_key(
     with_key.ok("sg add secret")
     assert with_key.ok("sg list") == "secret\n"
     assert Cli(endpoint=daemon.endpoint).fails("sg list") == (
-        "butterfly: sg list: the daemon refused the request: encryption REJECTED"
-        " (wrong key, or the daemon requires a key)"
+        "butterfly: sg list: the daemon refused the request: REJECTED"
+        " (the daemon requires a key: give -k/--key)"
     )
     other = write_key(os.path.join(tmp_path, "other.key"), os.urandom(32))
     assert (
@@ -523,6 +523,6 @@ def test_encrypted_daemon_with_and_without_the_key(
 def test_a_key_for_a_clear_daemon_is_refused(cli: Cli, tmp_path: os.PathLike[str]) -> None:
     key = write_key(os.path.join(tmp_path, "api.key"), os.urandom(32))
     assert Cli(endpoint=cli.endpoint, options=f"-k {key}").fails("sg list") == (
-        "butterfly: sg list: the daemon refused the request: encryption NOT_SUPPORTED"
+        "butterfly: sg list: the daemon refused the request: REJECTED"
         " (the daemon has no key: drop -k/--key)"
     )

@@ -32,6 +32,8 @@ def test_nic_details_keeps_the_original_lines_first() -> None:
         packet_trace=False,
         path="/run/butterfly/qemu-vhost-vnic_1",
         mtu=1450,
+        max_connections=0,
+        max_new_connections=200,
     )
     assert output.nic_details(nic, as_json=False) == (
         "id: vnic_1\n"
@@ -46,6 +48,8 @@ def test_nic_details_keeps_the_original_lines_first() -> None:
         "type: vhost-user\n"
         "path: /run/butterfly/qemu-vhost-vnic_1\n"
         "mtu: 1450\n"
+        "max connections: no cap\n"
+        "max new connections per second: 200\n"
     )
 
 
@@ -65,6 +69,8 @@ def test_nic_details_json_has_every_field() -> None:
         "packet_trace_path": None,
         "sniff_target_nic_id": None,
         "mtu": None,
+        "max_connections": None,
+        "max_new_connections": None,
     }
 
 

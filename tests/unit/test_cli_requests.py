@@ -91,6 +91,23 @@ def test_nic_update_sends_only_what_is_given() -> None:
     assert list(cleared.ip) == [""]
 
 
+def test_caps_go_to_our_fields_only_when_given() -> None:
+    base = "nic add --id a --mac 52:54:00:00:00:01 --vni 1"
+    plain = requests.nic_add(args_of(base)).nic_add
+    assert not plain.HasField("max_connections")
+    assert not plain.HasField("max_new_connections")
+    capped = requests.nic_add(
+        args_of(f"{base} --max-connections 0 --max-new-connections 200")
+    ).nic_add
+    assert (capped.max_connections, capped.max_new_connections) == (0, 200)
+    assert capped.HasField("max_connections")
+    update = requests.nic_update(args_of("nic update --id a --max-connections 5")).nic_update
+    assert update.max_connections == 5
+    assert not update.HasField("max_new_connections")
+    with pytest.raises(ConfigError, match="--max-new-connections -1 is out of range"):
+        requests.nic_add(args_of(f"{base} --max-new-connections -1"))
+
+
 def test_nic_update_errors() -> None:
     with pytest.raises(ConfigError, match="nothing to update"):
         requests.nic_update(args_of("nic update --id a"))

@@ -66,8 +66,10 @@ def test_parse_error(frame: bytes) -> None:
     assert recorder.seen == []
 
 
-def test_empty_request() -> None:
-    assert envelope_error(answer_frame(b"", None, Recorder())) == Error.EMPTY_REQUEST
+def test_empty_frame_is_rejected() -> None:
+    """The deployed daemon: an empty Messages, nothing encrypted, is REJECTED."""
+    assert envelope_error(answer_frame(b"", None, Recorder())) == Error.REJECTED
+    assert envelope_error(answer_frame(b"", KEY, Recorder())) == Error.REJECTED
 
 
 def test_version_not_managed() -> None:
@@ -91,16 +93,39 @@ def test_messages_answered_in_order() -> None:
     assert all(m.revision == REVISION for m in reply.messages)
 
 
-def test_clear_request_to_keyed_daemon_is_rejected() -> None:
+def test_clear_request_to_keyed_daemon_is_a_clear_rejection() -> None:
     recorder = Recorder()
     frame = answer_frame(envelope("a").SerializeToString(), KEY, recorder)
-    assert encrypted_error(frame) == Encrypted.Error.REJECTED
+    assert envelope_error(frame) == Error.REJECTED
+    assert not parse(frame).HasField("encrypted")
     assert recorder.seen == []
 
 
-def test_encrypted_request_without_key_is_not_supported() -> None:
-    frame = encode_request(envelope("a"), KEY)
-    assert encrypted_error(answer_frame(frame, None, Recorder())) == Encrypted.Error.NOT_SUPPORTED
+def test_encrypted_request_without_key_is_a_clear_rejection() -> None:
+    recorder = Recorder()
+    frame = answer_frame(encode_request(envelope("a"), KEY), None, recorder)
+    assert envelope_error(frame) == Error.REJECTED
+    assert not parse(frame).HasField("encrypted")
+    assert recorder.seen == []
+
+
+def test_without_key_clear_messages_are_answered_even_beside_encrypted() -> None:
+    """The deployed daemon looks at ``messages`` first when it has no key."""
+    request = envelope("a")
+    request.encrypted.aes256cbc_sha512 = b"ignored"
+    reply = parse(answer_frame(request.SerializeToString(), None, Recorder()))
+    assert [m.message_0.message_id for m in reply.messages] == ["a"]
+
+
+def test_encryption_inside_encryption_is_rejected_inside() -> None:
+    recorder = Recorder()
+    inner = Messages()
+    inner.encrypted.aes256cbc_sha512 = seal(envelope("a").SerializeToString(), KEY)
+    reply = parse(answer_frame(encode_request(inner, KEY), KEY, recorder))
+    assert not reply.messages
+    content = parse(unseal(reply.encrypted.aes256cbc_sha512, KEY))
+    assert [(m.revision, m.error.code) for m in content.messages] == [(REVISION, Error.REJECTED)]
+    assert recorder.seen == []
 
 
 def test_encrypted_without_blob_is_not_supported() -> None:
@@ -178,8 +203,14 @@ def test_decode_reply_errors() -> None:
         decode_reply(rejected.SerializeToString(), KEY)
     unsupported = Messages()
     unsupported.encrypted.error.code = Encrypted.Error.NOT_SUPPORTED
-    with pytest.raises(ClientError, match=r"NOT_SUPPORTED \(the daemon has no key"):
+    with pytest.raises(ClientError, match=r"NOT_SUPPORTED \(no encrypted content"):
         decode_reply(unsupported.SerializeToString(), KEY)
+    refused = answer_frame(envelope("a").SerializeToString(), KEY, Recorder())
+    with pytest.raises(ClientError, match=r"REJECTED \(the daemon requires a key"):
+        decode_reply(refused, None)
+    refused = answer_frame(encode_request(envelope("a"), KEY), None, Recorder())
+    with pytest.raises(ClientError, match=r"REJECTED \(the daemon has no key"):
+        decode_reply(refused, KEY)
     with pytest.raises(ClientError, match="could not read the request: PARSE_ERROR"):
         decode_reply(answer_frame(b"\xff", None, Recorder()), None)
     sealed = answer_frame(encode_request(envelope("a"), KEY), KEY, Recorder())

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
-from butterfly.dataplane.naming import member_set, profile_chains, sg_in_chain
+from butterfly.dataplane.naming import limit_names, member_set, profile_chains, sg_in_chain
 from butterfly.dataplane.ruleset import (
     BRIDGE,
     INET,
     PRESENT,
     Base,
     Chain,
+    ConnLimits,
     Decl,
     Key,
     Layout,
@@ -25,7 +26,6 @@ from butterfly.dataplane.ruleset import (
     Verdict,
     diff,
     parse_listing,
-    rule,
 )
 from butterfly.model import State, Vnic, VnicType, make_rule, make_security_group, make_vnic
 from butterfly.model.firewall import sg_filter, vnic_filter
@@ -129,16 +129,23 @@ def test_a_vnic_is_elements_and_a_shared_profile() -> None:
     assert objects[Key("element", INET, "out_mac", named)] == Verdict(profile_out)
     assert objects[Key("element", INET, "in_dispatch", 7)] == Verdict(profile_in)
     bypass = LAYOUT.vnic("bf-v", "bfbr1", None, None)
-    assert bypass == {Key("element", BRIDGE, "port_ids", "bf-v"): 0}
+    assert bypass == {
+        Key("element", BRIDGE, "port_ids", "bf-v"): 0,
+        Key("element", BRIDGE, "port_in", "bf-v"): Verdict("ip_unchecked"),
+    }
 
 
 def test_a_profile_restricts_outbound_only_when_asked() -> None:
     profile_in, profile_out = profile_chains(("a", "b"))
     open_profile = LAYOUT.profile(("a", "b"), restrict_outbound=False)
-    assert open_profile[Key("chain", INET, profile_out)] == Chain((rule({"accept": None}),))
+    unrestricted = open_profile[Key("chain", INET, profile_out)]
+    assert isinstance(unrestricted, Chain)
+    assert len(unrestricted.rules) == 3  # router messages, DHCP servers, accept (proving it)
+    assert json.loads(unrestricted.rules[-1].statements)[-1] == {"accept": None}
     restricted = LAYOUT.profile(("a", "b"), restrict_outbound=True)
     out = restricted[Key("chain", INET, profile_out)]
-    assert isinstance(out, Chain) and len(out.rules) == 4  # ND, a, b, drop
+    assert isinstance(out, Chain) and len(out.rules) == 6  # the same two, ND, a, b, drop
+    assert out.rules[:2] == unrestricted.rules[:2]
     commands = diff(open_profile, restricted)
     assert {c.get("add", {}).get("rule", {}).get("chain") for c in commands} - {None} == {
         profile_out
@@ -184,6 +191,8 @@ def _as_listing(family: str, commands: list[dict[str, Any]]) -> list[dict[str, A
         elif kind == "element":
             holder = sets[spec["name"]]
             next(iter(holder.values())).setdefault("elem", []).extend(spec["elem"])
+        elif kind == "counter":
+            listing.append({"counter": {**spec, "handle": 1, "packets": 0, "bytes": 0}})
         elif kind == "chain":
             listing.append({"chain": spec})
         elif kind == "rule":
@@ -213,7 +222,8 @@ def test_a_listing_read_back_equals_what_was_wanted() -> None:
             if not (isinstance(v, Decl) and v.bootstrapped)
         },
         **_web("10.0.0.9", "2001:db8::9"),
-        **LAYOUT.vnic("bf-v", "bfbr1", vnic_filter(vnic, state), 3),
+        **LAYOUT.vnic("bf-v", "bfbr1", vnic_filter(vnic, state), 3, ConnLimits(100, 10)),
+        **LAYOUT.limit_class(ConnLimits(100, 10)),
         **LAYOUT.profile(("web",), restrict_outbound=False),
         **LAYOUT.vni("bfbr1", "bfvx1", 5),
     }
@@ -225,3 +235,35 @@ def test_a_listing_read_back_equals_what_was_wanted() -> None:
         read_back.update(parse_listing(family, _as_listing(family, commands)).objects)
     read_back = {k: v for k, v in read_back.items() if k.kind != "table"}
     assert diff(read_back, wanted) == []
+
+
+def test_a_vnic_with_caps_jumps_to_its_class_and_one_without_has_none() -> None:
+    state = State()
+    vnic = make_vnic(Vnic(id="v", mac="52:54:00:00:00:01", vni=1, type=VnicType.TAP))
+    state.put_vnic(vnic)
+    capped = LAYOUT.vnic("bf-v", "bfbr1", vnic_filter(vnic, state), 3, ConnLimits(100, 0))
+    element = Key("element", INET, "limits", ("bfbr1", "52:54:00:00:00:01"))
+    assert capped[element] == Verdict(limit_names(100, 0)[0], jump=True)
+    assert element not in LAYOUT.vnic("bf-v", "bfbr1", vnic_filter(vnic, state), 3)
+    only_count = LAYOUT.limit_class(ConnLimits(100, 0))
+    assert Key("set", INET, limit_names(100, 0)[2]) in only_count
+    assert Key("set", INET, limit_names(100, 0)[1]) not in only_count
+    chain = only_count[Key("chain", INET, limit_names(100, 0)[0])]
+    assert isinstance(chain, Chain) and len(chain.rules) == 1
+
+
+def test_what_the_packets_put_in_meters_is_not_read_back() -> None:
+    """Elements of the dyn_ sets are the kernel's: a reconcile never removes them."""
+    listing = [
+        {
+            "set": {
+                "family": "inet",
+                "name": "dyn_drops",
+                "table": "butterfly",
+                "type": ["ifname", "ether_addr"],
+                "elem": [{"elem": {"val": {"concat": ["bfbr1", "52:54:00:00:00:01"]}}}],
+            }
+        }
+    ]
+    objects = parse_listing(INET, listing).objects
+    assert list(objects) == [Key("set", INET, "dyn_drops")]

@@ -199,11 +199,16 @@ def test_bench_nic_is_not_supported() -> None:
         make_vnic(vnic(type=VnicType.BENCH))
 
 
-def test_sniff_target_is_not_supported() -> None:
+def test_sniff_target_is_an_id_of_another_nic() -> None:
+    assert make_vnic(vnic(sniff_target_nic_id="ids")).sniff_target_nic_id == "ids"
+    with raises(BadNic, "Bad NIC format: nic 'vnic-1': sniff_target_nic_id names the nic itself"):
+        make_vnic(vnic(sniff_target_nic_id="vnic-1"))
     with raises(
-        NotSupported, "nic 'vnic-1': sniff_target_nic_id is not supported; use packet_trace"
+        BadNic,
+        "Bad NIC format: nic 'vnic-1': sniff_target_nic_id 'a b' contains spaces"
+        " or control characters",
     ):
-        make_vnic(vnic(sniff_target_nic_id="other"))
+        make_vnic(vnic(sniff_target_nic_id="a b"))
 
 
 def test_netns_nic_needs_a_namespace() -> None:

@@ -59,6 +59,8 @@ VNICS = [
         type=VnicType.NETNS,
         netns="/proc/1/ns/net",
         packet_trace=True,
+        max_connections=0,
+        max_new_connections=300,
     ),
     Vnic(id="é/ü", mac="52:54:00:00:00:04", vni=5, sniff_target_nic_id="a"),
 ]
@@ -153,6 +155,38 @@ def test_put_vnic_replaces(store: SqliteStore, path: str) -> None:
     with store.transaction() as tx:
         tx.put_vnic(replacement)
     assert reopen(store, path).vnic("b") == replacement
+
+
+def test_a_vnics_caps_follow_it_and_go_with_it(store: SqliteStore, path: str) -> None:
+    capped = Vnic(id="d", mac="52:54:00:00:00:05", vni=1, max_connections=10)
+    with store.transaction() as tx:
+        tx.put_vnic(capped)
+    assert reopen(store, path).vnic("d") == capped
+    store = SqliteStore(path)
+    with store.transaction() as tx:
+        tx.put_vnic(Vnic(id="d", mac="52:54:00:00:00:05", vni=1))
+    assert reopen(store, path).vnic("d") == Vnic(id="d", mac="52:54:00:00:00:05", vni=1)
+    store = SqliteStore(path)
+    with store.transaction() as tx:
+        tx.put_vnic(capped)
+        tx.delete_vnic("d")
+        tx.put_vnic(Vnic(id="d", mac="52:54:00:00:00:05", vni=1))
+    assert reopen(store, path).vnic("d") == Vnic(id="d", mac="52:54:00:00:00:05", vni=1)
+
+
+def test_a_schema_1_file_without_the_caps_table_gets_it(path: str) -> None:
+    store = SqliteStore(path)
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE vnic_limit")
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    with store.transaction() as tx:
+        tx.put_vnic(Vnic(id="d", mac="52:54:00:00:00:05", vni=1, max_new_connections=5))
+    assert reopen(store, path).vnic("d") == Vnic(
+        id="d", mac="52:54:00:00:00:05", vni=1, max_new_connections=5
+    )
 
 
 def test_set_peers_replaces_and_empties(store: SqliteStore, path: str) -> None:
@@ -286,6 +320,6 @@ def test_new_file_is_created_with_the_schema(tmp_path: Path) -> None:
         assert db.execute("PRAGMA user_version").fetchone() == (1,)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert tables == {"vnic", "sg", "sg_rule", "sg_member", "vni_peer"}
+        assert tables == {"vnic", "sg", "sg_rule", "sg_member", "vni_peer", "vnic_limit"}
     finally:
         db.close()

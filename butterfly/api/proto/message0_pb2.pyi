@@ -70,6 +70,8 @@ class MessageV0(_message.Message):
         DIP_FIELD_NUMBER: _builtins.int
         DMAC_FIELD_NUMBER: _builtins.int
         MTU_FIELD_NUMBER: _builtins.int
+        MAX_CONNECTIONS_FIELD_NUMBER: _builtins.int
+        MAX_NEW_CONNECTIONS_FIELD_NUMBER: _builtins.int
         id: _builtins.str
         mac: _builtins.str
         vni: _builtins.int
@@ -85,6 +87,12 @@ class MessageV0(_message.Message):
         dmac: _builtins.str
         mtu: _builtins.int
         """butterfly addition: the vnic's MTU, filled by the daemon in details."""
+        max_connections: _builtins.int
+        """butterfly additions: the vnic's own caps on the connections it starts
+        (tracked at once; new per second); absent: the daemon's defaults, 0: no
+        cap. In details only when the request asks for additions.
+        """
+        max_new_connections: _builtins.int
         @_builtins.property
         def ip(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
         @_builtins.property
@@ -108,10 +116,12 @@ class MessageV0(_message.Message):
             dip: _builtins.str | None = ...,
             dmac: _builtins.str | None = ...,
             mtu: _builtins.int | None = ...,
+            max_connections: _builtins.int | None = ...,
+            max_new_connections: _builtins.int | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["btype", b"btype", "bypass_filtering", b"bypass_filtering", "dip", b"dip", "dmac", b"dmac", "id", b"id", "ip_anti_spoof", b"ip_anti_spoof", "mac", b"mac", "mtu", b"mtu", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "path", b"path", "sniff_target_nic_id", b"sniff_target_nic_id", "type", b"type", "vni", b"vni"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["btype", b"btype", "bypass_filtering", b"bypass_filtering", "dip", b"dip", "dmac", b"dmac", "id", b"id", "ip_anti_spoof", b"ip_anti_spoof", "mac", b"mac", "max_connections", b"max_connections", "max_new_connections", b"max_new_connections", "mtu", b"mtu", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "path", b"path", "sniff_target_nic_id", b"sniff_target_nic_id", "type", b"type", "vni", b"vni"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["btype", b"btype", "bypass_filtering", b"bypass_filtering", "dip", b"dip", "dmac", b"dmac", "id", b"id", "ip", b"ip", "ip_anti_spoof", b"ip_anti_spoof", "mac", b"mac", "mtu", b"mtu", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "path", b"path", "security_group", b"security_group", "sniff_target_nic_id", b"sniff_target_nic_id", "type", b"type", "vni", b"vni"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["btype", b"btype", "bypass_filtering", b"bypass_filtering", "dip", b"dip", "dmac", b"dmac", "id", b"id", "ip", b"ip", "ip_anti_spoof", b"ip_anti_spoof", "mac", b"mac", "max_connections", b"max_connections", "max_new_connections", b"max_new_connections", "mtu", b"mtu", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "path", b"path", "security_group", b"security_group", "sniff_target_nic_id", b"sniff_target_nic_id", "type", b"type", "vni", b"vni"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -121,15 +131,24 @@ class MessageV0(_message.Message):
 
         IN_FIELD_NUMBER: _builtins.int
         OUT_FIELD_NUMBER: _builtins.int
+        SNIFFED_FRAMES_FIELD_NUMBER: _builtins.int
+        SNIFFED_BYTES_FIELD_NUMBER: _builtins.int
         out: _builtins.int
+        sniffed_frames: _builtins.int
+        """butterfly addition: frames to and from the nic copied to its
+        sniff_target_nic_id, and their bytes.
+        """
+        sniffed_bytes: _builtins.int
         def __init__(
             self,
             *,
             out: _builtins.int | None = ...,
+            sniffed_frames: _builtins.int | None = ...,
+            sniffed_bytes: _builtins.int | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["in", b"in", "out", b"out"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["in", b"in", "out", b"out", "sniffed_bytes", b"sniffed_bytes", "sniffed_frames", b"sniffed_frames"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["in", b"in", "out", b"out"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["in", b"in", "out", b"out", "sniffed_bytes", b"sniffed_bytes", "sniffed_frames", b"sniffed_frames"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -304,10 +323,15 @@ class MessageV0(_message.Message):
         SECURITY_GROUP_FIELD_NUMBER: _builtins.int
         PACKET_TRACE_FIELD_NUMBER: _builtins.int
         PACKET_TRACE_PATH_FIELD_NUMBER: _builtins.int
+        MAX_CONNECTIONS_FIELD_NUMBER: _builtins.int
+        MAX_NEW_CONNECTIONS_FIELD_NUMBER: _builtins.int
         id: _builtins.str
         ip_anti_spoof: _builtins.bool
         packet_trace: _builtins.bool
         packet_trace_path: _builtins.str
+        max_connections: _builtins.int
+        """butterfly additions, as in Nic"""
+        max_new_connections: _builtins.int
         @_builtins.property
         def ip(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
         @_builtins.property
@@ -321,10 +345,12 @@ class MessageV0(_message.Message):
             security_group: _abc.Iterable[_builtins.str] | None = ...,
             packet_trace: _builtins.bool | None = ...,
             packet_trace_path: _builtins.str | None = ...,
+            max_connections: _builtins.int | None = ...,
+            max_new_connections: _builtins.int | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "ip_anti_spoof", b"ip_anti_spoof", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "ip_anti_spoof", b"ip_anti_spoof", "max_connections", b"max_connections", "max_new_connections", b"max_new_connections", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "ip", b"ip", "ip_anti_spoof", b"ip_anti_spoof", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "security_group", b"security_group"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "ip", b"ip", "ip_anti_spoof", b"ip_anti_spoof", "max_connections", b"max_connections", "max_new_connections", b"max_new_connections", "packet_trace", b"packet_trace", "packet_trace_path", b"packet_trace_path", "security_group", b"security_group"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -446,6 +472,46 @@ class MessageV0(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     @_typing.final
+    class DriftStatus(_message.Message):
+        """butterfly addition: what other software changed in butterfly's kernel
+        objects since the daemon started, and what was put back.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        CHANGES_SEEN_FIELD_NUMBER: _builtins.int
+        CHANGES_REPAIRED_FIELD_NUMBER: _builtins.int
+        REPAIRS_FIELD_NUMBER: _builtins.int
+        REPAIR_FAILURES_FIELD_NUMBER: _builtins.int
+        REPORT_ONLY_FIELD_NUMBER: _builtins.int
+        LAST_CHANGES_FIELD_NUMBER: _builtins.int
+        LAST_CHANGE_DATE_FIELD_NUMBER: _builtins.int
+        changes_seen: _builtins.int
+        changes_repaired: _builtins.int
+        repairs: _builtins.int
+        repair_failures: _builtins.int
+        report_only: _builtins.bool
+        last_change_date: _builtins.int
+        @_builtins.property
+        def last_changes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+        def __init__(
+            self,
+            *,
+            changes_seen: _builtins.int | None = ...,
+            changes_repaired: _builtins.int | None = ...,
+            repairs: _builtins.int | None = ...,
+            repair_failures: _builtins.int | None = ...,
+            report_only: _builtins.bool | None = ...,
+            last_changes: _abc.Iterable[_builtins.str] | None = ...,
+            last_change_date: _builtins.int | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["changes_repaired", b"changes_repaired", "changes_seen", b"changes_seen", "last_change_date", b"last_change_date", "repair_failures", b"repair_failures", "repairs", b"repairs", "report_only", b"report_only"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["changes_repaired", b"changes_repaired", "changes_seen", b"changes_seen", "last_change_date", b"last_change_date", "last_changes", b"last_changes", "repair_failures", b"repair_failures", "repairs", b"repairs", "report_only", b"report_only"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
     class AppStatusRes(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
@@ -454,6 +520,7 @@ class MessageV0(_message.Message):
         REQUEST_COUNTER_FIELD_NUMBER: _builtins.int
         GRAPH_DOT_FIELD_NUMBER: _builtins.int
         RECONCILE_FIELD_NUMBER: _builtins.int
+        DRIFT_FIELD_NUMBER: _builtins.int
         start_date: _builtins.int
         current_date: _builtins.int
         request_counter: _builtins.int
@@ -461,6 +528,10 @@ class MessageV0(_message.Message):
         @_builtins.property
         def reconcile(self) -> Global___MessageV0.ReconcileStatus:
             """butterfly addition (only when the request sets app_status_reconcile)"""
+
+        @_builtins.property
+        def drift(self) -> Global___MessageV0.DriftStatus:
+            """butterfly addition, only when the request's app_status_drift asks"""
 
         def __init__(
             self,
@@ -470,10 +541,11 @@ class MessageV0(_message.Message):
             request_counter: _builtins.int | None = ...,
             graph_dot: _builtins.str | None = ...,
             reconcile: Global___MessageV0.ReconcileStatus | None = ...,
+            drift: Global___MessageV0.DriftStatus | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["current_date", b"current_date", "graph_dot", b"graph_dot", "reconcile", b"reconcile", "request_counter", b"request_counter", "start_date", b"start_date"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["current_date", b"current_date", "drift", b"drift", "graph_dot", b"graph_dot", "reconcile", b"reconcile", "request_counter", b"request_counter", "start_date", b"start_date"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["current_date", b"current_date", "graph_dot", b"graph_dot", "reconcile", b"reconcile", "request_counter", b"request_counter", "start_date", b"start_date"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["current_date", b"current_date", "drift", b"drift", "graph_dot", b"graph_dot", "reconcile", b"reconcile", "request_counter", b"request_counter", "start_date", b"start_date"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -573,6 +645,31 @@ class MessageV0(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     @_typing.final
+    class NicImportReq(_message.Message):
+        """butterfly addition: firewall sessions that nic_export gave on another
+        host, loaded into the vnic `id` (butterfly/model/sessions.py documents
+        the blob's format).
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        ID_FIELD_NUMBER: _builtins.int
+        DATA_FIELD_NUMBER: _builtins.int
+        id: _builtins.str
+        data: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            id: _builtins.str | None = ...,
+            data: _builtins.bytes | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "id", b"id"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "id", b"id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
     class Request(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
@@ -599,7 +696,10 @@ class MessageV0(_message.Message):
         VNI_PEER_ADD_FIELD_NUMBER: _builtins.int
         VNI_PEER_DEL_FIELD_NUMBER: _builtins.int
         VNI_PEER_LIST_FIELD_NUMBER: _builtins.int
+        NIC_IMPORT_FIELD_NUMBER: _builtins.int
         APP_STATUS_RECONCILE_FIELD_NUMBER: _builtins.int
+        WITH_ADDITIONS_FIELD_NUMBER: _builtins.int
+        APP_STATUS_DRIFT_FIELD_NUMBER: _builtins.int
         nic_del: _builtins.str
         nic_list: _builtins.bool
         nic_details: _builtins.str
@@ -615,6 +715,13 @@ class MessageV0(_message.Message):
         vni_peer_list: _builtins.bool
         app_status_reconcile: _builtins.bool
         """butterfly addition: app_status also answers AppStatusRes.reconcile"""
+        with_additions: _builtins.bool
+        """butterfly addition: the requester reads butterfly's additions in the
+        reply. Without it (or another addition in the request), a reply holds
+        only what revision 6 of the protocol has (shared/protocol.md).
+        """
+        app_status_drift: _builtins.bool
+        """butterfly addition: with app_status, also answer AppStatusRes.drift"""
         @_builtins.property
         def nic_add(self) -> Global___MessageV0.Nic: ...
         @_builtins.property
@@ -637,6 +744,8 @@ class MessageV0(_message.Message):
 
         @_builtins.property
         def vni_peer_del(self) -> Global___MessageV0.VniPeerReq: ...
+        @_builtins.property
+        def nic_import(self) -> Global___MessageV0.NicImportReq: ...
         def __init__(
             self,
             *,
@@ -663,13 +772,16 @@ class MessageV0(_message.Message):
             vni_peer_add: Global___MessageV0.VniPeerReq | None = ...,
             vni_peer_del: Global___MessageV0.VniPeerReq | None = ...,
             vni_peer_list: _builtins.bool | None = ...,
+            nic_import: Global___MessageV0.NicImportReq | None = ...,
             app_status_reconcile: _builtins.bool | None = ...,
+            with_additions: _builtins.bool | None = ...,
+            app_status_drift: _builtins.bool | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "app_status_reconcile", b"app_status_reconcile", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "app_status_drift", b"app_status_drift", "app_status_reconcile", b"app_status_reconcile", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_import", b"nic_import", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list", "with_additions", b"with_additions"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "app_status_reconcile", b"app_status_reconcile", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "app_status_drift", b"app_status_drift", "app_status_reconcile", b"app_status_reconcile", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_import", b"nic_import", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list", "with_additions", b"with_additions"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["nic_add", "nic_update", "nic_del", "nic_list", "nic_details", "nic_export", "nic_stats", "sg_add", "sg_del", "sg_list", "sg_rule_add", "sg_rule_del", "sg_rule_list", "sg_member_add", "sg_member_del", "sg_member_list", "app_status", "app_quit", "app_config", "sg_details", "vni_peer_add", "vni_peer_del", "vni_peer_list"]  # noqa: Y015
+        _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["nic_add", "nic_update", "nic_del", "nic_list", "nic_details", "nic_export", "nic_stats", "sg_add", "sg_del", "sg_list", "sg_rule_add", "sg_rule_del", "sg_rule_list", "sg_member_add", "sg_member_del", "sg_member_list", "app_status", "app_quit", "app_config", "sg_details", "vni_peer_add", "vni_peer_del", "vni_peer_list", "nic_import"]  # noqa: Y015
         _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
         def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
 

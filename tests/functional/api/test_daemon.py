@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import sqlite3
 from typing import TYPE_CHECKING
@@ -242,3 +243,28 @@ def test_every_thread_of_the_daemon_runs_at_its_niceness(daemon_factory: DaemonF
     threads = [int(tid) for tid in os.listdir(f"/proc/{daemon.pid}/task")]
     assert len(threads) > 1
     assert {tid: _niceness(daemon.pid, tid) for tid in threads} == dict.fromkeys(threads, 7)
+
+
+def test_sigusr2_logs_the_largest_allocation_sites_with_debug_memory(
+    daemon_factory: DaemonFactory,
+) -> None:
+    daemon = daemon_factory(extra_args=["--debug-memory"])
+    daemon.start()
+    client = daemon.client()
+    _build_state(client)
+    os.kill(daemon.pid, signal.SIGUSR2)
+    # The report is written before the next request is answered: same thread.
+    assert ok(client, app_status=True).status.status
+    log = daemon.log()
+    assert "memory debugging on" in log, log
+    sites = log.split("largest allocation sites:", 2)[-1]
+    assert re.search(r"KB in \d+ blocks at butterfly/\S+\.py:\d+", sites), log
+    assert "grew most since the last report" in log, log
+    assert daemon.alive()
+
+
+def test_sigusr2_without_debug_memory_says_how_and_does_not_stop(daemon: Daemon) -> None:
+    os.kill(daemon.pid, signal.SIGUSR2)
+    assert ok(daemon.client(), app_status=True).status.status
+    assert "memory debugging is off (start butterflyd with --debug-memory)" in daemon.log()
+    assert daemon.alive()

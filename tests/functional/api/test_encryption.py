@@ -38,6 +38,15 @@ def _raw(client: Client, data: bytes) -> Messages:
     return reply
 
 
+def _clear_rejection(reply: Messages) -> bool:
+    """The deployed daemon's refusal: one clear Message { revision error { REJECTED } }."""
+    assert not reply.HasField("encrypted"), reply
+    assert len(reply.messages) == 1, reply
+    message = reply.messages[0]
+    assert message.revision == 6 and not message.HasField("message_0"), reply
+    return message.error.code == Error.REJECTED
+
+
 def _encrypted_error(reply: Messages) -> int:
     assert not reply.messages, reply
     assert reply.HasField("encrypted") and reply.encrypted.HasField("error"), reply
@@ -108,7 +117,8 @@ def test_clear_client_is_rejected(keyed: tuple[Daemon, bytes]) -> None:
     before = dump(daemon.client(key=key))
     clear = daemon.client()
     reply = _raw(clear, frame(request(nic_del="kept")).SerializeToString())
-    assert _encrypted_error(reply) == Encrypted.Error.REJECTED
+    assert _clear_rejection(reply)
+    assert _clear_rejection(_raw(clear, b""))
     with pytest.raises(ClientError, match="REJECTED"):
         clear.call(request(nic_del="kept"))
     assert dump(daemon.client(key=key)) == before
@@ -179,17 +189,32 @@ def test_encrypted_garbage_inside_gets_an_encrypted_parse_error(
     assert inner.messages[0].error.code == Error.PARSE_ERROR
 
 
-def test_keyed_client_to_unkeyed_daemon_is_not_supported(daemon: Daemon) -> None:
+def test_keyed_client_to_unkeyed_daemon_is_rejected_in_clear(daemon: Daemon) -> None:
     keyed_client = daemon.client(key=os.urandom(32))
-    with pytest.raises(ClientError, match="NOT_SUPPORTED"):
+    with pytest.raises(ClientError, match=r"REJECTED \(the daemon has no key"):
         keyed_client.call(request(nic_list=True))
     data = Messages()
     data.encrypted.aes256cbc_sha512 = seal(b"", os.urandom(32))
-    assert (
-        _encrypted_error(_raw(daemon.client(), data.SerializeToString()))
-        == Encrypted.Error.NOT_SUPPORTED
-    )
+    assert _clear_rejection(_raw(daemon.client(), data.SerializeToString()))
+    data.encrypted.Clear()
+    data.encrypted.SetInParent()
+    assert _clear_rejection(_raw(daemon.client(), data.SerializeToString()))
     ok(daemon.client(), nic_list=True)
+
+
+def test_encryption_inside_encryption_is_rejected_inside(keyed: tuple[Daemon, bytes]) -> None:
+    daemon, key = keyed
+    nested = Messages()
+    nested.encrypted.aes256cbc_sha512 = seal(
+        frame(request(nic_add=nic("nested"))).SerializeToString(), key
+    )
+    data = Messages()
+    data.encrypted.aes256cbc_sha512 = seal(nested.SerializeToString(), key)
+    reply = _raw(daemon.client(), data.SerializeToString())
+    inner = Messages()
+    inner.ParseFromString(_deployed_unseal(reply.encrypted.aes256cbc_sha512, key))
+    assert _clear_rejection(inner)
+    assert list(ok(daemon.client(key=key), nic_list=True).nic_list) == []
 
 
 def test_key_from_the_config_file(

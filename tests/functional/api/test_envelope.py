@@ -71,9 +71,10 @@ def test_unparsable_frame_gets_parse_error(client: Client) -> None:
     assert dump(client) == before
 
 
-def test_empty_frame_gets_empty_request(client: Client) -> None:
-    assert _envelope_error(_raw(client, b"")) == Error.EMPTY_REQUEST
-    assert _envelope_error(_raw(client, Messages())) == Error.EMPTY_REQUEST
+def test_empty_frame_is_rejected(client: Client) -> None:
+    """As the deployed daemon: an empty Messages (nothing encrypted) is REJECTED."""
+    assert _envelope_error(_raw(client, b"")) == Error.REJECTED
+    assert _envelope_error(_raw(client, Messages())) == Error.REJECTED
 
 
 def test_message_without_message_0_gets_version_not_managed(client: Client) -> None:

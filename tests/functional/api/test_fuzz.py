@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 
 from butterfly.api.client import Client
 from butterfly.api.codec import REVISION
-from butterfly.api.proto.encrypted_pb2 import Encrypted
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Error, Messages
 from butterfly.bench.daemon import DaemonProcess
@@ -83,7 +82,11 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 
 
 def _expected_envelope(frame: bytes) -> tuple[str, Messages | None]:
-    """How the daemon must answer ``frame``: 'parse', 'empty', 'encrypted' or 'messages'."""
+    """How the (keyless) daemon must answer ``frame``: 'parse', 'rejected' or 'messages'.
+
+    As the deployed daemon: without a key it answers the messages if there
+    are any, and rejects the rest (nothing, or only encrypted content).
+    """
     parsed = Messages()
     try:
         parsed.ParseFromString(frame)
@@ -91,10 +94,8 @@ def _expected_envelope(frame: bytes) -> tuple[str, Messages | None]:
         return "parse", None
     if not parsed.IsInitialized():  # so is a missing required field, as in C++
         return "parse", None
-    if parsed.HasField("encrypted"):
-        return "encrypted", parsed
     if not parsed.messages:
-        return "empty", parsed
+        return "rejected", parsed
     return "messages", parsed
 
 
@@ -127,11 +128,9 @@ def _check(target: Target, frame: bytes, *, generated: bool = True) -> None:
     succeeded = False
     if kind == "parse":
         assert [m.error.code for m in reply.messages] == [Error.PARSE_ERROR], reply
-    elif kind == "empty":
-        assert [m.error.code for m in reply.messages] == [Error.EMPTY_REQUEST], reply
-    elif kind == "encrypted":
-        assert not reply.messages
-        assert reply.encrypted.error.code == Encrypted.Error.NOT_SUPPORTED
+    elif kind == "rejected":
+        assert [m.error.code for m in reply.messages] == [Error.REJECTED], reply
+        assert not reply.HasField("encrypted"), reply
     else:
         assert parsed is not None
         assert len(reply.messages) == len(parsed.messages)
@@ -300,6 +299,9 @@ def absurd_nics(draw: st.DrawFn) -> MessageV0.Nic:
     for name in ("path", "packet_trace_path", "sniff_target_nic_id", "btype", "dip", "dmac"):
         if draw(st.integers(0, 3)) == 0:
             setattr(out, name, draw(texts))
+    for name in ("max_connections", "max_new_connections"):
+        if draw(st.integers(0, 3)) == 0:
+            setattr(out, name, draw(uint32))
     if draw(st.booleans()):
         out = _with_enum(out, 9, draw(enum_values))
     return out
@@ -309,7 +311,11 @@ def absurd_nics(draw: st.DrawFn) -> MessageV0.Nic:
 def absurd_requests(draw: st.DrawFn) -> MessageV0.Request:
     kind = draw(
         st.sampled_from(
-            [f.name for f in MessageV0.Request.DESCRIPTOR.fields if f.name != "app_quit"]
+            [
+                f.name
+                for f in MessageV0.Request.DESCRIPTOR.oneofs_by_name["request"].fields
+                if f.name != "app_quit"
+            ]
         )
     )
     value: Any
@@ -325,6 +331,8 @@ def absurd_requests(draw: st.DrawFn) -> MessageV0.Request:
             value.ip_anti_spoof = draw(st.booleans())
         if draw(st.booleans()):
             value.packet_trace_path = draw(texts)
+        if draw(st.booleans()):
+            value.max_connections = draw(uint32)
     elif kind == "sg_add":
         value = MessageV0.Sg(id=draw(texts), member=draw(st.lists(ips, max_size=4)))
         for one in draw(st.lists(absurd_rules(), max_size=3)):
@@ -336,6 +344,8 @@ def absurd_requests(draw: st.DrawFn) -> MessageV0.Request:
     elif kind in ("sg_member_add", "sg_member_del"):
         cls = MessageV0.SgMemberAddReq if kind == "sg_member_add" else MessageV0.SgMemberDelReq
         value = cls(sg_id=draw(texts), member=draw(ips))
+    elif kind == "nic_import":
+        value = MessageV0.NicImportReq(id=draw(texts), data=draw(st.binary(max_size=300)))
     elif kind in ("vni_peer_add", "vni_peer_del"):
         value = MessageV0.VniPeerReq(vni=draw(uint32), peer=draw(ips))
     elif kind == "app_config":
@@ -344,11 +354,16 @@ def absurd_requests(draw: st.DrawFn) -> MessageV0.Request:
             value.log_level = draw(
                 st.sampled_from(["none", "error", "warning", "info", "debug", "loud", ""])
             )
-    elif kind in ("nic_list", "sg_list", "app_status", "vni_peer_list", "app_status_reconcile"):
+    elif kind in ("nic_list", "sg_list", "app_status", "vni_peer_list"):
         value = draw(st.booleans())
     else:
         value = draw(texts)
-    return MessageV0.Request(**{kind: value})
+    request = MessageV0.Request(**{kind: value})
+    # The fields outside the oneof: our flags, with any request.
+    for flag in ("with_additions", "app_status_drift", "app_status_reconcile"):
+        if draw(st.booleans()):
+            setattr(request, flag, draw(st.booleans()))
+    return request
 
 
 @st.composite

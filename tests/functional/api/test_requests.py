@@ -25,9 +25,12 @@ from api_helpers import (
 
 from butterfly.api.client import Client
 from butterfly.api.proto.message0_pb2 import MessageV0
+from butterfly.model.sessions import SessionExport, decode_sessions, encode_sessions
 
 if TYPE_CHECKING:
     from conftest import Daemon
+
+Request = MessageV0.Request
 
 # vnics
 
@@ -159,10 +162,12 @@ def test_nic_stats_of_a_nic_are_zero_without_a_data_plane(client: Client) -> Non
     assert fail(client, nic_stats="missing") == "NIC does not exist with id missing"
 
 
-def test_nic_export_is_not_supported_and_says_so(client: Client) -> None:
-    ok(client, nic_add=nic("n"))
-    description = fail(client, nic_export="n")
-    assert "nic_export" in description and "not supported" in description
+def test_nic_export_answers_a_blob_that_nic_import_takes(client: Client) -> None:
+    """Without a data plane there are no sessions, but the blob is a real one."""
+    ok(client, nic_add=nic("n", ips=("10.0.0.1",)))
+    data = ok(client, nic_export="n").nic_export.fw_data.data
+    assert decode_sessions(data) == SessionExport(vni=42, nic_id="n", sessions=())
+    ok(client, nic_import=MessageV0.NicImportReq(id="n", data=data))
     assert fail(client, nic_export="missing") == "NIC does not exist with id missing"
 
 
@@ -460,6 +465,9 @@ def test_every_request_type_is_answered(client: Client) -> None:
         "nic_details": "n",
         "nic_export": "n",
         "nic_stats": "n",
+        "nic_import": MessageV0.NicImportReq(
+            id="n", data=encode_sessions(SessionExport(vni=42, nic_id="n", sessions=()))
+        ),
         "sg_add": Sg(id="s"),
         "sg_del": "other",
         "sg_list": True,
@@ -481,10 +489,7 @@ def test_every_request_type_is_answered(client: Client) -> None:
             continue  # test_app_quit_answers_then_stops_cleanly
         assert field.name in samples, f"no sample for request {field.name}"
         response = call(client, **{field.name: samples[field.name]})
-        if field.name == "nic_export":
-            assert not response.status.status  # documented as not supported
-        else:
-            assert response.status.status, (field.name, response)
+        assert response.status.status, (field.name, response)
         answered.add(field.name)
     assert answered == {f.name for f in fields} - {"app_quit"}
     assert request(nic_list=True).WhichOneof("request") == "nic_list"
@@ -504,3 +509,31 @@ def test_inbound_and_outbound_rules_are_distinct(client: Client) -> None:
     ok(client, sg_rule_add=MessageV0.SgRuleAddReq(sg_id="s", rule=one))
     ok(client, sg_rule_add=MessageV0.SgRuleAddReq(sg_id="s", rule=other))
     assert list(ok(client, sg_rule_list="s").sg_rule_list) == [one, other]
+
+
+def test_a_nics_caps_are_answered_only_to_a_request_asking_for_them(
+    daemon: Daemon, client: Client
+) -> None:
+    """A deployed client cannot parse fields 110/111: plain nic_details never has them."""
+    ok(client, nic_add=nic("vnic-1", max_connections=0, max_new_connections=50))
+    plain = ok(client, nic_details="vnic-1").nic_details[0]
+    assert not plain.HasField("max_connections")
+    assert not plain.HasField("max_new_connections")
+    asked = Request(nic_details="vnic-1", with_additions=True)
+    got = client.call(asked).response.nic_details[0]
+    assert (got.max_connections, got.max_new_connections) == (0, 50)
+    assert got.HasField("max_connections")
+    ok(client, nic_update=MessageV0.NicUpdateReq(id="vnic-1", max_connections=7))
+    got = client.call(asked).response.nic_details[0]
+    assert (got.max_connections, got.max_new_connections) == (7, 50)
+    ok(client, nic_add=nic("vnic-2", mac="52:54:00:00:00:02"))
+    untouched = client.call(Request(nic_details="vnic-2", with_additions=True)).response
+    assert not untouched.nic_details[0].HasField("max_connections")
+
+
+def test_a_cap_out_of_range_is_refused_and_changes_nothing(daemon: Daemon, client: Client) -> None:
+    message = fail(client, nic_add=nic("vnic-1", max_connections=10_000_001))
+    assert message == (
+        "Bad NIC format: nic 'vnic-1': max_connections 10000001 is out of range 0-10000000"
+    )
+    assert list(ok(client, nic_list=True).nic_list) == []

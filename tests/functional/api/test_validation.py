@@ -10,6 +10,7 @@ from butterfly.api.client import Client
 from butterfly.api.codec import REVISION
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Error, Messages
+from butterfly.model.sessions import FlowTuple, Session, SessionExport, TcpInfo, encode_sessions
 
 BAD_NIC = "Bad NIC format"
 BAD_RULE = "Bad Security Group rule format"
@@ -22,6 +23,25 @@ RuleDel = MessageV0.SgRuleDelReq
 MemberAdd = MessageV0.SgMemberAddReq
 MemberDel = MessageV0.SgMemberDelReq
 Update = MessageV0.NicUpdateReq
+Import = MessageV0.NicImportReq
+BAD_SESSIONS = "Bad session data"
+MAC3 = "52:54:00:00:00:09"
+
+
+def _blob(*, vni: int = 42, src: str = "10.0.0.1") -> bytes:
+    """A well-formed export of one TCP session of n1 (10.0.0.1, vni 42)."""
+    original = FlowTuple(src, "10.0.0.2", sport=40000, dport=80)
+    reply = FlowTuple("10.0.0.2", src, sport=80, dport=40000)
+    session = Session(6, original, reply, status=14, timeout=300, tcp=TcpInfo(state=3))
+    return encode_sessions(SessionExport(vni=vni, nic_id="n1", sessions=(session,)))
+
+
+def _flipped(blob: bytes) -> bytes:
+    return blob[:-5] + bytes([blob[-5] ^ 0x20]) + blob[-4:]
+
+
+def _other_version(blob: bytes) -> bytes:
+    return blob[:8] + bytes([2]) + blob[9:]
 
 
 def _state(client: Client) -> None:
@@ -79,7 +99,8 @@ CASES: list[tuple[str, Any, str, str]] = [
     ("nic_add", nic("n3", sgs=("",)), BAD_NIC, "''"),
     # nic_add: what this daemon does not offer
     ("nic_add", nic("n3", type=MessageV0.Nic.BENCH), "", "BENCH"),
-    ("nic_add", nic("n3", sniff_target_nic_id="n1"), "", "sniff_target_nic_id"),
+    ("nic_add", nic("n3", mac=MAC3, sniff_target_nic_id="n3"), BAD_NIC, "names the nic itself"),
+    ("nic_add", nic("n3", mac=MAC3, sniff_target_nic_id="a b"), BAD_NIC, "'a b'"),
     ("nic_add", nic("n3", type=MessageV0.Nic.NETNS), BAD_NIC, "NETNS"),
     # nic_update
     (
@@ -137,6 +158,15 @@ CASES: list[tuple[str, Any, str, str]] = [
     ("sg_member_add", MemberAdd(sg_id="new", member="10.0.0.0/8"), BAD_IP, "10.0.0.0/8"),
     ("sg_member_add", MemberAdd(sg_id="", member="10.0.0.1"), BAD_SG, "''"),
     ("sg_member_del", MemberDel(sg_id="sg1", member="nonsense"), BAD_IP, "nonsense"),
+    # nic_import: blobs that are not a session export of this vnic
+    ("nic_import", Import(id="ghost", data=_blob()), "NIC does not exist with id ghost", "ghost"),
+    ("nic_import", Import(id="n1", data=_blob(vni=7)), BAD_SESSIONS, "vni 7"),
+    ("nic_import", Import(id="n1", data=_blob()[:-3]), BAD_SESSIONS, "corrupted or truncated"),
+    ("nic_import", Import(id="n1", data=_blob()[:20]), BAD_SESSIONS, "truncated"),
+    ("nic_import", Import(id="n1", data=_flipped(_blob())), BAD_SESSIONS, "corrupted"),
+    ("nic_import", Import(id="n1", data=_other_version(_blob())), BAD_SESSIONS, "version 2"),
+    ("nic_import", Import(id="n1", data=b"not a blob" * 10), BAD_SESSIONS, "magic"),
+    ("nic_import", Import(id="n1", data=_blob(src="10.9.9.9")), BAD_SESSIONS, "10.9.9.9"),
     # the daemon
     ("app_config", MessageV0.AppConfigReq(log_level="verbose"), "", "verbose"),
     ("app_config", MessageV0.AppConfigReq(log_level="INFO"), "", "INFO"),

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from butterfly.bench.lab import comparable_ruleset
 from butterfly.dataplane import SgChange
 from butterfly.errors import DataplaneError
 from butterfly.model import (
@@ -79,7 +80,7 @@ def snapshot(host: Host, guests: list[Guest]) -> dict[str, Any]:
         if "00:00:00:00:00:00" in line
     )
     return {
-        "nft": host.exec("nft", "list", "ruleset"),
+        "nft": comparable_ruleset(host.exec("nft", "list", "ruleset")),
         "links": sorted(links, key=str),
         "inside": sorted(inside, key=str),
         "fdb": fdb,

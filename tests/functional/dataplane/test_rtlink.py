@@ -62,14 +62,14 @@ def test_every_attribute_read_matches_pyroute2(lab: Lab) -> None:
     vm = lab.guest()
     for command in (
         "link add bftbr type bridge stp_state 0 forward_delay 0 mcast_snooping 0",
-        "link set bftbr type bridge nf_call_iptables 1 nf_call_ip6tables 1",
+        "link set bftbr type bridge nf_call_iptables 1 nf_call_ip6tables 1 group_fwd_mask 16384",
         f"link add bftv4 type vxlan id 77 local {host.address4} group 230.0.0.77 dev ul0 "
         "dstport 4789",
         f"link add bftv6 type vxlan id 78 local {host.address6} group ff05::e600:4e dev ul0 "
         "dstport 4789 nolearning",
         "tuntap add dev bfttap mode tap",
         "link set bfttap master bftbr up",
-        "link set bfttap type bridge_slave learning off flood off locked on",
+        "link set bfttap type bridge_slave learning off flood off locked on neigh_suppress on",
         "link set bfttap alias butterfly-test-alias",
         f"link add bftveth type veth peer name inside netns {vm.name}",
         "link set bftveth master bftbr",
@@ -108,7 +108,11 @@ def test_every_attribute_read_matches_pyroute2(lab: Lab) -> None:
                 "IFLA_BRPORT_LEARNING": 0,
                 "IFLA_BRPORT_UNICAST_FLOOD": 0,
                 "IFLA_BRPORT_LOCKED": 1,
+                "IFLA_BRPORT_NEIGH_SUPPRESS": 1,
             }
+        if ours["name"] == "bftbr":
+            # What the drift watch and the reconcile compare (LLDP_FORWARD_MASK).
+            assert ours["data"]["IFLA_BR_GROUP_FWD_MASK"] == 1 << 14
 
 
 def test_forwarding_entries_match_the_bridge_command(lab: Lab) -> None:

@@ -1,0 +1,148 @@
+"""The port guard: what keeps filtering closed when butterfly's nftables tables are gone.
+
+Another program on the host can remove butterfly's tables at any moment
+(``nft flush ruleset``, what Debian's nftables.service does on every start
+and reload). Without them a bridge forwards everything. So the verdict of
+the tables is not only "not dropped" but also a positive proof carried in
+the frame's mark: the rules that accept a frame set bits of it
+(:data:`BRIDGE_OK` in the bridge family, :data:`INBOUND_OK` once the
+receiver's groups accepted it, :data:`OUTBOUND_OK` once the sender's did),
+and a guard outside nftables, a tc egress program on every butterfly port,
+drops a frame whose mark lacks the bits its port needs. A flushed ruleset
+sets no bit: frames towards a vnic are dropped, not forwarded, until the
+tables are back. A filtered vnic's port needs all three bits
+(:data:`FILTERED`); the other ports (vnics bypassing filtering, VXLAN
+devices) need the bridge's and the sender's (:data:`OPEN`).
+
+The guard is a 12-instruction eBPF program (cls_bpf in direct-action mode:
+kernels without the tc fw/matchall classifiers or gact have it), written
+here as bytecode so no compiler is needed; it also clears the bits, so the
+mark a VXLAN device routes its packet with is the one it had before.
+Loading needs CAP_BPF (root).
+"""
+
+import ctypes
+import errno
+import os
+import struct
+from enum import Enum
+
+from butterfly.errors import DataplaneError
+
+__all__ = [
+    "ALL_OK",
+    "BRIDGE_OK",
+    "INBOUND_OK",
+    "OUTBOUND_OK",
+    "GuardKind",
+    "GuardPrograms",
+]
+
+BRIDGE_OK = 0x10000000
+"""The bridge table accepted the frame (anti-spoofing and frame types checked)."""
+INBOUND_OK = 0x20000000
+"""The receiver's security groups accepted the frame (or it is established)."""
+OUTBOUND_OK = 0x40000000
+"""The sender's OUTBOUND rules accepted the frame (or it is established)."""
+ALL_OK = BRIDGE_OK | INBOUND_OK | OUTBOUND_OK
+
+
+class GuardKind(Enum):
+    """Which bits a port needs; the value is the tc filter's name."""
+
+    FILTERED = "bf-guard-filtered"
+    OPEN = "bf-guard-open"
+
+    @property
+    def mask(self) -> int:
+        return ALL_OK if self is GuardKind.FILTERED else BRIDGE_OK | OUTBOUND_OK
+
+
+_SYS_BPF = 321
+"""x86-64's bpf(2) (the only architecture this project runs on)."""
+_BPF_PROG_LOAD = 5
+_BPF_PROG_TYPE_SCHED_CLS = 3
+_SKB_MARK = 8
+"""offsetof(struct __sk_buff, mark)."""
+_SKB_INGRESS_IFINDEX = 36
+"""offsetof(struct __sk_buff, ingress_ifindex): 0 for a frame no device received."""
+_TC_ACT_OK = 0
+_TC_ACT_SHOT = 2
+
+
+def _insn(code: int, dst: int, src: int, off: int, imm: int) -> bytes:
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+def program(mask: int) -> bytes:
+    """The guard's bytecode: pass (with the bits cleared) when mark & mask == mask,
+    or when the host itself made the frame (no device received it): the
+    bridge's answers to ARP and neighbour solicitations for the addresses in
+    its neighbour table (EVPN's suppression) go straight out of a port, past
+    every table. A tenant's frame always entered through a device."""
+    clear = struct.unpack("<i", struct.pack("<I", ~ALL_OK & 0xFFFFFFFF))[0]
+    return b"".join(
+        [
+            _insn(0x61, 2, 1, _SKB_MARK, 0),  # w2 = skb->mark
+            _insn(0x61, 3, 1, _SKB_INGRESS_IFINDEX, 0),  # w3 = skb->ingress_ifindex
+            _insn(0x16, 3, 0, 3, 0),  # if w3 == 0 goto pass (the host made it)
+            _insn(0xBC, 0, 2, 0, 0),  # w0 = w2
+            _insn(0x54, 0, 0, 0, mask),  # w0 &= mask
+            _insn(0x56, 0, 0, 4, mask),  # if w0 != mask goto drop
+            _insn(0x54, 2, 0, 0, clear),  # pass: w2 &= ~ALL_OK
+            _insn(0x63, 1, 2, _SKB_MARK, 0),  # skb->mark = w2
+            _insn(0xB7, 0, 0, 0, _TC_ACT_OK),
+            _insn(0x95, 0, 0, 0, 0),  # exit
+            _insn(0xB7, 0, 0, 0, _TC_ACT_SHOT),  # drop:
+            _insn(0x95, 0, 0, 0, 0),  # exit
+        ]
+    )
+
+
+def _load(mask: int) -> int:
+    code = program(mask)
+    insns = ctypes.create_string_buffer(code, len(code))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(4096)
+    attr = struct.pack(
+        "<IIQQIIQI",
+        _BPF_PROG_TYPE_SCHED_CLS,
+        len(code) // 8,
+        ctypes.addressof(insns),
+        ctypes.addressof(license_),
+        1,
+        len(log),
+        ctypes.addressof(log),
+        0,
+    ).ljust(128, b"\0")
+    buffer = ctypes.create_string_buffer(attr, len(attr))
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = int(libc.syscall(_SYS_BPF, _BPF_PROG_LOAD, buffer, len(attr)))
+    if fd < 0:
+        code_ = ctypes.get_errno()
+        reason = log.value.decode(errors="replace").strip() or os.strerror(code_)
+        hint = " (needs CAP_BPF: run as root)" if code_ in (errno.EPERM, errno.EACCES) else ""
+        raise DataplaneError(f"port guard: the kernel refused the eBPF program: {reason}{hint}")
+    return fd
+
+
+class GuardPrograms:
+    """The two guard programs, loaded once; a port's tc filter holds its own
+    reference, so these descriptors are only needed to attach new ports."""
+
+    def __init__(self) -> None:
+        self._fds: dict[GuardKind, int] = {}
+        try:
+            for kind in GuardKind:
+                self._fds[kind] = _load(kind.mask)
+        except BaseException:
+            self.close()
+            raise
+
+    def fd(self, kind: GuardKind) -> int:
+        return self._fds[kind]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

@@ -1,0 +1,303 @@
+"""Drift repair's scheduling (pure logic): when a repair runs, what it counts, what it
+logs; the kernel watch is an in-memory fake, the clock a number the test moves."""
+
+import logging
+import struct
+from typing import Any
+
+import pytest
+
+from butterfly.bench.drift import gap_around, repair_times
+from butterfly.daemon.drift import MAX_DELAY, SETTLE, DriftRepair
+from butterfly.dataplane.guard import ALL_OK, BRIDGE_OK, OUTBOUND_OK, GuardKind, program
+from butterfly.dataplane.watch import Change, Scope
+from butterfly.errors import DataplaneError
+
+
+class FakeWatch:
+    def __init__(self) -> None:
+        self.queued: list[Change] = []
+        self.own_seen: list[set[int] | frozenset[int]] = []
+        self.primed = 0
+
+    def drain(self, own_links: set[int] | frozenset[int] = frozenset()) -> list[Change]:
+        self.own_seen.append(own_links)
+        found, self.queued = self.queued, []
+        return found
+
+    def filenos(self) -> tuple[int, int]:
+        return (-1, -1)
+
+    def prime(self) -> None:
+        self.primed += 1
+
+    def close(self) -> None:
+        pass
+
+
+class FakeDataplane:
+    def __init__(self) -> None:
+        self.fake_watch = FakeWatch()
+        self.touched: set[int] = set()
+
+    def watch(self) -> Any:
+        return self.fake_watch
+
+    def rewatch(self, watch: Any) -> None:
+        watch.prime()
+
+    def take_touched(self) -> set[int]:
+        touched, self.touched = self.touched, set()
+        return touched
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Rig:
+    def __init__(
+        self,
+        *,
+        report_only: bool = False,
+        fail: bool = False,
+        bug: bool = False,
+        held: bool = False,
+    ) -> None:
+        self.dataplane = FakeDataplane()
+        self.held = held
+        self.clock = Clock()
+        self.repairs = 0
+        self.scopes: list[Scope] = []
+        self.fail = fail
+        self.bug = bug
+        self.drift = DriftRepair(
+            dataplane=self.dataplane,
+            repair=self.repair,
+            report_only=report_only,
+            clock=self.clock,
+            hold=lambda: self.held,
+        )
+
+    def repair(self, scope: Scope) -> None:
+        self.scopes.append(scope)
+        self.repairs += 1
+        if self.fail:
+            raise DataplaneError("reconcile: nic 'a': namespace gone")
+        if self.bug:
+            raise KeyError("bf-a")
+
+    def change(self, *lines: str) -> None:
+        self.dataplane.fake_watch.queued += [_change(line) for line in lines]
+        self.drift.readable()
+
+
+def _change(line: str) -> Change:
+    """A change as the watch makes it: nftables's are about the tables, others
+    about the link they name first."""
+    if line.startswith("nftables:"):
+        return Change(line, Scope(tables=True))
+    return Change(line, Scope(links=frozenset([line.split(":", maxsplit=1)[0]])))
+
+
+def test_nothing_pending_means_no_timeout_and_no_repair() -> None:
+    rig = Rig()
+    assert rig.drift.timeout() is None
+    rig.drift.run_due()
+    assert rig.repairs == 0
+
+
+def test_a_change_is_repaired_once_it_settles() -> None:
+    rig = Rig()
+    rig.change("bf-a: down")
+    assert rig.drift.timeout() == pytest.approx(SETTLE)
+    rig.clock.now += SETTLE / 2
+    rig.drift.run_due()
+    assert rig.repairs == 0
+    rig.clock.now += SETTLE / 2
+    rig.drift.run_due()
+    assert rig.repairs == 1
+    assert rig.drift.timeout() is None
+    assert rig.dataplane.fake_watch.primed == 0, "no dump: the repair's echo told the watch"
+
+
+def test_after_lost_notifications_everything_is_repaired_and_the_links_dumped() -> None:
+    rig = Rig()
+    rig.dataplane.fake_watch.queued.append(
+        Change("links: notifications lost (socket overflow)", Scope(everything=True))
+    )
+    rig.drift.readable()
+    rig.clock.now += MAX_DELAY
+    rig.drift.run_due()
+    assert rig.scopes == [Scope(everything=True)]
+    assert rig.dataplane.fake_watch.primed == 1
+
+
+def test_a_storm_is_repaired_by_max_delay_after_its_first_change() -> None:
+    rig = Rig()
+    rig.change("nftables: delete table inet butterfly by nft (pid 1)")
+    while rig.clock.now < 100.0 + MAX_DELAY - SETTLE / 2:
+        rig.clock.now += SETTLE / 2
+        rig.change("nftables: delete table inet butterfly by nft (pid 2)")
+        rig.drift.run_due()
+    assert rig.repairs == 0
+    rig.clock.now = 100.0 + MAX_DELAY
+    rig.drift.run_due()
+    assert rig.repairs == 1
+
+
+def test_a_request_waits_for_the_pending_repair() -> None:
+    rig = Rig()
+    rig.dataplane.fake_watch.queued.append(_change("bf-a: mtu 1450 -> 1400"))
+    rig.drift.before_request()
+    assert rig.repairs == 1
+
+
+def test_a_requests_own_changes_are_not_drift() -> None:
+    rig = Rig()
+    rig.dataplane.touched = {7, 8}
+    rig.drift.after_request()
+    assert rig.dataplane.fake_watch.own_seen[-1] == {7, 8}
+    assert rig.drift.report().changes_seen == 0
+
+
+def test_changes_between_requests_to_links_the_data_plane_touched_are_its_own() -> None:
+    """The start-up reconcile's steps and finished deletions run outside requests."""
+    rig = Rig()
+    rig.dataplane.touched = {9}
+    rig.drift.readable()
+    assert rig.dataplane.fake_watch.own_seen[-1] == {9}
+
+
+def test_repairs_wait_while_held_then_run() -> None:
+    """While the start-up reconcile runs, a repair would fight it: changes stay pending."""
+    rig = Rig(held=True)
+    rig.change("bf-a: down")
+    assert rig.drift.timeout() is None
+    rig.clock.now += MAX_DELAY
+    rig.drift.run_due()
+    rig.drift.before_request()
+    assert rig.repairs == 0
+    assert rig.drift.report().changes_seen == 1
+    rig.held = False
+    assert rig.drift.timeout() == 0.0
+    rig.drift.run_due()
+    assert rig.scopes == [Scope(links=frozenset({"bf-a"}))]
+
+
+def test_counts_and_one_log_line_per_repair(caplog: pytest.LogCaptureFixture) -> None:
+    rig = Rig()
+    with caplog.at_level(logging.WARNING):
+        rig.change("bf-a: down", "bf-a: down", "bfbr1: deleted")
+        rig.clock.now += MAX_DELAY
+        rig.drift.run_due()
+    report = rig.drift.report()
+    assert (report.changes_seen, report.changes_repaired, report.repairs) == (3, 3, 1)
+    assert report.last_changes == ("bf-a: down", "bf-a: down", "bfbr1: deleted")
+    lines = [r.getMessage() for r in caplog.records if "drift" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("kernel drift repaired in ")
+    assert lines[0].endswith(" ms after the first change: bf-a: down; bfbr1: deleted")
+    assert rig.scopes == [Scope(links=frozenset({"bf-a", "bfbr1"}))], "one repair of both"
+
+
+def test_a_repair_looks_at_the_tables_only_when_they_changed() -> None:
+    rig = Rig()
+    rig.change("nftables: delete table inet butterfly by nft (pid 3)")
+    rig.clock.now += MAX_DELAY
+    rig.drift.run_due()
+    assert rig.scopes == [Scope(tables=True)]
+
+
+def test_a_failed_repair_is_counted_and_logged_with_the_changes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = Rig(fail=True)
+    with caplog.at_level(logging.ERROR):
+        rig.change("bf-a: deleted")
+        rig.clock.now += MAX_DELAY
+        rig.drift.run_due()
+    report = rig.drift.report()
+    assert (report.repairs, report.repair_failures, report.changes_repaired) == (0, 1, 0)
+    assert "namespace gone" in caplog.text and "bf-a: deleted" in caplog.text
+
+
+def test_a_bug_in_a_repair_is_a_failure_not_the_daemons_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = Rig(bug=True)
+    with caplog.at_level(logging.ERROR):
+        rig.change("bf-a: deleted")
+        rig.drift.before_request()
+    assert rig.drift.report().repair_failures == 1
+    assert "repair failed unexpectedly" in caplog.text
+
+
+def test_a_watch_that_cannot_be_read_asks_for_everything() -> None:
+    rig = Rig()
+
+    def broken(own_links: object = frozenset()) -> list[Change]:
+        raise DataplaneError("watching the kernel: Bad file descriptor")
+
+    rig.dataplane.fake_watch.drain = broken  # type: ignore[method-assign]
+    rig.drift.readable()
+    assert rig.drift.report().changes_seen == 1
+    rig.dataplane.fake_watch.drain = FakeWatch().drain  # type: ignore[method-assign]
+    rig.clock.now += MAX_DELAY
+    rig.drift.run_due()
+    assert rig.scopes == [Scope(everything=True)]
+
+
+def test_report_only_counts_and_logs_but_never_repairs(caplog: pytest.LogCaptureFixture) -> None:
+    rig = Rig(report_only=True)
+    with caplog.at_level(logging.WARNING):
+        rig.change("bf-a: learning on")
+        rig.drift.before_request()
+        rig.clock.now += MAX_DELAY
+        rig.drift.run_due()
+    assert rig.repairs == 0
+    report = rig.drift.report()
+    assert report.report_only and report.changes_seen == 1 and report.repairs == 0
+    assert "not repaired): bf-a: learning on" in caplog.text
+
+
+def _decode(code: bytes) -> list[tuple[int, int, int, int, int]]:
+    found = []
+    for offset in range(0, len(code), 8):
+        op, regs, off, imm = struct.unpack_from("<BBhi", code, offset)
+        found.append((op, regs & 0xF, regs >> 4, off, imm))
+    return found
+
+
+@pytest.mark.parametrize("kind", list(GuardKind))
+def test_the_guard_program_checks_its_kinds_bits_and_clears_them(kind: GuardKind) -> None:
+    insns = _decode(program(kind.mask))
+    assert insns[1] == (0x61, 3, 1, 36, 0), "w3 = skb->ingress_ifindex"
+    assert insns[2] == (0x16, 3, 0, 3, 0) and 2 + 3 + 1 == 6, "made by the host: goto pass"
+    assert insns[4] == (0x54, 0, 0, 0, kind.mask), "w0 &= mask"
+    assert insns[5][0] == 0x56 and insns[5][4] == kind.mask, "if w0 != mask goto drop"
+    assert insns[5][3] == 4 and insns[5 + 4 + 1] == (0xB7, 0, 0, 0, 2), "drop is TC_ACT_SHOT"
+    assert insns[6][4] & 0xFFFFFFFF == ~ALL_OK & 0xFFFFFFFF, "pass: the bits are cleared"
+    assert insns[8] == (0xB7, 0, 0, 0, 0) and insns[9][0] == 0x95, "then TC_ACT_OK"
+
+
+def test_an_unfiltered_port_needs_neither_inbound_proof() -> None:
+    assert GuardKind.OPEN.mask == BRIDGE_OK | OUTBOUND_OK
+    assert GuardKind.FILTERED.mask == ALL_OK
+
+
+def test_the_bench_window_is_the_longest_gap_around_the_change() -> None:
+    stamps = [9.98, 9.99, 10.25, 10.26]
+    assert gap_around(stamps, 10.0, 11.0) == pytest.approx(0.26)
+    assert gap_around([], 10.0, 11.0) == pytest.approx(1.0), "nothing came back at all"
+
+
+def test_the_bench_reads_repair_times_from_the_log() -> None:
+    log = (
+        "x WARNING butterfly.daemon.drift: kernel drift repaired in 44 ms, 50 ms after the"
+        " first change: bf-srv: down\nother line\n"
+    )
+    assert repair_times(log) == [94.0]
