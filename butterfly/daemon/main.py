@@ -39,7 +39,7 @@ from butterfly.dataplane.drops import DropCounters
 from butterfly.dataplane.evpn import FrrReader
 from butterfly.dataplane.kernel import KernelDataplane, cleanup
 from butterfly.dataplane.ruleset import ConnLimits
-from butterfly.errors import ButterflyError, ConfigError
+from butterfly.errors import ButterflyError, ConfigError, DataplaneError
 from butterfly.service import Switch
 from butterfly.service.drift import DriftReport
 from butterfly.service.startup import ReconcileStatus, StartupReconcile
@@ -209,12 +209,18 @@ def _watch(
     everything right anyway, and which a repair would otherwise fight)."""
     if not isinstance(dataplane, KernelDataplane):
         return None
-    return DriftRepair(
-        dataplane=dataplane,
-        repair=lambda scope: dataplane.repair(switch.state, scope),
-        report_only=config.report_drift_only,
-        hold=lambda: startup.running,
-    )
+    try:
+        return DriftRepair(
+            dataplane=dataplane,
+            repair=lambda scope: dataplane.repair(switch.state, scope),
+            report_only=config.report_drift_only,
+            hold=lambda: startup.running,
+        )
+    except DataplaneError as error:
+        # The API still answers, and explains each refusal (without
+        # CAP_NET_ADMIN, say: every change is refused the same way).
+        log.error("%s; other programs' changes are neither seen nor repaired", error)
+        return None
 
 
 def _conntrack_per_vni(dataplane: KernelDataplane) -> dict[int, int]:
