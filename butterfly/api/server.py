@@ -90,6 +90,7 @@ class ApiServer:
         wakeup_fd: int | None = None,
         work: MainLoopWork | None = None,
         *,
+        idle: Callable[[], bool] | None = None,
         on_signal: Callable[[int], bool] | None = None,
         tick: Callable[[], None] | None = None,
         tick_every: float | None = None,
@@ -99,7 +100,10 @@ class ApiServer:
         ``wakeup_fd`` receives a byte per signal, its number (as
         :func:`signal.set_wakeup_fd` writes it); ``on_signal`` says whether to
         go on serving after it (default: stop). ``work`` runs on this thread
-        between requests, never during one. ``tick`` runs between requests
+        between requests, never during one. ``idle``: background work in short
+        slices (the start-up reconcile, deletions left after a reply), called
+        after each request and whenever none waits, until it says nothing is
+        left; a request waits at most one slice. ``tick`` runs between requests
         and at least every ``tick_every`` seconds: the watchdog's kick, which
         only a loop that still turns sends.
         """
@@ -110,9 +114,14 @@ class ApiServer:
         work_fds = work.filenos() if work is not None else ()
         for fd in work_fds:
             poller.register(fd, zmq.POLLIN)
+        busy = idle is not None
         while not self._stopping:
             timeouts = [t for t in (tick_every, work.timeout() if work else None) if t is not None]
-            timeout_ms = max(1, int(min(timeouts) * 1000)) if timeouts else None
+            if busy:
+                timeouts.append(0.0)
+            timeout_ms = int(min(timeouts) * 1000) if timeouts else None
+            if timeout_ms is not None and not busy:
+                timeout_ms = max(1, timeout_ms)
             events = dict(poller.poll(timeout_ms))
             if wakeup_fd is not None and wakeup_fd in events:
                 signals = os.read(wakeup_fd, 512)
@@ -121,7 +130,8 @@ class ApiServer:
                     return
             if work is not None and any(fd in events for fd in work_fds):
                 work.readable()
-            if self._socket in events:
+            served = self._socket in events
+            if served:
                 if work is not None:
                     work.before_request()
                 self._serve_one()
@@ -129,6 +139,8 @@ class ApiServer:
                     work.after_request()
             if work is not None:
                 work.run_due()
+            if idle is not None and (busy or served):
+                busy = idle()
             if tick is not None:
                 tick()
 

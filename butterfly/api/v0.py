@@ -27,6 +27,7 @@ from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.errors import BadRequest, ButterflyError
 from butterfly.service import Switch
 from butterfly.service.drift import DriftReport
+from butterfly.service.startup import ReconcileStatus
 
 __all__ = ["App", "V0Handlers"]
 
@@ -46,6 +47,9 @@ class App(Protocol):
 
     def request_quit(self) -> None:
         """Stop after this reply is sent."""
+
+    def reconcile_status(self) -> ReconcileStatus | None:
+        """The start-up reconcile's progress (None: the daemon runs none)."""
 
     def drift_report(self) -> DriftReport | None:
         """Foreign changes to the kernel and their repairs; None: not watched."""
@@ -193,6 +197,16 @@ class V0Handlers:
         status.current_date = int(time.time())
         status.request_counter = self.request_counter
         status.graph_dot = self._switch.graph()
+        reconcile = self._app.reconcile_status()
+        if request.app_status_reconcile and reconcile is not None:
+            # Only when asked: deployed clients' .proto lacks the field.
+            shown = status.reconcile
+            shown.running = reconcile.running
+            shown.done = reconcile.done
+            shown.total = reconcile.total
+            shown.milliseconds = int(reconcile.seconds * 1000)
+            if reconcile.problems:
+                shown.problems = reconcile.problems
         report = self._app.drift_report() if request.app_status_drift else None
         if report is not None:
             drift = status.drift

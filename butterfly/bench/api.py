@@ -12,6 +12,13 @@ one client sending one request per frame (as orchestrators do), measures:
 * after filling the state to the target size (10,000 vnics, 1,000 SGs),
   the daemon's resident memory (VmRSS of /proc/PID/status).
 
+Those rows measure the control plane alone (``--no-dataplane``: nothing is
+programmed in the kernel). Run as root, the table gains rows with the data
+plane on: the same ``nic_add`` (TAP vnics, one SG each) and
+``sg_member_add`` against a butterflyd driving the kernel of a lab
+namespace (:mod:`butterfly.bench.lab`), judged against the data-plane
+targets (``butterfly-bench scale`` measures them on full hosts).
+
 It prints a table with the targets and whether each is met. The exit code is
 0 when the benchmark ran, whatever the figures; with ``--strict``, 1 when a
 target is missed.
@@ -19,13 +26,14 @@ target is missed.
 
 import argparse
 import math
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from butterfly.api.client import Client
 from butterfly.api.codec import REVISION
@@ -33,6 +41,7 @@ from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
 from butterfly.bench.daemon import DaemonError, DaemonProcess, free_port, resident_memory_kib
 from butterfly.bench.figures import BenchError, table
+from butterfly.bench.lab import Lab, LabError
 from butterfly.errors import ClientError
 
 __all__ = ["add_arguments", "run"]
@@ -40,6 +49,9 @@ __all__ = ["add_arguments", "run"]
 MIN_REQUESTS_PER_S = 2000.0
 MAX_P99_MS = 5.0
 MAX_RSS_MB = 150.0
+DATAPLANE_P99_MS = {"nic_add": 20.0, "sg_member_add": 5.0}
+"""The data plane's targets (issue 10), with the kernel work included."""
+DATAPLANE_REQUESTS = 1000
 
 FULL = {"requests": 10_000, "vnics": 10_000, "sgs": 1_000}
 QUICK = {"requests": 500, "vnics": 500, "sgs": 100}
@@ -90,6 +102,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where the daemon's temporary folder goes (its file system decides"
         " what an fsync costs; default: the system's temporary folder)",
+    )
+    parser.add_argument(
+        "--no-dataplane-rows",
+        action="store_true",
+        help="skip the rows with the data plane on (they need root and a lab namespace)",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
 
@@ -194,6 +211,8 @@ class Results:
     vnics: int
     sgs: int
     full_size: bool
+    dataplane: tuple[Measure, ...] = ()
+    """nic_add and sg_member_add with the data plane on (empty: not measured)."""
 
 
 def _benchmark(
@@ -251,6 +270,30 @@ def _benchmark(
     )
 
 
+def _with_dataplane(count: int) -> tuple[Measure, ...]:
+    """nic_add and sg_member_add against a butterflyd driving a lab namespace's kernel."""
+    with Lab() as lab:
+        host = lab.host(log_level="warning")
+        client = host.client
+        _send_batches(client, [MessageV0.Request(sg_add=_sg(i)) for i in range(MEMBER_SGS)])
+
+        def nic_add_once(index: int) -> None:
+            nic = _nic(index, MEMBER_SGS)
+            nic.type = MessageV0.Nic.TAP
+            _checked(client, MessageV0.Request(nic_add=nic))
+
+        def member_add_once(index: int) -> None:
+            request = MessageV0.Request()
+            request.sg_member_add.sg_id = f"sg-{index % MEMBER_SGS:04}"
+            request.sg_member_add.member = _ipv4(12, index + 1)
+            _checked(client, request)
+
+        return (
+            _measure("nic_add, data plane on (TAP)", count, nic_add_once),
+            _measure(f"sg_member_add ({MEMBER_SGS} SGs), data plane on", count, member_add_once),
+        )
+
+
 def _verdict(measure: Measure) -> str:
     missed = []
     if measure.per_second < MIN_REQUESTS_PER_S:
@@ -287,6 +330,22 @@ def render(results: Results, requests: int) -> tuple[str, bool]:
                 verdict,
             )
         )
+    for measure, key in zip(results.dataplane, ("nic_add", "sg_member_add"), strict=False):
+        p99 = measure.percentile_ms(0.99)
+        verdict = "PASS" if p99 < DATAPLANE_P99_MS[key] else "FAIL (p99)"
+        verdicts.append(verdict)
+        rows.append(
+            (
+                measure.name,
+                str(len(measure.latencies_ns)),
+                f"{measure.per_second:,.0f}",
+                f"{measure.percentile_ms(0.50):.3f}",
+                f"{p99:.3f}",
+                "-",
+                f"p99 < {DATAPLANE_P99_MS[key]:g} ms",
+                verdict,
+            )
+        )
     rss_mb = results.rss_kib * 1024 / 1e6
     if results.full_size:
         memory_verdict = "PASS" if rss_mb < MAX_RSS_MB else "FAIL"
@@ -306,7 +365,8 @@ def render(results: Results, requests: int) -> tuple[str, bool]:
         )
     )
     title = (
-        f"butterfly-bench api: {requests} requests per measure, one request per frame, one client"
+        f"butterfly-bench api: {requests} requests per measure, one request per frame, one client;"
+        " the control plane alone (--no-dataplane) except the rows marked 'data plane on'"
     )
     rendered = table(header, rows, right={1, 2, 3, 4, 5})
     return f"{title}\n{rendered}", all(v == "PASS" for v in verdicts)
@@ -327,7 +387,10 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
             results = _benchmark(daemon, requests, vnics, sgs, full_size)
-        except (BenchError, ClientError, DaemonError) as error:
+            if not args.no_dataplane_rows and os.geteuid() == 0:
+                count = min(requests, DATAPLANE_REQUESTS)
+                results = replace(results, dataplane=_with_dataplane(count))
+        except (BenchError, ClientError, DaemonError, LabError) as error:
             print(f"butterfly-bench api: {error}", file=sys.stderr)
             log = daemon.log()
             if log:

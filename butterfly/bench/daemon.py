@@ -68,7 +68,9 @@ class DaemonProcess:
     ``endpoint``: a fixed API endpoint (e.g. ``ipc://DIR/api.sock``) instead
     of a free loopback TCP port picked at each start; a TCP port lives in
     one network namespace, so a daemon in another one needs ``ipc://``.
-    ``extra_args`` go last on the command line.
+    ``extra_args`` go last on the command line. ``wrapper``: a command that
+    execs its arguments, run inside the namespace before the daemon (to give
+    it a read-only ``/proc/sys`` or fewer capabilities, as a container would).
     """
 
     def __init__(
@@ -83,8 +85,10 @@ class DaemonProcess:
         netns: str | None = None,
         dataplane: bool = False,
         endpoint: str | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.directory = directory
+        self.wrapper = list(wrapper)
         self.state_path = state_path or os.path.join(directory, "state.db")
         self.socket_dir = directory
         self.log_path = os.path.join(directory, "butterflyd.log")
@@ -121,6 +125,7 @@ class DaemonProcess:
     def command(self) -> list[str]:
         command = [
             *(["ip", "netns", "exec", self.netns] if self.netns is not None else []),
+            *self.wrapper,
             *butterflyd_command(),
             *([] if self.dataplane else ["--no-dataplane"]),
             "--no-syslog",

@@ -16,6 +16,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
     "api": ("butterfly.bench.api", "control plane: API requests/s, latency, daemon memory"),
     "dataplane": ("butterfly.bench.dataplane", "data path: latency, throughput, SG member changes"),
+    "scale": (
+        "butterfly.bench.scale",
+        "a full host, data plane on: request p99, restart, memory, against ip/nft batch",
+    ),
     "vhost": ("butterfly.bench.vhost", "vhost-user: frames/s vs DPDK, TSO, guests, API under load"),
     "drift": ("butterfly.bench.drift", "other software's changes: window until repaired"),
     "metrics": ("butterfly.bench.metrics", "Prometheus: scraping 10,000 vnics, API under scrapes"),

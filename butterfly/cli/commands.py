@@ -242,7 +242,8 @@ def _render_svg(graph: str, path: str) -> None:
 
 
 def status(command: Command, ctx: Context) -> None:
-    response = _ask_one(ctx.api, Request(app_status=True, app_status_drift=True))
+    request = Request(app_status=True, app_status_reconcile=True, app_status_drift=True)
+    response = _ask_one(ctx.api, request)
     if not response.HasField("app_status"):
         raise ClientError("no status received")
     ctx.out.write(output.status(response.app_status, as_json=_json(command)))

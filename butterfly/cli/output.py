@@ -166,11 +166,20 @@ _DRIFT_COUNTS = ("changes_seen", "changes_repaired", "repairs", "repair_failures
 
 
 def status(app: MessageV0.AppStatusRes, *, as_json: bool) -> str:
+    reconcile = app.reconcile if app.HasField("reconcile") else None
     if as_json:
         fields: dict[str, Any] = {
             name: _optional(app, name)
             for name in ("start_date", "current_date", "request_counter", "graph_dot")
         }
+        if reconcile is not None:
+            fields["reconcile"] = {
+                "running": reconcile.running,
+                "done": reconcile.done,
+                "total": reconcile.total,
+                "milliseconds": reconcile.milliseconds,
+                "problems": reconcile.problems,
+            }
         if app.HasField("drift"):
             fields["drift"] = {
                 **{name: getattr(app.drift, name) for name in _DRIFT_COUNTS},
@@ -186,9 +195,24 @@ def status(app: MessageV0.AppStatusRes, *, as_json: bool) -> str:
         lines.append(f"current date: {app.current_date}")
     if app.HasField("request_counter"):
         lines.append(f"request counter: {app.request_counter}")
+    if reconcile is not None:
+        lines.append(_reconcile_line(reconcile))
     if app.HasField("graph_dot"):
         lines += ["dot graph: ", app.graph_dot]
     return _lines(lines)
+
+
+def _reconcile_line(reconcile: MessageV0.ReconcileStatus) -> str:
+    """The start-up reconcile (a daemon of ours answers it when asked)."""
+    seconds = reconcile.milliseconds / 1000
+    if reconcile.running:
+        line = f"start-up reconcile: running, {reconcile.done}/{reconcile.total} objects, "
+        line += f"{seconds:.1f} s"
+    else:
+        line = f"start-up reconcile: done in {seconds:.1f} s ({reconcile.total} objects)"
+    if reconcile.problems:
+        line += f"; {reconcile.problems}"
+    return line
 
 
 def _drift_lines(drift: MessageV0.DriftStatus) -> list[str]:

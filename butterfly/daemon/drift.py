@@ -60,8 +60,12 @@ class DriftRepair:
         repair: Callable[[Scope], None],
         report_only: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        hold: Callable[[], bool] | None = None,
     ) -> None:
+        """``hold``: while it says so, changes are noted and their repair waits
+        (the start-up reconcile runs between requests: a repair would fight it)."""
         self._dataplane = dataplane
+        self._hold = hold
         self._repair = repair
         self._report_only = report_only
         self._clock = clock
@@ -81,13 +85,15 @@ class DriftRepair:
         return self._watch.filenos()
 
     def readable(self) -> None:
-        """Notifications arrived while no request was being answered: not ours."""
-        self._drain(frozenset())
+        """Notifications arrived while no request was being answered: ours only
+        for the links the data plane changed meanwhile (the start-up
+        reconcile's steps, deletions finished after their request)."""
+        self._drain(self._dataplane.take_touched())
 
     def before_request(self) -> None:
         """A request is about to be answered: repair first what is pending."""
         self.readable()
-        if self._pending and not self._report_only:
+        if self._pending and not self._report_only and not self._held():
             self._run()
 
     def after_request(self) -> None:
@@ -95,8 +101,8 @@ class DriftRepair:
         self._drain(self._dataplane.take_touched())
 
     def timeout(self) -> float | None:
-        """Seconds until a repair is due; None when nothing is pending."""
-        if not self._pending:
+        """Seconds until a repair is due; None when nothing is pending (or it waits)."""
+        if not self._pending or self._held():
             return None
         due = min(self._last + SETTLE, self._first + MAX_DELAY)
         return max(0.0, due - self._clock())
@@ -117,6 +123,9 @@ class DriftRepair:
         )
 
     # the work
+
+    def _held(self) -> bool:
+        return self._hold is not None and self._hold()
 
     def _drain(self, own: set[int] | frozenset[int]) -> None:
         """What arrived; a watch that cannot be read any more is a change of

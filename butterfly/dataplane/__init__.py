@@ -6,6 +6,13 @@ implementations sit beside them. The data plane takes model objects and
 makes the kernel match them; it never imports the service, store or api.
 """
 
-from butterfly.dataplane.base import Attachment, Counters, Dataplane, SgChange, VhostPorts
+from butterfly.dataplane.base import (
+    Attachment,
+    Counters,
+    Dataplane,
+    Progress,
+    SgChange,
+    VhostPorts,
+)
 
-__all__ = ["Attachment", "Counters", "Dataplane", "SgChange", "VhostPorts"]
+__all__ = ["Attachment", "Counters", "Dataplane", "Progress", "SgChange", "VhostPorts"]

@@ -10,14 +10,14 @@ The data plane receives the desired state *after* the change as a read-only
 security group without keeping a copy of its own.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from butterfly.model import SecurityGroup, StateView, Vnic
 from butterfly.model.sessions import Session
 
-__all__ = ["Attachment", "Counters", "Dataplane", "SgChange", "VhostPorts"]
+__all__ = ["Attachment", "Counters", "Dataplane", "Progress", "SgChange", "VhostPorts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,16 @@ class SgChange:
     after: SecurityGroup | None
 
 
+class Progress(NamedTuple):
+    """How far a reconcile is: ``done`` of ``total`` objects checked."""
+
+    done: int
+    total: int
+
+    def next(self) -> "Progress":
+        return Progress(self.done + 1, self.total)
+
+
 class Dataplane(Protocol):
     """Makes the kernel match the desired state, one atomic step at a time."""
 
@@ -63,6 +73,10 @@ class Dataplane(Protocol):
         Creates what is missing, removes butterfly's objects the state does
         not have, and leaves correct objects untouched (no traffic cut).
         """
+
+    def reconcile_steps(self, state: StateView) -> Iterator[Progress]:
+        """:meth:`reconcile` one object at a time, yielding how far it is; the
+        caller may apply requests between steps (start-up without a dark API)."""
 
     def plug(self, vnic: Vnic, replaced: Vnic | None, state: StateView) -> Attachment:
         """Create ``vnic`` (replacing ``replaced``, the previous vnic of that id)."""
@@ -95,6 +109,10 @@ class Dataplane(Protocol):
 
     def graph(self, state: StateView) -> str:
         """The data path as a Graphviz DOT graph (app_status)."""
+
+    def background_work(self) -> bool:
+        """A short piece of work left after a reply (deleting what a request no
+        longer needs); whether more is left. The daemon calls it when idle."""
 
     def close(self) -> None:
         """Stop background work; the kernel objects stay and keep forwarding."""

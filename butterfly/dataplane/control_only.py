@@ -6,9 +6,9 @@ moves: the vhost-user socket path or tap name as ``path``, zero counters,
 and a graph of the desired state (not of a data path, since there is none).
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
-from butterfly.dataplane.base import Attachment, Counters, SgChange
+from butterfly.dataplane.base import Attachment, Counters, Progress, SgChange
 from butterfly.dataplane.naming import tap_name, vhost_socket_path
 from butterfly.dataplane.tracing import trace_settings
 from butterfly.model import StateView, Vnic, VnicType
@@ -27,6 +27,9 @@ class ControlOnlyDataplane:
 
     def reconcile(self, state: StateView) -> None:
         pass
+
+    def reconcile_steps(self, state: StateView) -> Iterator[Progress]:
+        yield Progress(1, 1)
 
     def plug(self, vnic: Vnic, replaced: Vnic | None, state: StateView) -> Attachment:
         return self.attachment(vnic)
@@ -66,6 +69,9 @@ class ControlOnlyDataplane:
 
     def graph(self, state: StateView) -> str:
         return desired_state_graph(state)
+
+    def background_work(self) -> bool:
+        return False
 
     def close(self) -> None:
         pass

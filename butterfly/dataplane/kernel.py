@@ -34,16 +34,20 @@ that built the data plane.
 """
 
 import contextlib
+import errno
 import glob
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
-from butterfly.dataplane.base import Attachment, Counters, SgChange, VhostPorts
+from butterfly.dataplane.base import Attachment, Counters, Progress, SgChange, VhostPorts
 from butterfly.dataplane.conntrack import Conntrack
+from butterfly.dataplane.deleter import PortDeleter
 from butterfly.dataplane.evpn import (
     FrrReader,
     bridge_mac,
@@ -53,6 +57,7 @@ from butterfly.dataplane.evpn import (
 from butterfly.dataplane.graph import PortView, VniView, render
 from butterfly.dataplane.guard import GuardKind, GuardPrograms
 from butterfly.dataplane.journal import FaultHook, Journal, journal
+from butterfly.dataplane.limits import MulticastLimits
 from butterfly.dataplane.naming import (
     TABLE,
     bridge_name,
@@ -155,8 +160,11 @@ class KernelDataplane:
     without one such vnics are refused as not supported. ``limits``: what a
     filtered vnic may start unless it says otherwise (0: no cap). ``evpn``: FRR
     carries the VNIs (:mod:`butterfly.dataplane.evpn`; neither multicast
-    nor static peers), ``frr`` reads its state for the graph. ``fault_hook``:
-    tests only, see :mod:`butterfly.dataplane.journal`.
+    nor static peers), ``frr`` reads its state for the graph.
+    ``defer_deletes``: delete links a request no longer needs after its
+    reply: removed ports in a thread, a VNI's devices in
+    :meth:`background_work` (the daemon's idle time). ``fault_hook``: tests
+    only, see :mod:`butterfly.dataplane.journal`.
 
     Raises ConfigError for an unusable option, DataplaneError when the
     kernel lacks what is needed.
@@ -178,6 +186,7 @@ class KernelDataplane:
         evpn: bool = False,
         frr: FrrReader | None = None,
         limits: ConnLimits = NO_LIMITS,
+        defer_deletes: bool = False,
         fault_hook: FaultHook | None = None,
         sniff_cross_vni: bool = False,
     ) -> None:
@@ -232,6 +241,7 @@ class KernelDataplane:
             self._netlink.close()
             raise
         self._static_peers = static_peers
+        self._multicast_limits = MulticastLimits(self._underlay.version)
         self._vnic_mtu = nic_mtu or self._underlay.vxlan_mtu
         self._vxlan_mtu = min(self._vnic_mtu, self._underlay.vxlan_mtu)
         self._layout = Layout(
@@ -248,6 +258,9 @@ class KernelDataplane:
         self._flood: dict[int, set[str]] = {}
         self._flood_loaded = False
         self._tracer = Tracer()
+        self._defer_deletes = defer_deletes
+        self._deferred: deque[tuple[str, Callable[[], None]]] = deque()
+        self._deleter: PortDeleter | None = None
         self._sniffer = Sniffer(self._nft, cross_vni=sniff_cross_vni)
         self._conntrack = Conntrack()
         self._closed = False
@@ -255,49 +268,106 @@ class KernelDataplane:
     # the Dataplane protocol
 
     def reconcile(self, state: StateView) -> None:
-        """Repair everything towards ``state``; raises DataplaneError listing
-        the vnics that could not be repaired, after repairing all the others."""
+        """Repair everything towards ``state`` at once (see :meth:`reconcile_steps`)."""
+        for _ in self.reconcile_steps(state):
+            pass
+
+    def reconcile_steps(self, state: StateView) -> Iterator[Progress]:
+        """Repair everything towards ``state``, one object per step.
+
+        Between two steps the caller may apply requests (this object, from
+        the same thread): each step looks at ``state`` as it is then, so a
+        vnic deleted meanwhile is not repaired and a link that a new vnic now
+        owns is not removed. Raises DataplaneError at the end, listing what
+        could not be repaired, after repairing all the rest.
+        """
         problems: list[str] = []
         self._flood.clear()
         self._flood_loaded = False
         with self._netlink.snapshot():
-            self._reconcile(state, problems)
+            yield from self._reconcile(state, problems)
         if problems:
             raise DataplaneError("reconcile: " + "; ".join(problems))
 
-    def _reconcile(self, state: StateView, problems: list[str]) -> None:
+    def _reconcile(self, state: StateView, problems: list[str]) -> Iterator[Progress]:
         self._rename_strays(problems)
         vnics = [vnic for vnic in state.vnics() if self._pluggable(vnic)]
-        wanted_ports = {tap_name(vnic.id): vnic for vnic in vnics}
+        wanted_ports = {tap_name(vnic.id) for vnic in vnics}
+        wanted_vnis = {vnic.vni for vnic in vnics}
         served = {vnic.id for vnic in vnics if vnic.type == VnicType.VHOST_USER_SERVER}
         for vnic_id in sorted(set(self._served) - served):
             self._best_effort(problems, f"nic {vnic_id!r}", partial(self._stop_serving, vnic_id))
         owned = self._owned_links()
-        for name, link in owned.items():
-            if link.kind in ("tun", "veth") and name not in wanted_ports:
+        stale_ports = [
+            link
+            for name, link in owned.items()
+            if link.kind in ("tun", "veth") and name not in wanted_ports
+        ]
+        stale_vnis = [
+            link
+            for name, link in owned.items()
+            if link.kind in ("vxlan", "bridge") and int(name[4:]) not in wanted_vnis
+        ]
+        progress = Progress(0, len(stale_ports) + 1 + len(wanted_vnis) + len(vnics) + 1)
+        yield progress  # requests already waiting go before the nftables step, the longest
+        for link in stale_ports:
+            if self._still_stale(link, state):
                 self._best_effort(
-                    problems, f"link {name}", partial(self._netlink.delete_link, link.index)
+                    problems, f"link {link.name}", partial(self._netlink.delete_link, link.index)
                 )
-        self._reconcile_nft(state, vnics)
-        for vni in sorted({vnic.vni for vnic in vnics}):
-            self._best_effort(problems, f"vni {vni}", partial(self._ensure_vni, None, vni, state))
-        for vnic in vnics:
-            self._best_effort(problems, _what(vnic), partial(self._ensure_port, None, vnic, None))
-            self._best_effort(problems, _what(vnic), partial(self._serve, None, vnic))
-        for vni in sorted({vnic.vni for vnic in vnics}):
-            self._best_effort(
-                problems, f"vni {vni}", partial(self._sync_neighbours, None, vni, state)
-            )
-        wanted_vnis = {vnic.vni for vnic in vnics}
-        for name, link in owned.items():
-            if link.kind in ("vxlan", "bridge") and int(name[4:]) not in wanted_vnis:
+            yield (progress := progress.next())
+        self._reconcile_nft(state, [vnic for vnic in state.vnics() if self._has_port(vnic)])
+        if self._multicast:
+            # Left-over devices still hold their groups until the end.
+            devices = {vxlan_name(vni) for vni in wanted_vnis}
+            devices.update(name for name, link in owned.items() if link.kind == "vxlan")
+            self._multicast_limits.ensure(len(devices))
+        yield (progress := progress.next())
+        for vni in sorted(wanted_vnis):
+            if self._vni_used(vni, state):
                 self._best_effort(
-                    problems, f"link {name}", partial(self._netlink.delete_link, link.index)
+                    problems, f"vni {vni}", partial(self._ensure_vni, None, vni, state)
                 )
-        self._reconcile_traces(vnics, problems)
+            yield (progress := progress.next())
+        for vnic_id in [vnic.id for vnic in vnics]:
+            vnic = state.vnic(vnic_id)
+            if vnic is not None and self._has_port(vnic):
+                self._best_effort(
+                    problems, _what(vnic), partial(self._ensure_port, None, vnic, None)
+                )
+                self._best_effort(problems, _what(vnic), partial(self._serve, None, vnic))
+            yield (progress := progress.next())
+        for vni in sorted(wanted_vnis):
+            # A bridge made again has lost its neighbour entries (EVPN).
+            if self._vni_used(vni, state):
+                self._best_effort(
+                    problems, f"vni {vni}", partial(self._sync_neighbours, None, vni, state)
+                )
+        for link in stale_vnis:
+            if self._still_stale(link, state):
+                self._best_effort(
+                    problems, f"link {link.name}", partial(self._netlink.delete_link, link.index)
+                )
+        self._reconcile_traces([vnic for vnic in state.vnics() if self._has_port(vnic)], problems)
         self._best_effort(
             problems, "sniffing", lambda: self._sniffer.apply(self._sniffer.rescan(state))
         )
+        yield progress.next()
+
+    def _still_stale(self, link: Link, state: StateView) -> bool:
+        """Whether a link found stale is still there and still unwanted (a
+        request applied since the reconcile began may have taken it over)."""
+        now = self._netlink.link(link.name)
+        if now is None or now.index != link.index:
+            return False
+        if link.kind in ("vxlan", "bridge"):
+            return not self._vni_used(int(link.name[4:]), state)
+        vnic_id = (link.alias or "").removeprefix(vnic_alias(""))
+        vnic = state.vnic(vnic_id)
+        return vnic is None or not self._has_port(vnic) or tap_name(vnic.id) != link.name
+
+    def _vni_used(self, vni: int, state: StateView) -> bool:
+        return any(self._has_port(vnic) for vnic in state.vnics_in(vni))
 
     def repair(self, state: StateView, scope: Scope) -> None:
         """Put back what another program changed, looking only at what ``scope``
@@ -349,9 +419,9 @@ class KernelDataplane:
         if not self._has_port(vnic):
             raise NotSupported(f"{_what(vnic)}: type {vnic.type.name} is not supported")
         self._sniffer.check(vnic, state)
-        self._load()
         previous = replaced if replaced is not None and self._has_port(replaced) else None
         with journal(_what(vnic), self._fault_hook) as j:
+            self._load()
             if previous is not None and not self._reusable(previous, vnic):
                 self._tracer_stop(previous)
                 self._remove_port(j, previous)
@@ -376,8 +446,8 @@ class KernelDataplane:
     def update(self, before: Vnic, after: Vnic, state: StateView) -> None:
         if not self._has_port(after):
             return
-        self._load()
         with journal(_what(after), self._fault_hook) as j:
+            self._load()
             self._commit(
                 j,
                 state,
@@ -395,8 +465,8 @@ class KernelDataplane:
     def unplug(self, vnic: Vnic, state: StateView) -> None:
         if not self._has_port(vnic):
             return
-        self._load()
         with journal(_what(vnic), self._fault_hook) as j:
+            self._load()
             self._remove_port(j, vnic)
             self._commit(
                 j,
@@ -461,7 +531,7 @@ class KernelDataplane:
         what its backend read from and wrote to the tap)."""
         if not self._has_port(vnic):
             return Counters()
-        link = self._netlink.link(tap_name(vnic.id))
+        link = self._netlink.link(tap_name(vnic.id), fresh=True)
         if link is None:
             raise DataplaneError(f"{_what(vnic)}: interface {tap_name(vnic.id)} is missing")
         if not vnic.sniff_target_nic_id:
@@ -532,7 +602,11 @@ class KernelDataplane:
         watch.prime(self._netlink.links())
 
     def take_touched(self) -> set[int]:
-        return self._netlink.take_touched()
+        """Also the retired ports the deletion thread deletes (see :mod:`.deleter`)."""
+        touched = self._netlink.take_touched()
+        if self._deleter is not None:
+            touched |= self._deleter.take_deleted()
+        return touched
 
     def close(self) -> None:
         """Stop talking to the kernel; bridges, ports, rules and traces stay.
@@ -541,6 +615,8 @@ class KernelDataplane:
         """
         if not self._closed:
             self._closed = True
+            if self._deleter is not None:
+                self._deleter.close()
             self._tracer.close()
             self._guards.close()
             self._conntrack.close()
@@ -922,6 +998,8 @@ class KernelDataplane:
         if vxlan is None:
             name = vxlan_name(vni)
             group = flood_group(vni, self._underlay.version) if self._multicast else None
+            if self._multicast:
+                self._multicast_limits.ensure(len(self._zones))
             self._step(
                 j,
                 f"create vxlan {name}",
@@ -944,7 +1022,10 @@ class KernelDataplane:
             self._ensure_guard(j, vxlan, GuardKind.OPEN, fresh=True)
         else:
             self._ensure_guard(j, vxlan, GuardKind.OPEN)
-        self._fix_link(j, vxlan, master=bridge.index, mtu=self._vxlan_mtu)
+        advice = None
+        if self._multicast and not vxlan.up:  # going up joins the group
+            advice = dict.fromkeys((errno.ENOBUFS, errno.ENOMEM), self._multicast_limits.advice())
+        self._fix_link(j, vxlan, master=bridge.index, mtu=self._vxlan_mtu, advice=advice)
         if self._evpn:
             # Remote MACs are FRR's extern_learn entries: the bridge learns
             # none on this port. Neighbour suppression here: a VM's ARP or
@@ -1048,7 +1129,10 @@ class KernelDataplane:
             if link is not None:
                 # Only once the request has succeeded: a bridge re-created by
                 # an undo would come back with another MAC and bridge id.
-                j.after_success(f"delete {name}", partial(self._delete_vni_link, link.index))
+                j.after_success(
+                    f"delete {name}",
+                    partial(self._delete_later, link, partial(self._vni_used, vni, state)),
+                )
 
     def _delete_vni_link(self, index: int) -> None:
         """Delete a VNI's device and forget its flooding peers: ifindexes are not
@@ -1056,8 +1140,56 @@ class KernelDataplane:
         self._netlink.delete_link(index)
         self._flood.pop(index, None)
 
-    def _fix_link(self, j: Journal | None, link: Link, *, master: int | None, mtu: int) -> None:
-        """Set the MTU, master and up state of ``link`` where they differ."""
+    def _delete_later(self, link: Link, wanted: Callable[[], bool]) -> None:
+        """Delete a link that a successful request left unused: at once, or
+        (``defer_deletes``) after the reply, since the kernel spends ~25 ms per
+        link deleted waiting for its readers to let go. A deferred deletion
+        is skipped if the link was replaced or is ``wanted`` again by then;
+        one a crash leaves undone is a leftover the next reconcile removes."""
+        if not self._defer_deletes:
+            self._delete_vni_link(link.index)
+            return
+
+        def delete() -> None:
+            now = self._netlink.link(link.name)
+            if now is not None and now.index == link.index and not wanted():
+                self._delete_vni_link(link.index)
+
+        self._deferred.append((link.name, delete))
+
+    def _delete_retired(self, link: Link) -> None:
+        """A removed port, renamed aside: nobody will want it again, so with
+        ``defer_deletes`` a thread of its own deletes it (see
+        :mod:`butterfly.dataplane.deleter`)."""
+        if not self._defer_deletes:
+            self._netlink.delete_link(link.index)
+            return
+        if self._deleter is None:
+            self._deleter = PortDeleter()
+        self._netlink.forget(link.name)
+        self._deleter.delete(link.name, link.index)
+
+    def background_work(self) -> bool:
+        """One deferred deletion (see :meth:`_delete_later`); whether more are left."""
+        if self._deferred:
+            name, delete = self._deferred.popleft()
+            try:
+                delete()
+            except DataplaneError as exc:
+                log.error("deleting %s after its request: %s", name, exc)
+        return bool(self._deferred)
+
+    def _fix_link(
+        self,
+        j: Journal | None,
+        link: Link,
+        *,
+        master: int | None,
+        mtu: int,
+        advice: Mapping[int, str] | None = None,
+    ) -> None:
+        """Set the MTU, master and up state of ``link`` where they differ
+        (``advice``: the remedy for errnos of setting it up)."""
         if link.mtu != mtu:
             self._step(
                 j,
@@ -1078,7 +1210,7 @@ class KernelDataplane:
             self._step(
                 j,
                 f"set {link.name} up",
-                lambda: self._netlink.set_link(link.index, up=True),
+                lambda: self._netlink.set_link(link.index, up=True, advice=advice),
                 lambda: self._netlink.set_link(link.index, up=False),
             )
 
@@ -1293,7 +1425,8 @@ class KernelDataplane:
             partial(self._netlink.rename_link, index, retired_name(index)),
             partial(self._netlink.rename_link, index, name),
         )
-        j.after_success(f"delete {name}", partial(self._netlink.delete_link, index))
+        retired = replace(link, name=retired_name(index))
+        j.after_success(f"delete {name}", partial(self._delete_retired, retired))
 
     def _serve(self, j: Journal | None, vnic: Vnic) -> None:
         """Have the backend serve a vhost-user vnic's socket on its tap.

@@ -16,7 +16,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +27,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_GETLINK
 from pyroute2.netlink.rtnl.ndmsg import NTF_EXT_LEARNED, NTF_MASTER, NTF_SELF, NTF_STICKY
 
+from butterfly.dataplane.kernel_errors import code_of, explain
+from butterfly.dataplane.rtlink import FdbEntry, LinkReader, RawLink
 from butterfly.errors import DataplaneError
 
 __all__ = ["LLDP_FORWARD_MASK", "Address", "Link", "Netlink", "Route"]
@@ -105,8 +107,15 @@ class Netlink:
             # fields: a port's forwarding entries, not the whole table's.
             self._ipr = IPRoute(strict_check=True)
         except (NetlinkError, OSError) as exc:
-            raise DataplaneError(f"netlink: cannot open a socket: {_reason(exc)}") from exc
+            raise DataplaneError(explain("netlink: opening a socket", code_of(exc))) from exc
+        try:
+            self._reader = LinkReader()
+        except OSError as exc:
+            self._ipr.close()
+            raise DataplaneError(explain("netlink: opening a socket", code_of(exc))) from exc
         self._snapshot: dict[str, Link] | None = None
+        self._fdb: dict[int, dict[str, bool]] | None = None
+        """During a snapshot: bridge forwarding entries by port, then MAC -> pinned."""
         self._touched: set[int] = set()
 
     def take_touched(self) -> set[int]:
@@ -116,6 +125,7 @@ class Netlink:
         return touched
 
     def close(self) -> None:
+        self._reader.close()
         self._ipr.close()
 
     def __enter__(self) -> "Netlink":
@@ -134,6 +144,7 @@ class Netlink:
             yield
         finally:
             self._snapshot = None
+            self._fdb = None
 
     # reading
 
@@ -144,21 +155,24 @@ class Netlink:
 
     def _dump(self) -> list[Link]:
         with _translated("netlink: listing links"):
-            return [_link(msg) for msg in self._ipr.link("dump")]
+            return [_link(raw) for raw in self._reader.dump()]
 
-    def link(self, name: str) -> Link | None:
-        if self._snapshot is not None:
+    def link(self, name: str, *, fresh: bool = False) -> Link | None:
+        """The link ``name``; ``fresh`` asks the kernel even during a snapshot
+        (for what changes by itself, as byte counters)."""
+        if self._snapshot is not None and not fresh:
             return self._snapshot.get(name)
         return self._get(name)
 
+    def link_by_index(self, index: int) -> Link | None:
+        with _translated(f"netlink: reading link #{index}"):
+            raw = self._reader.get(index=index)
+        return _link(raw) if raw is not None else None
+
     def _get(self, name: str) -> Link | None:
-        try:
-            messages = self._ipr.link(_GET_LINK, ifname=name)
-        except NetlinkError as exc:
-            if exc.code == errno.ENODEV:
-                return None
-            raise DataplaneError(f"netlink: reading link {name}: {_reason(exc)}") from exc
-        return _link(messages[0]) if messages else None
+        with _translated(f"netlink: reading link {name}"):
+            raw = self._reader.get(name)
+        return _link(raw) if raw is not None else None
 
     def addresses(self, index: int | None = None) -> list[Address]:
         with _translated("netlink: listing addresses"):
@@ -196,38 +210,48 @@ class Netlink:
 
     def flood_peers(self) -> dict[int, set[str]]:
         """Remote VTEPs of every VXLAN device's all-zero (flooding) entry, by device."""
-        with _translated("netlink: listing forwarding entries"):
-            messages = self._ipr.fdb("dump")
         peers: dict[int, set[str]] = {}
-        for msg in messages:
-            dst = msg.get_attr("NDA_DST")
-            if msg.get_attr("NDA_LLADDR") == _ZERO_MAC and dst is not None:
-                peers.setdefault(msg["ifindex"], set()).add(dst)
+        for entry in self._fdb_dump(0):
+            if entry.mac == _ZERO_MAC and entry.dst is not None:
+                peers.setdefault(entry.ifindex, set()).add(entry.dst)
         return peers
+
+    def _fdb_dump(self, index: int) -> list[FdbEntry]:
+        def what() -> str:
+            of = f" of {self._name(index)}" if index else ""
+            return f"netlink: listing forwarding entries{of}"
+
+        with _translated(what):
+            return self._reader.fdb(index)
 
     def bridge_entries(self, index: int) -> dict[str, bool]:
         """The bridge forwarding entries towards port ``index``: MAC -> pinned
         (static and sticky, as :meth:`pin_mac` makes them) or not (learned, or
-        static without sticky). The port's own address is not listed."""
-        with _translated(f"netlink: listing forwarding entries of {self._name(index)}"):
-            # An explicit dump_filter keeps pyroute2 from moving ifindex out of
-            # the request into a filter of its own, after a dump of everything.
-            messages = self._ipr.fdb("dump", ifindex=index, dump_filter=_everything)
-        return {
-            msg.get_attr("NDA_LLADDR"): bool(
-                msg["state"] & _NUD_NOARP and msg["flags"] & NTF_STICKY
-            )
-            for msg in messages
-            if msg["ifindex"] == index
-            and not msg["state"] & _NUD_PERMANENT
-            and not msg["flags"] & NTF_SELF
-        }
+        static without sticky). The port's own address is not listed.
+
+        During a :meth:`snapshot`, from one dump of every entry (the kernel
+        walks all its devices for each dump, even one filtered by port)."""
+        if self._snapshot is not None:
+            if self._fdb is None:
+                self._fdb = {}
+                for entry in self._fdb_dump(0):
+                    self._remember(entry)
+            return dict(self._fdb.get(index, {}))
+        found: dict[str, bool] = {}
+        for entry in self._fdb_dump(index):
+            if entry.ifindex == index and _port_entry(entry):
+                found[entry.mac] = _pinned(entry)
+        return found
+
+    def _remember(self, entry: FdbEntry) -> None:
+        if self._fdb is not None and _port_entry(entry):
+            self._fdb.setdefault(entry.ifindex, {})[entry.mac] = _pinned(entry)
 
     def static_neighbours(self, index: int) -> dict[str, str]:
         """The permanent unicast neighbour entries of link ``index`` (as
         :meth:`set_neighbour` makes them): IP -> MAC. The kernel's own
         multicast entries and FRR's ``extern_learn`` ones are left out."""
-        with _translated(f"netlink: listing neighbours of {self._name(index)}"):
+        with _translated(lambda: f"netlink: listing neighbours of {self._name(index)}"):
             messages = self._ipr.neigh("dump", ifindex=index)
         found = {}
         for msg in messages:
@@ -306,22 +330,15 @@ class Netlink:
         """A persistent tap (single queue, no packet information header), as
         QEMU's ``-netdev tap,ifname=NAME,script=no`` expects to find it."""
         request = struct.pack("16sH22x", name.encode(), _IFF_TAP | _IFF_NO_PI)
-        try:
+        with _translated(f"netlink: creating tap {name} (opening /dev/net/tun)"):
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            raise DataplaneError(
-                f"netlink: creating tap {name}: /dev/net/tun: {exc.strerror}"
-            ) from exc
         try:
-            fcntl.ioctl(fd, _TUNSETIFF, request)
-            fcntl.ioctl(fd, _TUNSETPERSIST, 1)
-        except OSError as exc:
-            raise DataplaneError(f"netlink: creating tap {name}: {exc.strerror}") from exc
+            with _translated(f"netlink: creating tap {name}"):
+                fcntl.ioctl(fd, _TUNSETIFF, request)
+                fcntl.ioctl(fd, _TUNSETPERSIST, 1)
         finally:
             os.close(fd)
-        with _translated(f"netlink: setting the mtu of tap {name}"):
-            self._ipr.link("set", index=self._index(name), mtu=mtu)
-        self._configure_new(name, alias)
+        self._configure_new(name, alias, mtu=mtu)
 
     def add_veth(
         self, name: str, *, mtu: int, alias: str, peer_netns_fd: int, peer_mac: str
@@ -342,7 +359,10 @@ class Netlink:
         up: bool | None = None,
         mac: str | None = None,
         alias: str | None = None,
+        advice: Mapping[int, str] | None = None,
     ) -> None:
+        """``advice``: the caller's remedy for errnos it can explain better
+        (a VXLAN device that cannot join its multicast group going up)."""
         spec: dict[str, Any] = {}
         if master is not None:
             spec["master"] = master
@@ -358,14 +378,14 @@ class Netlink:
             spec["state"] = "up" if up else "down"
         if spec:
             self._touched.add(index)
-            with _translated(f"netlink: changing link {self._name(index)}"):
+            with _translated(lambda: f"netlink: changing link {self._name(index)}", advice):
                 self._ipr.link("set", index=index, **spec)
             self._changed(index=index)
 
     def set_bridge_options(self, index: int) -> None:
         """Re-apply :meth:`add_bridge`'s options to an existing bridge."""
         self._touched.add(index)
-        with _translated(f"netlink: changing bridge {self._name(index)}"):
+        with _translated(lambda: f"netlink: changing bridge {self._name(index)}"):
             self._ipr.link(
                 "set",
                 index=index,
@@ -388,11 +408,8 @@ class Netlink:
         locked: bool,
         neigh_suppress: bool = False,
     ) -> None:
-        """``neigh_suppress``: the bridge answers ARP and neighbour solicitations
-        arriving on this port from its neighbour table, and floods none of
-        those it answered to the other such ports."""
         self._touched.add(index)
-        with _translated(f"netlink: changing bridge port {self._name(index)}"):
+        with _translated(lambda: f"netlink: changing bridge port {self._name(index)}"):
             self._ipr.brport(
                 "set",
                 index=index,
@@ -429,7 +446,7 @@ class Netlink:
         frames to it go there only, and frames from it elsewhere cannot move it
         (static, sticky)."""
         self._touched.add(index)
-        with _translated(f"netlink: pinning {mac} to {self._name(index)}"):
+        with _translated(lambda: f"netlink: pinning {mac} to {self._name(index)}"):
             self._ipr.fdb(
                 "replace",
                 ifindex=index,
@@ -437,12 +454,18 @@ class Netlink:
                 state=_NUD_NOARP,
                 flags=NTF_MASTER | NTF_STICKY,
             )
+        if self._fdb is not None:
+            for entries in self._fdb.values():
+                entries.pop(mac, None)
+            self._fdb.setdefault(index, {})[mac] = True
 
     def forget_mac(self, index: int, mac: str) -> None:
         """Remove the forwarding entry of ``mac`` towards bridge port ``index``."""
         self._touched.add(index)
-        with _translated(f"netlink: removing {mac} from {self._name(index)}"):
+        with _translated(lambda: f"netlink: removing {mac} from {self._name(index)}"):
             self._ipr.fdb("del", ifindex=index, lladdr=mac, flags=NTF_MASTER)
+        if self._fdb is not None:
+            self._fdb.get(index, {}).pop(mac, None)
 
     def rename_link(self, index: int, name: str) -> None:
         old = self._name(index)
@@ -461,17 +484,21 @@ class Netlink:
 
     def fdb_append(self, index: int, dst: str) -> None:
         self._touched.add(index)
-        with _translated(f"netlink: adding flooding peer {dst} to link {self._name(index)}"):
+        with _translated(
+            lambda: f"netlink: adding flooding peer {dst} to link {self._name(index)}"
+        ):
             self._ipr.fdb("append", ifindex=index, lladdr=_ZERO_MAC, dst=dst)
 
     def fdb_delete(self, index: int, dst: str) -> None:
         self._touched.add(index)
-        with _translated(f"netlink: removing flooding peer {dst} from link {self._name(index)}"):
+        with _translated(
+            lambda: f"netlink: removing flooding peer {dst} from link {self._name(index)}"
+        ):
             self._ipr.fdb("del", ifindex=index, lladdr=_ZERO_MAC, dst=dst)
 
     def guard(self, index: int) -> str | None:
         """The name of the guard program on link ``index``'s egress, if any."""
-        with _translated(f"netlink: listing the tc filters of {self._name(index)}"):
+        with _translated(lambda: f"netlink: listing the tc filters of {self._name(index)}"):
             try:
                 messages = self._ipr.get_filters(index=index, parent=_TC_EGRESS)
             except NetlinkError as exc:
@@ -490,8 +517,7 @@ class Netlink:
         """Put the eBPF program ``fd`` on link ``index``'s egress, in place of
         the one there (one filter, replaced in one operation: never none)."""
         self._touched.add(index)
-        what = f"netlink: guarding {self._name(index)}"
-        with _translated(what):
+        with _translated(lambda: f"netlink: guarding {self._name(index)}"):
             try:
                 self._ipr.tc("add", "clsact", index)
             except NetlinkError as exc:
@@ -520,6 +546,11 @@ class Netlink:
         with _translated(f"netlink: removing address {address}/{prefixlen}"):
             self._ipr.addr("del", index=index, address=address, prefixlen=prefixlen)
 
+    def forget(self, name: str) -> None:
+        """Drop link ``name`` from the snapshot: something else is deleting it."""
+        if self._snapshot is not None:
+            self._snapshot.pop(name, None)
+
     def _changed(self, name: str | None = None, index: int | None = None) -> None:
         """Bring the snapshot up to date after a change to one link."""
         if self._snapshot is None:
@@ -534,25 +565,24 @@ class Netlink:
         else:
             self._snapshot[name] = link
 
-    def _configure_new(self, name: str, alias: str) -> None:
+    def _configure_new(self, name: str, alias: str, *, mtu: int | None = None) -> None:
         """Mark a new link as butterfly's and keep the host's own IPv6 (link-local
-        address, router solicitations, MLD) out of the tenant network."""
+        address, router solicitations, MLD) out of the tenant network; in one
+        change (each costs a round trip to the kernel)."""
         index = self._index(name)
+        spec: dict[str, Any] = {
+            "IFLA_IFALIAS": alias,
+            "IFLA_AF_SPEC": {
+                "attrs": [
+                    ("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", _IN6_ADDR_GEN_MODE_NONE)]})
+                ]
+            },
+        }
+        if mtu is not None:
+            spec["mtu"] = mtu
         self._touched.add(index)
         with _translated(f"netlink: configuring link {name}"):
-            self._ipr.link("set", index=index, IFLA_IFALIAS=alias)
-            self._ipr.link(
-                "set",
-                index=index,
-                IFLA_AF_SPEC={
-                    "attrs": [
-                        (
-                            "AF_INET6",
-                            {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", _IN6_ADDR_GEN_MODE_NONE)]},
-                        )
-                    ]
-                },
-            )
+            self._ipr.link("set", index=index, **spec)
         self._changed(name)
 
     def _index(self, name: str) -> int:
@@ -573,54 +603,44 @@ class Netlink:
         return str(messages[0].get_attr("IFLA_IFNAME")) if messages else f"#{index}"
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, NetlinkError):
-        return os.strerror(exc.code) if exc.code else str(exc)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
-
-
 @contextmanager
-def _translated(what: str) -> Iterator[None]:
+def _translated(
+    what: str | Callable[[], str], advice: Mapping[int, str] | None = None
+) -> Iterator[None]:
+    """pyroute2's and the system's errors as a sentence: object, cause, remedy
+    (``advice`` gives this operation's own remedy for some errnos). ``what``
+    may be computed only on failure (a link's name costs a lookup)."""
     try:
         yield
     except (NetlinkError, OSError) as exc:
-        raise DataplaneError(f"{what}: {_reason(exc)}") from exc
+        text = what() if callable(what) else what
+        raise DataplaneError(explain(text, code_of(exc), advice)) from exc
 
 
-def _link(msg: Any) -> Link:
-    info = msg.get_attr("IFLA_LINKINFO")
-    kind = ""
-    data: dict[str, Any] = {}
-    port: dict[str, Any] = {}
-    if info is not None:
-        kind = info.get_attr("IFLA_INFO_KIND") or ""
-        data = _attrs(info.get_attr("IFLA_INFO_DATA"))
-        port = _attrs(info.get_attr("IFLA_INFO_SLAVE_DATA"))
-    stats = msg.get_attr("IFLA_STATS64") or {}
+def _link(raw: RawLink) -> Link:
+    info = raw.get("IFLA_LINKINFO") or {}
+    stats = raw.get("IFLA_STATS64") or {}
     return Link(
-        index=msg["index"],
-        name=msg.get_attr("IFLA_IFNAME"),
-        kind=kind,
-        alias=msg.get_attr("IFLA_IFALIAS"),
-        master=msg.get_attr("IFLA_MASTER"),
-        mtu=msg.get_attr("IFLA_MTU"),
-        up=bool(msg["flags"] & _IFF_UP),
-        mac=(msg.get_attr("IFLA_ADDRESS") or "").lower(),
-        link_netnsid=msg.get_attr("IFLA_LINK_NETNSID"),
-        info=data,
-        port=port,
-        rx_bytes=int(stats.get("rx_bytes", 0)),
-        tx_bytes=int(stats.get("tx_bytes", 0)),
+        index=raw["index"],
+        name=raw.get("IFLA_IFNAME", ""),
+        kind=info.get("IFLA_INFO_KIND", ""),
+        alias=raw.get("IFLA_IFALIAS"),
+        master=raw.get("IFLA_MASTER"),
+        mtu=raw.get("IFLA_MTU", 0),
+        up=bool(raw["flags"] & _IFF_UP),
+        mac=raw.get("IFLA_ADDRESS", ""),
+        link_netnsid=raw.get("IFLA_LINK_NETNSID"),
+        info=info.get("IFLA_INFO_DATA", {}),
+        port=info.get("IFLA_INFO_SLAVE_DATA", {}),
+        rx_bytes=stats.get("rx_bytes", 0),
+        tx_bytes=stats.get("tx_bytes", 0),
     )
 
 
-def _attrs(nested: Any) -> dict[str, Any]:
-    if nested is None or not hasattr(nested, "get"):
-        return {}
-    return {name: value for name, value in nested.get("attrs", [])}
+def _port_entry(entry: FdbEntry) -> bool:
+    """An entry towards a bridge port, but not the port's own address."""
+    return not entry.state & _NUD_PERMANENT and not entry.flags & NTF_SELF
 
 
-def _everything(msg: Any) -> bool:
-    return True
+def _pinned(entry: FdbEntry) -> bool:
+    return bool(entry.state & _NUD_NOARP and entry.flags & NTF_STICKY)

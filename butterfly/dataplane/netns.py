@@ -8,12 +8,14 @@ function run in that thread; its result or exception comes back.
 """
 
 import ctypes
+import errno
 import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from butterfly.errors import DataplaneError
+from butterfly.dataplane.kernel_errors import code_of, explain
+from butterfly.errors import DataplaneError, shown
 
 __all__ = ["NETNS_RUN_DIR", "netns_path", "open_netns", "run_in_netns"]
 
@@ -35,15 +37,19 @@ def open_netns(netns: str, what: str) -> int:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise DataplaneError(
-            f"{what}: path {netns!r} is not a network namespace: {exc.strerror}"
+            explain(
+                f"{what}: path {shown(netns)} is not a network namespace",
+                code_of(exc),
+                {errno.ENOENT: "create it first (ip netns add NAME) or give an existing one"},
+            )
         ) from exc
 
 
 def _setns(fd: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.setns(fd, _CLONE_NEWNET) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 def run_in_netns(netns: str, what: str, work: Callable[[], T]) -> T:
@@ -58,7 +64,11 @@ def run_in_netns(netns: str, what: str, work: Callable[[], T]) -> T:
                 _setns(fd)
             except OSError as exc:
                 raise DataplaneError(
-                    f"{what}: cannot enter network namespace {netns!r}: {exc.strerror}"
+                    explain(
+                        f"{what}: cannot enter network namespace {shown(netns)}",
+                        code_of(exc),
+                        {errno.EINVAL: "give a namespace name (ip netns list) or /proc/PID/ns/net"},
+                    )
                 ) from exc
             outcome.append(work())
         except BaseException as exc:  # handed to the caller's thread

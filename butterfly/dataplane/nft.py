@@ -15,6 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from butterfly.dataplane.kernel_errors import explain_text
 from butterfly.errors import DataplaneError
 
 __all__ = ["Json", "Nftables"]
@@ -103,7 +104,7 @@ class Nftables:
         output = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode()
         error = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode()
         if status != 0:
-            raise DataplaneError(f"nftables refused the change: {_clean(error)}")
+            raise DataplaneError(explain_text("nftables refused the change", _clean(error)))
         return output
 
 

@@ -53,44 +53,43 @@ def find_underlay(netlink: Netlink, ip: str | None, interface: str | None = None
 
     Raises ConfigError naming the option when no interface fits.
     """
-    links = {link.index: link for link in netlink.links()}
     addresses = netlink.addresses()
     if ip is not None:
         wanted = ipaddress.ip_address(ip)
         holders = [
-            links[address.index]
+            link
             for address in addresses
-            if ipaddress.ip_address(address.address) == wanted and address.index in links
+            if ipaddress.ip_address(address.address) == wanted
+            and (link := netlink.link_by_index(address.index)) is not None
         ]
         if not holders:
             raise ConfigError(f"ip {ip}: no interface holds this address (option --ip)")
         named = [link for link in holders if link.name == interface]
         return _underlay((named or holders)[0], str(wanted))
     if interface is not None:
-        return _named_underlay(interface, links, addresses)
+        return _named_underlay(interface, netlink.link(interface), addresses)
     for family in (4, 6):
         route = netlink.default_route(family)
-        if route is None or route.oif not in links:
+        link = netlink.link_by_index(route.oif) if route is not None else None
+        if route is None or link is None:
             continue
         if route.prefsrc:
-            return _underlay(links[route.oif], route.prefsrc)
+            return _underlay(link, route.prefsrc)
         for address in addresses:
             if (
                 address.index == route.oif
                 and address.family == family
                 and not ipaddress.ip_address(address.address).is_link_local
             ):
-                return _underlay(links[route.oif], address.address)
+                return _underlay(link, address.address)
         raise ConfigError(
-            f"ip: the default route's interface {links[route.oif].name} has no address; "
-            "give one with --ip"
+            f"ip: the default route's interface {link.name} has no address; give one with --ip"
         )
     raise ConfigError("ip: no --ip given and no default route to find the underlay by")
 
 
-def _named_underlay(interface: str, links: dict[int, Link], addresses: list[Address]) -> Underlay:
+def _named_underlay(interface: str, link: Link | None, addresses: list[Address]) -> Underlay:
     """``interface``'s first global address, IPv4 first (the original's underlay was IPv4)."""
-    link = next((link for link in links.values() if link.name == interface), None)
     if link is None:
         raise ConfigError(f"dpdk-args: iface {interface}: no such interface")
     usable = [

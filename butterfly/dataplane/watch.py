@@ -34,6 +34,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from butterfly.dataplane.kernel_errors import explain
 from butterfly.dataplane.naming import LINK_ALIAS, TABLE, is_butterfly_link
 from butterfly.dataplane.netlink import Link
 from butterfly.errors import DataplaneError
@@ -214,7 +215,7 @@ class KernelWatch:
                 self._rtnl.close()
                 raise
         except OSError as exc:
-            raise DataplaneError(f"watching the kernel: {exc.strerror or exc}") from exc
+            raise DataplaneError(explain("watching the kernel", exc.errno)) from exc
         self._evpn = evpn
         self._links: dict[int, LinkState] = {}
         self._pending_nft: list[str] = []

@@ -57,6 +57,9 @@ class App:
     def request_quit(self) -> None:
         pass
 
+    def reconcile_status(self) -> None:
+        return None
+
     def drift_report(self) -> None:
         return None
 

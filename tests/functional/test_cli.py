@@ -312,10 +312,12 @@ def test_status_prints_the_dot_graph(cli: Cli) -> None:
     assert lines[0].startswith("start date: ")
     assert lines[1].startswith("current date: ")
     assert lines[2].startswith("request counter: ")
-    assert lines[3] == "dot graph: "
-    assert lines[4].startswith("digraph")
+    assert lines[3].startswith("start-up reconcile: done in ")
+    assert lines[4] == "dot graph: "
+    assert lines[5].startswith("digraph")
     status = json.loads(cli.ok("status --json"))
     assert status["graph_dot"].startswith("digraph")
+    assert status["reconcile"]["running"] is False
     assert status["request_counter"] > 0
 
 

@@ -127,3 +127,21 @@ def test_vni_peers_one_pair_per_line() -> None:
 
 def test_protobuf_text_keeps_non_ascii_readable() -> None:
     assert output.protobuf_text(MessageV0.Sg(id="café")) == 'id: "café"\n'
+
+
+def test_status_shows_the_start_up_reconcile_when_the_daemon_reports_it() -> None:
+    app = MessageV0.AppStatusRes(start_date=1)
+    assert "reconcile" not in output.status(app, as_json=False)
+    app.reconcile.running = True
+    app.reconcile.done = 120
+    app.reconcile.total = 600
+    app.reconcile.milliseconds = 1500
+    assert output.status(app, as_json=False) == (
+        "start date: 1\nstart-up reconcile: running, 120/600 objects, 1.5 s\n"
+    )
+    app.reconcile.running = False
+    app.reconcile.problems = "reconcile: nic 'x': gone"
+    assert "start-up reconcile: done in 1.5 s (600 objects); reconcile: nic 'x': gone" in (
+        output.status(app, as_json=False)
+    )
+    assert '"running": false' in output.status(app, as_json=True)

@@ -181,11 +181,16 @@ class _Kernel:
     def __init__(self, addresses: list[Address]) -> None:
         self._addresses = addresses
 
-    def links(self) -> list[Link]:
-        return [
-            Link(index, name, "", None, None, 1500, True, "02:00:00:00:00:01", None)
-            for index, name in ((2, "eth0"), (3, "eth1"))
-        ]
+    _LINKS = (
+        Link(2, "eth0", "", None, None, 1500, True, "02:00:00:00:00:01", None),
+        Link(3, "eth1", "", None, None, 1500, True, "02:00:00:00:00:01", None),
+    )
+
+    def link(self, name: str) -> Link | None:
+        return next((link for link in self._LINKS if link.name == name), None)
+
+    def link_by_index(self, index: int) -> Link | None:
+        return next((link for link in self._LINKS if link.index == index), None)
 
     def addresses(self) -> list[Address]:
         return self._addresses

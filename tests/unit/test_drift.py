@@ -60,15 +60,27 @@ class Clock:
 
 
 class Rig:
-    def __init__(self, *, report_only: bool = False, fail: bool = False, bug: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        report_only: bool = False,
+        fail: bool = False,
+        bug: bool = False,
+        held: bool = False,
+    ) -> None:
         self.dataplane = FakeDataplane()
+        self.held = held
         self.clock = Clock()
         self.repairs = 0
         self.scopes: list[Scope] = []
         self.fail = fail
         self.bug = bug
         self.drift = DriftRepair(
-            dataplane=self.dataplane, repair=self.repair, report_only=report_only, clock=self.clock
+            dataplane=self.dataplane,
+            repair=self.repair,
+            report_only=report_only,
+            clock=self.clock,
+            hold=lambda: self.held,
         )
 
     def repair(self, scope: Scope) -> None:
@@ -151,6 +163,30 @@ def test_a_requests_own_changes_are_not_drift() -> None:
     rig.drift.after_request()
     assert rig.dataplane.fake_watch.own_seen[-1] == {7, 8}
     assert rig.drift.report().changes_seen == 0
+
+
+def test_changes_between_requests_to_links_the_data_plane_touched_are_its_own() -> None:
+    """The start-up reconcile's steps and finished deletions run outside requests."""
+    rig = Rig()
+    rig.dataplane.touched = {9}
+    rig.drift.readable()
+    assert rig.dataplane.fake_watch.own_seen[-1] == {9}
+
+
+def test_repairs_wait_while_held_then_run() -> None:
+    """While the start-up reconcile runs, a repair would fight it: changes stay pending."""
+    rig = Rig(held=True)
+    rig.change("bf-a: down")
+    assert rig.drift.timeout() is None
+    rig.clock.now += MAX_DELAY
+    rig.drift.run_due()
+    rig.drift.before_request()
+    assert rig.repairs == 0
+    assert rig.drift.report().changes_seen == 1
+    rig.held = False
+    assert rig.drift.timeout() == 0.0
+    rig.drift.run_due()
+    assert rig.scopes == [Scope(links=frozenset({"bf-a"}))]
 
 
 def test_counts_and_one_log_line_per_repair(caplog: pytest.LogCaptureFixture) -> None:

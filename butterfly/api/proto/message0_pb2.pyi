@@ -519,11 +519,16 @@ class MessageV0(_message.Message):
         CURRENT_DATE_FIELD_NUMBER: _builtins.int
         REQUEST_COUNTER_FIELD_NUMBER: _builtins.int
         GRAPH_DOT_FIELD_NUMBER: _builtins.int
+        RECONCILE_FIELD_NUMBER: _builtins.int
         DRIFT_FIELD_NUMBER: _builtins.int
         start_date: _builtins.int
         current_date: _builtins.int
         request_counter: _builtins.int
         graph_dot: _builtins.str
+        @_builtins.property
+        def reconcile(self) -> Global___MessageV0.ReconcileStatus:
+            """butterfly addition (only when the request sets app_status_reconcile)"""
+
         @_builtins.property
         def drift(self) -> Global___MessageV0.DriftStatus:
             """butterfly addition, only when the request's app_status_drift asks"""
@@ -535,11 +540,45 @@ class MessageV0(_message.Message):
             current_date: _builtins.int | None = ...,
             request_counter: _builtins.int | None = ...,
             graph_dot: _builtins.str | None = ...,
+            reconcile: Global___MessageV0.ReconcileStatus | None = ...,
             drift: Global___MessageV0.DriftStatus | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["current_date", b"current_date", "drift", b"drift", "graph_dot", b"graph_dot", "request_counter", b"request_counter", "start_date", b"start_date"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["current_date", b"current_date", "drift", b"drift", "graph_dot", b"graph_dot", "reconcile", b"reconcile", "request_counter", b"request_counter", "start_date", b"start_date"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["current_date", b"current_date", "drift", b"drift", "graph_dot", b"graph_dot", "request_counter", b"request_counter", "start_date", b"start_date"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["current_date", b"current_date", "drift", b"drift", "graph_dot", b"graph_dot", "reconcile", b"reconcile", "request_counter", b"request_counter", "start_date", b"start_date"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ReconcileStatus(_message.Message):
+        """butterfly addition: the start-up reconcile (the kernel made to match the
+        state file), which runs while the API already answers.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        RUNNING_FIELD_NUMBER: _builtins.int
+        DONE_FIELD_NUMBER: _builtins.int
+        TOTAL_FIELD_NUMBER: _builtins.int
+        MILLISECONDS_FIELD_NUMBER: _builtins.int
+        PROBLEMS_FIELD_NUMBER: _builtins.int
+        running: _builtins.bool
+        done: _builtins.int
+        total: _builtins.int
+        milliseconds: _builtins.int
+        problems: _builtins.str
+        def __init__(
+            self,
+            *,
+            running: _builtins.bool | None = ...,
+            done: _builtins.int | None = ...,
+            total: _builtins.int | None = ...,
+            milliseconds: _builtins.int | None = ...,
+            problems: _builtins.str | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "milliseconds", b"milliseconds", "problems", b"problems", "running", b"running", "total", b"total"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "milliseconds", b"milliseconds", "problems", b"problems", "running", b"running", "total", b"total"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -658,6 +697,7 @@ class MessageV0(_message.Message):
         VNI_PEER_DEL_FIELD_NUMBER: _builtins.int
         VNI_PEER_LIST_FIELD_NUMBER: _builtins.int
         NIC_IMPORT_FIELD_NUMBER: _builtins.int
+        APP_STATUS_RECONCILE_FIELD_NUMBER: _builtins.int
         WITH_ADDITIONS_FIELD_NUMBER: _builtins.int
         APP_STATUS_DRIFT_FIELD_NUMBER: _builtins.int
         nic_del: _builtins.str
@@ -673,6 +713,8 @@ class MessageV0(_message.Message):
         app_quit: _builtins.bool
         sg_details: _builtins.str
         vni_peer_list: _builtins.bool
+        app_status_reconcile: _builtins.bool
+        """butterfly addition: app_status also answers AppStatusRes.reconcile"""
         with_additions: _builtins.bool
         """butterfly addition: the requester reads butterfly's additions in the
         reply. Without it (or another addition in the request), a reply holds
@@ -731,12 +773,13 @@ class MessageV0(_message.Message):
             vni_peer_del: Global___MessageV0.VniPeerReq | None = ...,
             vni_peer_list: _builtins.bool | None = ...,
             nic_import: Global___MessageV0.NicImportReq | None = ...,
+            app_status_reconcile: _builtins.bool | None = ...,
             with_additions: _builtins.bool | None = ...,
             app_status_drift: _builtins.bool | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "app_status_drift", b"app_status_drift", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_import", b"nic_import", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list", "with_additions", b"with_additions"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "app_status_drift", b"app_status_drift", "app_status_reconcile", b"app_status_reconcile", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_import", b"nic_import", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list", "with_additions", b"with_additions"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "app_status_drift", b"app_status_drift", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_import", b"nic_import", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list", "with_additions", b"with_additions"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["app_config", b"app_config", "app_quit", b"app_quit", "app_status", b"app_status", "app_status_drift", b"app_status_drift", "app_status_reconcile", b"app_status_reconcile", "nic_add", b"nic_add", "nic_del", b"nic_del", "nic_details", b"nic_details", "nic_export", b"nic_export", "nic_import", b"nic_import", "nic_list", b"nic_list", "nic_stats", b"nic_stats", "nic_update", b"nic_update", "request", b"request", "sg_add", b"sg_add", "sg_del", b"sg_del", "sg_details", b"sg_details", "sg_list", b"sg_list", "sg_member_add", b"sg_member_add", "sg_member_del", b"sg_member_del", "sg_member_list", b"sg_member_list", "sg_rule_add", b"sg_rule_add", "sg_rule_del", b"sg_rule_del", "sg_rule_list", b"sg_rule_list", "vni_peer_add", b"vni_peer_add", "vni_peer_del", b"vni_peer_del", "vni_peer_list", b"vni_peer_list", "with_additions", b"with_additions"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["nic_add", "nic_update", "nic_del", "nic_list", "nic_details", "nic_export", "nic_stats", "sg_add", "sg_del", "sg_list", "sg_rule_add", "sg_rule_del", "sg_rule_list", "sg_member_add", "sg_member_del", "sg_member_list", "app_status", "app_quit", "app_config", "sg_details", "vni_peer_add", "vni_peer_del", "vni_peer_list", "nic_import"]  # noqa: Y015
         _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015

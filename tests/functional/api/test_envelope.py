@@ -141,3 +141,15 @@ def test_request_strings_that_are_not_utf8_fail_cleanly(client: Client) -> None:
         assert answer.HasField("response")
     ok(client, nic_list=True)
     assert dump(client) == before
+
+
+def test_the_start_up_reconcile_is_reported_only_when_asked(client: Client) -> None:
+    """A deployed client's .proto lacks AppStatusRes.reconcile: it never gets it unasked."""
+    plain = ok(client, app_status=True).app_status
+    assert not plain.HasField("reconcile")
+    assert b"\xc2\x07" not in plain.SerializeToString(), "field 120 on the wire"
+    reply = client.call(MessageV0.Request(app_status=True, app_status_reconcile=True))
+    assert reply.response.status.status
+    asked = reply.response.app_status
+    assert asked.HasField("reconcile") and not asked.reconcile.running
+    assert asked.reconcile.done == asked.reconcile.total

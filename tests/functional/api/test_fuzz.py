@@ -359,8 +359,10 @@ def absurd_requests(draw: st.DrawFn) -> MessageV0.Request:
     else:
         value = draw(texts)
     request = MessageV0.Request(**{kind: value})
-    if draw(st.booleans()):
-        request.with_additions = draw(st.booleans())
+    # The fields outside the oneof: our flags, with any request.
+    for flag in ("with_additions", "app_status_drift", "app_status_reconcile"):
+        if draw(st.booleans()):
+            setattr(request, flag, draw(st.booleans()))
     return request
 
 

@@ -1,16 +1,19 @@
 """Two hypervisors, each with its own data plane, joined by VXLAN over a veth underlay."""
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from butterfly.dataplane.naming import vxlan_name
-from butterfly.model import State
+from butterfly.model import State, Vnic, VnicType, make_vnic
 
 from .conftest import Dataplane, Guest, Host, Lab, netns_vnic, open_sg, plug
 
 pytestmark = pytest.mark.root
+
+GROUPS = 100
 
 
 def two_hosts(
@@ -86,3 +89,20 @@ def test_an_ipv6_underlay_with_static_peers(lab: Lab) -> None:
         lab, v6=True, options=lambda hosts, i: {"static_peers": (hosts[1 - i].address,)}
     )
     assert guests[0].reaches("tcp", "10.7.0.2", 80)
+
+
+def test_an_ipv6_underlay_holds_more_groups_than_its_option_memory_allowed(lab: Lab) -> None:
+    """IPv6 has no count limit, but each membership takes 56 bytes of the shared
+    socket's option memory (128 KiB by default: ENOMEM at the 2,341st VNI).
+    With the namespace's net.core.optmem_max lowered to room for ~70 groups,
+    100 VNIs work because butterflyd raises it."""
+    host = lab.host(v6=True)
+    host.exec("sysctl", "-qw", "net.core.optmem_max=4096")
+    dataplane = host.dataplane()
+    state = State()
+    for vni in range(1, GROUPS + 1):
+        vnic = Vnic(id=f"t{vni}", mac=f"52:54:00:60:00:{vni:02x}", vni=vni, type=VnicType.TAP)
+        plug(dataplane, state, make_vnic(replace(vnic, bypass_filtering=True)))
+    joined = host.exec("cat", "/proc/net/igmp6").count("ff0500000000000000000000e6")
+    assert joined == GROUPS
+    assert int(host.exec("cat", "/proc/sys/net/core/optmem_max")) >= 4096 * 64

@@ -1,0 +1,470 @@
+"""``butterfly-bench scale``: what requests cost on a full host, data plane on.
+
+For each host size (vnics x VNIs), in a fresh :class:`~butterfly.bench.lab.Lab`
+host (a real butterflyd driving the kernel of its namespace), the host is
+filled as a hypervisor is: TAP vnics with three security groups each (of
+30 groups with rules and members), IP anti-spoofing on, spread over the
+VNIs (multicast flooding unless ``--static-peers``). Then, at that size:
+
+* ``nic_add`` of one more vnic (3 SGs, in an existing VNI), ``nic_update``
+  of its groups, ``nic_del`` of it: each sample leaves the host as it was,
+  so every sample is taken at the stated size;
+* the same ``nic_add``/``nic_del`` when the vnic brings (and takes away) its
+  own VNI: the bridge and VXLAN device are made and removed too;
+* ``sg_member_add`` to the groups the vnics use;
+* ``kill -9`` of the daemon and a restart: the first answer (to a client
+  waiting before the daemon starts) and the end of the start-up reconcile,
+  as ``app_status`` reports it;
+* the resident memory of the daemon and every process it started.
+
+A Linux bridge holds at most 1,024 ports, so a host of N vnics has at
+least N/1,000 VNIs: "10,000 vnics, 1 VNI" is measured as 10 VNIs.
+
+A floor row per size: the same kernel objects (bridges, VXLAN devices,
+locked taps with their MAC pinned, a chain of three group jumps per vnic)
+made without butterfly by ``ip -batch``, ``bridge -batch`` and ``nft -f``
+in a namespace of their own: the kernel's own cost, per vnic.
+
+Latency figures are p99 of ``--samples`` samples (1,000 by default; fewer
+is printed as a maximum, not a p99). Targets apply at every size.
+"""
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from butterfly.api.client import Client
+from butterfly.api.codec import REVISION
+from butterfly.api.proto.message0_pb2 import MessageV0
+from butterfly.api.proto.message_pb2 import Messages
+from butterfly.bench.daemon import DaemonError
+from butterfly.bench.figures import BenchError, busy_elsewhere, percentile, table
+from butterfly.bench.lab import Host, Lab, LabError
+from butterfly.dataplane.underlay import flood_group
+from butterfly.errors import ClientError
+
+__all__ = ["add_arguments", "run", "tree_rss_kib"]
+
+TARGETS_MS = {
+    "nic_add": 20.0,
+    "nic_update": 10.0,
+    "nic_del": 20.0,
+    "nic_add_vni": 20.0,
+    "nic_del_vni": 20.0,
+    "sg_member_add": 5.0,
+}
+MAX_FIRST_ANSWER_S = 1.0
+MAX_RECONCILE_S = 30.0
+MAX_MEMORY_MB = 150.0
+MIN_SAMPLES_FOR_P99 = 1000
+SGS = 30
+FILL_BATCH = 50
+NEW_VNI_BASE = 1_000_000
+BRIDGE_PORTS = 1000
+"""vnics per VNI at most: the kernel's BR_MAX_PORTS is 1,024 (EXFULL beyond)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--vnics",
+        default="10,1000,10000",
+        metavar="N,...",
+        help="host sizes in vnics (default 10,1000,10000)",
+    )
+    parser.add_argument(
+        "--vnis",
+        default="1,4096",
+        metavar="N,...",
+        help="VNIs the vnics are spread over (default 1,4096; at most one per vnic)",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=MIN_SAMPLES_FOR_P99,
+        metavar="N",
+        help=f"samples per latency figure (default {MIN_SAMPLES_FOR_P99})",
+    )
+    parser.add_argument("--v6", action="store_true", help="an IPv6 underlay")
+    parser.add_argument(
+        "--static-peers", action="store_true", help="flood to a static peer instead of multicast"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 10 and 100 vnics, 1 and 64 VNIs"
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    vnics: int
+    vnis: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.vnics:,} vnics / {self.vnis:,} VNIs"
+
+
+@dataclass(slots=True)
+class Figures:
+    size: Size
+    latencies_ms: dict[str, list[float]]
+    fill_s: float
+    first_answer_s: float
+    reconcile_s: float
+    memory_mb: float
+    floor_s: float
+    floor_delete_s: float
+
+
+def _sizes(args: argparse.Namespace) -> list[Size]:
+    vnics = [10, 100] if args.quick else [int(n) for n in args.vnics.split(",")]
+    vnis = [1, 64] if args.quick else [int(n) for n in args.vnis.split(",")]
+    sizes = []
+    for count in vnics:
+        for networks in vnis:
+            # A Linux bridge holds at most 1,024 ports (one is the VXLAN device's).
+            size = Size(count, min(count, max(networks, -(-count // BRIDGE_PORTS))))
+            if size not in sizes:
+                sizes.append(size)
+    return sizes
+
+
+def tree_rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` and of all its descendants (vhost workers, tracers), in KiB."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        try:
+            with open(f"/proc/{current}/status", encoding="ascii") as status:
+                total += next(
+                    (int(line.split()[1]) for line in status if line.startswith("VmRSS:")), 0
+                )
+        except OSError:
+            continue
+    return total
+
+
+def _mac(index: int) -> str:
+    return "52:54:" + ":".join(f"{(index >> shift) & 0xFF:02x}" for shift in (24, 16, 8, 0))
+
+
+def _ipv4(base: int, index: int) -> str:
+    value = (base << 24) + index
+    return ".".join(str((value >> shift) & 0xFF) for shift in (24, 16, 8, 0))
+
+
+def _groups(index: int) -> list[str]:
+    return [f"sg-{(index + k) % SGS:02}" for k in range(3)]
+
+
+def _nic(index: int, vni: int, groups: list[str]) -> MessageV0.Request:
+    request = MessageV0.Request()
+    nic = request.nic_add
+    nic.id = f"v{index:07}"
+    nic.mac = _mac(index + 1)
+    nic.vni = vni
+    nic.ip.append(_ipv4(10, index + 1))
+    nic.security_group.extend(groups)
+    nic.ip_anti_spoof = True
+    nic.type = MessageV0.Nic.TAP
+    return request
+
+
+def _sg(index: int) -> MessageV0.Request:
+    request = MessageV0.Request()
+    sg = request.sg_add
+    sg.id = f"sg-{index:02}"
+    sg.member.extend(_ipv4(11, index * 4 + m + 1) for m in range(4))
+    rule = sg.rule.add(direction=MessageV0.Rule.INBOUND, protocol=6, port_start=22, port_end=22)
+    rule.cidr.address, rule.cidr.mask_size = "10.0.0.0", 8
+    sg.rule.add(direction=MessageV0.Rule.INBOUND, protocol=-1, security_group=sg.id)
+    return request
+
+
+def _checked(client: Client, request: MessageV0.Request) -> MessageV0.Response:
+    response = client.call(request).response
+    if not response.status.status:
+        raise BenchError(f"the daemon refused {request}: {response.status.error.description}")
+    return response
+
+
+def _send_batches(client: Client, requests: list[MessageV0.Request]) -> None:
+    for start in range(0, len(requests), FILL_BATCH):
+        envelope = Messages()
+        for one in requests[start : start + FILL_BATCH]:
+            envelope.messages.add(revision=REVISION).message_0.request.CopyFrom(one)
+        for message in client.send(envelope).messages:
+            status = message.message_0.response.status
+            if not status.status:
+                raise BenchError(f"filling the host failed: {status.error.description}")
+
+
+def _timed(
+    samples: dict[str, list[float]], name: str, client: Client, request: MessageV0.Request
+) -> None:
+    before = time.perf_counter()
+    _checked(client, request)
+    samples.setdefault(name, []).append((time.perf_counter() - before) * 1000)
+
+
+def _latencies(client: Client, size: Size, count: int) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {}
+    for i in range(count):
+        index = size.vnics + i
+        groups, others = _groups(i), _groups(i + 3)
+        add = _nic(index, i % size.vnis + 1, groups)
+        _timed(samples, "nic_add", client, add)
+        update = MessageV0.Request()
+        update.nic_update.id = add.nic_add.id
+        update.nic_update.security_group.extend(others)
+        _timed(samples, "nic_update", client, update)
+        delete = MessageV0.Request(nic_del=add.nic_add.id)
+        _timed(samples, "nic_del", client, delete)
+        alone = _nic(index, NEW_VNI_BASE + i, groups)
+        _timed(samples, "nic_add_vni", client, alone)
+        _timed(samples, "nic_del_vni", client, delete)
+        member = MessageV0.Request()
+        member.sg_member_add.sg_id = groups[0]
+        member.sg_member_add.member = _ipv4(12, i + 1)
+        _timed(samples, "sg_member_add", client, member)
+    return samples
+
+
+def _status(client: Client) -> MessageV0.ReconcileStatus:
+    request = MessageV0.Request(app_status=True, app_status_reconcile=True)
+    return _checked(client, request).app_status.reconcile
+
+
+def _kill_and_restart(host: Host) -> tuple[float, float]:
+    """Seconds to the first answer and to the end of the reconcile, after kill -9."""
+    host.kill()
+    with Client(endpoint=host.endpoint, timeout_ms=120_000) as client:
+        started = time.monotonic()
+        host.spawn()
+        _status(client)
+        first = time.monotonic() - started
+        while True:
+            status = _status(client)
+            if not status.running:
+                break
+            time.sleep(1)  # app_status renders the whole graph: ask rarely
+        if status.problems:
+            raise BenchError(f"the reconcile after kill -9 failed: {status.problems}")
+    return first, time.monotonic() - started
+
+
+def _floor(lab: Lab, size: Size, v6: bool) -> tuple[float, float]:
+    """Seconds for ip/bridge -batch and nft -f to make the same kernel objects,
+    and for ip -batch to delete the taps."""
+    netns = lab.netns("z")
+    netns.ip("link", "add", "ful0", "type", "veth", "peer", "name", "ful1")
+    address = "2001:db8:fe::1" if v6 else "198.51.100.254"
+    netns.ip("addr", "add", f"{address}/{64 if v6 else 24}", "dev", "ful0", "nodad")
+    netns.ip("link", "set", "ful0", "up")
+    netns.exec("sysctl", "-qw", f"net.ipv4.igmp_max_memberships={size.vnis + 1024}")
+    netns.exec("sysctl", "-qw", f"net.core.optmem_max={(size.vnis + 1024) * 64 + 131072}")
+    links, fdb = [], []
+    for vni in range(1, size.vnis + 1):
+        group = flood_group(vni, 6 if v6 else 4)
+        links += [
+            f"link add bfbr{vni} type bridge stp_state 0 forward_delay 0 mcast_snooping 0",
+            f"link add bfvx{vni} type vxlan id {vni} local {address} group {group} dev ful0 "
+            "dstport 4789",
+            f"link set bfvx{vni} master bfbr{vni} up",
+            f"link set bfbr{vni} up",
+        ]
+    rules = ["table inet floor {"]
+    for sg in range(SGS):
+        rules.append(f"  chain sg{sg:02} {{ tcp dport 22 ip saddr 10.0.0.0/8 accept; }}")
+    rules.append("  map ports { type ifname : verdict; }")
+    for index in range(size.vnics):
+        tap = f"bf-f{index}"
+        links += [
+            f"tuntap add dev {tap} mode tap",
+            f"link set {tap} master bfbr{index % size.vnis + 1} up",
+            f"link set {tap} type bridge_slave learning off flood off locked on",
+        ]
+        fdb.append(f"fdb replace {_mac(index + 1)} dev {tap} master static sticky")
+        jumps = "; ".join(f"jump sg{g[3:]}" for g in _groups(index))
+        rules.append(f"  chain p{index} {{ {jumps}; drop; }}")
+    rules.append("}")
+    rules += [
+        f"add element inet floor ports {{ bf-f{index} : jump p{index} }}"
+        for index in range(size.vnics)
+    ]
+    started = time.monotonic()
+    for tool, text in (("ip", links), ("bridge", fdb)):
+        netns.exec(tool, "-batch", "-", input="\n".join(text) + "\n", timeout=3600)
+    netns.exec("nft", "-f", "-", input="\n".join(rules) + "\n", timeout=3600)
+    made = time.monotonic() - started
+    started = time.monotonic()
+    deletions = "".join(f"link del bf-f{index}\n" for index in range(size.vnics))
+    netns.exec("ip", "-batch", "-", input=deletions, timeout=3600)
+    return made, time.monotonic() - started
+
+
+def _measure(size: Size, args: argparse.Namespace) -> Figures:
+    lab = Lab()
+    try:
+        return _measure_in(lab, size, args)
+    finally:
+        try:
+            lab.close()
+        except LabError as error:  # the figures are in; say what the clean-up left
+            print(f"butterfly-bench scale: {size.label}: {error}", file=sys.stderr)
+
+
+def _measure_in(lab: Lab, size: Size, args: argparse.Namespace) -> Figures:
+    host = lab.host(v6=args.v6, start=False, log_level="warning")
+    if args.static_peers:
+        peer = "2001:db8:ffff::fe" if args.v6 else "198.51.100.253"
+        host.daemon.extra_args += ["--vxlan-peers", peer]
+    host.start()
+    client = host.client
+    started = time.monotonic()
+    _send_batches(client, [_sg(i) for i in range(SGS)])
+    _send_batches(client, [_nic(i, i % size.vnis + 1, _groups(i)) for i in range(size.vnics)])
+    fill = time.monotonic() - started
+    print(f"{size.label}: filled in {fill:.1f} s", flush=True)
+    latencies = _latencies(client, size, args.samples)
+    memory = tree_rss_kib(host.daemon.pid) * 1024 / 1e6
+    first, reconcile = _kill_and_restart(host)
+    print(f"{size.label}: measured", flush=True)
+    floor, floor_delete = _floor(lab, size, args.v6)
+    return Figures(size, latencies, fill, first, reconcile, memory, floor, floor_delete)
+
+
+def _verdict(value: float, target: float) -> str:
+    return "PASS" if value < target else "FAIL"
+
+
+def render(results: list[Figures], samples: int, busy: float, mode: str) -> tuple[str, bool]:
+    """The table, and whether every target is met."""
+    figure = "p99" if samples >= MIN_SAMPLES_FOR_P99 else "max"
+    header = ("host", "measure", "samples", "p50 ms", f"{figure} ms", "target", "result")
+    rows: list[tuple[str, ...]] = []
+    verdicts = []
+    names = {
+        "nic_add": "nic_add, 3 SGs, existing VNI",
+        "nic_update": "nic_update of the 3 SGs",
+        "nic_del": "nic_del, VNI stays",
+        "nic_add_vni": "nic_add, 3 SGs, new VNI",
+        "nic_del_vni": "nic_del, last of its VNI",
+        "sg_member_add": "sg_member_add",
+    }
+    for result in results:
+        label = result.size.label
+        for key, name in names.items():
+            values = result.latencies_ms.get(key, [])
+            if not values:
+                continue
+            tail = percentile(values, 0.99) if figure == "p99" else max(values)
+            verdict = _verdict(tail, TARGETS_MS[key])
+            verdicts.append(verdict)
+            rows.append(
+                (
+                    label,
+                    name,
+                    str(len(values)),
+                    f"{percentile(values, 0.5):.1f}",
+                    f"{tail:.1f}",
+                    f"< {TARGETS_MS[key]:g} ms",
+                    verdict,
+                )
+            )
+        for name, value, target, unit in (
+            ("first answer after kill -9", result.first_answer_s, MAX_FIRST_ANSWER_S, "s"),
+            ("reconcile done after kill -9", result.reconcile_s, MAX_RECONCILE_S, "s"),
+            ("memory, daemon and children", result.memory_mb, MAX_MEMORY_MB, "MB"),
+        ):
+            verdict = _verdict(value, target)
+            verdicts.append(verdict)
+            rows.append(
+                (label, name, "1", "-", f"{value:.2f} {unit}", f"< {target:g} {unit}", verdict)
+            )
+        per_vnic = result.floor_s / result.size.vnics * 1000
+        rows.append(
+            (
+                label,
+                f"floor: ip/bridge -batch + nft -f ({result.floor_s:.2f} s in all)",
+                "1",
+                "-",
+                f"{per_vnic:.2f} per vnic",
+                "baseline",
+                "-",
+            )
+        )
+        per_delete = f"{result.floor_delete_s / result.size.vnics * 1000:.2f} per vnic"
+        rows.append(
+            (label, "floor: ip -batch link del of the taps", "1", "-", per_delete, "baseline", "-")
+        )
+        fill_per_vnic = result.fill_s / result.size.vnics * 1000
+        rows.append(
+            (
+                label,
+                "filling the host through the API",
+                "1",
+                "-",
+                f"{fill_per_vnic:.1f} per vnic",
+                "-",
+                "-",
+            )
+        )
+    title = (
+        f"butterfly-bench scale: data plane on ({mode}), TAP vnics with 3 SGs and IP "
+        f"anti-spoofing; {figure} of {samples} samples per request figure; "
+        f"CPUs {busy:.0%} busy with other work before the run"
+    )
+    rendered = table(header, rows, right={2, 3, 4})
+    return f"{title}\n{rendered}", all(v == "PASS" for v in verdicts)
+
+
+def _modes(args: argparse.Namespace) -> str:
+    underlay = "IPv6" if args.v6 else "IPv4"
+    flooding = "static peers" if args.static_peers else "multicast"
+    return f"{underlay} underlay, {flooding}"
+
+
+def run(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        print("butterfly-bench scale: needs root (network namespaces, a kernel data plane)")
+        return 2
+    busy = busy_elsewhere()
+    results = []
+    failed, met = False, True
+    for size in _sizes(args):
+        try:
+            results.append(_measure(size, args))
+        except (BenchError, ClientError, DaemonError, LabError, OSError) as error:
+            # The sizes measured so far are still worth their table.
+            print(f"butterfly-bench scale: {size.label}: {error}", file=sys.stderr)
+            failed = True
+            break
+    if results:
+        rendered, met = render(results, args.samples, busy, _modes(args))
+        print(rendered)
+    if failed:
+        return 2
+    if not met:
+        print("some targets are missed", file=sys.stderr if args.strict else sys.stdout)
+        return 1 if args.strict else 0
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="butterfly-bench scale")
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))
