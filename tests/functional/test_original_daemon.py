@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -108,6 +109,18 @@ def _workers(daemon_pid: int) -> list[int]:
     return children
 
 
+def _overmount(real: str, private: str) -> str:
+    """Shell commands mounting ``private`` over ``real``; the checkout (the folder
+    holding the venv) stays visible when it lives below ``real`` (CI's clone may)."""
+    checkout = os.path.dirname(sys.prefix)
+    commands = []
+    if checkout.startswith(real + "/"):
+        inside = private + checkout[len(real) :]
+        commands.append(f"mkdir -p {inside} && mount --bind {checkout} {inside}")
+    commands.append(f"mount --rbind {private} {real}")
+    return " && ".join(commands)
+
+
 def test_the_original_readme_command_line_verbatim(site: Site) -> None:
     """The README's command line starts the daemon, which then serves the
     README's ``butterfly nic add`` (a vhost-user vnic) on eth0's VXLAN."""
@@ -121,7 +134,7 @@ def test_the_original_readme_command_line_verbatim(site: Site) -> None:
             [
                 "unshare", "--mount", "--propagation", "private", "--",
                 "sh", "-c",
-                f"mount --bind {private_var_lib} /var/lib && mount --bind {private_tmp} /tmp"
+                f"{_overmount('/var/lib', private_var_lib)} && {_overmount('/tmp', private_tmp)}"
                 ' && exec "$@"',
                 "sh", "ip", "netns", "exec", site.netns.name,
                 *butterflyd_command(), *README_COMMAND,
