@@ -42,6 +42,7 @@ from butterfly.api.proto.message_pb2 import Messages
 from butterfly.bench.daemon import DaemonError
 from butterfly.bench.figures import BenchError, busy_elsewhere, percentile, table
 from butterfly.bench.lab import Host, Lab, LabError
+from butterfly.bench.soak import process_tree
 from butterfly.dataplane.underlay import flood_group
 from butterfly.errors import ClientError
 
@@ -133,20 +134,8 @@ def _sizes(args: argparse.Namespace) -> list[Size]:
 
 def tree_rss_kib(pid: int) -> int:
     """VmRSS of ``pid`` and of all its descendants (vhost workers, tracers), in KiB."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
-                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        todo += children.get(current, [])
+    total = 0
+    for current in process_tree(pid):
         try:
             with open(f"/proc/{current}/status", encoding="ascii") as status:
                 total += next(
