@@ -8,7 +8,7 @@ folders. ``client`` is an API client connected to a fresh daemon.
 Every conftest.py outside a package is imported as the module ``conftest``,
 so test modules import ``Daemon`` and ``DaemonFactory`` for annotations only
 (``if TYPE_CHECKING:``); at run time they get them through the fixtures, or
-use :class:`butterfly.bench.daemon.DaemonProcess` directly.
+use :class:`butterfly_lab.daemon.DaemonProcess` directly.
 """
 
 import base64
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from butterfly.api.client import Client
-from butterfly.bench.daemon import DaemonError, DaemonProcess
+from butterfly_lab.daemon import DaemonError, DaemonProcess
 
 __all__ = ["Daemon", "DaemonError", "write_key"]
 

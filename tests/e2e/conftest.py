@@ -1,5 +1,5 @@
 """Fixtures for end-to-end tests: real QEMU guests (the machinery is in guest.py) and
-switch labs of real butterflyd hosts (butterfly.bench.lab).
+switch labs of real butterflyd hosts (butterfly_lab.lab).
 
 `guest_image` builds (or finds in the cache) the image once per session; `guests` hands a
 test a factory whose guests are all killed and cleaned up when the test ends, pass or fail.
@@ -15,9 +15,9 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
-from guest import GuestFactory, GuestImage, build_image, reap_orphans
 
-from butterfly.bench.lab import Lab
+from butterfly_lab.guest import GuestFactory, GuestImage, build_image, reap_orphans
+from butterfly_lab.lab import Lab
 
 # Pin the kernel with NAME or NAME=VERSION (default: what linux-image-amd64 depends on).
 KERNEL_ENV = "BUTTERFLY_GUEST_KERNEL"

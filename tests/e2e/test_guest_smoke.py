@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from guest import (
+
+from butterfly_lab.guest import (
     Guest,
     GuestCommandTimeout,
     GuestFactory,

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from switch_helpers import BackgroundPing, open_sg
 
-from butterfly.bench.evpn import INNER_SOLICITATION, captured, resolve
-from butterfly.bench.frr import Frr, evpn_hosts, frr_available, wait_seconds
-from butterfly.bench.lab import Host, Lab, Vm, wait_for
 from butterfly.dataplane.naming import bridge_name, vxlan_name
+from butterfly_lab.bench.evpn import INNER_SOLICITATION, captured, resolve
+from butterfly_lab.bench.frr import Frr, evpn_hosts, frr_available, wait_seconds
+from butterfly_lab.lab import Host, Lab, Vm, wait_for
 
 pytestmark = pytest.mark.root
 

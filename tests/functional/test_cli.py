@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from butterfly.bench.daemon import DaemonProcess, free_port
+from butterfly_lab.daemon import DaemonProcess, free_port
 
 if TYPE_CHECKING:
     from conftest import DaemonFactory

@@ -16,8 +16,8 @@ import sys
 
 import pytest
 
-from butterfly.bench.lab import Lab
-from butterfly.bench.soak import lab_host, soak
+from butterfly_lab.bench.soak import lab_host, soak
+from butterfly_lab.lab import Lab
 
 CYCLES = 300
 EVERY = 25

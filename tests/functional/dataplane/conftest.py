@@ -1,7 +1,7 @@
 """Test hypervisors, guests and fabrics in network namespaces, for the kernel data plane.
 
 The namespaces, the fabric, the guests' agents and the clean-up come from
-:mod:`butterfly.bench.lab` (shared with the end-to-end tests and the
+:mod:`butterfly_lab.lab` (shared with the end-to-end tests and the
 benchmarks). What is particular here: each *host* runs a
 :class:`KernelDataplane` in-process, in a thread that entered the host's
 namespace (so the test never touches the root namespace's links or
@@ -16,8 +16,6 @@ from typing import Any
 
 import pytest
 
-from butterfly.bench import lab as bench_lab
-from butterfly.bench.lab import Vm, sh, wait_for
 from butterfly.dataplane import SgChange
 from butterfly.dataplane.kernel import KernelDataplane
 from butterfly.dataplane.naming import tap_name
@@ -30,6 +28,8 @@ from butterfly.model import (
     make_security_group,
     make_vnic,
 )
+from butterfly_lab.bench import lab as bench_lab
+from butterfly_lab.lab import Vm, sh, wait_for
 
 __all__ = [
     "Dataplane",
