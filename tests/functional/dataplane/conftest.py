@@ -28,7 +28,7 @@ from butterfly.model import (
     make_security_group,
     make_vnic,
 )
-from butterfly_lab.bench import lab as bench_lab
+from butterfly_lab import lab as bench_lab
 from butterfly_lab.lab import Vm, sh, wait_for
 
 __all__ = [
