@@ -10,7 +10,6 @@ lab's run-unique prefix and removed in teardown, also on failure.
 """
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -47,16 +46,6 @@ __all__ = [
 
 Guest = Vm
 """A NETNS vnic's namespace, with its agent started on first use."""
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Without root these tests cannot run: skip them (this folder's only)."""
-    if os.geteuid() != 0:
-        skip = pytest.mark.skip(reason="needs root (real kernel, network namespaces)")
-        here = os.path.dirname(__file__)
-        for item in items:
-            if "root" in item.keywords and str(item.path).startswith(here):
-                item.add_marker(skip)
 
 
 class Dataplane:
