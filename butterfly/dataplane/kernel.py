@@ -74,6 +74,7 @@ from butterfly.dataplane.vni import Vnis
 from butterfly.dataplane.watch import KernelWatch, Scope
 from butterfly.errors import ConfigError, DataplaneError, NotSupported
 from butterfly.model import SecurityGroup, StateView, Vnic, VnicType
+from butterfly.model.addresses import ip_version
 from butterfly.model.firewall import has_outbound, referenced_groups
 from butterfly.model.sessions import Session
 
@@ -153,7 +154,7 @@ class KernelDataplane:
                     underlay.ifname,
                 )
             for peer in static_peers:
-                if (":" in peer) != (underlay.version == 6):
+                if ip_version(peer) != underlay.version:
                     raise ConfigError(
                         f"vxlan-peers: peer {peer} is not of the underlay's family "
                         f"(underlay {underlay.address})"

@@ -30,6 +30,7 @@ from pyroute2.netlink.rtnl.ndmsg import NTF_EXT_LEARNED, NTF_MASTER, NTF_SELF, N
 from butterfly.dataplane.kernel_errors import code_of, explain
 from butterfly.dataplane.rtlink import FdbEntry, LinkReader, RawLink
 from butterfly.errors import DataplaneError
+from butterfly.model.addresses import ip_version
 
 __all__ = ["LLDP_FORWARD_MASK", "Address", "Link", "Netlink", "Route"]
 
@@ -312,7 +313,7 @@ class Netlink:
     ) -> None:
         """A VXLAN device; ``group`` None leaves flooding to static peers or
         FRR, ``learning`` False leaves remote MACs to FRR too."""
-        version = 6 if ":" in local else 4
+        version = ip_version(local)
         spec: dict[str, Any] = {
             "vxlan_id": vni,
             "vxlan_link": underlay_index,
@@ -425,7 +426,7 @@ class Netlink:
         (``ip neigh replace ... nud permanent``): the kernel's garbage
         collector removes no-ARP entries unused for a minute once a table
         holds more than 128, never permanent ones."""
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        family = socket.AF_INET6 if ip_version(address) == 6 else socket.AF_INET
         with _translated(f"netlink: setting neighbour {address} on {self._name(index)}"):
             self._ipr.neigh(
                 "replace",
@@ -437,7 +438,7 @@ class Netlink:
             )
 
     def delete_neighbour(self, index: int, address: str) -> None:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        family = socket.AF_INET6 if ip_version(address) == 6 else socket.AF_INET
         with _translated(f"netlink: removing neighbour {address} from {self._name(index)}"):
             self._ipr.neigh("del", ifindex=index, dst=address, family=family)
 

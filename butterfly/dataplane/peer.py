@@ -15,6 +15,7 @@ from butterfly.dataplane.offloads import turn_off_offloads
 from butterfly.dataplane.settings import what
 from butterfly.errors import DataplaneError
 from butterfly.model import Vnic
+from butterfly.model.addresses import ip_version
 
 __all__ = ["NETNS_PREFIX_V4", "NETNS_PREFIX_V6", "configure_peer"]
 
@@ -81,7 +82,7 @@ def configure_peer(
 
 
 def _prefixed(ip: str) -> tuple[str, int]:
-    return ip, NETNS_PREFIX_V6 if ":" in ip else NETNS_PREFIX_V4
+    return ip, NETNS_PREFIX_V6 if ip_version(ip) == 6 else NETNS_PREFIX_V4
 
 
 def _peer_op(netlink: Netlink, index: int, op: _PeerOp, *, forward: bool) -> None:

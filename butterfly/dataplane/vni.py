@@ -26,6 +26,7 @@ from butterfly.dataplane.settings import KernelSettings
 from butterfly.dataplane.underlay import flood_group
 from butterfly.errors import DataplaneError
 from butterfly.model import StateView
+from butterfly.model.addresses import ip_version
 
 __all__ = ["Vnis"]
 
@@ -180,7 +181,7 @@ class Vnis:
         """Make the VXLAN device flood to exactly ``wanted`` (besides its group)."""
         underlay = self._settings.underlay
         for peer in wanted:
-            if (":" in peer) != (underlay.version == 6):
+            if ip_version(peer) != underlay.version:
                 raise DataplaneError(
                     f"peer {peer} is not of the underlay's family ({underlay.address})"
                 )
