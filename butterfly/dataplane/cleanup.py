@@ -7,9 +7,8 @@ left running. It needs no model: everything is found by butterfly's names.
 
 import contextlib
 import glob
-import os
 
-from butterfly.dataplane.naming import TABLE, is_butterfly_link
+from butterfly.dataplane.naming import TABLE, is_butterfly_link, trace_pidfiles
 from butterfly.dataplane.netlink import Netlink
 from butterfly.dataplane.nft import Nftables
 from butterfly.dataplane.ruleset import tables
@@ -39,7 +38,7 @@ def cleanup(*, socket_dir: str) -> None:
     finally:
         nft.close()
     tracer = Tracer()
-    for pidfile in glob.glob(os.path.join(glob.escape(socket_dir), ".bf-trace-*.pid")):
+    for pidfile in glob.glob(trace_pidfiles(socket_dir)):
         tracer.orphan(pidfile)
     with Netlink() as netlink:
         owned = [link for link in netlink.links() if is_butterfly_link(link.name, link.alias)]

@@ -58,6 +58,7 @@ from butterfly.dataplane.naming import (
     bridge_name,
     tap_name,
     vhost_socket_path,
+    vni_of,
     vnic_alias,
     vxlan_name,
 )
@@ -236,7 +237,7 @@ class KernelDataplane:
         stale_vnis = [
             link
             for name, link in owned.items()
-            if link.kind in ("vxlan", "bridge") and int(name[4:]) not in wanted_vnis
+            if link.kind in ("vxlan", "bridge") and vni_of(name) not in wanted_vnis
         ]
         progress = Progress(0, len(stale_ports) + 1 + len(wanted_vnis) + len(vnics) + 1)
         yield progress  # requests already waiting go before the nftables step, the longest
@@ -289,7 +290,7 @@ class KernelDataplane:
         if now is None or now.index != link.index:
             return False
         if link.kind in ("vxlan", "bridge"):
-            return not self._vnis.used(int(link.name[4:]), state)
+            return not self._vnis.used(vni_of(link.name), state)
         vnic_id = (link.alias or "").removeprefix(vnic_alias(""))
         vnic = state.vnic(vnic_id)
         return vnic is None or not self._settings.has_port(vnic) or tap_name(vnic.id) != link.name

@@ -14,7 +14,14 @@ from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 from butterfly.dataplane.journal import Journal, step
-from butterfly.dataplane.naming import TABLE, bridge_name, profile_chains, tap_name, vxlan_name
+from butterfly.dataplane.naming import (
+    TABLE,
+    bridge_name,
+    profile_chains,
+    tap_name,
+    vni_of,
+    vxlan_name,
+)
 from butterfly.dataplane.nft import Nftables
 from butterfly.dataplane.ruleset import (
     BOOTSTRAP,
@@ -71,7 +78,7 @@ class NftablesState:
             listing = self._listing()
             self._mirror = listing.objects
             self._port_ids = listing.allocations("port_ids")
-            self.zones = {int(br[4:]): z for br, z in listing.allocations("zones").items()}
+            self.zones = {vni_of(br): z for br, z in listing.allocations("zones").items()}
 
     def forget(self) -> None:
         """The tables are gone (cleanup): read them again when next needed."""
@@ -127,7 +134,7 @@ class NftablesState:
         zones = listing.allocations("zones") or {bridge_name(v): z for v, z in self.zones.items()}
         self._port_ids = {p: i for p, i in port_ids.items() if p in ports}
         self.zones = {
-            vni: zone for bridge, zone in zones.items() if (vni := int(bridge[4:])) in vnis
+            vni: zone for bridge, zone in zones.items() if (vni := vni_of(bridge)) in vnis
         }
         wanted = dict(self._infrastructure[state.checks_ips()])
         for vni in sorted(vnis):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from butterfly.dataplane.journal import Journal, best_effort, step
-from butterfly.dataplane.naming import tap_name, trace_path, trace_pidfile
+from butterfly.dataplane.naming import tap_name, trace_path, trace_pidfile, trace_pidfiles
 from butterfly.dataplane.settings import what
 from butterfly.errors import DataplaneError
 from butterfly.model import Vnic
@@ -225,7 +225,7 @@ class VnicTraces:
                 what(vnic),
                 partial(self.tracer.start, vnic.id, tap_name(vnic.id), wanted, pidfile),
             )
-        for pidfile in glob.glob(os.path.join(glob.escape(self._socket_dir), ".bf-trace-*.pid")):
+        for pidfile in glob.glob(trace_pidfiles(self._socket_dir)):
             if pidfile not in kept:
                 self.tracer.orphan(pidfile)
 

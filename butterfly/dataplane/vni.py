@@ -20,7 +20,7 @@ from butterfly.dataplane.guard import GuardKind
 from butterfly.dataplane.journal import Journal, step
 from butterfly.dataplane.limits import MulticastLimits
 from butterfly.dataplane.links import Links, PortFlags
-from butterfly.dataplane.naming import bridge_name, vni_alias, vxlan_name
+from butterfly.dataplane.naming import bridge_name, vni_alias, vni_of, vxlan_name
 from butterfly.dataplane.netlink import LLDP_FORWARD_MASK, Link, Netlink
 from butterfly.dataplane.settings import KernelSettings
 from butterfly.dataplane.underlay import flood_group
@@ -185,7 +185,7 @@ class Vnis:
                 raise DataplaneError(
                     f"peer {peer} is not of the underlay's family ({underlay.address})"
                 )
-        group = flood_group(int(vxlan.name[4:]), underlay.version)
+        group = flood_group(vni_of(vxlan.name), underlay.version)
         present = self._flood_peers(vxlan.index) - {group}
 
         def add(peer: str) -> None:
