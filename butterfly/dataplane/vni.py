@@ -21,7 +21,7 @@ from butterfly.dataplane.journal import Journal, step
 from butterfly.dataplane.limits import MulticastLimits
 from butterfly.dataplane.links import Links, PortFlags
 from butterfly.dataplane.naming import bridge_name, vni_alias, vni_of, vxlan_name
-from butterfly.dataplane.netlink import LLDP_FORWARD_MASK, Link, Netlink
+from butterfly.dataplane.netlink import BRIDGE_OPTIONS, Link, Netlink
 from butterfly.dataplane.settings import KernelSettings
 from butterfly.dataplane.underlay import flood_group
 from butterfly.errors import DataplaneError
@@ -31,15 +31,6 @@ from butterfly.model.addresses import ip_version
 __all__ = ["Vnis"]
 
 log = logging.getLogger(__name__)
-
-_BRIDGE_OPTIONS = {
-    "IFLA_BR_STP_STATE": 0,
-    "IFLA_BR_FORWARD_DELAY": 0,
-    "IFLA_BR_MCAST_SNOOPING": 0,
-    "IFLA_BR_NF_CALL_IPTABLES": 1,
-    "IFLA_BR_NF_CALL_IP6TABLES": 1,
-    "IFLA_BR_GROUP_FWD_MASK": LLDP_FORWARD_MASK,
-}
 
 
 class Vnis:
@@ -94,7 +85,7 @@ class Vnis:
             )
             bridge = self._netlink.link(name)
             assert bridge is not None
-        elif any(bridge.info.get(k) != v for k, v in _BRIDGE_OPTIONS.items()):
+        elif any(bridge.info.get(k) != v for k, v in BRIDGE_OPTIONS.items()):
             step(
                 j,
                 f"configure {bridge.name}",
