@@ -6,7 +6,9 @@ allocates (a filtered vnic's mark, a VNI's conntrack zone), the bootstrap of
 the objects nft's JSON cannot declare, the rebuild of an older layout, and
 the counters of dropped connections the graph shows. What the objects are
 is :mod:`butterfly.dataplane.ruleset`'s; this module decides which of them
-change and records how to undo it. It touches no link.
+change and records how to undo it. It touches no link, and talks to nft
+only through :class:`~butterfly.dataplane.nft.NftablesApi` (unit tests give
+it an in-memory one).
 """
 
 import logging
@@ -22,7 +24,7 @@ from butterfly.dataplane.naming import (
     vni_of,
     vxlan_name,
 )
-from butterfly.dataplane.nft import Nftables
+from butterfly.dataplane.nft import NftablesApi
 from butterfly.dataplane.ruleset import (
     BOOTSTRAP,
     BRIDGE,
@@ -54,7 +56,7 @@ K = TypeVar("K", str, int)
 class NftablesState:
     """The tables of the namespace ``nft`` talks to, and their mirror."""
 
-    def __init__(self, nft: Nftables, settings: KernelSettings) -> None:
+    def __init__(self, nft: NftablesApi, settings: KernelSettings) -> None:
         self._nft = nft
         self._settings = settings
         underlay = settings.underlay
