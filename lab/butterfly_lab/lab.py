@@ -41,7 +41,7 @@ outside (processes, the API client, the CLI) except :meth:`Netns.run`,
 which runs a function in a thread inside a namespace for in-process tests.
 """
 
-import ctypes
+import glob
 import itertools
 import json
 import os
@@ -57,9 +57,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
+from pyroute2.netns import setns
+
 from butterfly.api.client import Client
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.dataplane.naming import DYNAMIC_PREFIX
+from butterfly.dataplane.naming import DYNAMIC_PREFIX, PREFIX, trace_pidfiles
 from butterfly_lab import agent as _agent_module
 from butterfly_lab.daemon import DaemonError, DaemonProcess, butterflyd_command
 
@@ -93,7 +95,6 @@ UNDERLAY_V6 = "2001:db8:ffff::{}"
 FABRIC_BRIDGE = "fab"
 PREFIX_BASE = "bfl"
 _WORK_ROOT = "/tmp"
-_CLONE_NEWNET = 0x40000000
 _serial = itertools.count()
 
 
@@ -148,10 +149,9 @@ def _enter(path: str) -> None:
     """setns(2) the calling thread into the network namespace at ``path``."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"setns {path}: {os.strerror(errno)}")
+        setns(fd, flags=0)
+    except OSError as exc:
+        raise OSError(exc.errno, f"setns {path}: {os.strerror(exc.errno or 0)}") from exc
     finally:
         os.close(fd)
 
@@ -214,7 +214,7 @@ def kernel_snapshot(netns: "Netns") -> dict[str, Any]:
     """
     links = {}
     for shown in json.loads(netns.ip("-d", "-j", "link", "show")):
-        if not shown["ifname"].startswith("bf"):
+        if not shown["ifname"].startswith(PREFIX):
             continue
         link = _without_timers(shown)
         link.pop("operstate", None)
@@ -665,7 +665,7 @@ class Host(Netns):
         self._drop_client()
         try:
             self.daemon.close()
-            if any(name.startswith(".bf-trace-") for name in os.listdir(self.folder)):
+            if glob.glob(trace_pidfiles(self.folder)):
                 # Tracers outlive the daemon by design; --cleanup ends them.
                 self.exec(
                     *butterflyd_command(), "--cleanup", "--no-syslog",

@@ -56,7 +56,7 @@ from butterfly.api.codec import REVISION
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
 from butterfly.dataplane.guard import GuardKind, GuardPrograms
-from butterfly.dataplane.naming import TABLE
+from butterfly.dataplane.naming import PREFIX, TABLE
 from butterfly.dataplane.netlink import Netlink
 from butterfly.errors import ClientError
 from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table
@@ -295,7 +295,7 @@ def _guarded(host: Host) -> dict[str, str]:
             return {
                 link.name: guard
                 for link in netlink.links()
-                if link.name.startswith("bf") and (guard := netlink.guard(link.index))
+                if link.name.startswith(PREFIX) and (guard := netlink.guard(link.index))
             }
 
     return host.run(read)
@@ -305,7 +305,7 @@ def _set_guards(host: Host, guards: dict[str, str] | None, programs: GuardProgra
     """Put ``guards`` back (None: remove every guard), as tc, outside the daemon."""
     if guards is None:
         for link in json.loads(host.ip("-j", "link", "show")):
-            if link["ifname"].startswith("bf"):
+            if link["ifname"].startswith(PREFIX):
                 host.exec("tc", "qdisc", "del", "dev", link["ifname"], "clsact", check=False)
         return
 
@@ -370,7 +370,7 @@ def ablation(
     for family, label in ABLATIONS:
         if family is None:
             for link in json.loads(host.ip("-j", "link", "show")):
-                if link["ifname"].startswith("bf"):
+                if link["ifname"].startswith(PREFIX):
                     host.exec("tc", "qdisc", "del", "dev", link["ifname"], "clsact", check=False)
         else:
             host.exec("nft", "delete", "table", family, TABLE)

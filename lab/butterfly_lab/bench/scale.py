@@ -39,6 +39,7 @@ from butterfly.api.client import Client
 from butterfly.api.codec import REVISION
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
+from butterfly.dataplane.naming import bridge_name, tap_name, vxlan_name
 from butterfly.dataplane.underlay import flood_group
 from butterfly.errors import ClientError
 from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table
@@ -268,22 +269,23 @@ def _floor(lab: Lab, size: Size, v6: bool) -> tuple[float, float]:
     links, fdb = [], []
     for vni in range(1, size.vnis + 1):
         group = flood_group(vni, 6 if v6 else 4)
+        bridge, vxlan = bridge_name(vni), vxlan_name(vni)
         links += [
-            f"link add bfbr{vni} type bridge stp_state 0 forward_delay 0 mcast_snooping 0",
-            f"link add bfvx{vni} type vxlan id {vni} local {address} group {group} dev ful0 "
+            f"link add {bridge} type bridge stp_state 0 forward_delay 0 mcast_snooping 0",
+            f"link add {vxlan} type vxlan id {vni} local {address} group {group} dev ful0 "
             "dstport 4789",
-            f"link set bfvx{vni} master bfbr{vni} up",
-            f"link set bfbr{vni} up",
+            f"link set {vxlan} master {bridge} up",
+            f"link set {bridge} up",
         ]
     rules = ["table inet floor {"]
     for sg in range(SGS):
         rules.append(f"  chain sg{sg:02} {{ tcp dport 22 ip saddr 10.0.0.0/8 accept; }}")
     rules.append("  map ports { type ifname : verdict; }")
     for index in range(size.vnics):
-        tap = f"bf-f{index}"
+        tap = tap_name(f"f{index}")
         links += [
             f"tuntap add dev {tap} mode tap",
-            f"link set {tap} master bfbr{index % size.vnis + 1} up",
+            f"link set {tap} master {bridge_name(index % size.vnis + 1)} up",
             f"link set {tap} type bridge_slave learning off flood off locked on",
         ]
         fdb.append(f"fdb replace {_mac(index + 1)} dev {tap} master static sticky")
@@ -291,7 +293,7 @@ def _floor(lab: Lab, size: Size, v6: bool) -> tuple[float, float]:
         rules.append(f"  chain p{index} {{ {jumps}; drop; }}")
     rules.append("}")
     rules += [
-        f"add element inet floor ports {{ bf-f{index} : jump p{index} }}"
+        f"add element inet floor ports {{ {tap_name(f'f{index}')} : jump p{index} }}"
         for index in range(size.vnics)
     ]
     started = time.monotonic()
@@ -300,7 +302,7 @@ def _floor(lab: Lab, size: Size, v6: bool) -> tuple[float, float]:
     netns.exec("nft", "-f", "-", input="\n".join(rules) + "\n", timeout=3600)
     made = time.monotonic() - started
     started = time.monotonic()
-    deletions = "".join(f"link del bf-f{index}\n" for index in range(size.vnics))
+    deletions = "".join(f"link del {tap_name(f'f{index}')}\n" for index in range(size.vnics))
     netns.exec("ip", "-batch", "-", input=deletions, timeout=3600)
     return made, time.monotonic() - started
 
