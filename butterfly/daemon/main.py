@@ -33,8 +33,7 @@ from butterfly.daemon.observe import ObservedAnswer
 from butterfly.daemon.systemd import Notifier
 from butterfly.dataplane import Dataplane, VhostPorts
 from butterfly.dataplane.cleanup import cleanup
-from butterfly.dataplane.conntrack_table import memory_bytes, size_conntrack
-from butterfly.dataplane.conntrack_zones import zone_entries
+from butterfly.dataplane.conntrack import memory_bytes, size_conntrack, zone_entries
 from butterfly.dataplane.control_only import ControlOnlyDataplane
 from butterfly.dataplane.drops import DropCounters
 from butterfly.dataplane.evpn import FrrReader

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from butterfly.dataplane.conntrack_table import ENTRY_MEMORY, TIMEOUTS, size_conntrack
+from butterfly.dataplane.conntrack.sizing import ENTRY_MEMORY, TIMEOUTS, size_conntrack
 
 
 def _sysctls(tmp_path: Path, **values: int) -> Path:
