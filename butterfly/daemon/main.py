@@ -37,7 +37,7 @@ from butterfly.dataplane.conntrack import memory_bytes, size_conntrack, zone_ent
 from butterfly.dataplane.control_only import ControlOnlyDataplane
 from butterfly.dataplane.drops import DropCounters
 from butterfly.dataplane.evpn import FrrReader
-from butterfly.dataplane.kernel import KernelDataplane
+from butterfly.dataplane.kernel import KernelDataplane, open_kernel
 from butterfly.dataplane.ruleset import ConnLimits
 from butterfly.errors import ButterflyError, ConfigError, DataplaneError
 from butterfly.service import Switch
@@ -141,6 +141,7 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         config.vnic_max_new_connections or "any number",
     )
     return KernelDataplane(
+        kernel=open_kernel(),
         underlay_ip=config.ip,
         socket_dir=config.socket_dir,
         underlay_interface=config.underlay_interface,

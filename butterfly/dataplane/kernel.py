@@ -42,17 +42,15 @@ that built the data plane.
 """
 
 import logging
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import partial
 
 from butterfly.dataplane.base import Attachment, Counters, Progress, SgChange, VhostPorts
 from butterfly.dataplane.cleanup import cleanup
-from butterfly.dataplane.conntrack import Conntrack
 from butterfly.dataplane.evpn import FrrReader
 from butterfly.dataplane.graph import draw
-from butterfly.dataplane.guard import GuardPrograms
 from butterfly.dataplane.journal import FaultHook, Journal, best_effort, journal
+from butterfly.dataplane.kernel_io import KernelIo, open_kernel
 from butterfly.dataplane.links import Links
 from butterfly.dataplane.naming import (
     bridge_name,
@@ -62,8 +60,7 @@ from butterfly.dataplane.naming import (
     vnic_alias,
     vxlan_name,
 )
-from butterfly.dataplane.netlink import Link, Netlink
-from butterfly.dataplane.nft import Nftables
+from butterfly.dataplane.netlink import Link
 from butterfly.dataplane.nftables_state import NftablesState
 from butterfly.dataplane.ports import Ports
 from butterfly.dataplane.ruleset import NO_LIMITS, ConnLimits
@@ -79,11 +76,9 @@ from butterfly.model.addresses import ip_version
 from butterfly.model.firewall import has_outbound, referenced_groups
 from butterfly.model.sessions import Session
 
-__all__ = ["KernelDataplane"]
+__all__ = ["KernelDataplane", "KernelIo", "open_kernel"]
 
 log = logging.getLogger(__name__)
-
-_BR_NETFILTER = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 
 
 class KernelDataplane:
@@ -109,6 +104,10 @@ class KernelDataplane:
     :meth:`background_work` (the daemon's idle time). ``fault_hook``: tests
     only, see :mod:`butterfly.dataplane.journal`.
 
+    ``kernel``: the kernel interfaces to work through (:func:`open_kernel`
+    opens the real ones); the data plane owns them from then on, and
+    closes them at once if it raises.
+
     Raises ConfigError for an unusable option, DataplaneError when the
     kernel lacks what is needed.
     """
@@ -116,6 +115,7 @@ class KernelDataplane:
     def __init__(
         self,
         *,
+        kernel: KernelIo,
         underlay_ip: str | None,
         socket_dir: str,
         underlay_interface: str | None = None,
@@ -133,19 +133,12 @@ class KernelDataplane:
         fault_hook: FaultHook | None = None,
         sniff_cross_vni: bool = False,
     ) -> None:
-        if not os.path.exists(_BR_NETFILTER):
-            raise DataplaneError(
-                "security groups need the br_netfilter kernel module (modprobe br_netfilter)"
-            )
-        if evpn and (static_peers or multicast):
-            raise ConfigError(
-                "underlay evpn: FRR floods every VNI; give neither vxlan-peers nor multicast"
-            )
-        self._frr = frr or FrrReader()
-        self._fault_hook = fault_hook
-        self._netlink = Netlink()
         try:
-            underlay = find_underlay(self._netlink, underlay_ip, underlay_interface)
+            if evpn and (static_peers or multicast):
+                raise ConfigError(
+                    "underlay evpn: FRR floods every VNI; give neither vxlan-peers nor multicast"
+                )
+            underlay = find_underlay(kernel.netlink, underlay_ip, underlay_interface)
             if underlay_interface not in (None, underlay.ifname):
                 log.warning(
                     "dpdk-args names iface %s, but --ip %s is on %s: VXLAN runs on %s",
@@ -160,16 +153,13 @@ class KernelDataplane:
                         f"vxlan-peers: peer {peer} is not of the underlay's family "
                         f"(underlay {underlay.address})"
                     )
-            self._nft = Nftables()
         except BaseException:
-            self._netlink.close()
+            kernel.close()
             raise
-        try:
-            self._guards = GuardPrograms()
-        except BaseException:
-            self._nft.close()
-            self._netlink.close()
-            raise
+        self._kernel = kernel
+        self._netlink = kernel.netlink
+        self._frr = frr or FrrReader()
+        self._fault_hook = fault_hook
         vnic_mtu = nic_mtu or underlay.vxlan_mtu
         self._settings = settings = KernelSettings(
             underlay=underlay,
@@ -186,15 +176,15 @@ class KernelDataplane:
             defer_deletes=defer_deletes,
             vhost=vhost is not None,
         )
-        self._tables = NftablesState(self._nft, settings)
-        self._links = Links(self._netlink, self._guards)
+        self._tables = NftablesState(kernel.nft, settings)
+        self._links = Links(kernel.netlink, kernel.guards)
         self._vnis = Vnis(
             self._netlink, self._links, settings, zone_count=lambda: len(self._tables.zones)
         )
         self._traces = VnicTraces(socket_dir=socket_dir, default=packet_trace_default)
         self._ports = Ports(self._netlink, self._links, settings, vhost=vhost, traces=self._traces)
-        self._sniffer = Sniffer(self._nft, cross_vni=sniff_cross_vni)
-        self._conntrack = Conntrack()
+        self._sniffer = Sniffer(kernel.nft, cross_vni=sniff_cross_vni)
+        self._conntrack = kernel.conntrack
         self._closed = False
 
     # the Dataplane protocol
@@ -526,10 +516,7 @@ class KernelDataplane:
             self._closed = True
             self._ports.close()
             self._traces.close()
-            self._guards.close()
-            self._conntrack.close()
-            self._nft.close()
-            self._netlink.close()
+            self._kernel.close()
 
     def cleanup(self) -> None:
         """Remove every kernel object butterfly created here (butterflyd --cleanup),

@@ -12,10 +12,11 @@ from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import NamedTuple
 
-from butterfly.dataplane.guard import GuardKind, GuardPrograms
+from butterfly.dataplane.guard import GuardKind
 from butterfly.dataplane.journal import Journal, best_effort, step
+from butterfly.dataplane.kernel_io import GuardApi, LinksNetlink
 from butterfly.dataplane.naming import is_butterfly_link, name_from_alias
-from butterfly.dataplane.netlink import Link, Netlink
+from butterfly.dataplane.netlink import Link
 from butterfly.errors import DataplaneError
 
 __all__ = ["Links", "PortFlags"]
@@ -33,7 +34,7 @@ class PortFlags(NamedTuple):
 class Links:
     """Butterfly's links in the namespace ``netlink`` talks to."""
 
-    def __init__(self, netlink: Netlink, guards: GuardPrograms) -> None:
+    def __init__(self, netlink: LinksNetlink, guards: GuardApi) -> None:
         self._netlink = netlink
         self._guards = guards
 

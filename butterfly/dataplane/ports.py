@@ -18,6 +18,7 @@ from butterfly.dataplane.base import VhostPorts
 from butterfly.dataplane.deleter import PortDeleter
 from butterfly.dataplane.guard import GuardKind
 from butterfly.dataplane.journal import Journal, step
+from butterfly.dataplane.kernel_io import PortNetlink
 from butterfly.dataplane.links import Links, PortFlags
 from butterfly.dataplane.naming import (
     bridge_name,
@@ -26,7 +27,7 @@ from butterfly.dataplane.naming import (
     vhost_socket_path,
     vnic_alias,
 )
-from butterfly.dataplane.netlink import Link, Netlink
+from butterfly.dataplane.netlink import Link
 from butterfly.dataplane.netns import open_netns
 from butterfly.dataplane.offloads import turn_off_offloads
 from butterfly.dataplane.peer import configure_peer
@@ -45,7 +46,7 @@ class Ports:
 
     def __init__(
         self,
-        netlink: Netlink,
+        netlink: PortNetlink,
         links: Links,
         settings: KernelSettings,
         *,

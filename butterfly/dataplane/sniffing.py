@@ -27,7 +27,7 @@ from typing import Any
 
 from butterfly.dataplane.guard import ALL_OK
 from butterfly.dataplane.naming import TABLE, tap_name, vxlan_name
-from butterfly.dataplane.nft import Json, Nftables
+from butterfly.dataplane.nft import Json, NftablesApi
 from butterfly.errors import BadNic, shown
 from butterfly.model import StateView, Vnic
 from butterfly.model.firewall import AntiSpoof, vnic_filter
@@ -214,7 +214,7 @@ class Sniffer:
     a few set lookups, not a scan of the state.
     """
 
-    def __init__(self, nft: Nftables, *, cross_vni: bool) -> None:
+    def __init__(self, nft: NftablesApi, *, cross_vni: bool) -> None:
         self._nft = nft
         self._cross_vni = cross_vni
         self._applied = SniffPlan((), ())
@@ -289,6 +289,6 @@ class Sniffer:
         return frames, octets
 
 
-def remove_table(nft: Nftables) -> None:
+def remove_table(nft: NftablesApi) -> None:
     """--cleanup: the mirroring table goes with the rest."""
     nft.apply(_commands(()))

@@ -12,7 +12,8 @@ that same 32-bit group in the site-local multicast prefix: ff05::e6xx:yyzz.
 import ipaddress
 from dataclasses import dataclass
 
-from butterfly.dataplane.netlink import Address, Link, Netlink
+from butterfly.dataplane.kernel_io import UnderlayNetlink
+from butterfly.dataplane.netlink import Address, Link
 from butterfly.errors import ConfigError
 from butterfly.model.addresses import ip_version
 
@@ -47,7 +48,9 @@ def flood_group(vni: int, version: int) -> str:
     return str(ipaddress.IPv4Address(group))
 
 
-def find_underlay(netlink: Netlink, ip: str | None, interface: str | None = None) -> Underlay:
+def find_underlay(
+    netlink: UnderlayNetlink, ip: str | None, interface: str | None = None
+) -> Underlay:
     """The interface holding ``ip`` (``interface`` if several do); when ``ip`` is
     None, ``interface`` and its address; when both are None, the default
     route's interface and address.

@@ -18,10 +18,11 @@ from functools import partial
 from butterfly.dataplane.evpn import bridge_mac, neighbour_changes, wanted_neighbours
 from butterfly.dataplane.guard import GuardKind
 from butterfly.dataplane.journal import Journal, step
+from butterfly.dataplane.kernel_io import VniNetlink
 from butterfly.dataplane.limits import MulticastLimits
 from butterfly.dataplane.links import Links, PortFlags
 from butterfly.dataplane.naming import bridge_name, vni_alias, vni_of, vxlan_name
-from butterfly.dataplane.netlink import BRIDGE_OPTIONS, Link, Netlink
+from butterfly.dataplane.netlink import BRIDGE_OPTIONS, Link
 from butterfly.dataplane.settings import KernelSettings
 from butterfly.dataplane.underlay import flood_group
 from butterfly.errors import DataplaneError
@@ -39,7 +40,7 @@ class Vnis:
 
     def __init__(
         self,
-        netlink: Netlink,
+        netlink: VniNetlink,
         links: Links,
         settings: KernelSettings,
         *,

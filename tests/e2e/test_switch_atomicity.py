@@ -22,7 +22,7 @@ import pytest
 
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.v0 import V0Handlers
-from butterfly.dataplane.kernel import KernelDataplane
+from butterfly.dataplane.kernel import KernelDataplane, open_kernel
 from butterfly.errors import DataplaneError
 from butterfly.service import Switch
 from butterfly.store import SqliteStore
@@ -76,7 +76,10 @@ class Service:
             store = SqliteStore(self.state_path)
             state = store.load()
             dataplane = KernelDataplane(
-                underlay_ip=host.address, socket_dir=host.folder, fault_hook=self.faults
+                kernel=open_kernel(),
+                underlay_ip=host.address,
+                socket_dir=host.folder,
+                fault_hook=self.faults,
             )
             dataplane.reconcile(state)
             switch = Switch(store=store, dataplane=dataplane, state=state)

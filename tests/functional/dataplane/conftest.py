@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from butterfly.dataplane import SgChange
-from butterfly.dataplane.kernel import KernelDataplane
+from butterfly.dataplane.kernel import KernelDataplane, open_kernel
 from butterfly.dataplane.naming import tap_name
 from butterfly.model import (
     SecurityGroup,
@@ -54,7 +54,7 @@ class Dataplane:
     def __init__(self, host: "Host", **options: Any) -> None:
         self.host = host
         self._impl: KernelDataplane = host.run(
-            lambda: KernelDataplane(socket_dir=host.socket_dir, **options)
+            lambda: KernelDataplane(kernel=open_kernel(), socket_dir=host.socket_dir, **options)
         )
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
