@@ -5,10 +5,10 @@ these tests pin down what is sent, in which order, and what a rollback
 sends back; the functional tests prove the same tables on a real kernel.
 """
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from kernel_fakes import MemoryNftables
 
 from butterfly.dataplane.journal import best_effort, journal, step
 from butterfly.dataplane.naming import TABLE, bridge_name, tap_name
@@ -19,30 +19,6 @@ from butterfly.dataplane.settings import KernelSettings
 from butterfly.dataplane.underlay import Underlay
 from butterfly.errors import DataplaneError
 from butterfly.model import State, Vnic, VnicType, make_vnic
-
-
-class MemoryNftables:
-    """libnftables as the data plane uses it, without a kernel: no tables at
-    first, every transaction recorded, an optional failure on the next one."""
-
-    def __init__(self) -> None:
-        self.transactions: list[list[Json]] = []
-        self.texts: list[str] = []
-        self.fail_next = False
-        self.reads: list[Json] = []
-
-    def apply(self, commands: Sequence[Json]) -> None:
-        if self.fail_next:
-            self.fail_next = False
-            raise DataplaneError("nftables refused the change")
-        self.transactions.append(list(commands))
-
-    def run_text(self, commands: str) -> None:
-        self.texts.append(commands)
-
-    def list(self, what: Json) -> list[Json] | None:
-        self.reads.append(what)
-        return None
 
 
 def _settings(**changes: Any) -> KernelSettings:
