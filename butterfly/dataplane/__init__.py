@@ -18,7 +18,14 @@ object:
   ``cleanup``: removing everything butterfly made;
 - ``settings``: what the daemon's configuration decides for all of them;
 - ``netlink``/``rtlink``: links through netlink (pyroute2); ``journal``: the
-  undo log that makes each request all or nothing.
+  undo log that makes each request all or nothing;
+- ``kernel_io``: what the parts ask of the kernel (one small protocol per
+  consumer: netlink for links, VNIs, ports and the underlay; nft; the guard
+  programs; conntrack) and ``open_kernel``, the one place that opens the
+  real ones; unit tests give ``KernelDataplane`` in-memory ones instead;
+- ``conntrack/``: the host's connection tracking table: ``sizing`` at
+  start-up, a vnic's ``sessions`` (export/import), entries per ``zones``
+  (metrics).
 
 The data plane takes model objects and makes the kernel match them; it
 never imports the service, store or api.

@@ -35,7 +35,9 @@ and ids), :mod:`.vni` (bridges, VXLAN devices, flooding), :mod:`.ports`
 (taps, veths, vhost-user serving), :mod:`.peer` (a veth's end inside the
 vnic's namespace), :mod:`.links` (what every link goes through),
 :mod:`.tracing` (traces), :mod:`.graph` (the picture), :mod:`.cleanup`
-(removing it all).
+(removing it all). It is given the kernel interfaces it works through
+(:mod:`.kernel_io`; :func:`open_kernel` opens the real ones), so its logic
+runs on in-memory ones in unit tests.
 
 Not thread-safe: the service calls one method at a time, from the thread
 that built the data plane.
