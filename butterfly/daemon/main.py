@@ -141,7 +141,6 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         config.vnic_max_new_connections or "any number",
     )
     return KernelDataplane(
-        kernel=open_kernel(),
         underlay_ip=config.ip,
         socket_dir=config.socket_dir,
         underlay_interface=config.underlay_interface,
@@ -156,6 +155,7 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         sniff_cross_vni=config.sniff_cross_vni,
         limits=ConnLimits(config.vnic_max_connections, config.vnic_max_new_connections),
         defer_deletes=True,
+        kernel=open_kernel(),  # last: opened once every other argument is made
     )
 
 
