@@ -21,6 +21,7 @@ from butterfly.dataplane.naming import bridge_name, retired_name, tap_name, vxla
 from butterfly.dataplane.watch import Scope
 from butterfly.errors import ConfigError, DataplaneError, NotSupported
 from butterfly.model import State, Vnic, VnicType, make_vnic
+from butterfly.model.sessions import FlowTuple, Session
 
 PEER = "192.0.2.9"
 GUARD_FILTERED = "bf-guard-filtered"
@@ -294,3 +295,26 @@ def test_a_refused_option_closes_the_kernel_it_was_given(
     with pytest.raises(ConfigError, match=error):
         KernelDataplane(kernel=kernel.io(), socket_dir=str(tmp_path), **arguments)
     assert kernel.closed()
+
+
+def test_sessions_move_through_the_zone_of_the_vnics_vni(
+    dataplane: KernelDataplane, kernel: FakeKernel
+) -> None:
+    state = State()
+    vnic = _vnic("a", ips=("10.0.0.1",))
+    session = Session(
+        protocol=6,
+        original=FlowTuple("10.0.0.1", "10.0.0.2", sport=40000, dport=22),
+        reply=FlowTuple("10.0.0.2", "10.0.0.1", sport=22, dport=40000),
+        status=6,
+        timeout=300,
+    )
+    state.put_vnic(vnic)
+    with pytest.raises(DataplaneError, match="nic 'a': vni 7 has no conntrack zone here"):
+        dataplane.load_sessions(vnic, [session])
+    dataplane.plug(vnic, None, state)
+    zone = dataplane.conntrack_zones()[7]
+    assert dataplane.load_sessions(vnic, [session]) == 1
+    assert kernel.conntrack.zones == {zone: [session]}
+    assert dataplane.sessions(vnic) == (session,)
+    assert dataplane.sessions(replace(vnic, vni=8)) == (), "another VNI has no zone"
