@@ -140,9 +140,13 @@ static int guest_iov(struct ring *r, uint64_t addr, uint32_t len, struct chain *
     uint64_t left = len;
     while (left) {
         const struct region *g = find_region(r, addr);
-        if (g == NULL)
-            return fail(r, "guest address %#llx (+%llu) is outside guest memory",
-                        (unsigned long long)addr, (unsigned long long)left);
+        if (g == NULL) {
+            /* the wording of GuestMemory.guest, which names no ring */
+            snprintf(r->error, sizeof r->error,
+                     "vhost-user: guest address 0x%llx (+%llu) is outside guest memory",
+                     (unsigned long long)addr, (unsigned long long)left);
+            return -1;
+        }
         uint64_t offset = addr - g->start;
         uint64_t take = g->size - offset;
         if (take > left)

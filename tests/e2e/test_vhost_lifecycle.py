@@ -75,8 +75,9 @@ def _warnings(host: Host) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def setup(lab: Lab, guest_image: GuestImage) -> Iterator[Setup]:
-    host = lab.host()
+def setup(lab: Lab, guest_image: GuestImage, vhost_loop: str) -> Iterator[Setup]:
+    host = lab.host(extra_args=["--vhost-loop", vhost_loop])
+    assert f"moving frames with the {vhost_loop} loop" in host.daemon.log()
     open_sg(host)
     host.cli(
         "sg", "add", "guard",

@@ -57,8 +57,9 @@ def _stats(host: Host, vnic_id: str) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def net(lab: Lab, guest_image: GuestImage) -> Iterator[Net]:
-    host = lab.host()
+def net(lab: Lab, guest_image: GuestImage, vhost_loop: str) -> Iterator[Net]:
+    host = lab.host(extra_args=["--vhost-loop", vhost_loop])
+    assert f"moving frames with the {vhost_loop} loop" in host.daemon.log()
     open_sg(host)
     host.cli(
         "sg", "add", "web",
