@@ -75,8 +75,9 @@ struct desc {
 };
 
 struct chain {
-    struct iovec iov[MAX_IOV + 1]; /* + the scratch buffer of a receive */
+    struct iovec iov[MAX_IOV];
     int n;
+    int max; /* iovecs the chain may take: one fewer for a receive's scratch */
     uint64_t total;    /* bytes the descriptors hold */
     uint64_t capacity; /* bytes the iovecs cover (less when out of iovecs) */
     int truncated;     /* more segments than one system call takes */
@@ -151,7 +152,7 @@ static int guest_iov(struct ring *r, uint64_t addr, uint32_t len, struct chain *
         uint64_t take = g->size - offset;
         if (take > left)
             take = left;
-        if (c->n >= MAX_IOV) {
+        if (c->n >= c->max) {
             c->truncated = 1;
             return 1;
         }
@@ -180,6 +181,7 @@ static const uint8_t *indirect_table(struct ring *r, uint64_t addr, uint32_t len
         return NULL;
     }
     pieces->n = 0;
+    pieces->max = MAX_IOV;
     pieces->capacity = 0;
     pieces->truncated = 0;
     if (guest_iov(r, addr, len, pieces) != 0) {
@@ -213,6 +215,7 @@ static int walk(struct ring *r, uint16_t head, int write, uint64_t stop_at, stru
     uint8_t *copy = NULL;
     int status = 0;
     c->n = 0;
+    c->max = write ? MAX_IOV - 1 : MAX_IOV;
     c->total = 0;
     c->capacity = 0;
     c->truncated = 0;

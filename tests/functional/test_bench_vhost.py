@@ -52,6 +52,7 @@ def test_bench_vhost_quick_prints_every_row() -> None:
         load = "; workers [0-9]+% busy"
         if measure.startswith("guest -> switch"):
             load += rf", [0-9]+% in the kernel: kernel path alone <= {MPPS}/core"
+        load += r"; [0-9.]+ us of worker CPU/frame \([0-9.]+ in user space\)"
         _row(out, f"{measure}, Python loop", rf"{MPPS}.* +DPDK vhost {MPPS}{load} +{target}")
         _row(
             out,
