@@ -382,7 +382,7 @@ def run(config: Config, argv: list[str], notifier: Notifier) -> None:
                 server.serve(
                     wakeup,
                     drift,
-                    idle=lambda: startup.work() | dataplane.background_work(),
+                    idle=startup.work,
                     on_signal=partial(_on_signal, daemon, notifier, status, memory),
                     tick=notifier.tick,
                     tick_every=notifier.watchdog_interval,

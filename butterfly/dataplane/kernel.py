@@ -39,7 +39,6 @@ import glob
 import ipaddress
 import logging
 import os
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
@@ -47,7 +46,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from butterfly.dataplane.base import Attachment, Counters, Progress, SgChange, VhostPorts
 from butterfly.dataplane.conntrack import Conntrack
-from butterfly.dataplane.deleter import PortDeleter
+from butterfly.dataplane.deleter import LinkDeleter
 from butterfly.dataplane.evpn import (
     FrrReader,
     bridge_mac,
@@ -161,9 +160,8 @@ class KernelDataplane:
     filtered vnic may start unless it says otherwise (0: no cap). ``evpn``: FRR
     carries the VNIs (:mod:`butterfly.dataplane.evpn`; neither multicast
     nor static peers), ``frr`` reads its state for the graph.
-    ``defer_deletes``: delete links a request no longer needs after its
-    reply: removed ports in a thread, a VNI's devices in
-    :meth:`background_work` (the daemon's idle time). ``fault_hook``: tests
+    ``defer_deletes``: a thread deletes the links a request no longer needs
+    (removed ports, a VNI's devices) after its reply. ``fault_hook``: tests
     only, see :mod:`butterfly.dataplane.journal`.
 
     Raises ConfigError for an unusable option, DataplaneError when the
@@ -259,8 +257,9 @@ class KernelDataplane:
         self._flood_loaded = False
         self._tracer = Tracer()
         self._defer_deletes = defer_deletes
-        self._deferred: deque[tuple[str, Callable[[], None]]] = deque()
-        self._deleter: PortDeleter | None = None
+        self._deleter: LinkDeleter | None = None
+        self._vni_deletions: dict[int, set[int]] = {}
+        """VNI -> ifindexes of its bridge and VXLAN device the thread is deleting."""
         self._sniffer = Sniffer(self._nft, cross_vni=sniff_cross_vni)
         self._conntrack = Conntrack()
         self._closed = False
@@ -284,6 +283,9 @@ class KernelDataplane:
         problems: list[str] = []
         self._flood.clear()
         self._flood_loaded = False
+        if self._deleter is not None and self._deleter.wait():
+            # What it was deleting would look like leftovers to delete.
+            self._vni_deletions.clear()
         with self._netlink.snapshot():
             yield from self._reconcile(state, problems)
         if problems:
@@ -962,6 +964,7 @@ class KernelDataplane:
     def _ensure_vni(self, j: Journal | None, vni: int, state: StateView) -> None:
         """The VNI's bridge and VXLAN device, created or put right."""
         what = f"vni {vni}"
+        self._await_vni_deletion(vni)
         bridge = self._own(bridge_name(vni), what)
         if bridge is not None and bridge.kind != "bridge":
             self._step(j, f"delete {bridge.name}", partial(self._netlink.delete_link, bridge.index))
@@ -1129,55 +1132,51 @@ class KernelDataplane:
             if link is not None:
                 # Only once the request has succeeded: a bridge re-created by
                 # an undo would come back with another MAC and bridge id.
-                j.after_success(
-                    f"delete {name}",
-                    partial(self._delete_later, link, partial(self._vni_used, vni, state)),
-                )
+                j.after_success(f"delete {name}", partial(self._delete_vni_link, vni, link))
 
-    def _delete_vni_link(self, index: int) -> None:
-        """Delete a VNI's device and forget its flooding peers: ifindexes are not
-        reused, so the entry of a deleted device would stay for ever."""
-        self._netlink.delete_link(index)
-        self._flood.pop(index, None)
-
-    def _delete_later(self, link: Link, wanted: Callable[[], bool]) -> None:
-        """Delete a link that a successful request left unused: at once, or
-        (``defer_deletes``) after the reply, since the kernel spends ~25 ms per
-        link deleted waiting for its readers to let go. A deferred deletion
-        is skipped if the link was replaced or is ``wanted`` again by then;
-        one a crash leaves undone is a leftover the next reconcile removes."""
+    def _delete_vni_link(self, vni: int, link: Link) -> None:
+        """Delete a VNI's device and forget its flooding peers (ifindexes are not
+        reused, so the entry of a deleted device would stay for ever): at once,
+        or (``defer_deletes``) in the deletion thread, since the kernel spends
+        ~25 ms per link deleted waiting for its readers to let go; a request
+        wanting the VNI again waits for it (:meth:`_await_vni_deletion`)."""
+        self._flood.pop(link.index, None)
         if not self._defer_deletes:
-            self._delete_vni_link(link.index)
+            self._netlink.delete_link(link.index)
             return
+        deleter = self._link_deleter()
+        for old in [v for v, gone in self._vni_deletions.items() if not deleter.pending(gone)]:
+            del self._vni_deletions[old]
+        self._netlink.forget(link.name)
+        self._vni_deletions.setdefault(vni, set()).add(link.index)
+        deleter.delete(link.name, link.index)
 
-        def delete() -> None:
-            now = self._netlink.link(link.name)
-            if now is not None and now.index == link.index and not wanted():
-                self._delete_vni_link(link.index)
+    def _await_vni_deletion(self, vni: int) -> None:
+        """Before the VNI's devices are looked at: the old ones gone, if being deleted."""
+        indexes = self._vni_deletions.get(vni)
+        if indexes is None:
+            return
+        if not self._link_deleter().wait(indexes):
+            raise DataplaneError(
+                f"vni {vni}: its previous bridge and VXLAN device are still being deleted; "
+                "try again"
+            )
+        del self._vni_deletions[vni]
 
-        self._deferred.append((link.name, delete))
+    def _link_deleter(self) -> LinkDeleter:
+        if self._deleter is None:
+            self._deleter = LinkDeleter()
+        return self._deleter
 
     def _delete_retired(self, link: Link) -> None:
         """A removed port, renamed aside: nobody will want it again, so with
-        ``defer_deletes`` a thread of its own deletes it (see
+        ``defer_deletes`` the deletion thread deletes it (see
         :mod:`butterfly.dataplane.deleter`)."""
         if not self._defer_deletes:
             self._netlink.delete_link(link.index)
             return
-        if self._deleter is None:
-            self._deleter = PortDeleter()
         self._netlink.forget(link.name)
-        self._deleter.delete(link.name, link.index)
-
-    def background_work(self) -> bool:
-        """One deferred deletion (see :meth:`_delete_later`); whether more are left."""
-        if self._deferred:
-            name, delete = self._deferred.popleft()
-            try:
-                delete()
-            except DataplaneError as exc:
-                log.error("deleting %s after its request: %s", name, exc)
-        return bool(self._deferred)
+        self._link_deleter().delete(link.name, link.index)
 
     def _fix_link(
         self,

@@ -468,19 +468,17 @@ class Netlink:
             self._fdb.get(index, {}).pop(mac, None)
 
     def rename_link(self, index: int, name: str) -> None:
-        old = self._name(index)
         self._touched.add(index)
-        with _translated(f"netlink: renaming link {old} to {name}"):
+        with _translated(lambda: f"netlink: renaming link {self._name(index)} to {name}"):
             self._ipr.link("set", index=index, ifname=name)
-        self._changed(old)
+        self._changed(index=index)
         self._changed(name)
 
     def delete_link(self, index: int) -> None:
-        name = self._name(index)
         self._touched.add(index)
-        with _translated(f"netlink: deleting link {name}"):
+        with _translated(lambda: f"netlink: deleting link {self._name(index)}"):
             self._ipr.link("del", index=index)
-        self._changed(name)
+        self._changed(index=index)
 
     def fdb_append(self, index: int, dst: str) -> None:
         self._touched.add(index)
