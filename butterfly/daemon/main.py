@@ -215,6 +215,7 @@ def _watch(
             repair=lambda scope: dataplane.repair(switch.state, scope),
             report_only=config.report_drift_only,
             hold=lambda: startup.running,
+            primed_by_reconcile=True,
         )
     except DataplaneError as error:
         # The API still answers, and explains each refusal (without

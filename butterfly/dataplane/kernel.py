@@ -258,6 +258,7 @@ class KernelDataplane:
         self._tracer = Tracer()
         self._defer_deletes = defer_deletes
         self._deleter: LinkDeleter | None = None
+        self._unprimed: list[KernelWatch] = []
         self._vni_deletions: dict[int, set[int]] = {}
         """VNI -> ifindexes of its bridge and VXLAN device the thread is deleting."""
         self._sniffer = Sniffer(self._nft, cross_vni=sniff_cross_vni)
@@ -287,6 +288,9 @@ class KernelDataplane:
             # What it was deleting would look like leftovers to delete.
             self._vni_deletions.clear()
         with self._netlink.snapshot():
+            for watch in self._unprimed:
+                watch.prime(self._netlink.links())
+            self._unprimed.clear()
             yield from self._reconcile(state, problems)
         if problems:
             raise DataplaneError("reconcile: " + "; ".join(problems))
@@ -596,9 +600,15 @@ class KernelDataplane:
 
     # watching (butterfly.daemon.drift)
 
-    def watch(self) -> KernelWatch:
-        """Notifications of this namespace about butterfly's objects, from now on."""
-        return KernelWatch(self._netlink.links(), evpn=self._evpn)
+    def watch(self, *, primed_by_reconcile: bool = False) -> KernelWatch:
+        """Notifications of this namespace about butterfly's objects, from now on;
+        ``primed_by_reconcile``: the next reconcile tells it the links (from
+        its own dump: one dump less before a daemon answers)."""
+        if not primed_by_reconcile:
+            return KernelWatch(self._netlink.links(), evpn=self._evpn)
+        watch = KernelWatch(None, evpn=self._evpn)
+        self._unprimed.append(watch)
+        return watch
 
     def rewatch(self, watch: KernelWatch) -> None:
         watch.prime(self._netlink.links())
