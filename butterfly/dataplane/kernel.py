@@ -53,6 +53,7 @@ from butterfly.dataplane.evpn import (
     neighbour_changes,
     wanted_neighbours,
 )
+from butterfly.dataplane.forked import in_child
 from butterfly.dataplane.graph import PortView, VniView, render
 from butterfly.dataplane.guard import GuardKind, GuardPrograms
 from butterfly.dataplane.journal import FaultHook, Journal, journal
@@ -658,13 +659,10 @@ class KernelDataplane:
             self._port_ids = listing.allocations("port_ids")
             self._zones = {int(br[4:]): z for br, z in listing.allocations("zones").items()}
 
-    def _listing(self) -> Listing:
-        listing = Listing()
-        for family in (BRIDGE, INET):
-            objects = self._nft.list({"table": {"family": family, "name": TABLE}})
-            if objects is not None:
-                listing.objects.update(parse_listing(family, objects).objects)
-        return listing
+    @staticmethod
+    def _listing() -> Listing:
+        """butterfly's tables, read and parsed in a child process (see :mod:`.forked`)."""
+        return in_child(_read_listing, "nftables: reading butterfly's tables")
 
     def _bootstrap(self, j: Journal | None, present: dict[Key, Obj]) -> None:
         """Make the objects nft's JSON cannot declare if missing, and add them to
@@ -1663,6 +1661,19 @@ class KernelDataplane:
 
 _PeerOp = tuple[str, Any, Any]
 """(operation, value to apply, value to restore) on the inside end of a veth."""
+
+
+def _read_listing() -> Listing:
+    nft = Nftables()
+    try:
+        listing = Listing()
+        for family in (BRIDGE, INET):
+            objects = nft.list({"table": {"family": family, "name": TABLE}})
+            if objects is not None:
+                listing.objects.update(parse_listing(family, objects).objects)
+        return listing
+    finally:
+        nft.close()
 
 
 def _prefixed(ip: str) -> tuple[str, int]:
