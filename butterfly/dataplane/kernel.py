@@ -1155,6 +1155,14 @@ class KernelDataplane:
         deleter = self._link_deleter()
         for old in [v for v, gone in self._vni_deletions.items() if not deleter.pending(gone)]:
             del self._vni_deletions[old]
+        if link.kind == "vxlan" and link.up:
+            # Down, it leaves its multicast group at once: the groups of
+            # devices waiting for the thread count against the namespace's
+            # limit (igmp_max_memberships) otherwise.
+            try:
+                self._netlink.set_link(link.index, up=False)
+            except DataplaneError as exc:
+                log.error("vni %d: %s; deleted anyway", vni, exc)
         self._netlink.forget(link.name)
         self._vni_deletions.setdefault(vni, set()).add(link.index)
         deleter.delete(link.name, link.index)
