@@ -14,8 +14,13 @@ succeeded:
   then makes them anew.
 
 A thread of its own deletes them, in order, on its own netlink socket
-(opened by the creator, in the creator's namespace). A deletion a crash
-leaves undone is a leftover that the next reconcile removes.
+(opened by the creator, in the creator's namespace). It takes every link
+queued meanwhile at once: each is put in a group of its own
+(:data:`DOOMED_GROUP`), and one deletion of that group waits for the
+readers once for all (requests that remove links back to back would
+otherwise queue deletions faster than one per ~25 ms can follow). A
+deletion a crash leaves undone is a leftover that the next reconcile
+removes.
 """
 
 import errno
@@ -24,6 +29,7 @@ import queue
 import threading
 from collections.abc import Collection
 
+from butterfly.dataplane import rtchange
 from butterfly.dataplane.rtlink import LinkReader
 
 __all__ = ["LinkDeleter"]
@@ -31,6 +37,8 @@ __all__ = ["LinkDeleter"]
 log = logging.getLogger(__name__)
 
 _STOP_SECONDS = 5.0
+DOOMED_GROUP = 0xBF0DE1E7
+"""The link group (``ip link ... group``) of the links being deleted together."""
 _WAIT_SECONDS = 10.0
 
 
@@ -80,18 +88,51 @@ class LinkDeleter:
             return self._lock.wait_for(done, _WAIT_SECONDS)
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            name, index = item
+        stopping = False
+        while not stopping and (item := self._queue.get()) is not None:
+            batch = [item]
+            while not self._queue.empty():
+                more = self._queue.get()
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
             try:
-                self._reader.delete(index)
-            except OSError as exc:
-                if exc.errno != errno.ENODEV:
-                    log.error("deleting %s: %s; the next reconcile removes it", name, exc)
+                self._delete(batch)
             finally:
                 with self._lock:
-                    self._deleting.discard(index)
-                    self._deleted.add(index)
+                    for _, index in batch:
+                        self._deleting.discard(index)
+                        self._deleted.add(index)
                     self._lock.notify_all()
+
+    def _delete(self, batch: list[tuple[str, int]]) -> None:
+        if len(batch) == 1:
+            self._delete_one(*batch[0])
+            return
+        grouped = []
+        for name, index in batch:
+            try:
+                self._reader.change(rtchange.set_link(index, group=DOOMED_GROUP))
+                grouped.append((name, index))
+            except OSError as exc:
+                if exc.errno != errno.ENODEV:
+                    self._delete_one(name, index)
+        if not grouped:
+            return
+        try:
+            self._reader.change(rtchange.delete_group(DOOMED_GROUP))
+        except OSError as exc:
+            log.warning("deleting %d links at once: %s; one by one", len(grouped), exc)
+            for name, index in grouped:
+                self._delete_one(name, index)
+
+    def _delete_one(self, name: str, index: int) -> None:
+        try:
+            self._reader.delete(index)
+        except OSError as exc:
+            if exc.errno != errno.ENODEV:
+                log.error("deleting %s: %s; the next reconcile removes it", name, exc)
 
     def close(self) -> None:
         """Finish the deletions queued (for a few seconds at most), then close."""

@@ -19,6 +19,7 @@ __all__ = [
     "bpf_filter",
     "bridge_port",
     "clsact",
+    "delete_group",
     "fdb_forget",
     "fdb_pin",
     "filters",
@@ -45,6 +46,8 @@ _IFLA_ADDRESS = 1
 _IFLA_IFNAME = 3
 _IFLA_MTU = 4
 _IFLA_MASTER = 10
+_IFLA_GROUP = 27
+_RTM_DELLINK = 17
 _IFLA_LINKINFO = 18
 _IFLA_IFALIAS = 20
 _IFLA_AF_SPEC = 26
@@ -130,6 +133,7 @@ def set_link(
     alias: str | None = None,
     name: str | None = None,
     no_addrgen: bool = False,
+    group: int | None = None,
 ) -> Message:
     """Change link ``index``: ``master`` 0 takes it off its master; ``no_addrgen``
     keeps IPv6 from making it a link-local address (and so from speaking)."""
@@ -147,10 +151,19 @@ def set_link(
         attributes += _attr(_IFLA_ADDRESS, _mac(mac))
     if name is not None:
         attributes += _text(_IFLA_IFNAME, name)
+    if group is not None:
+        attributes += _u32(_IFLA_GROUP, group)
     flags = _IFF_UP if up else 0
     change = 0 if up is None else _IFF_UP
     header = _IFINFO.pack(socket.AF_UNSPEC, 0, index, flags, change)
     return Message(_RTM_NEWLINK, _NLM_F_REQUEST | _NLM_F_ACK, header + attributes)
+
+
+def delete_group(group: int) -> Message:
+    """Delete every link of ``group`` (``ip link del group``): the kernel waits
+    for its readers to let go once for all of them, not once per link."""
+    header = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    return Message(_RTM_DELLINK, _NLM_F_REQUEST | _NLM_F_ACK, header + _u32(_IFLA_GROUP, group))
 
 
 def _new_link(name: str, mtu: int, kind: str, data: bytes) -> Message:
