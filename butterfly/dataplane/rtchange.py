@@ -10,6 +10,7 @@ sends them and reads the acknowledgement. Pure encoding: no socket here.
 import ipaddress
 import socket
 import struct
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 __all__ = [
@@ -56,12 +57,6 @@ _IFLA_INFO_DATA = 2
 _IFLA_INFO_SLAVE_KIND = 4
 _IFLA_INFO_SLAVE_DATA = 5
 _IFLA_INET6_ADDR_GEN_MODE = 8
-_IFLA_BR_FORWARD_DELAY = 1
-_IFLA_BR_STP_STATE = 5
-_IFLA_BR_GROUP_FWD_MASK = 9
-_IFLA_BR_MCAST_SNOOPING = 23
-_IFLA_BR_NF_CALL_IPTABLES = 36
-_IFLA_BR_NF_CALL_IP6TABLES = 37
 _IFLA_BRPORT_LEARNING = 8
 _IFLA_BRPORT_UNICAST_FLOOD = 9
 _IFLA_BRPORT_NEIGH_SUPPRESS = 32
@@ -113,6 +108,17 @@ def _u16(kind: int, value: int) -> bytes:
 
 def _u32(kind: int, value: int) -> bytes:
     return _attr(kind, struct.pack("=I", value))
+
+
+_BRIDGE_OPTIONS: dict[str, tuple[int, Callable[[int, int], bytes]]] = {
+    "IFLA_BR_FORWARD_DELAY": (1, _u32),
+    "IFLA_BR_STP_STATE": (5, _u32),
+    "IFLA_BR_GROUP_FWD_MASK": (9, _u16),
+    "IFLA_BR_MCAST_SNOOPING": (23, _u8),
+    "IFLA_BR_NF_CALL_IPTABLES": (36, _u8),
+    "IFLA_BR_NF_CALL_IP6TABLES": (37, _u8),
+}
+"""An ``IFLA_BR_*`` option's attribute type and size."""
 
 
 def _text(kind: int, value: str) -> bytes:
@@ -173,16 +179,12 @@ def _new_link(name: str, mtu: int, kind: str, data: bytes) -> Message:
     return Message(_RTM_NEWLINK, flags, _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attributes)
 
 
-def add_bridge(name: str, *, mtu: int, group_fwd_mask: int) -> Message:
-    """A bridge without STP or multicast snooping, calling the inet hooks."""
-    data = (
-        _u32(_IFLA_BR_STP_STATE, 0)
-        + _u32(_IFLA_BR_FORWARD_DELAY, 0)
-        + _u8(_IFLA_BR_MCAST_SNOOPING, 0)
-        + _u8(_IFLA_BR_NF_CALL_IPTABLES, 1)
-        + _u8(_IFLA_BR_NF_CALL_IP6TABLES, 1)
-        + _u16(_IFLA_BR_GROUP_FWD_MASK, group_fwd_mask)
-    )
+def add_bridge(name: str, *, mtu: int, options: Mapping[str, int]) -> Message:
+    """A bridge with these options (``IFLA_BR_*`` names, in their order)."""
+    data = b""
+    for option, value in options.items():
+        kind, encode = _BRIDGE_OPTIONS[option]
+        data += encode(kind, value)
     return _new_link(name, mtu, "bridge", data)
 
 

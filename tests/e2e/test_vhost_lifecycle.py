@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from guest import Guest, GuestImage
 from vhost_helpers import (
     RebootableGuest,
     add_vhost_vnic,
@@ -34,8 +33,9 @@ from vhost_helpers import (
 )
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.lab import Host, Lab, Vm, wait_for
 from butterfly.dataplane.naming import tap_name
+from butterfly_lab.guest import Guest, GuestImage
+from butterfly_lab.lab import Host, Lab, Vm, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu]
 
@@ -75,8 +75,8 @@ def _warnings(host: Host) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def setup(lab: Lab, guest_image: GuestImage) -> Iterator[Setup]:
-    host = lab.host()
+def setup(lab: Lab, guest_image: GuestImage, vhost_loop: str) -> Iterator[Setup]:
+    host = lab.host(extra_args=["--vhost-loop", vhost_loop])
     open_sg(host)
     host.cli(
         "sg", "add", "guard",
@@ -85,6 +85,8 @@ def setup(lab: Lab, guest_image: GuestImage) -> Iterator[Setup]:
         "--cidr", SUBNET,
     )  # fmt: skip
     path = add_vhost_vnic(host, "g", mac=G_MAC, vni=VNI, ip=G_IP, sgs=("guard",))
+    # the workers start with the first vhost-user vnic
+    assert f"moving frames with the {vhost_loop} loop" in host.daemon.log()
     peer = lab.vm()
     host.add_vnic("p", vm=peer, mac=P_MAC, vni=VNI, ips=[P_IP], security_groups=["open"])
     guest = vhost_guest(

@@ -8,6 +8,7 @@ pyroute2's order); the functional data plane tests apply them to real links.
 import pytest
 
 from butterfly.dataplane import rtchange
+from butterfly.dataplane.netlink import BRIDGE_OPTIONS
 
 _RTM_NEWLINK, _RTM_NEWNEIGH, _RTM_NEWQDISC, _RTM_NEWTFILTER = 16, 28, 36, 44
 _ACK = 0x1 | 0x4
@@ -19,7 +20,7 @@ _CREATE_NEW = _ACK | 0x200 | 0x400
     ("message", "kind", "flags", "body"),
     [
         (
-            rtchange.add_bridge("capbr", mtu=1450, group_fwd_mask=1 << 14),
+            rtchange.add_bridge("capbr", mtu=1450, options=BRIDGE_OPTIONS),
             _RTM_NEWLINK,
             _CREATE_NEW,
             "000000000000000000000000000000000a000300636170627200000008000400aa050000440012000b"
