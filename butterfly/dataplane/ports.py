@@ -110,7 +110,9 @@ class Ports:
             step(j, f"turn off offloads of {name}", partial(turn_off_offloads, name))
         if link.alias is None:
             self._netlink.set_link(link.index, alias=vnic_alias(vnic.id))
-        self._fix_forwarding(j, vnic)
+        # A tap made just now has no reader yet, so no carrier: nothing on its
+        # port to read back (the dump walks the whole forwarding database).
+        self._fix_forwarding(j, vnic, known_empty=fresh and vnic.type in TAP_TYPES)
         if vnic.type == VnicType.NETNS:
             configure_peer(j, vnic, previous, mtu=settings.vnic_mtu, offload=settings.offload)
 
@@ -119,7 +121,7 @@ class Ports:
         settings = self._settings
         configure_peer(j, vnic, previous, mtu=settings.vnic_mtu, offload=settings.offload)
 
-    def _fix_forwarding(self, j: Journal | None, vnic: Vnic) -> None:
+    def _fix_forwarding(self, j: Journal | None, vnic: Vnic, *, known_empty: bool) -> None:
         """A filtered vnic's port holds its MAC pinned and is locked to it (MAC
         anti-spoofing in the bridge itself), learns no address and gets no
         flooded unicast, so the only unicast frames reaching it are those to
@@ -128,7 +130,8 @@ class Ports:
         too with EVPN (FRR advertises it before the VM speaks). No vnic port
         suppresses neighbour discovery: the kernel answers a request for a
         proxy only when it comes in on a port that does not (see the VXLAN
-        port's flags in :meth:`butterfly.dataplane.vni.Vnis.ensure`)."""
+        port's flags in :meth:`butterfly.dataplane.vni.Vnis.ensure`).
+        ``known_empty``: the port has no forwarding entry (not asked)."""
         name = tap_name(vnic.id)
         filtered = self._settings.filtered(vnic)
         pin = filtered or self._settings.evpn
@@ -144,7 +147,7 @@ class Ports:
             what=what(vnic),
         )
         mac = vnic.mac.lower()
-        entries = self._netlink.bridge_entries(index)
+        entries = {} if known_empty else self._netlink.bridge_entries(index)
         for other, pinned in sorted(entries.items()):
             if (pin and other == mac) or not (filtered or pinned):
                 continue
