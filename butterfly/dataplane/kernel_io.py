@@ -71,6 +71,8 @@ class LinkNetlink(Protocol):
 
     def delete_link(self, index: int) -> None: ...
 
+    def forget(self, name: str) -> None: ...
+
 
 class LinksNetlink(LinkNetlink, Protocol):
     """What :class:`~butterfly.dataplane.links.Links` adds: guards and bridge port flags."""
@@ -142,8 +144,6 @@ class PortNetlink(LinkNetlink, Protocol):
     def pin_mac(self, index: int, mac: str) -> None: ...
 
     def forget_mac(self, index: int, mac: str) -> None: ...
-
-    def forget(self, name: str) -> None: ...
 
 
 class UnderlayNetlink(Protocol):
