@@ -21,6 +21,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "a full host, data plane on: request p99, restart, memory, against ip/nft batch",
     ),
     "vhost": ("butterfly.bench.vhost", "vhost-user: frames/s vs DPDK, TSO, guests, API under load"),
+    "frames": (
+        "butterfly.bench.frames",
+        "cost per frame: 64 B from a C writer, each path vs bridge+br_netfilter, one sitting",
+    ),
     "drift": ("butterfly.bench.drift", "other software's changes: window until repaired"),
     "metrics": ("butterfly.bench.metrics", "Prometheus: scraping 10,000 vnics, API under scrapes"),
     "evpn": ("butterfly.bench.evpn", "EVPN with FRR: nic_add to reachable, underlay BUM per ARP"),
