@@ -174,9 +174,12 @@ def fast_paths(help_text: str) -> tuple[str, ...]:
 def parse_fields(line: str) -> dict[str, int]:
     """bfframes' report: ``key=value`` integers on one line."""
     try:
-        return {key: int(value) for key, value in (item.split("=", 1) for item in line.split())}
-    except ValueError as error:
-        raise BenchError(f"bfframes printed {line!r}, not key=value figures") from error
+        found = {key: int(value) for key, value in (item.split("=", 1) for item in line.split())}
+    except ValueError:
+        found = {}
+    if not found:
+        raise BenchError(f"bfframes printed {line!r}, not key=value figures")
+    return found
 
 
 # ---------------------------------------------------------------- endpoints
@@ -363,7 +366,7 @@ class Frames:
         self.cpus = cpus
         self.settings = settings
 
-    def _reader(
+    def reader(
         self, taps: Taps, mode: str, *options: str, cpu: int | None = None
     ) -> "subprocess.Popen[str]":
         """A sink or echo on ``b`` (on the receiver's CPU unless told), once it is
@@ -380,7 +383,7 @@ class Frames:
         return process
 
     @staticmethod
-    def _stop(process: "subprocess.Popen[str]", what: str) -> dict[str, int]:
+    def stop(process: "subprocess.Popen[str]", what: str) -> dict[str, int]:
         time.sleep(0.1)  # what is still queued in the tap is read meanwhile
         process.send_signal(signal.SIGTERM)
         try:
@@ -392,7 +395,7 @@ class Frames:
 
     def blast(self, taps: Taps, sport: int, *, established: bool = False) -> Figure:
         """Mpps arriving at ``b`` while one core writes into ``a``."""
-        sink = self._reader(taps, "sink", *(["--answer-first"] if established else []))
+        sink = self.reader(taps, "sink", *(["--answer-first"] if established else []))
         try:
             sent = parse_fields(taps.netns.exec(
                 *_pinned(self.cpus.sender, self.tool, "blast", "--dev", taps.a,
@@ -402,7 +405,7 @@ class Frames:
                 timeout=self.settings.seconds + 30,
             ))  # fmt: skip
         finally:
-            received = self._stop(sink, "sink")
+            received = self.stop(sink, "sink")
         arrived = received["received"] / 1e6
         wall = arrived / (sent["elapsed_ns"] / 1e9)
         lost = 1 - received["received"] / sent["sent"] if sent["sent"] else 0.0
@@ -416,7 +419,7 @@ class Frames:
         """Thousand transactions per second, one frame each way, one outstanding, both
         ends on the sender's CPU."""
         # both ends on one CPU: a wake-up on the other costs more than the path here
-        echo = self._reader(taps, "echo", cpu=self.cpus.sender)
+        echo = self.reader(taps, "echo", cpu=self.cpus.sender)
         try:
             pinged = parse_fields(taps.netns.exec(
                 *_pinned(self.cpus.sender, self.tool, "ping", "--dev", taps.a, *taps.addresses(),
@@ -425,7 +428,7 @@ class Frames:
                 timeout=self.settings.seconds + 30,
             ))  # fmt: skip
         finally:
-            echoed = self._stop(echo, "echo")
+            echoed = self.stop(echo, "echo")
         done = pinged["transactions"] / 1e3
         cpu = _cpu(pinged) + _cpu(echoed)  # one CPU: their sum is that core's busy time
         note = (
@@ -537,7 +540,7 @@ class Vhost:
         gets (the tap's own counter) over the steady seconds."""
         taps = butterfly.taps
         workers = self._workers(butterfly)
-        sink = self.frames._reader(taps, "sink")
+        sink = self.frames.reader(taps, "sink")
         with vhost.pmds() as started:
             try:
                 self._pmd(
@@ -558,7 +561,7 @@ class Vhost:
                 count = delivered() - count
                 worked, read = _cpu_of(workers) - worked, _cpu_of([sink.pid]) - read
             finally:
-                self.frames._stop(sink, "sink")
+                self.frames.stop(sink, "sink")
         arrived = count / 1e6
         return Figure(
             per_core(arrived, (worked, read)),
@@ -590,22 +593,25 @@ class Vhost:
                 )
                 time.sleep(settings.warmup)
                 reports = len(vhost.parse_pmd_stats(guest.output()))
-                worked, wrote = _cpu_of(workers), _cpu_of([writer.pid])
-                time.sleep(settings.seconds)
+                worked, wrote, began = _cpu_of(workers), _cpu_of([writer.pid]), time.monotonic()
+                wait_for(
+                    lambda: (
+                        len(vhost.parse_pmd_stats(guest.output())) >= reports + settings.seconds
+                    ),
+                    f"{settings.seconds} reports of testpmd",
+                    settings.seconds + 30,
+                )
                 worked, wrote = _cpu_of(workers) - worked, _cpu_of([writer.pid]) - wrote
+                seconds = time.monotonic() - began
                 rates = [s.rx_pps for s in vhost.parse_pmd_stats(guest.output())[reports:]]
             finally:
                 writer.kill()
                 writer.wait()
-        if not rates:
-            raise BenchError(
-                f"{butterfly.label}: testpmd reported nothing for {settings.seconds} s"
-            )
-        arrived = statistics.median(rates) * settings.seconds / 1e6
+        arrived = statistics.median(rates) * seconds / 1e6
         return Figure(
             per_core(arrived, (worked, wrote)),
             (worked + wrote) / arrived if arrived else None,
-            f"{arrived / settings.seconds:.3f} Mpps wall",
+            f"{arrived / seconds:.3f} Mpps wall",
         )
 
 

@@ -4,8 +4,9 @@
  * Written in C so that the figures measure the path a frame takes and not
  * the program making it: one write() (or read()) per frame on a tap, no
  * batching, no interpreter. Every mode attaches to an existing tap by name
- * (as QEMU does), runs until its deadline or a signal, and prints one line
- * of key=value figures on stdout, its own CPU time (getrusage) included:
+ * (as QEMU does), waits until the kernel has it up, runs until its deadline
+ * or a signal, and prints one line of key=value figures on stdout, its own
+ * CPU time (getrusage) included:
  * a tap write carries the frame through the kernel's whole forwarding path
  * in the writer's system call, so that CPU time is the path's.
  *
@@ -205,6 +206,31 @@ static void parse(int argc, char **argv, struct options *o)
         usage("blast and ping need --src-mac, --dst-mac, --src-ip and --dst-ip");
 }
 
+/* Attaching brings the tap's carrier up, but the kernel's link watch applies it
+ * (the qdisc, the bridge port's state) up to a second later: frames written or
+ * sent to it before then are dropped, so wait until the tap is up. */
+static void wait_up(const char *name)
+{
+    char path[64], state[16] = "";
+    snprintf(path, sizeof path, "/sys/class/net/%s/operstate", name);
+    for (int tries = 0; tries < 500; tries++) {
+        FILE *file = fopen(path, "r");
+        if (file != NULL) {
+            if (fgets(state, sizeof state, file) == NULL)
+                state[0] = 0;
+            fclose(file);
+        }
+        if (!strncmp(state, "up", 2)) {
+            usleep(20000); /* the notifier chain runs after the state is set */
+            return;
+        }
+        usleep(10000);
+    }
+    fprintf(stderr, "bfframes: tap %s is not up 5 s after attaching (state %s)\n", name,
+            state[0] ? state : "unknown");
+    exit(1);
+}
+
 static int open_tap(const char *name)
 {
     int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
@@ -220,6 +246,7 @@ static int open_tap(const char *name)
         fprintf(stderr, "bfframes: attaching to tap %s: %s\n", name, strerror(errno));
         exit(1);
     }
+    wait_up(name);
     return fd;
 }
 
