@@ -3,8 +3,8 @@
 Issue 12's table. Every figure comes from a C program (:mod:`butterfly.bench.cbuild`,
 ``c/bfframes.c``), never from Python: one ``write()`` per frame into a tap, the
 way QEMU hands a guest's frame to the kernel, pinned to one CPU, while a C reader
-on the other CPU drains the destination tap and counts what *arrived* (UDP to the
-bench's port only). Paths, each built in namespaces of a
+on the other CPU drains the destination tap; what counts is what reaches that
+tap, never what was sent. Paths, each built in namespaces of a
 :class:`~butterfly.bench.lab.Lab`:
 
 * ``tc redirect``: two taps, a u32 match-all filter with ``mirred egress
@@ -16,7 +16,9 @@ bench's port only). Paths, each built in namespaces of a
   sysctls are per network namespace on this kernel: only the lab's are set;
 * ``butterfly``: two TAP vnics of a real butterflyd (data plane on), both in two
   security groups of 20 rules whose last one alone allows the bench's UDP port,
-  so each new flow walks past 19 others. When ``butterflyd --help`` offers
+  so each new flow walks past 19 others; the sender has no connection caps, and
+  a row shows what the daemon's default caps make of the same one-way stream
+  (see :func:`butterfly_setup`). When ``butterflyd --help`` offers
   ``--fast-path``, one daemon per data path (``off``: bridge + nftables;
   ``ebpf``) and a row for each.
 
@@ -31,12 +33,17 @@ ways against the filtered path's C-writer figure: guest to switch, testpmd
 ``txonly`` into the vnic's socket and the C reader on the TAP vnic; switch to
 guest, the C writer on the TAP vnic and testpmd ``rxonly`` counting.
 
-Host CPU: the CPU time of the processes that move the frames (the C writer and
-reader, from getrusage: a tap write carries the frame through the whole kernel
-path in the writer's system call; the vhost workers; iperf3's two ends), per
-Mpps or Gbit/s. The kernel here accounts CPU by ticks, softirq work included
-in the process it interrupts; testpmd, the stand-in guest, polls a CPU
-whatever the load and is left out.
+Per core: frames that reach the receiving tap (the tap's own counts: read by
+its reader, or dropped because the reader fell behind, which is the reader's
+lack of CPU and no cost of the path) per second of the *writer's* CPU time: a
+tap write carries the frame through the whole kernel path in the writer's
+system call, and a machine busy with other work then takes cycles from the
+run, not frames. The vhost workers stand in for the writer guest to switch.
+Host CPU: the CPU time of every process moving the frames (C writer and
+reader from getrusage, the vhost workers, iperf3's two ends) per Mpps or
+Gbit/s. The kernel here accounts CPU by ticks, softirq work included in the
+process it interrupts; testpmd, the stand-in guest, polls a CPU whatever the
+load and is left out.
 
 Paths are measured in rounds, each round in the reverse order of the one before
 (A B C, C B A, ...), so drift does not favour one; each figure is the median
@@ -394,7 +401,13 @@ class Frames:
         return parse_fields(output.strip().splitlines()[-1] if output.strip() else "")
 
     def blast(self, taps: Taps, sport: int, *, established: bool = False) -> Figure:
-        """Mpps arriving at ``b`` while one core writes into ``a``."""
+        """Mpps that reach ``b`` per second of the writer's CPU (the write carries
+        each frame through the whole path) while it writes into ``a``.
+
+        Reaching ``b`` is the tap's own count: frames its reader took, and those
+        dropped because the reader had fallen behind (its queue full: a reader
+        starved of CPU by other work, which is no cost of the path)."""
+        before = _tap_counters(taps.netns, taps.b)
         sink = self.reader(taps, "sink", *(["--answer-first"] if established else []))
         try:
             sent = parse_fields(taps.netns.exec(
@@ -406,13 +419,21 @@ class Frames:
             ))  # fmt: skip
         finally:
             received = self.stop(sink, "sink")
-        arrived = received["received"] / 1e6
+        read, behind = (
+            a - b for a, b in zip(_tap_counters(taps.netns, taps.b), before, strict=True)
+        )
+        arrived = (read + behind) / 1e6
         wall = arrived / (sent["elapsed_ns"] / 1e9)
-        lost = 1 - received["received"] / sent["sent"] if sent["sent"] else 0.0
+        lost = 1 - (read + behind) / sent["sent"] if sent["sent"] else 0.0
+        note = ", ".join(
+            [f"{wall:.3f} Mpps wall"]
+            + ([f"{lost:.0%} dropped on the way"] if lost >= 0.005 else [])
+            + ([f"{behind / (read + behind):.0%} unread"] if behind >= 0.005 * read else [])
+        )
         return Figure(
-            per_core(arrived, (_cpu(sent), _cpu(received))),
+            per_core(arrived, (_cpu(sent),)),
             (_cpu(sent) + _cpu(received)) / arrived if arrived else None,
-            f"{wall:.3f} Mpps wall" + (f", {lost:.0%} lost" if lost >= 0.005 else ""),
+            note,
         )
 
     def ping_pong(self, taps: Taps) -> Figure:
@@ -484,8 +505,12 @@ def start_servers(vm: Vm, cpus: Cpus) -> None:
 # ---------------------------------------------------------------- vhost-user
 
 
-def _tap_counter(netns: Netns, tap: str, counter: str) -> int:
-    return int(netns.exec("cat", f"/sys/class/net/{tap}/statistics/{counter}"))
+def _tap_counters(netns: Netns, tap: str) -> tuple[int, int]:
+    """A tap's frames read by its reader, and dropped for its full queue (tun counts
+    a frame sent to the tap when the reader reads it)."""
+    folder = f"/sys/class/net/{tap}/statistics"
+    read, dropped = netns.exec("cat", f"{folder}/tx_packets", f"{folder}/tx_dropped").split()
+    return int(read), int(dropped)
 
 
 def _cpu_of(pids: Sequence[int]) -> float:
@@ -536,8 +561,9 @@ class Vhost:
         return workers
 
     def to_switch(self, butterfly: Butterfly) -> Figure:
-        """Guest to switch: testpmd ``txonly`` to b (UDP to :data:`PORT`), what b's reader
-        gets (the tap's own counter) over the steady seconds."""
+        """Guest to switch: testpmd ``txonly`` to b (UDP to :data:`PORT`), what reaches b
+        (its own counts, as in :meth:`Frames.blast`) per second of the vhost workers'
+        CPU (they write the frames into the kernel, in the C writer's place)."""
         taps = butterfly.taps
         workers = self._workers(butterfly)
         sink = self.frames.reader(taps, "sink")
@@ -551,7 +577,7 @@ class Vhost:
                 )  # fmt: skip
 
                 def delivered() -> int:
-                    return _tap_counter(taps.netns, taps.b, "tx_packets")
+                    return sum(_tap_counters(taps.netns, taps.b))
 
                 first = delivered()
                 wait_for(lambda: delivered() > first, "frames from testpmd to reach b", 60)
@@ -564,14 +590,16 @@ class Vhost:
                 self.frames.stop(sink, "sink")
         arrived = count / 1e6
         return Figure(
-            per_core(arrived, (worked, read)),
+            per_core(arrived, (worked,)),
             (worked + read) / arrived if arrived else None,
             f"{arrived / self.pmd_settings.seconds:.3f} Mpps wall",
         )
 
     def to_guest(self, butterfly: Butterfly) -> Figure:
         """Switch to guest: the C writer on b to v, testpmd ``rxonly`` counting (the
-        median of its per-second rates over the steady seconds)."""
+        median of its per-second rates over the steady seconds), per second of the
+        busier of the writer (the kernel path) and the vhost workers (the tap reads
+        and the ring)."""
         taps = butterfly.taps
         workers = self._workers(butterfly)
         settings = self.pmd_settings
@@ -960,9 +988,11 @@ def header(settings: Settings, cpus: Cpus, busy: tuple[float, float]) -> str:
             f" {settings.tcp_seconds} s per iperf3/qperf test, order reversed each round"
             f" (vhost-user: {min(settings.rounds, 2)} round(s) of {settings.vhost_seconds} s);"
             " median kept, spread = (max - min) / median",
-            "per core: frames (transactions) per second of CPU time of the busiest process"
-            " moving them (C writer or reader, vhost workers), so others' load takes cycles,"
-            " not frames; request/response runs both ends on one CPU",
+            "per core: frames reaching the receiving tap (its own counts: read, or dropped"
+            " for a reader fallen behind) per second of the writer's CPU time (the C writer's,"
+            " the vhost workers'; switch to guest: the busier of the writer and the workers);"
+            " others' load takes cycles, not frames. Request/response: both ends on one CPU,"
+            " transactions per second of their CPU time",
             "cpu: the CPU time of all of them (iperf3: its two ends) per unit of the figure"
             " (tick accounting: softirq work counts in the process it interrupts)",
             f"Linux {os.uname().release}, {os.cpu_count()} CPUs; CPU used by others:"
