@@ -109,7 +109,8 @@ def test_ping_pong_gets_every_answer_back(bfframes: str, taps: Taps) -> None:
     )  # fmt: skip
     try:
         assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
-        ping = [bfframes, "ping", "--dev", taps.a, *taps.addresses(), "--seconds", "0.3"]
+        ping = [bfframes, "ping", "--dev", taps.a, *taps.addresses(), "--seconds", "0.3",
+                "--timeout-ms", "5000"]  # fmt: skip
         pinged = parse_fields(taps.netns.exec(*ping))
     finally:
         echo.send_signal(signal.SIGTERM)
