@@ -10,7 +10,6 @@ root, qperf, iperf3 and dpdk-testpmd; it must leave no namespace behind.
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,20 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from butterfly.bench import cbuild
-from butterfly.bench.frames import Taps, parse_fields, tc_taps
-from butterfly.bench.lab import Lab
-
-ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, taps)")
-GCC = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
-TOOLS = ("qperf", "iperf3", "dpdk-testpmd")
+from butterfly_lab.bench import cbuild
+from butterfly_lab.bench.frames import Taps, parse_fields, tc_taps
+from butterfly_lab.lab import Lab
 
 
 @pytest.fixture(scope="module")
 def bfframes(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Built from source into an empty cache, as on a fresh machine."""
-    if shutil.which("gcc") is None:
-        pytest.skip("needs gcc")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BUTTERFLY_BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
         return cbuild.program("bfframes")
@@ -44,7 +37,7 @@ def taps() -> Iterator[Taps]:
         yield tc_taps(lab)
 
 
-@GCC
+@pytest.mark.needs("gcc")
 def test_bfframes_is_built_once_per_source(bfframes: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert os.access(bfframes, os.X_OK)
     assert Path(bfframes).name.startswith("bfframes-")
@@ -54,7 +47,7 @@ def test_bfframes_is_built_once_per_source(bfframes: str, monkeypatch: pytest.Mo
     assert Path(bfframes).stat().st_mtime_ns == built
 
 
-@GCC
+@pytest.mark.needs("gcc")
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -75,7 +68,7 @@ def test_bfframes_refuses_bad_arguments_naming_them(
 
 
 @pytest.mark.root
-@ROOT
+@pytest.mark.needs("gcc")
 def test_sink_counts_exactly_the_frames_sent_and_nothing_else(bfframes: str, taps: Taps) -> None:
     sink = subprocess.Popen(
         ["ip", "netns", "exec", taps.netns.name, bfframes, "sink", "--dev", taps.b,
@@ -100,7 +93,7 @@ def test_sink_counts_exactly_the_frames_sent_and_nothing_else(bfframes: str, tap
 
 
 @pytest.mark.root
-@ROOT
+@pytest.mark.needs("gcc")
 def test_ping_pong_gets_every_answer_back(bfframes: str, taps: Taps) -> None:
     echo = subprocess.Popen(
         ["ip", "netns", "exec", taps.netns.name, bfframes, "echo", "--dev", taps.b,
@@ -122,10 +115,7 @@ def test_ping_pong_gets_every_answer_back(bfframes: str, taps: Taps) -> None:
 
 
 @pytest.mark.root
-@ROOT
-@pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in TOOLS), reason=f"needs {', '.join(TOOLS)}"
-)
+@pytest.mark.needs("gcc", "qperf", "iperf3", "dpdk-testpmd")
 def test_bench_frames_quick_prints_every_row_with_real_figures() -> None:
     result = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "butterfly-bench"), "frames", "--quick"],

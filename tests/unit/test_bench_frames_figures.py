@@ -3,8 +3,8 @@
 import pytest
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.figures import BenchError
-from butterfly.bench.frames import (
+from butterfly_lab.bench.figures import BenchError
+from butterfly_lab.bench.frames import (
     PORT,
     Figure,
     Series,

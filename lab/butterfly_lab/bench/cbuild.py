@@ -6,7 +6,7 @@ compiled with gcc once per version of its source, into a cache folder
 (``$BUTTERFLY_BENCH_CACHE``, else ``$XDG_CACHE_HOME/butterfly-bench``, else
 ``~/.cache/butterfly-bench``), the file named by the source's hash so that
 a changed source is never run stale. ``tools/setup --dev`` builds them
-(``python -m butterfly.bench.cbuild``); a bench that finds one missing
+(``python -m butterfly_lab.bench.cbuild``); a bench that finds one missing
 builds it then.
 """
 
@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from butterfly.bench.figures import BenchError
+from butterfly_lab.bench.figures import BenchError
 
 __all__ = ["PROGRAMS", "cache_folder", "program"]
 
@@ -77,7 +77,7 @@ def main() -> int:
         for name in PROGRAMS:
             print(program(name))
     except BenchError as error:
-        print(f"butterfly.bench.cbuild: {error}", file=sys.stderr)
+        print(f"butterfly_lab.bench.cbuild: {error}", file=sys.stderr)
         return 1
     return 0
 

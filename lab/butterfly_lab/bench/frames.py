@@ -1,11 +1,11 @@
 """``butterfly-bench frames``: what each frame costs, path by path, in one sitting.
 
-Issue 12's table. Every figure comes from a C program (:mod:`butterfly.bench.cbuild`,
+Issue 12's table. Every figure comes from a C program (:mod:`butterfly_lab.bench.cbuild`,
 ``c/bfframes.c``), never from Python: one ``write()`` per frame into a tap, the
 way QEMU hands a guest's frame to the kernel, pinned to one CPU, while a C reader
 on the other CPU drains the destination tap; what counts is what reaches that
 tap, never what was sent. Paths, each built in namespaces of a
-:class:`~butterfly.bench.lab.Lab`:
+:class:`~butterfly_lab.lab.Lab`:
 
 * ``tc redirect``: two taps, a u32 match-all filter with ``mirred egress
   redirect`` on each one's ingress to the other (the cheapest a kernel switch
@@ -68,10 +68,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench import vhost
-from butterfly.bench.cbuild import program
-from butterfly.bench.daemon import DaemonError, butterflyd_command
-from butterfly.bench.dataplane import (
+from butterfly.dataplane.naming import tap_name
+from butterfly.errors import ClientError
+from butterfly_lab.bench import vhost
+from butterfly_lab.bench.cbuild import program
+from butterfly_lab.bench.dataplane import (
     Path,
     bridge_path,
     check_path,
@@ -80,10 +81,9 @@ from butterfly.bench.dataplane import (
     vnic_mtu,
     vxlan_path,
 )
-from butterfly.bench.figures import BenchError, busy_elsewhere, table
-from butterfly.bench.lab import Host, Lab, LabError, Netns, Vm, sh, wait_for
-from butterfly.dataplane.naming import tap_name
-from butterfly.errors import ClientError
+from butterfly_lab.bench.figures import BenchError, busy_elsewhere, table
+from butterfly_lab.daemon import DaemonError, butterflyd_command
+from butterfly_lab.lab import Host, Lab, LabError, Netns, Vm, sh, wait_for
 
 __all__ = ["add_arguments", "fast_paths", "parse_fields", "run"]
 
@@ -258,7 +258,7 @@ def bridge_taps(lab: Lab, *, br_netfilter: bool) -> Taps:
 
 
 def frame_groups() -> list[MessageV0.Sg]:
-    """:func:`~butterfly.bench.dataplane.twenty_rules`' two groups, renamed, with the
+    """:func:`~butterfly_lab.bench.dataplane.twenty_rules`' two groups, renamed, with the
     20th rule allowing UDP to :data:`PORT` only (from :data:`CIDR`)."""
     groups = twenty_rules(CIDR)
     renamed = {group.id: group.id.replace("bench-", "frames-") for group in groups}
