@@ -142,8 +142,9 @@ def test_bench_frames_quick_prints_every_row_with_real_figures() -> None:
         ("butterfly, NETNS vnics, 20 SG rules", "same host: tcp_lat", "us"),
         ("butterfly, NETNS vnics, 20 SG rules", "across hosts: udp_lat", "us"),
         ("plain VXLAN between two namespace hosts", "across hosts: TCP, 1 stream", "Gbit/s"),
-        ("butterfly, vhost-user vnic, 20 SG rules", "guest -> switch 64 B", "Mpps/core"),
-        ("butterfly, vhost-user vnic, 20 SG rules", "switch -> guest 64 B", "Mpps/core"),
+        ("butterfly, vhost-user vnic, 20 SG rules", "guest -> switch 64 B, new", "Mpps/core"),
+        ("butterfly, vhost-user vnic, 20 SG rules", "guest -> switch 64 B, est", "Mpps/core"),
+        ("butterfly, vhost-user vnic, 20 SG rules", "switch -> guest 64 B, new", "Mpps/core"),
     ]
     for path, measure, unit in paths:
         # butterfly's rows name the data path when the daemon offers a choice
@@ -153,9 +154,10 @@ def test_bench_frames_quick_prints_every_row_with_real_figures() -> None:
         assert row, (path, measure, out)
         assert float(row.group(1)) > 0, (path, measure, out)
     targets = re.findall(r" (>=|<=) [0-9.]+ x \S.* +(PASS|FAIL)$", out, re.M)
-    assert len(targets) >= 11, out  # 11 per data path of butterfly
+    assert len(targets) >= 12, out  # 12 per data path of butterfly
     assert re.search(r">= 0\.90 x bridge\+br_netfilter +(PASS|FAIL)$", out, re.M), out
     assert re.search(r">= 0\.90 x filtered C writer +(PASS|FAIL)$", out, re.M), out
+    assert re.search(r">= 0\.90 x filtered C writer, established +(PASS|FAIL)$", out, re.M)
     prefix = re.search(r"^lab (\S+): namespaces", out, re.M)
     assert prefix, out
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)

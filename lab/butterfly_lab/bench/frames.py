@@ -29,9 +29,10 @@ each way, one outstanding; its latency p50/p99 from every transaction). Then,
 between NETNS vnics of the same daemons, TCP (iperf3, one stream) and
 tcp_lat/udp_lat (qperf) against a plain bridge, on one host and across two over
 VXLAN against a plain VXLAN; and butterfly's vhost-user vnic at 64 bytes both
-ways against the filtered path's C-writer figure: guest to switch, testpmd
-``txonly`` into the vnic's socket and the C reader on the TAP vnic; switch to
-guest, the C writer on the TAP vnic and testpmd ``rxonly`` counting.
+ways against the filtered path's C-writer figure on the same kind of flow: guest
+to switch, testpmd ``txonly`` into the vnic's socket and the C reader on the TAP
+vnic (a new flow, and an established one: the reader answers its first frame);
+switch to guest, the C writer on the TAP vnic and testpmd ``rxonly`` counting.
 
 Per core: frames that reach the receiving tap (the tap's own counts: read by
 its reader, or dropped because the reader fell behind, which is the reader's
@@ -89,7 +90,8 @@ __all__ = ["add_arguments", "fast_paths", "parse_fields", "run"]
 
 PORT = 9999
 """The UDP port the frames go to: the one the 20th rule allows."""
-SPORT_NEW, SPORT_ESTABLISHED, SPORT_PING, SPORT_VHOST = 40001, 40002, 40003, 40004
+SPORT_NEW, SPORT_ESTABLISHED, SPORT_PING = 40001, 40002, 40003
+SPORT_VHOST, SPORT_VHOST_ESTABLISHED = 40004, 40005
 """One flow per kind of measure: a flow answered once stays established in
 conntrack, so the one-way measure must never share one with the others."""
 CIDR = "10.0.0.0/8"
@@ -560,20 +562,22 @@ class Vhost:
             os.sched_setaffinity(pid, {self.cpus.sender})
         return workers
 
-    def to_switch(self, butterfly: Butterfly) -> Figure:
+    def to_switch(self, butterfly: Butterfly, *, established: bool) -> Figure:
         """Guest to switch: testpmd ``txonly`` to b (UDP to :data:`PORT`), what reaches b
         (its own counts, as in :meth:`Frames.blast`) per second of the vhost workers'
-        CPU (they write the frames into the kernel, in the C writer's place)."""
+        CPU (they write the frames into the kernel, in the C writer's place).
+        ``established``: b answers the first frame (testpmd ignores the answer)."""
         taps = butterfly.taps
         workers = self._workers(butterfly)
-        sink = self.frames.reader(taps, "sink")
+        sink = self.frames.reader(taps, "sink", *(["--answer-first"] if established else []))
+        sport = SPORT_VHOST_ESTABLISHED if established else SPORT_VHOST
         with vhost.pmds() as started:
             try:
                 self._pmd(
                     started, butterfly.vhost_socket, "txonly",
                     f"--txpkts={self.frames.settings.size}", f"--eth-peer=0,{MAC_B}",
                     f"--tx-ip={butterfly.vhost_ip},{taps.ip_b}",
-                    f"--tx-udp={SPORT_VHOST},{PORT}",
+                    f"--tx-udp={sport},{PORT}",
                 )  # fmt: skip
 
                 def delivered() -> int:
@@ -785,12 +789,12 @@ def _established(frames: Frames, taps: Taps) -> Callable[[], Figure]:
 
 def _frame_specs(
     settings: Settings, frames: Frames, plain: Sequence[Taps], butterflies: Sequence[Butterfly]
-) -> tuple[list[Spec], dict[str, Spec]]:
-    """One-way, established and request/response rows; the one-way rows of butterfly
-    by label (the vhost-user rows' references)."""
+) -> tuple[list[Spec], dict[tuple[str, bool], Spec]]:
+    """One-way, established and request/response rows; butterfly's one-way rows by
+    (label, established) (the vhost-user rows' references)."""
     size = settings.size
     specs: list[Spec] = []
-    filtered: dict[str, Spec] = {}
+    filtered: dict[tuple[str, bool], Spec] = {}
     for kind, unit in (("one-way", "Mpps"), ("request/response", "k/s")):
         measure = (
             f"one-way {size} B UDP, new flow"
@@ -838,7 +842,7 @@ def _frame_specs(
             )
             specs.append(spec)
             if kind == "one-way":
-                filtered[butterfly.label] = spec
+                filtered[butterfly.label, False] = spec
                 specs.append(
                     Spec(
                         f"{butterfly.label}, TAP vnics, 20 SG rules, sender's default caps",
@@ -848,18 +852,17 @@ def _frame_specs(
                         digits=digits,
                     )
                 )
-                established = Series(f"{unit}/core", unit, _established(frames, butterfly.taps))
-                specs.append(
-                    Spec(
-                        label,
-                        f"one-way {size} B UDP, established flow",
-                        established,
-                        reference,
-                        "bridge+br_netfilter",
-                        (">=", MIN_ESTABLISHED_RATIO),
-                        digits,
-                    )
+                established = Spec(
+                    label,
+                    f"one-way {size} B UDP, established flow",
+                    Series(f"{unit}/core", unit, _established(frames, butterfly.taps)),
+                    reference,
+                    "bridge+br_netfilter",
+                    (">=", MIN_ESTABLISHED_RATIO),
+                    digits,
                 )
+                specs.append(established)
+                filtered[butterfly.label, True] = established
     return specs, filtered
 
 
@@ -911,23 +914,30 @@ def _traffic_specs(
 
 
 def _vhost_specs(
-    settings: Settings, machine: Vhost, butterflies: Sequence[Butterfly], filtered: dict[str, Spec]
+    settings: Settings,
+    machine: Vhost,
+    butterflies: Sequence[Butterfly],
+    filtered: dict[tuple[str, bool], Spec],
 ) -> list[Spec]:
+    """Each against the C writer's figure on the same kind of flow (switch to guest:
+    new only, as testpmd ``rxonly`` never answers)."""
     size = settings.size
     specs = []
     for butterfly in butterflies:
         label = f"{butterfly.label}, vhost-user vnic, 20 SG rules"
-        reference = filtered[butterfly.label]
-        for measure, take in (
-            (f"guest -> switch {size} B (testpmd txonly)", machine.to_switch),
-            (f"switch -> guest {size} B (testpmd rxonly)", machine.to_guest),
-        ):
-            series = Series("Mpps/core", "Mpps", functools.partial(take, butterfly))
-            specs.append(
-                Spec(
-                    label, measure, series, reference, "filtered C writer", (">=", MIN_VHOST_RATIO)
-                )
-            )
+        into, out = machine.to_switch, machine.to_guest
+        for measure, established, take in (
+            (f"guest -> switch {size} B, new flow (testpmd txonly)", False,
+             functools.partial(into, butterfly, established=False)),
+            (f"guest -> switch {size} B, established (testpmd txonly)", True,
+             functools.partial(into, butterfly, established=True)),
+            (f"switch -> guest {size} B, new flow (testpmd rxonly)", False,
+             functools.partial(out, butterfly)),
+        ):  # fmt: skip
+            series = Series("Mpps/core", "Mpps", take)
+            reference = filtered[butterfly.label, established]
+            name = "filtered C writer" + (", established" if established else "")
+            specs.append(Spec(label, measure, series, reference, name, (">=", MIN_VHOST_RATIO)))
     return specs
 
 
