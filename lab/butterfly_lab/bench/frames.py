@@ -129,7 +129,7 @@ class Settings:
     """``--fast-path`` values, one daemon each; () when butterflyd has no such option."""
 
 
-FULL = Settings(rounds=4, seconds=1.5, tcp_seconds=1, vhost_seconds=3, size=64, fast_paths=())
+FULL = Settings(rounds=3, seconds=1.5, tcp_seconds=1, vhost_seconds=3, size=64, fast_paths=())
 QUICK = Settings(rounds=1, seconds=0.3, tcp_seconds=1, vhost_seconds=1, size=64, fast_paths=())
 
 
