@@ -330,6 +330,7 @@ def run(config: Config, argv: list[str], notifier: Notifier) -> None:
         nice=min(19, config.nice + WORKERS_NICER),
         cpus=config.graph_cpus,
         offload=config.offload,
+        loop=config.vhost_loop,
     )
     try:
         notifier.status("loading the state")
