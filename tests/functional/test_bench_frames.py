@@ -147,8 +147,8 @@ def test_bench_frames_quick_prints_every_row_with_real_figures() -> None:
         ("butterfly, vhost-user vnic, 20 SG rules", "switch -> guest 64 B, new", "Mpps/core"),
     ]
     for path, measure, unit in paths:
-        # butterfly's rows name the data path when the daemon offers a choice
-        pattern = re.escape(path).replace("butterfly,", r"butterfly(?: --fast-path \S+)?,")
+        # butterfly's rows name the data path and vhost loop when the daemon offers a choice
+        pattern = re.escape(path).replace("butterfly,", r"butterfly(?: --\S+ \S+)*,")
         figure = rf" ([0-9.]+) {re.escape(unit)}\b"
         row = re.search(rf"^{pattern} +{re.escape(measure)}.*?{figure}", out, re.M)
         assert row, (path, measure, out)

@@ -14,6 +14,7 @@ from butterfly_lab.bench.frames import (
     parse_fields,
     per_core,
     render,
+    vhost_loops,
 )
 
 
@@ -36,6 +37,14 @@ def test_anything_else_from_bfframes_is_an_error_quoting_it(line: str) -> None:
 def test_both_data_paths_are_measured_only_when_the_daemon_offers_a_choice() -> None:
     assert fast_paths("  --fast-path auto|ebpf|off  the per-port eBPF path") == ("off", "ebpf")
     assert fast_paths("  --no-offload  vnics without offloads") == ()
+
+
+def test_both_vhost_loops_are_measured_only_when_the_daemon_offers_a_choice() -> None:
+    assert vhost_loops("  --vhost-loop {auto,c,python}  what moves vhost-user frames") == (
+        "python",
+        "c",
+    )
+    assert vhost_loops("  --vhost-workers N") == ()
 
 
 def test_per_core_divides_by_the_busiest_process() -> None:

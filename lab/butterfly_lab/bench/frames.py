@@ -86,7 +86,7 @@ from butterfly_lab.bench.figures import BenchError, busy_elsewhere, table
 from butterfly_lab.daemon import DaemonError, butterflyd_command
 from butterfly_lab.lab import Host, Lab, LabError, Netns, Vm, sh, wait_for
 
-__all__ = ["add_arguments", "fast_paths", "parse_fields", "run"]
+__all__ = ["add_arguments", "fast_paths", "parse_fields", "run", "vhost_loops"]
 
 PORT = 9999
 """The UDP port the frames go to: the one the 20th rule allows."""
@@ -125,12 +125,16 @@ class Settings:
     """testpmd samples (one per second) kept per vhost-user measure."""
     size: int
     """Frame length in bytes, without the FCS (testpmd's ``--txpkts`` likewise)."""
-    fast_paths: tuple[str, ...]
+    fast_paths: tuple[str, ...] = ()
     """``--fast-path`` values, one daemon each; () when butterflyd has no such option."""
+    vhost_loops: tuple[str, ...] = ()
+    """``--vhost-loop`` values: the last one runs in every daemon above, each other
+    in a daemon of its own (on the first data path) for its vhost-user rows only;
+    () when butterflyd has no such option."""
 
 
-FULL = Settings(rounds=3, seconds=1.5, tcp_seconds=1, vhost_seconds=3, size=64, fast_paths=())
-QUICK = Settings(rounds=1, seconds=0.3, tcp_seconds=1, vhost_seconds=1, size=64, fast_paths=())
+FULL = Settings(rounds=3, seconds=1.5, tcp_seconds=1, vhost_seconds=3, size=64)
+QUICK = Settings(rounds=1, seconds=0.3, tcp_seconds=1, vhost_seconds=1, size=64)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -178,6 +182,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def fast_paths(help_text: str) -> tuple[str, ...]:
     """The data paths to compare, from ``butterflyd --help``: () when it has one only."""
     return ("off", "ebpf") if "--fast-path" in help_text else ()
+
+
+def vhost_loops(help_text: str) -> tuple[str, ...]:
+    """The vhost-user loops to compare (the Python one, then the C one), from
+    ``butterflyd --help``: () when it has one only."""
+    return ("python", "c") if "--vhost-loop" in help_text else ()
 
 
 def parse_fields(line: str) -> dict[str, int]:
@@ -275,6 +285,20 @@ def frame_groups() -> list[MessageV0.Sg]:
 
 
 @dataclass(frozen=True, slots=True)
+class VhostEnd:
+    """A daemon's vhost-user vnic v and the TAP vnic b its frames go to and come from."""
+
+    label: str
+    taps: Taps
+    """b is the C reader's and writer's end."""
+    host: Host
+    socket: str
+    ip: str
+    reference: str
+    """The label of the butterfly whose C-writer figures this end is judged against."""
+
+
+@dataclass(frozen=True, slots=True)
 class Butterfly:
     """One data path of butterfly: its daemons, vnics and the paths through them."""
 
@@ -283,48 +307,50 @@ class Butterfly:
     """a to b, the sender without connection caps."""
     capped: Taps
     """c to b, the sender with the daemon's default caps."""
-    host: Host
-    vhost_socket: str
-    vhost_ip: str
+    vhost: VhostEnd
     same_host: Path
     across: Path
 
 
-def butterfly_setup(lab: Lab, mode: str | None, index: int, one: Host, two: Host) -> Butterfly:
-    """On ``one``: TAP vnics a, b, c and vhost-user vnic v in the frame groups (VNI
-    1x00), a NETNS pair in the 20-rule groups (1x01); ``two`` holds the far end
-    of a NETNS pair across hosts (1x02).
+def frame_vnics(host: Host, label: str, index: int, ends: str) -> tuple[Taps, Taps, VhostEnd]:
+    """TAP vnics a, b, c and vhost-user vnic v (those of ``ends``) in the frame groups
+    (VNI 1x00); the a to b and c to b pairs and v's end.
 
     Every frame of a flow never answered is *new* to conntrack, so a sender's
     cap on new connections per second (the daemon's default, 1,000) caps a
     one-way stream: a, v and b (the senders of the frame measures) have no caps,
     c keeps the default, for a row that shows it."""
-    for host in (one, two):
-        for sg in [*frame_groups(), *twenty_rules(CIDR)]:
-            host.call(MessageV0.Request(sg_add=sg))
-    frames_vni, same_vni, across_vni = (1000 + 100 * index + n for n in range(3))
+    for sg in [*frame_groups(), *twenty_rules(CIDR)]:
+        host.call(MessageV0.Request(sg_add=sg))
     subnet = 70 + index
     ips = {end: f"10.{subnet}.0.{n}" for n, end in enumerate("abvc", start=1)}
     frames_sgs = [sg.id for sg in frame_groups()]
+    macs = {"a": MAC_A, "b": MAC_B, "c": MAC_C, "v": MAC_V}
     socket_path = ""
-    for end, mac, kind in (
-        ("a", MAC_A, MessageV0.Nic.TAP),
-        ("b", MAC_B, MessageV0.Nic.TAP),
-        ("c", MAC_C, MessageV0.Nic.TAP),
-        ("v", MAC_V, MessageV0.Nic.VHOST_USER_SERVER),
-    ):
+    for end in ends:
+        kind = MessageV0.Nic.VHOST_USER_SERVER if end == "v" else MessageV0.Nic.TAP
         nic = MessageV0.Nic(
-            id=f"f{end}", mac=mac, vni=frames_vni, ip=[ips[end]], security_group=frames_sgs,
-            type=kind,
+            id=f"f{end}", mac=macs[end], vni=1000 + 100 * index, ip=[ips[end]],
+            security_group=frames_sgs, type=kind,
         )  # fmt: skip
         if end != "c":
             nic.max_connections = nic.max_new_connections = 0
-        added = one.call(MessageV0.Request(nic_add=nic))
+        added = host.call(MessageV0.Request(nic_add=nic))
         if end == "v":
             socket_path = added.nic_add.path
-    label = f"butterfly{f' --fast-path {mode}' if mode else ''}"
-    taps = Taps(label, one, tap_name("fa"), tap_name("fb"), ips["a"], ips["b"])
+    taps = Taps(label, host, tap_name("fa"), tap_name("fb"), ips["a"], ips["b"])
     capped = replace(taps, a=tap_name("fc"), ip_a=ips["c"], mac_a=MAC_C)
+    return taps, capped, VhostEnd(label, taps, host, socket_path, ips["v"], label)
+
+
+def butterfly_setup(lab: Lab, label: str, index: int, one: Host, two: Host) -> Butterfly:
+    """On ``one``: :func:`frame_vnics` and a NETNS pair in the 20-rule groups (VNI
+    1x01); ``two`` holds the far end of a NETNS pair across hosts (1x02)."""
+    taps, capped, end = frame_vnics(one, label, index, "abcv")
+    for sg in twenty_rules(CIDR):
+        two.call(MessageV0.Request(sg_add=sg))
+    same_vni, across_vni = 1000 + 100 * index + 1, 1000 + 100 * index + 2
+    subnet = 70 + index
     rules = [sg.id for sg in twenty_rules(CIDR)]
     paths = []
     for vni, far in ((same_vni, one), (across_vni, two)):
@@ -339,7 +365,7 @@ def butterfly_setup(lab: Lab, mode: str | None, index: int, one: Host, two: Host
                 security_groups=rules,
             )
         paths.append(Path(f"{label} {vni}", client, server, f"10.{subnet}.{vni % 100}.2"))
-    return Butterfly(label, taps, capped, one, socket_path, ips["v"], paths[0], paths[1])
+    return Butterfly(label, taps, capped, end, paths[0], paths[1])
 
 
 # ---------------------------------------------------------------- measures
@@ -556,27 +582,27 @@ class Vhost:
         started.append(pmd)
         return pmd
 
-    def _workers(self, butterfly: Butterfly) -> list[int]:
-        workers = vhost.worker_pids(butterfly.host.daemon.pid)
+    def _workers(self, end: VhostEnd) -> list[int]:
+        workers = vhost.worker_pids(end.host.daemon.pid)
         for pid in workers:
             os.sched_setaffinity(pid, {self.cpus.sender})
         return workers
 
-    def to_switch(self, butterfly: Butterfly, *, established: bool) -> Figure:
+    def to_switch(self, end: VhostEnd, *, established: bool) -> Figure:
         """Guest to switch: testpmd ``txonly`` to b (UDP to :data:`PORT`), what reaches b
         (its own counts, as in :meth:`Frames.blast`) per second of the vhost workers'
         CPU (they write the frames into the kernel, in the C writer's place).
         ``established``: b answers the first frame (testpmd ignores the answer)."""
-        taps = butterfly.taps
-        workers = self._workers(butterfly)
+        taps = end.taps
+        workers = self._workers(end)
         sink = self.frames.reader(taps, "sink", *(["--answer-first"] if established else []))
         sport = SPORT_VHOST_ESTABLISHED if established else SPORT_VHOST
         with vhost.pmds() as started:
             try:
                 self._pmd(
-                    started, butterfly.vhost_socket, "txonly",
+                    started, end.socket, "txonly",
                     f"--txpkts={self.frames.settings.size}", f"--eth-peer=0,{MAC_B}",
-                    f"--tx-ip={butterfly.vhost_ip},{taps.ip_b}",
+                    f"--tx-ip={end.ip},{taps.ip_b}",
                     f"--tx-udp={sport},{PORT}",
                 )  # fmt: skip
 
@@ -599,21 +625,21 @@ class Vhost:
             f"{arrived / self.pmd_settings.seconds:.3f} Mpps wall",
         )
 
-    def to_guest(self, butterfly: Butterfly) -> Figure:
+    def to_guest(self, end: VhostEnd) -> Figure:
         """Switch to guest: the C writer on b to v, testpmd ``rxonly`` counting (the
         median of its per-second rates over the steady seconds), per second of the
         busier of the writer (the kernel path) and the vhost workers (the tap reads
         and the ring)."""
-        taps = butterfly.taps
-        workers = self._workers(butterfly)
+        taps = end.taps
+        workers = self._workers(end)
         settings = self.pmd_settings
         with vhost.pmds() as started:
-            guest = self._pmd(started, butterfly.vhost_socket, "rxonly")
+            guest = self._pmd(started, end.socket, "rxonly")
             wait_for(lambda: bool(vhost.parse_pmd_stats(guest.output())), "testpmd to start", 60)
             writer = taps.netns.popen(
                 *_pinned(self.cpus.sender, self.frames.tool, "blast", "--dev", taps.b,
                          "--src-mac", MAC_B, "--dst-mac", MAC_V, "--src-ip", taps.ip_b,
-                         "--dst-ip", butterfly.vhost_ip, "--port", str(PORT),
+                         "--dst-ip", end.ip, "--port", str(PORT),
                          "--sport", str(SPORT_VHOST), "--size", str(self.frames.settings.size),
                          "--seconds", str(settings.warmup + settings.seconds + 60)),
             )  # fmt: skip
@@ -773,7 +799,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         if not wanted:
             raise BenchError("--fast-path: name at least one path (e.g. off,ebpf)")
         offered = wanted
-    return replace(chosen, fast_paths=offered)
+    return replace(chosen, fast_paths=offered, vhost_loops=vhost_loops(help_text))
 
 
 def _cpus() -> Cpus:
@@ -916,44 +942,67 @@ def _traffic_specs(
 def _vhost_specs(
     settings: Settings,
     machine: Vhost,
-    butterflies: Sequence[Butterfly],
+    ends: Sequence[VhostEnd],
     filtered: dict[tuple[str, bool], Spec],
 ) -> list[Spec]:
-    """Each against the C writer's figure on the same kind of flow (switch to guest:
-    new only, as testpmd ``rxonly`` never answers)."""
+    """Each against the C writer's figure on the same data path and kind of flow
+    (switch to guest: new only, as testpmd ``rxonly`` never answers)."""
     size = settings.size
     specs = []
-    for butterfly in butterflies:
-        label = f"{butterfly.label}, vhost-user vnic, 20 SG rules"
+    for end in ends:
+        label = f"{end.label}, vhost-user vnic, 20 SG rules"
         into, out = machine.to_switch, machine.to_guest
         for measure, established, take in (
             (f"guest -> switch {size} B, new flow (testpmd txonly)", False,
-             functools.partial(into, butterfly, established=False)),
+             functools.partial(into, end, established=False)),
             (f"guest -> switch {size} B, established (testpmd txonly)", True,
-             functools.partial(into, butterfly, established=True)),
+             functools.partial(into, end, established=True)),
             (f"switch -> guest {size} B, new flow (testpmd rxonly)", False,
-             functools.partial(out, butterfly)),
+             functools.partial(out, end)),
         ):  # fmt: skip
             series = Series("Mpps/core", "Mpps", take)
-            reference = filtered[butterfly.label, established]
+            reference = filtered[end.reference, established]
             name = "filtered C writer" + (", established" if established else "")
             specs.append(Spec(label, measure, series, reference, name, (">=", MIN_VHOST_RATIO)))
     return specs
 
 
+def _label(fast_path: str | None, loop: str | None) -> str:
+    return "butterfly" + "".join(
+        f" --{option} {value}"
+        for option, value in (("fast-path", fast_path), ("vhost-loop", loop))
+        if value
+    )
+
+
 def _bench(lab: Lab, settings: Settings, cpus: Cpus, tool: str, folder: str) -> list[Spec]:
     modes: list[str | None] = list(settings.fast_paths) or [None]
+    main_loop = settings.vhost_loops[-1] if settings.vhost_loops else None
+    other_loops = settings.vhost_loops[:-1]
 
     def options(position: int) -> list[str]:
-        mode = modes[position // 2]
-        return ["--fast-path", mode] if mode else []
+        mode, loop = (
+            (modes[position // 2], main_loop)
+            if position < 2 * len(modes)
+            else (modes[0], other_loops[position - 2 * len(modes)])
+        )
+        return [*(["--fast-path", mode] if mode else []), *(["--vhost-loop", loop] if loop else [])]
 
-    hosts = lab.hosts(2 * len(modes), log_level="warning", extra_args=options)
+    count = 2 * len(modes) + len(other_loops)
+    hosts = lab.hosts(count, log_level="warning", extra_args=options)
     try:
         butterflies = [
-            butterfly_setup(lab, mode, index, hosts[2 * index], hosts[2 * index + 1])
+            butterfly_setup(
+                lab, _label(mode, main_loop), index, hosts[2 * index], hosts[2 * index + 1]
+            )
             for index, mode in enumerate(modes)
         ]
+        ends = [b.vhost for b in butterflies]
+        for offset, loop in enumerate(other_loops):
+            index = len(modes) + offset
+            _, _, end = frame_vnics(hosts[2 * len(modes) + offset], _label(modes[0], loop),
+                                    index, "abv")  # fmt: skip
+            ends.append(replace(end, reference=butterflies[0].label))
         plain = [
             tc_taps(lab),
             bridge_taps(lab, br_netfilter=False),
@@ -969,9 +1018,10 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus, tool: str, folder: str) -> 
         frames = Frames(tool, cpus, settings)
         frame_specs, filtered = _frame_specs(settings, frames, plain, butterflies)
         traffic_specs = _traffic_specs(settings, cpus, bridge, vxlan, butterflies)
-        vhost_specs = _vhost_specs(settings, Vhost(frames, folder), butterflies, filtered)
+        vhost_specs = _vhost_specs(settings, Vhost(frames, folder), ends, filtered)
         print(
-            f"{len(traffic_paths) + len(plain) + len(butterflies)} paths ready; measuring",
+            f"{len(traffic_paths) + len(plain) + len(butterflies) + len(other_loops)} paths"
+            " ready; measuring",
             flush=True,
         )
         alternate([spec.series for spec in frame_specs], settings.rounds)
@@ -988,6 +1038,8 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus, tool: str, folder: str) -> 
 
 def header(settings: Settings, cpus: Cpus, busy: tuple[float, float]) -> str:
     paths = ", ".join(settings.fast_paths) if settings.fast_paths else "its only data path"
+    if settings.vhost_loops:
+        paths += f"; vhost-user loops {', '.join(settings.vhost_loops)}"
     return "\n".join(
         [
             f"butterfly-bench frames: data plane on (real butterflyd, {paths});"
