@@ -18,9 +18,11 @@ tap, never what was sent. Paths, each built in namespaces of a
   security groups of 20 rules whose last one alone allows the bench's UDP port,
   so each new flow walks past 19 others; the sender has no connection caps, and
   a row shows what the daemon's default caps make of the same one-way stream
-  (see :func:`butterfly_setup`). When ``butterflyd --help`` offers
+  (see :func:`frame_vnics`). When ``butterflyd --help`` offers
   ``--fast-path``, one daemon per data path (``off``: bridge + nftables;
-  ``ebpf``) and a row for each.
+  ``ebpf``) and a row for each; when it offers ``--vhost-loop``, those daemons
+  run the C loop and one more (on the first data path) the Python loop, for
+  vhost-user rows of each.
 
 Measured on each: one-way 64-byte UDP (a flow that is never answered: for
 conntrack every frame is *new*), the same on an *established* flow (the
