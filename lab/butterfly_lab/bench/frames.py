@@ -458,7 +458,7 @@ class Frames:
         note = ", ".join(
             [f"{wall:.3f} Mpps wall"]
             + ([f"{lost:.0%} dropped on the way"] if lost >= 0.005 else [])
-            + ([f"{behind / (read + behind):.0%} unread"] if behind >= 0.005 * read else [])
+            + ([f"{behind / (read + behind):.0%} unread"] if behind > 0.005 * read else [])
         )
         return Figure(
             per_core(arrived, (_cpu(sent),)),
