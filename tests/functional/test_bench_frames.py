@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from butterfly_lab.bench import cbuild
+from butterfly_lab.bench.figures import BenchError
 from butterfly_lab.bench.frames import Taps, parse_fields, tc_taps
 from butterfly_lab.lab import Lab
 
@@ -45,6 +46,16 @@ def test_bfframes_is_built_once_per_source(bfframes: str, monkeypatch: pytest.Mo
     monkeypatch.setenv("BUTTERFLY_BENCH_CACHE", str(Path(bfframes).parent))
     assert cbuild.program("bfframes") == bfframes
     assert Path(bfframes).stat().st_mtime_ns == built
+
+
+def test_without_gcc_the_build_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUTTERFLY_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(BenchError, match=r"gcc is needed .*apt-get install gcc libc6-dev"):
+        cbuild.program("bfframes")
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.needs("gcc")
