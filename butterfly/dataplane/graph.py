@@ -30,6 +30,8 @@ class PortView:
     present: bool
     limits: str = ""
     """"at most 10000 connections, 1000 new/s; 12 dropped" ("": not filtered)."""
+    fast_path: str = ""
+    """What the eBPF fast path forwarded from the vnic ("": it does not serve it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,8 @@ def render(underlay: str, vnis: Sequence[VniView]) -> str:
                 details.append(f"limits: {port.limits}")
             if port.trace:
                 details.append(f"trace: {port.trace}")
+            if port.fast_path:
+                details.append(f"fast path: {port.fast_path}")
             port_label = _quote("\n".join(details))
             guest_label = _quote(
                 "\n".join([port.vnic_id, port.mac, " ".join(port.ips), port.guest])

@@ -54,6 +54,7 @@ from butterfly.dataplane.evpn import (
     neighbour_changes,
     wanted_neighbours,
 )
+from butterfly.dataplane.fastpath import FILTER_NAME, FastPath, FastPort, fast_port, sniffed
 from butterfly.dataplane.graph import PortView, VniView, render
 from butterfly.dataplane.guard import GuardKind, GuardPrograms
 from butterfly.dataplane.journal import FaultHook, Journal, journal
@@ -160,7 +161,10 @@ class KernelDataplane:
     without one such vnics are refused as not supported. ``limits``: what a
     filtered vnic may start unless it says otherwise (0: no cap). ``evpn``: FRR
     carries the VNIs (:mod:`butterfly.dataplane.evpn`; neither multicast
-    nor static peers), ``frr`` reads its state for the graph.
+    nor static peers), ``frr`` reads its state for the graph. ``fast_path``:
+    the eBPF fast path to attach to every port and keep told of the vnics
+    (:mod:`butterfly.dataplane.fastpath`; None: bridge + nftables only),
+    ``fast_path_status`` why it is (not) used, for the graph.
     ``defer_deletes``: delete links a request no longer needs after its
     reply: removed ports in a thread, a VNI's devices in
     :meth:`background_work` (the daemon's idle time). ``fault_hook``: tests
@@ -189,6 +193,8 @@ class KernelDataplane:
         defer_deletes: bool = False,
         fault_hook: FaultHook | None = None,
         sniff_cross_vni: bool = False,
+        fast_path: FastPath | None = None,
+        fast_path_status: str = "off",
     ) -> None:
         if not os.path.exists(_BR_NETFILTER):
             raise DataplaneError(
@@ -263,6 +269,8 @@ class KernelDataplane:
         self._deleter: PortDeleter | None = None
         self._sniffer = Sniffer(self._nft, cross_vni=sniff_cross_vni)
         self._conntrack = Conntrack()
+        self._fast = fast_path
+        self._fast_status = fast_path_status
         self._closed = False
 
     # the Dataplane protocol
@@ -352,6 +360,11 @@ class KernelDataplane:
         self._best_effort(
             problems, "sniffing", lambda: self._sniffer.apply(self._sniffer.rescan(state))
         )
+        self._best_effort(
+            problems,
+            "fast path",
+            partial(self._sync_fast_path, None, state, wanted_vnis, fresh=True),
+        )
         yield progress.next()
 
     def _still_stale(self, link: Link, state: StateView) -> bool:
@@ -401,6 +414,11 @@ class KernelDataplane:
         if scope.tables or scope.links:
             # The copy rules hook ports by device: a port made again lost them.
             self._best_effort(problems, "sniffing", partial(self._repair_sniffing, state))
+        if vnis or scope.links:
+            every = {vnic.vni for vnic in vnics}
+            self._best_effort(
+                problems, "fast path", partial(self._sync_fast_path, None, state, every, fresh=True)
+            )
         if problems:
             raise DataplaneError("repair: " + "; ".join(problems))
 
@@ -441,6 +459,8 @@ class KernelDataplane:
                 self._sync_neighbours(j, previous.vni, state)
             self._sync_sniffing(j, state, vnic, replaced)
             self._apply_trace(j, vnic)
+            vnis = {vnic.vni} | ({replaced.vni} if replaced else set())
+            self._sync_fast_path(j, state, vnis, fresh=True)
         return self.attachment(vnic)
 
     def update(self, before: Vnic, after: Vnic, state: StateView) -> None:
@@ -461,6 +481,7 @@ class KernelDataplane:
                 self._sync_neighbours(j, after.vni, state)
             self._sync_sniffing(j, state, after)
             self._apply_trace(j, after)
+            self._sync_fast_path(j, state, {before.vni, after.vni})
 
     def unplug(self, vnic: Vnic, state: StateView) -> None:
         if not self._has_port(vnic):
@@ -478,6 +499,7 @@ class KernelDataplane:
             self._remove_vni_if_unused(j, vnic.vni, state)
             self._sync_neighbours(j, vnic.vni, state)
             self._sync_sniffing(j, state, vnic)
+            self._sync_fast_path(j, state, {vnic.vni})
         self._tracer_stop(vnic)
 
     def update_security_groups(self, changes: Mapping[str, SgChange], state: StateView) -> None:
@@ -590,6 +612,7 @@ class KernelDataplane:
         underlay = f"{self._underlay.ifname} {self._underlay.address} mtu {self._underlay.mtu}"
         if evpn is not None:
             underlay += "\n" + evpn.sessions_line()
+        underlay += "\nfast path: " + self._fast_status
         return render(underlay, vnis)
 
     # watching (butterfly.daemon.drift)
@@ -620,6 +643,8 @@ class KernelDataplane:
             self._tracer.close()
             self._guards.close()
             self._conntrack.close()
+            if self._fast is not None:
+                self._fast.close()
             self._nft.close()
             self._netlink.close()
 
@@ -1061,6 +1086,47 @@ class KernelDataplane:
             undo,
         )
 
+    def _attach_fast_path(self, j: Journal | None, link: Link) -> None:
+        """The fast path's program on the port's ingress (on every port: which
+        vnics it serves, its maps say); with the fast path off, a reconcile
+        removes one a previous daemon left."""
+        if self._fast is not None:
+            attach = partial(
+                self._netlink.set_ingress_program, link.index, self._fast.fd, FILTER_NAME
+            )
+            self._step(j, f"fast path on {link.name}", attach)
+        elif j is None:
+            self._netlink.remove_ingress_program(link.index)
+
+    def _sync_fast_path(
+        self, j: Journal | None, state: StateView, vnis: Iterable[int], *, fresh: bool = False
+    ) -> None:
+        """Tell the fast path which vnics of ``vnis`` it serves, on which port
+        (``fresh``: ports may have been made again, ask the kernel their index)."""
+        if self._fast is None:
+            return
+        vnis = set(vnis)
+        served = self._fast.served()
+        wanted: dict[str, FastPort | None] = {
+            vnic_id: None for vnic_id, port in served.items() if port.vni in vnis
+        }
+        for vni in vnis:
+            vnics = [vnic for vnic in state.vnics_in(vni) if self._has_port(vnic)]
+            quiet = sniffed(vnics)
+            for vnic in vnics:
+                known = served.get(vnic.id)
+                index = known.ifindex if known is not None and not fresh else None
+                if index is None:
+                    link = self._netlink.link(tap_name(vnic.id))
+                    index = link.index if link is not None else None
+                wanted[vnic.id] = None
+                if index is not None:
+                    zone = self._zones.get(vni)
+                    wanted[vnic.id] = fast_port(vnic, ifindex=index, zone=zone, sniffed=quiet)
+        before = {vnic_id: served.get(vnic_id) for vnic_id in wanted}
+        fast = self._fast
+        self._step(j, "fast path maps", partial(fast.set, wanted), partial(fast.set, before))
+
     def _vxlan_fits(self, vxlan: Link, vni: int) -> bool:
         info = vxlan.info
         v6 = self._underlay.version == 6
@@ -1238,6 +1304,7 @@ class KernelDataplane:
             previous = None
         kind = GuardKind.FILTERED if self._filtered(vnic) else GuardKind.OPEN
         self._ensure_guard(j, link, kind, fresh=fresh)
+        self._attach_fast_path(j, link)
         bridge = self._netlink.link(bridge_name(vnic.vni))
         if bridge is None:
             raise DataplaneError(f"{what}: bridge {bridge_name(vnic.vni)} is missing")
@@ -1649,7 +1716,15 @@ class KernelDataplane:
             trace=self._tracer.tracing(vnic.id),
             present=name in links,
             limits=self._limits_view(vnic, drops),
+            fast_path=self._fast_path_view(vnic),
         )
+
+    def _fast_path_view(self, vnic: Vnic) -> str:
+        port = self._fast.served().get(vnic.id) if self._fast is not None else None
+        if self._fast is None or port is None:
+            return ""
+        frames, octets = self._fast.forwarded(port.ifindex)
+        return f"{frames} frames, {octets} bytes forwarded"
 
 
 _PeerOp = tuple[str, Any, Any]

@@ -1,0 +1,274 @@
+"""The eBPF fast path: established UDP between local filtered vnics, past the bridge.
+
+Owns the choice of the path (``--fast-path auto|ebpf|off``), the loading of
+the compiled program (``bpf/fastpath.bpf.c``; tools/setup builds it into
+:data:`OBJECT`) through libbpf, and the contents of its maps. The kernel
+data plane attaches the program on the tc ingress of every filtered vnic's
+port and tells this module which vnics it may serve (:func:`fast_port`);
+everything else about a frame is decided in the kernel:
+
+- the program forwards a frame (bpf_redirect to the receiver's port) only
+  when the bridge + nftables path would accept it at its first rule: a
+  unicast UDP frame from the port's own MAC (and, with IP anti-spoofing, an
+  address of the vnic), to a vnic of the same VNI on this host that the fast
+  path serves, of a flow conntrack holds as established in the VNI's zone;
+  it sets the mark bits the port guard (:mod:`.guard`) wants, as the tables
+  would;
+- every other frame (new flows, TCP, ARP, ND, broadcast, other hosts,
+  fragments, sniffed VNIs, bypassing vnics) returns to the bridge + nftables
+  path unchanged, which also creates and advances the conntrack entries.
+
+So the security groups, connection caps and anti-spoofing keep one
+implementation, and a map that lags behind only sends frames the slow way.
+The maps live as long as the program: a daemon killed leaves the ports
+forwarding as they were; the next one loads a new program and replaces it
+on every port at reconcile (or removes it, with ``off``).
+"""
+
+import ctypes
+import ctypes.util
+import ipaddress
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from butterfly.errors import ConfigError, DataplaneError
+from butterfly.model import Vnic
+from butterfly.model.firewall import link_local
+
+__all__ = [
+    "FILTER_NAME",
+    "OBJECT",
+    "FastPath",
+    "FastPathMode",
+    "FastPort",
+    "choose",
+    "fast_port",
+    "sniffed",
+]
+
+OBJECT = Path(__file__).parent / "bpf" / "build" / "fastpath.bpf.o"
+"""Where tools/setup (tools/build-bpf) puts the compiled program (ignored by git)."""
+FILTER_NAME = "bf-fastpath"
+"""The tc filter's name on a port's ingress."""
+_PROGRAM = b"fastpath"
+_UDP_TIMEOUTS = "/proc/sys/net/netfilter/nf_conntrack_udp_timeout"
+_BPF_ANY = 0
+_ENOENT = 2
+
+
+class FastPathMode(Enum):
+    """--fast-path: ``auto`` uses eBPF when the program is built and the kernel loads it."""
+
+    AUTO = "auto"
+    EBPF = "ebpf"
+    OFF = "off"
+
+
+@dataclass(frozen=True, slots=True)
+class FastPort:
+    """What the program knows of one vnic it serves."""
+
+    ifindex: int
+    vni: int
+    zone: int
+    mac: str
+    check_ip: bool
+    addresses: tuple[str, ...]
+    """The sources it may send from (with ``check_ip``): IPv4, IPv6, link-local."""
+
+
+def fast_port(vnic: Vnic, *, ifindex: int, zone: int | None, sniffed: bool) -> FastPort | None:
+    """The fast path's entry for ``vnic``, or None when its frames all take the
+    slow path: bypassing vnics (no conntrack entries to rely on), VNIs without
+    a zone, and ``sniffed`` VNIs (:func:`sniffed`)."""
+    if vnic.bypass_filtering or zone is None or sniffed:
+        return None
+    addresses: tuple[str, ...] = ()
+    if vnic.ip_anti_spoof:
+        addresses = tuple(dict.fromkeys((*vnic.ips, link_local(vnic.mac))))
+    return FastPort(
+        ifindex=ifindex,
+        vni=vnic.vni,
+        zone=zone,
+        mac=vnic.mac.lower(),
+        check_ip=vnic.ip_anti_spoof,
+        addresses=addresses,
+    )
+
+
+def sniffed(vnics: Iterable[Vnic]) -> bool:
+    """Whether one of a VNI's ``vnics`` is sniffed: the copies of its frames are
+    made on the ingress of every port of the VNI, after tc, which the fast
+    path would skip."""
+    return any(vnic.sniff_target_nic_id for vnic in vnics)
+
+
+class _Libbpf:
+    """The few libbpf 1.x calls the fast path needs (Debian's libbpf1)."""
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError as exc:
+            raise DataplaneError(f"fast path: libbpf is missing ({exc}); install libbpf1") from exc
+        lib.bpf_object__open.restype = ctypes.c_void_p
+        lib.bpf_object__open.argtypes = [ctypes.c_char_p]
+        lib.bpf_object__load.argtypes = [ctypes.c_void_p]
+        lib.bpf_object__close.argtypes = [ctypes.c_void_p]
+        lib.bpf_object__find_program_by_name.restype = ctypes.c_void_p
+        lib.bpf_object__find_program_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.bpf_program__fd.argtypes = [ctypes.c_void_p]
+        lib.bpf_object__find_map_fd_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p]
+        lib.bpf_map_update_elem.argtypes = [
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_uint64,
+        ]
+        lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_char_p]
+        lib.libbpf_num_possible_cpus.argtypes = []
+        self.lib = lib
+
+
+def _error(what: str, code: int) -> DataplaneError:
+    return DataplaneError(f"fast path: {what}: {os.strerror(abs(code))}")
+
+
+class FastPath:
+    """The loaded program and its maps (one per daemon)."""
+
+    def __init__(self, path: Path = OBJECT) -> None:
+        if not path.exists():
+            raise DataplaneError(f"fast path: {path} is not built (tools/setup builds it)")
+        self._bpf = _Libbpf().lib
+        self._obj = self._bpf.bpf_object__open(str(path).encode())
+        if not self._obj:
+            raise _error(f"opening {path}", ctypes.get_errno())
+        try:
+            code = self._bpf.bpf_object__load(self._obj)
+            if code < 0:
+                raise _error("the kernel refused the program (details on stderr)", code)
+            program = self._bpf.bpf_object__find_program_by_name(self._obj, _PROGRAM)
+            self.fd = int(self._bpf.bpf_program__fd(program))
+            self._maps = {
+                name: int(self._bpf.bpf_object__find_map_fd_by_name(self._obj, name.encode()))
+                for name in ("ports", "dests", "addrs", "forwarded", "settings")
+            }
+            self._cpus = int(self._bpf.libbpf_num_possible_cpus())
+            self._update("settings", struct.pack("<I", 0), _timeouts())
+        except BaseException:
+            self.close()
+            raise
+        self._ports: dict[str, FastPort] = {}
+
+    def close(self) -> None:
+        """The program stays on the ports it is attached to, with its maps."""
+        if self._obj:
+            self._bpf.bpf_object__close(self._obj)
+            self._obj = None
+
+    def served(self) -> dict[str, FastPort]:
+        return dict(self._ports)
+
+    def set(self, ports: dict[str, FastPort | None]) -> None:
+        """Serve the vnics mapped to a port, stop serving those mapped to None."""
+        for vnic_id, port in ports.items():
+            old = self._ports.pop(vnic_id, None)
+            if old == port:
+                if port is not None:
+                    self._ports[vnic_id] = port
+                continue
+            if old is not None:
+                self._remove(old)
+            if port is not None:
+                self._add(port)
+                self._ports[vnic_id] = port
+
+    def forwarded(self, ifindex: int) -> tuple[int, int]:
+        """(frames, bytes) the program forwarded from port ``ifindex`` since it was loaded."""
+        value = ctypes.create_string_buffer(16 * self._cpus)
+        code = self._bpf.bpf_map_lookup_elem(
+            self._maps["forwarded"], struct.pack("<I", ifindex), value
+        )
+        if code < 0:
+            return 0, 0
+        pairs = [struct.unpack_from("<QQ", value.raw, 16 * cpu) for cpu in range(self._cpus)]
+        return sum(p for p, _ in pairs), sum(b for _, b in pairs)
+
+    def _add(self, port: FastPort) -> None:
+        for key in _address_keys(port):
+            self._update("addrs", key, b"\x01")
+        self._update("ports", struct.pack("<I", port.ifindex), _port_value(port))
+        self._update("dests", _dest_key(port), struct.pack("<I", port.ifindex))
+        self._update("forwarded", struct.pack("<I", port.ifindex), bytes(16 * self._cpus))
+
+    def _remove(self, port: FastPort) -> None:
+        self._delete("dests", _dest_key(port))
+        self._delete("ports", struct.pack("<I", port.ifindex))
+        for key in _address_keys(port):
+            self._delete("addrs", key)
+
+    def _update(self, name: str, key: bytes, value: bytes) -> None:
+        code = self._bpf.bpf_map_update_elem(self._maps[name], key, value, _BPF_ANY)
+        if code < 0:
+            raise _error(f"updating map {name}", code)
+
+    def _delete(self, name: str, key: bytes) -> None:
+        code = self._bpf.bpf_map_delete_elem(self._maps[name], key)
+        if code < 0 and -code != _ENOENT:
+            raise _error(f"updating map {name}", code)
+
+
+def _mac(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def _port_value(port: FastPort) -> bytes:
+    return struct.pack("<IHBx6s2x", port.vni, port.zone, port.check_ip, _mac(port.mac))
+
+
+def _dest_key(port: FastPort) -> bytes:
+    return struct.pack("<I6s2x", port.vni, _mac(port.mac))
+
+
+def _address_keys(port: FastPort) -> list[bytes]:
+    keys = []
+    for address in port.addresses:
+        ip = ipaddress.ip_address(address)
+        keys.append(struct.pack("<II16s", port.ifindex, ip.version, ip.packed))
+    return keys
+
+
+def _timeouts() -> bytes:
+    """conntrack's UDP timeouts of this namespace, in ms: the program refreshes an
+    entry as conntrack would (the frames it forwards skip conntrack)."""
+    try:
+        with open(_UDP_TIMEOUTS) as file:
+            udp = int(file.read())
+        with open(_UDP_TIMEOUTS + "_stream") as file:
+            stream = int(file.read())
+    except (OSError, ValueError) as exc:
+        raise DataplaneError(f"fast path: reading conntrack's UDP timeouts: {exc}") from exc
+    return struct.pack("<II", udp * 1000, stream * 1000)
+
+
+def choose(mode: FastPathMode, path: Path = OBJECT) -> tuple[FastPath | None, str]:
+    """The fast path ``mode`` asks for, and why it is (not) used, for status.
+
+    ``ebpf`` fails (ConfigError) when the program cannot be loaded; ``auto``
+    falls back to the bridge + nftables path then, saying why.
+    """
+    if mode is FastPathMode.OFF:
+        return None, "off (--fast-path off)"
+    try:
+        return FastPath(path), "ebpf: established UDP between local vnics"
+    except DataplaneError as exc:
+        if mode is FastPathMode.EBPF:
+            raise ConfigError(f"--fast-path ebpf: {exc}") from exc
+        return None, f"off (auto: {exc})"
