@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
 from butterfly.api.proto.message0_pb2 import MessageV0
@@ -205,10 +205,15 @@ def test_blocked_ports_stay_blocked(switch: Switch) -> None:
     assert switch.vms["cli"].blocked("udp", SRV4, 7001)
 
 
-def test_forged_mac_is_dropped(switch: Switch) -> None:
-    """A frame of an established flow from a MAC that is not the vnic's never arrives."""
+def test_forged_frames_are_dropped(switch: Switch) -> None:
+    """Frames of an established flow from a MAC that is not the vnic's, or with a VLAN
+    tag, never arrive."""
     assert switch.flow("cli", CLI4, 5003, SRV4, 5) == 5
-    forged = {"forged-mac": _udp(FORGED_MAC, CLI4, 5003, SRV_MAC, SRV4)}
+    tagged = Ether(src=CLI_MAC, dst=SRV_MAC) / Dot1Q(vlan=5) / IP(src=CLI4, dst=SRV4)
+    forged = {
+        "forged-mac": _udp(FORGED_MAC, CLI4, 5003, SRV_MAC, SRV4),
+        "vlan-tagged": tagged / UDP(sport=5003, dport=PORT),
+    }
     last = _udp(CLI_MAC, CLI4, 5003, SRV_MAC, SRV4)
     assert switch.seen("cli", "srv", forged, last) == set()
 

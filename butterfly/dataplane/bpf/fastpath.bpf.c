@@ -213,9 +213,11 @@ int fastpath(struct __sk_buff *skb)
 	struct bf_counter *counter;
 	struct bf_port *src;
 	__u32 ifindex = skb->ifindex;
-	__u32 *out, tuple_len;
+	__u32 *out, tuple_len, mtu = 0;
 
-	if ((void *)(eth + 1) > end)
+	/* A VLAN tag was taken off into the skb before tc: the bridge path
+	 * judges such frames by their tag, this program does not. */
+	if ((void *)(eth + 1) > end || skb->vlan_present)
 		return TC_ACT_OK;
 	src = bpf_map_lookup_elem(&ports, &ifindex);
 	if (!src || !same_mac(eth->h_source, src->mac) || (eth->h_dest[0] & 1))
@@ -227,6 +229,9 @@ int fastpath(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	tuple_len = udp_tuple(skb, &tuple, src);
 	if (!tuple_len || !established(skb, &tuple, tuple_len, src->zone))
+		return TC_ACT_OK;
+	/* Too big for the receiver's port: the bridge drops it, let it. */
+	if (bpf_check_mtu(skb, *out, &mtu, 0, 0))
 		return TC_ACT_OK;
 	counter = bpf_map_lookup_elem(&forwarded, &ifindex);
 	if (counter) {

@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 from butterfly.bench import lab as bench_lab
+from butterfly.bench.daemon import FAST_PATH_VARIABLE
 from butterfly.bench.lab import Vm, sh, wait_for
 from butterfly.dataplane import SgChange
+from butterfly.dataplane.fastpath import FastPathMode, choose
 from butterfly.dataplane.kernel import KernelDataplane
 from butterfly.dataplane.naming import tap_name
 from butterfly.model import (
@@ -64,13 +66,20 @@ class Dataplane:
 
     def __init__(self, host: "Host", **options: Any) -> None:
         self.host = host
-        self._impl: KernelDataplane = host.run(
-            lambda: KernelDataplane(socket_dir=host.socket_dir, **options)
-        )
+        self._impl: KernelDataplane = host.run(lambda: _make(host.socket_dir, options))
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self._impl, name)
         return lambda *args, **kwargs: self.host.run(lambda: method(*args, **kwargs))
+
+
+def _make(socket_dir: str, options: dict[str, Any]) -> KernelDataplane:
+    """A data plane with the fast path BUTTERFLY_FAST_PATH names (the suites run once
+    per path), unless the test chose one; run in the host's namespace."""
+    mode = os.environ.get(FAST_PATH_VARIABLE)
+    if mode and "fast_path" not in options:
+        options["fast_path"], options["fast_path_status"] = choose(FastPathMode(mode))
+    return KernelDataplane(socket_dir=socket_dir, **options)
 
 
 class Host(bench_lab.Host):
