@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -23,7 +24,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.lab import Host, Lab, Vm
+from butterfly.bench.lab import Host, Lab, Vm, wait_for
 from butterfly.dataplane.naming import tap_name
 
 pytestmark = pytest.mark.root
@@ -37,9 +38,10 @@ PORT = 7000
 PROBE_TABLE = "s5fastprobe"
 
 FLOW = """
-import socket, sys
+import socket, sys, time
 src, dst = sys.argv[1], sys.argv[3]
 sport, dport, count = int(sys.argv[2]), int(sys.argv[4]), int(sys.argv[5])
+pause = float(sys.argv[6]) if len(sys.argv) > 6 else 0
 s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((src, sport))
@@ -52,6 +54,7 @@ for i in range(count):
         got += s.recv(100) == payload
     except OSError:
         pass
+    time.sleep(pause)
 print(got)
 """
 """A UDP flow on one 5-tuple: ``count`` datagrams, each waiting for its echo."""
@@ -258,3 +261,40 @@ def test_rule_removal_stops_new_flows_not_established_ones(switch: Switch) -> No
     finally:
         switch.host.cli("nic", "sg", "set", "srv", "udp")
     assert switch.flow("cli", CLI4, 5008, SRV4, 3) == 3
+
+
+def test_restarts_keep_the_flow_and_off_takes_the_program_away(lab: Lab) -> None:
+    """kill -9 and a restart while an established flow runs: no datagram lost, the
+    new daemon's program takes over; a daemon started with ``off`` removes it."""
+    host = lab.host(extra_args=["--fast-path", "ebpf"])
+    srv, cli = lab.vm(), lab.vm()
+    host.cli(
+        "sg", "add", "udp", "+", "sg", "rule", "add", "udp", "--ip-proto", "udp",
+        "--port", str(PORT), "--cidr", "0.0.0.0/0",
+    )  # fmt: skip
+    host.add_vnic("srv", vm=srv, mac=SRV_MAC, vni=VNI, ips=(SRV4,), security_groups=("udp",))
+    host.add_vnic("cli", vm=cli, mac=CLI_MAC, vni=VNI, ips=(CLI4,))
+    srv.listen("udp", PORT, 4)
+    switch = Switch("ebpf", host, {"srv": srv, "cli": cli})
+    assert switch.flow("cli", CLI4, 5009, SRV4, 5) == 5
+    flow = cli.popen(sys.executable, "-c", FLOW, CLI4, "5009", SRV4, str(PORT), "300", "0.02")
+    time.sleep(0.5)
+    host.kill()
+    host.start()
+    output, _ = flow.communicate(timeout=60)
+    assert int(output.strip()) == 300
+    assert switch.flow("cli", CLI4, 5009, SRV4, 20) == 20
+    assert switch.forwarded("cli") >= 19, "the new daemon's program forwards"
+    host.stop()
+    host.daemon.extra_args = [*host.daemon.extra_args, "--fast-path", "off"]
+    host.start()
+
+    def programs() -> str:
+        return "".join(
+            host.exec("tc", "filter", "show", "dev", tap_name(port), "ingress")
+            for port in ("srv", "cli")
+        )
+
+    wait_for(lambda: "bpf" not in programs(), "the start-up reconcile removing the programs")
+    assert switch.flow("cli", CLI4, 5009, SRV4, 5) == 5
+    assert "fast path: off (--fast-path off)" in host.cli("status")
