@@ -30,13 +30,13 @@ import ctypes.util
 import ipaddress
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from butterfly.errors import ConfigError, DataplaneError
-from butterfly.model import Vnic
+from butterfly.model import StateView, Vnic
 from butterfly.model.firewall import link_local
 
 __all__ = [
@@ -175,6 +175,36 @@ class FastPath:
 
     def served(self) -> dict[str, FastPort]:
         return dict(self._ports)
+
+    def plan(
+        self,
+        state: StateView,
+        vnis: Iterable[int],
+        *,
+        ported: Callable[[Vnic], bool],
+        zones: Mapping[int, int],
+        port_index: Callable[[str], int | None],
+        fresh: bool,
+    ) -> dict[str, FastPort | None]:
+        """What :meth:`set` should say of the vnics of ``vnis`` (those that left
+        them included): ``ported`` tells the vnics with a port, ``port_index``
+        its ifindex by vnic id, asked only for vnics not served yet, or for all
+        when ``fresh`` (ports may have been made again)."""
+        vnis = set(vnis)
+        wanted: dict[str, FastPort | None] = {
+            vnic_id: None for vnic_id, port in self._ports.items() if port.vni in vnis
+        }
+        for vni in vnis:
+            vnics = [vnic for vnic in state.vnics_in(vni) if ported(vnic)]
+            copied = sniffed(vnics)
+            for vnic in vnics:
+                known = self._ports.get(vnic.id)
+                index = known.ifindex if known is not None and not fresh else port_index(vnic.id)
+                wanted[vnic.id] = None
+                if index is not None:
+                    zone = zones.get(vni)
+                    wanted[vnic.id] = fast_port(vnic, ifindex=index, zone=zone, sniffed=copied)
+        return wanted
 
     def set(self, ports: dict[str, FastPort | None]) -> None:
         """Serve the vnics mapped to a port, stop serving those mapped to None."""

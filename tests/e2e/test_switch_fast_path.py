@@ -24,8 +24,8 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.lab import Host, Lab, Vm, wait_for
 from butterfly.dataplane.naming import tap_name
+from butterfly_lab.lab import Host, Lab, Vm, wait_for
 
 pytestmark = pytest.mark.root
 

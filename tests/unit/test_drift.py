@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from butterfly.bench.drift import gap_around, repair_times
 from butterfly.daemon.drift import MAX_DELAY, SETTLE, DriftRepair
 from butterfly.dataplane.guard import ALL_OK, BRIDGE_OK, OUTBOUND_OK, GuardKind, program
 from butterfly.dataplane.watch import Change, Scope
 from butterfly.errors import DataplaneError
+from butterfly_lab.bench.drift import gap_around, repair_times
 
 
 class FakeWatch:
