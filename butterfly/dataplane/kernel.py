@@ -339,9 +339,11 @@ class KernelDataplane:
         if scope.tables or scope.links:
             # The copy rules hook ports by device: a port made again lost them.
             best_effort(problems, "sniffing", partial(self._repair_sniffing, state))
-        if vnis or scope.links:
-            every = {vnic.vni for vnic in vnics}
-            sync = partial(self._sync_fast_path, None, state, every, fresh=True)
+        remade = {
+            vnic.vni for vnic in vnics if vnic.vni in vnis or tap_name(vnic.id) in scope.links
+        }
+        if remade:
+            sync = partial(self._sync_fast_path, None, state, remade, fresh=True)
             best_effort(problems, "fast path", sync)
         if problems:
             raise DataplaneError("repair: " + "; ".join(problems))

@@ -24,6 +24,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
 from butterfly.api.proto.message0_pb2 import MessageV0
+from butterfly.dataplane.fastpath import FILTER_NAME
 from butterfly.dataplane.naming import tap_name
 from butterfly_lab.lab import Host, Lab, Vm, wait_for
 
@@ -261,6 +262,24 @@ def test_rule_removal_stops_new_flows_not_established_ones(switch: Switch) -> No
     finally:
         switch.host.cli("nic", "sg", "set", "srv", "udp")
     assert switch.flow("cli", CLI4, 5008, SRV4, 3) == 3
+
+
+def test_a_program_removed_by_hand_is_put_back(switch: Switch) -> None:
+    """Drift repair: another program deletes the fast path's filter from a port; the
+    daemon attaches it again within a second, and the flow takes it again."""
+
+    def programs() -> str:
+        return switch.host.exec("tc", "filter", "show", "dev", tap_name("cli"), "ingress")
+
+    if not switch.fast:
+        assert "bpf" not in programs()
+        return
+    assert FILTER_NAME in programs()
+    switch.host.exec("tc", "filter", "del", "dev", tap_name("cli"), "ingress")
+    wait_for(lambda: FILTER_NAME in programs(), "the daemon putting the fast path back")
+    before = switch.forwarded("cli")
+    assert switch.flow("cli", CLI4, 5010, SRV4, 20) == 20
+    assert switch.forwarded("cli") - before >= 19
 
 
 def test_restarts_keep_the_flow_and_off_takes_the_program_away(lab: Lab) -> None:
