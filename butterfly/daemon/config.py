@@ -189,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fast-path",
         choices=FAST_PATHS,
-        help="established UDP between local vnics through an eBPF program instead of the"
+        help="established flows between local vnics through an eBPF program instead of the"
         f" bridge and nftables: auto (when built and the kernel loads it), ebpf, off"
         f" (default {DEFAULT_FAST_PATH})",
     )

@@ -1,22 +1,26 @@
-"""The eBPF fast path: established UDP between local filtered vnics, past the bridge.
+"""The eBPF fast path: established flows between local filtered vnics, past the bridge.
 
 Owns the choice of the path (``--fast-path auto|ebpf|off``), the loading of
 the compiled program (``bpf/fastpath.bpf.c``; tools/setup builds it into
 :data:`OBJECT`) through libbpf, and the contents of its maps. The kernel
-data plane attaches the program on the tc ingress of every filtered vnic's
-port and tells this module which vnics it may serve (:func:`fast_port`);
+data plane attaches the program on the tc ingress of every vnic's port
+(:mod:`.links`) and tells this module which vnics it may serve (:func:`fast_port`);
 everything else about a frame is decided in the kernel:
 
 - the program forwards a frame (bpf_redirect to the receiver's port) only
   when the bridge + nftables path would accept it at its first rule: a
-  unicast UDP frame from the port's own MAC (and, with IP anti-spoofing, an
-  address of the vnic), to a vnic of the same VNI on this host that the fast
-  path serves, of a flow conntrack holds as established in the VNI's zone;
-  it sets the mark bits the port guard (:mod:`.guard`) wants, as the tables
-  would;
-- every other frame (new flows, TCP, ARP, ND, broadcast, other hosts,
-  fragments, sniffed VNIs, bypassing vnics) returns to the bridge + nftables
-  path unchanged, which also creates and advances the conntrack entries.
+  unicast UDP frame (or TCP segment without SYN, FIN or RST, when conntrack
+  does not check TCP windows in this namespace: ``nf_conntrack_tcp_be_liberal``,
+  read at start-up, as conntrack misses the segments forwarded) from the
+  port's own MAC (and, with IP anti-spoofing, an address of the vnic), to a
+  vnic of the same VNI on this host that the fast path serves, of a flow
+  conntrack holds as established in the VNI's zone; it refreshes the entry
+  and sets the mark bits the port guard (:mod:`.guard`) wants, as the
+  tables would;
+- every other frame (new flows, other TCP, ICMP, ARP, ND, broadcast, other
+  hosts, fragments, VLAN tags, sniffed VNIs, bypassing vnics) returns to the
+  bridge + nftables path unchanged, which also creates and advances the
+  conntrack entries.
 
 So the security groups, connection caps and anti-spoofing keep one
 implementation, and a map that lags behind only sends frames the slow way.
@@ -55,7 +59,7 @@ OBJECT = Path(__file__).parent / "bpf" / "build" / "fastpath.bpf.o"
 FILTER_NAME = "bf-fastpath"
 """The tc filter's name on a port's ingress."""
 _PROGRAM = b"fastpath"
-_UDP_TIMEOUTS = "/proc/sys/net/netfilter/nf_conntrack_udp_timeout"
+_NETFILTER = "/proc/sys/net/netfilter/"
 _BPF_ANY = 0
 _ENOENT = 2
 
@@ -161,7 +165,8 @@ class FastPath:
                 for name in ("ports", "dests", "addrs", "forwarded", "settings")
             }
             self._cpus = int(self._bpf.libbpf_num_possible_cpus())
-            self._update("settings", struct.pack("<I", 0), _timeouts())
+            settings, self.tcp = _settings()
+            self._update("settings", struct.pack("<I", 0), settings)
         except BaseException:
             self.close()
             raise
@@ -275,17 +280,24 @@ def _address_keys(port: FastPort) -> list[bytes]:
     return keys
 
 
-def _timeouts() -> bytes:
-    """conntrack's UDP timeouts of this namespace, in ms: the program refreshes an
-    entry as conntrack would (the frames it forwards skip conntrack)."""
+def _sysctl(name: str) -> int:
     try:
-        with open(_UDP_TIMEOUTS) as file:
-            udp = int(file.read())
-        with open(_UDP_TIMEOUTS + "_stream") as file:
-            stream = int(file.read())
+        with open(_NETFILTER + name) as file:
+            return int(file.read())
     except (OSError, ValueError) as exc:
-        raise DataplaneError(f"fast path: reading conntrack's UDP timeouts: {exc}") from exc
-    return struct.pack("<II", udp * 1000, stream * 1000)
+        raise DataplaneError(f"fast path: reading {_NETFILTER}{name}: {exc}") from exc
+
+
+def _settings() -> tuple[bytes, bool]:
+    """conntrack's timeouts of this namespace, in ms (the program refreshes an
+    entry as conntrack would: the frames it forwards skip conntrack), and
+    whether TCP may take the fast path: only when conntrack does not check
+    TCP windows here (tcp_be_liberal), as it misses the segments forwarded."""
+    udp = _sysctl("nf_conntrack_udp_timeout") * 1000
+    stream = _sysctl("nf_conntrack_udp_timeout_stream") * 1000
+    tcp = _sysctl("nf_conntrack_tcp_be_liberal") == 1
+    established = _sysctl("nf_conntrack_tcp_timeout_established") * 1000 if tcp else 0
+    return struct.pack("<III", udp, stream, min(established, 0xFFFFFFFF)), tcp
 
 
 def choose(mode: FastPathMode, path: Path = OBJECT) -> tuple[FastPath | None, str]:
@@ -297,8 +309,10 @@ def choose(mode: FastPathMode, path: Path = OBJECT) -> tuple[FastPath | None, st
     if mode is FastPathMode.OFF:
         return None, "off (--fast-path off)"
     try:
-        return FastPath(path), "ebpf: established UDP between local vnics"
+        fast = FastPath(path)
     except DataplaneError as exc:
         if mode is FastPathMode.EBPF:
             raise ConfigError(f"--fast-path ebpf: {exc}") from exc
         return None, f"off (auto: {exc})"
+    tcp = "UDP and TCP (conntrack is liberal)" if fast.tcp else "UDP"
+    return fast, f"ebpf: established {tcp} between local vnics"

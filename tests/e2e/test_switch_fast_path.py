@@ -60,6 +60,26 @@ print(got)
 """
 """A UDP flow on one 5-tuple: ``count`` datagrams, each waiting for its echo."""
 
+TCP_FLOW = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+got = 0
+for i in range(int(sys.argv[3])):
+    payload = b"segment %03d" % i
+    s.sendall(payload)
+    answer = b""
+    while len(answer) < len(payload):
+        chunk = s.recv(64)
+        if not chunk:
+            break
+        answer += chunk
+    got += answer == payload
+s.shutdown(socket.SHUT_WR)
+print(got, int(s.recv(64) == b""))
+"""
+"""A TCP connection: ``count`` echoes, then a close that the server's close answers."""
+TCP_PORT = 8080
+
 
 class Switch:
     def __init__(self, mode: str, host: Host, vms: dict[str, Vm]) -> None:
@@ -77,6 +97,12 @@ class Switch:
             sys.executable, "-c", FLOW, src, str(sport), dst, str(PORT), str(count)
         )
         return int(out.strip())
+
+    def tcp_flow(self, vm: str, dst: str, count: int) -> tuple[int, bool]:
+        """(echoes, closed cleanly) of a TCP connection from ``vm`` to dst:TCP_PORT."""
+        out = self.vms[vm].exec(sys.executable, "-c", TCP_FLOW, dst, str(TCP_PORT), str(count))
+        got, closed = out.split()
+        return int(got), closed == "1"
 
     def forwarded(self, vnic_id: str) -> int:
         """Frames the fast path forwarded from ``vnic_id`` (0 when it does not serve it)."""
@@ -127,6 +153,8 @@ def switch(request: pytest.FixtureRequest, lab: Lab) -> Iterator[Switch]:
         "--cidr", "0.0.0.0/0",
         "+", "sg", "rule", "add", "udp", "--ip-proto", "udp", "--port", str(PORT),
         "--cidr", "::/0",
+        "+", "sg", "rule", "add", "udp", "--ip-proto", "tcp", "--port", str(TCP_PORT),
+        "--cidr", "0.0.0.0/0",
     )  # fmt: skip
     vms = {name: lab.vm() for name in ("srv", "cli", "oth", "tsrv", "tcli")}
     host.add_vnic(
@@ -141,6 +169,7 @@ def switch(request: pytest.FixtureRequest, lab: Lab) -> Iterator[Switch]:
     for name in ("srv", "tsrv"):
         vms[name].listen("udp", PORT, 4)
     vms["srv"].listen("udp", PORT, 6)
+    vms["srv"].listen("tcp", TCP_PORT, 4)
     for name in ("cli", "oth", "tcli"):
         # The guests' neighbour entries, so that raw frames and flows need no ARP first.
         vms[name].ip("neigh", "replace", SRV4, "lladdr", SRV_MAC, "dev", tap_name(name))
@@ -264,6 +293,12 @@ def test_rule_removal_stops_new_flows_not_established_ones(switch: Switch) -> No
     assert switch.flow("cli", CLI4, 5008, SRV4, 3) == 3
 
 
+def test_tcp_stays_on_the_bridge_path_while_conntrack_checks_windows(switch: Switch) -> None:
+    before = switch.forwarded("cli"), switch.forwarded("srv")
+    assert switch.tcp_flow("cli", SRV4, 20) == (20, True)
+    assert (switch.forwarded("cli"), switch.forwarded("srv")) == before
+
+
 def test_a_program_removed_by_hand_is_put_back(switch: Switch) -> None:
     """Drift repair: another program deletes the fast path's filter from a port; the
     daemon attaches it again within a second, and the flow takes it again."""
@@ -317,3 +352,28 @@ def test_restarts_keep_the_flow_and_off_takes_the_program_away(lab: Lab) -> None
     wait_for(lambda: "bpf" not in programs(), "the start-up reconcile removing the programs")
     assert switch.flow("cli", CLI4, 5009, SRV4, 5) == 5
     assert "fast path: off (--fast-path off)" in host.cli("status")
+
+
+def test_tcp_takes_the_fast_path_when_conntrack_is_liberal(lab: Lab) -> None:
+    """With nf_conntrack_tcp_be_liberal in the daemon's namespace, established TCP
+    takes the fast path; the close still goes through conntrack (FIN: the entry
+    ends in TIME_WAIT) and a port no rule opens stays closed."""
+    host = lab.host(start=False, extra_args=["--fast-path", "ebpf"])
+    host.exec("sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=1")
+    host.start()
+    assert "established UDP and TCP (conntrack is liberal)" in host.cli("status")
+    srv, cli = lab.vm(), lab.vm()
+    host.cli(
+        "sg", "add", "tcp", "+", "sg", "rule", "add", "tcp", "--ip-proto", "tcp",
+        "--port", str(TCP_PORT), "--cidr", "0.0.0.0/0",
+    )  # fmt: skip
+    host.add_vnic("srv", vm=srv, mac=SRV_MAC, vni=VNI, ips=(SRV4,), security_groups=("tcp",))
+    host.add_vnic("cli", vm=cli, mac=CLI_MAC, vni=VNI, ips=(CLI4,))
+    srv.listen("tcp", TCP_PORT, 4)
+    srv.listen("tcp", TCP_PORT + 1, 4)
+    switch = Switch("ebpf", host, {"srv": srv, "cli": cli})
+    assert switch.tcp_flow("cli", SRV4, 40) == (40, True)
+    assert switch.forwarded("cli") >= 38 and switch.forwarded("srv") >= 38
+    entries = host.exec("conntrack", "-L", "-p", "tcp", "--dport", str(TCP_PORT), check=False)
+    assert "TIME_WAIT" in entries, entries
+    assert cli.blocked("tcp", SRV4, TCP_PORT + 1)

@@ -11,8 +11,12 @@
  * advances every conntrack entry (so new flows, connection caps and the
  * security groups stay where they are evaluated today).
  *
- * TCP stays on the slow path: conntrack tracks TCP windows, and segments it
- * does not see would make a later FIN or RST look out of window (invalid).
+ * TCP takes it only when conntrack does not check TCP windows in this
+ * namespace (net.netfilter.nf_conntrack_tcp_be_liberal = 1, read by the
+ * daemon at start-up: tcp_timeout_ms is 0 otherwise): segments conntrack does
+ * not see would make a later FIN or RST look out of window (invalid). Even
+ * then only segments without SYN, FIN or RST, of connections conntrack holds
+ * as ESTABLISHED: conntrack follows every change of state itself.
  *
  * A forwarded frame carries the bits of the mark the port guard
  * (guard.py) wants: the fast path is one more proof of acceptance, and the
@@ -28,7 +32,9 @@
 #define TC_ACT_OK 0
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
+#define PROTO_TCP 6
 #define PROTO_UDP 17
+#define TCP_STATE_CHANGES 0x07 /* FIN, SYN, RST in the flags byte */
 #define IP_FRAGMENTS 0x3FFF /* more fragments, offset */
 #define ALL_OK 0x70000000   /* guard.py's BRIDGE_OK | INBOUND_OK | OUTBOUND_OK */
 #define ZONE_BOTH_DIRECTIONS 3
@@ -62,6 +68,7 @@ struct bf_counter {
 struct bf_config {
 	__u32 udp_timeout_ms;
 	__u32 udp_stream_timeout_ms;
+	__u32 tcp_timeout_ms; /* established; 0: TCP stays on the slow path */
 };
 
 struct {
@@ -122,49 +129,72 @@ static __always_inline int same_mac(const __u8 *a, const __u8 *b)
 	       a[5] == b[5];
 }
 
-/* The flow's tuple, or 0 when the frame is not plain unicast UDP. */
-static __always_inline __u32 udp_tuple(struct __sk_buff *skb, struct bpf_sock_tuple *tuple,
-				       const struct bf_port *src)
+/* Whether the transport header at l4, of protocol proto, is one the fast
+ * path may take; its ports in *sport and *dport. */
+static __always_inline int ports_of(void *l4, void *end, __u8 proto, const struct bf_config *cfg,
+				    __be16 *sport, __be16 *dport)
+{
+	if (proto == PROTO_UDP) {
+		struct udphdr *udp = l4;
+
+		if ((void *)(udp + 1) > end)
+			return 0;
+		*sport = udp->source;
+		*dport = udp->dest;
+		return 1;
+	}
+	if (proto == PROTO_TCP && cfg->tcp_timeout_ms) {
+		struct tcphdr *tcp = l4;
+
+		if ((void *)(tcp + 1) > end || (((__u8 *)tcp)[13] & TCP_STATE_CHANGES))
+			return 0;
+		*sport = tcp->source;
+		*dport = tcp->dest;
+		return 1;
+	}
+	return 0;
+}
+
+/* The flow's tuple and protocol, or 0 when the frame is not plain unicast UDP
+ * (or TCP, see above). */
+static __always_inline __u32 flow_tuple(struct __sk_buff *skb, struct bpf_sock_tuple *tuple,
+					__u8 *proto, const struct bf_port *src,
+					const struct bf_config *cfg)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	struct udphdr *udp;
 
 	if ((void *)(eth + 1) > end)
 		return 0;
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = (void *)(eth + 1);
 
-		if ((void *)(ip + 1) > end || ip->ihl != 5 || ip->protocol != PROTO_UDP)
+		if ((void *)(ip + 1) > end || ip->ihl != 5)
 			return 0;
 		if (ip->frag_off & bpf_htons(IP_FRAGMENTS))
 			return 0;
-		udp = (void *)(ip + 1);
-		if ((void *)(udp + 1) > end)
+		*proto = ip->protocol;
+		if (!ports_of(ip + 1, end, *proto, cfg, &tuple->ipv4.sport, &tuple->ipv4.dport))
 			return 0;
 		if (src->check_ip && !own_address(skb->ifindex, 4, &ip->saddr, 4))
 			return 0;
 		tuple->ipv4.saddr = ip->saddr;
 		tuple->ipv4.daddr = ip->daddr;
-		tuple->ipv4.sport = udp->source;
-		tuple->ipv4.dport = udp->dest;
 		return sizeof(tuple->ipv4);
 	}
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 
-		if ((void *)(ip6 + 1) > end || ip6->nexthdr != PROTO_UDP)
+		if ((void *)(ip6 + 1) > end)
 			return 0;
-		udp = (void *)(ip6 + 1);
-		if ((void *)(udp + 1) > end)
+		*proto = ip6->nexthdr;
+		if (!ports_of(ip6 + 1, end, *proto, cfg, &tuple->ipv6.sport, &tuple->ipv6.dport))
 			return 0;
 		if (src->check_ip && !own_address(skb->ifindex, 6, &ip6->saddr, 16))
 			return 0;
 		__builtin_memcpy(tuple->ipv6.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(tuple->ipv6.daddr, &ip6->daddr, 16);
-		tuple->ipv6.sport = udp->source;
-		tuple->ipv6.dport = udp->dest;
 		return sizeof(tuple->ipv6);
 	}
 	return 0;
@@ -173,31 +203,32 @@ static __always_inline __u32 udp_tuple(struct __sk_buff *skb, struct bpf_sock_tu
 /* True when conntrack holds the flow as established (a reply was seen) in
  * the zone; refreshes the entry's timeout as conntrack would have. */
 static __always_inline int established(struct __sk_buff *skb, struct bpf_sock_tuple *tuple,
-				       __u32 tuple_len, __u16 zone)
+				       __u32 tuple_len, __u8 proto, __u16 zone,
+				       const struct bf_config *cfg)
 {
 	struct bpf_ct_opts opts = {
 		.netns_id = BPF_F_CURRENT_NETNS,
-		.l4proto = PROTO_UDP,
+		.l4proto = proto,
 		.ct_zone_id = zone,
 		.ct_zone_dir = ZONE_BOTH_DIRECTIONS,
 	};
-	__u32 index = 0;
-	struct bf_config *cfg = bpf_map_lookup_elem(&settings, &index);
 	struct nf_conn *ct;
 	unsigned long status;
+	__u32 timeout;
 
-	if (!cfg)
-		return 0;
 	ct = bpf_skb_ct_lookup(skb, tuple, tuple_len, &opts, sizeof(opts));
 	if (!ct)
 		return 0;
 	status = ct->status;
-	if (!(status & IPS_SEEN_REPLY)) {
+	if (proto == PROTO_TCP)
+		timeout = ct->proto.tcp.state == TCP_CONNTRACK_ESTABLISHED ? cfg->tcp_timeout_ms : 0;
+	else
+		timeout = (status & IPS_ASSURED) ? cfg->udp_stream_timeout_ms : cfg->udp_timeout_ms;
+	if (!(status & IPS_SEEN_REPLY) || !timeout) {
 		bpf_ct_release(ct);
 		return 0;
 	}
-	bpf_ct_change_timeout(ct, (status & IPS_ASSURED) ? cfg->udp_stream_timeout_ms
-							 : cfg->udp_timeout_ms);
+	bpf_ct_change_timeout(ct, timeout);
 	bpf_ct_release(ct);
 	return 1;
 }
@@ -213,7 +244,9 @@ int fastpath(struct __sk_buff *skb)
 	struct bf_counter *counter;
 	struct bf_port *src;
 	__u32 ifindex = skb->ifindex;
-	__u32 *out, tuple_len, mtu = 0;
+	__u32 *out, tuple_len, mtu = 0, zero = 0;
+	struct bf_config *cfg;
+	__u8 proto = 0;
 
 	/* A VLAN tag was taken off into the skb before tc: the bridge path
 	 * judges such frames by their tag, this program does not. */
@@ -227,8 +260,11 @@ int fastpath(struct __sk_buff *skb)
 	out = bpf_map_lookup_elem(&dests, &dest);
 	if (!out || *out == ifindex)
 		return TC_ACT_OK;
-	tuple_len = udp_tuple(skb, &tuple, src);
-	if (!tuple_len || !established(skb, &tuple, tuple_len, src->zone))
+	cfg = bpf_map_lookup_elem(&settings, &zero);
+	if (!cfg)
+		return TC_ACT_OK;
+	tuple_len = flow_tuple(skb, &tuple, &proto, src, cfg);
+	if (!tuple_len || !established(skb, &tuple, tuple_len, proto, src->zone, cfg))
 		return TC_ACT_OK;
 	/* Too big for the receiver's port: the bridge drops it, let it. */
 	if (bpf_check_mtu(skb, *out, &mtu, 0, 0))
