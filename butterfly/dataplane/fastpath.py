@@ -61,6 +61,8 @@ FILTER_NAME = "bf-fastpath"
 _PROGRAM = b"fastpath"
 _NETFILTER = "/proc/sys/net/netfilter/"
 _BPF_ANY = 0
+_BTF_KIND_STRUCT = 4
+_CT_OPTS_WITH_ZONE = 16
 _ENOENT = 2
 
 
@@ -137,7 +139,32 @@ class _Libbpf:
         ]
         lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_char_p]
         lib.libbpf_num_possible_cpus.argtypes = []
+        lib.btf__load_vmlinux_btf.restype = ctypes.c_void_p
+        lib.btf__find_by_name_kind.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32]
+        lib.btf__type_by_id.restype = ctypes.POINTER(ctypes.c_uint32)
+        lib.btf__type_by_id.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        lib.btf__free.argtypes = [ctypes.c_void_p]
         self.lib = lib
+
+    def check_kernel(self) -> None:
+        """DataplaneError unless the running kernel's conntrack kfuncs take a
+        zone: their options struct has 16 bytes then (a kernel with the 12-byte
+        one would load the program and fail every lookup)."""
+        btf = self.lib.btf__load_vmlinux_btf()
+        if not btf:
+            raise DataplaneError("fast path: the kernel has no BTF (/sys/kernel/btf/vmlinux)")
+        try:
+            type_id = self.lib.btf__find_by_name_kind(btf, b"bpf_ct_opts", _BTF_KIND_STRUCT)
+            if type_id < 0:
+                raise DataplaneError("fast path: the kernel has no conntrack kfuncs")
+            size = self.lib.btf__type_by_id(btf, type_id)[2]
+            if size != _CT_OPTS_WITH_ZONE:
+                raise DataplaneError(
+                    f"fast path: the kernel's conntrack kfuncs take no zone "
+                    f"(bpf_ct_opts has {size} bytes, not {_CT_OPTS_WITH_ZONE})"
+                )
+        finally:
+            self.lib.btf__free(btf)
 
 
 def _error(what: str, code: int) -> DataplaneError:
@@ -150,7 +177,9 @@ class FastPath:
     def __init__(self, path: Path = OBJECT) -> None:
         if not path.exists():
             raise DataplaneError(f"fast path: {path} is not built (tools/setup builds it)")
-        self._bpf = _Libbpf().lib
+        libbpf = _Libbpf()
+        libbpf.check_kernel()
+        self._bpf = libbpf.lib
         self._obj = self._bpf.bpf_object__open(str(path).encode())
         if not self._obj:
             raise _error(f"opening {path}", ctypes.get_errno())

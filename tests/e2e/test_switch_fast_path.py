@@ -28,7 +28,7 @@ from butterfly.dataplane.fastpath import FILTER_NAME
 from butterfly.dataplane.naming import tap_name
 from butterfly_lab.lab import Host, Lab, Vm, wait_for
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.needs("ebpf-fast-path")]
 
 VNI, TWIN_VNI = 410, 411
 SRV4, SRV6, SRV_MAC = "10.41.0.10", "fd41::10", "52:54:00:00:41:10"

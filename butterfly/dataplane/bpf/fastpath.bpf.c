@@ -106,8 +106,21 @@ struct {
 	__type(value, struct bf_config);
 } settings SEC(".maps");
 
+/* The kfunc's options as Linux 6.5+ takes them (16 bytes: with the zone),
+ * declared here so that the program also builds against the headers of an
+ * older kernel, which then refuses to load it (auto falls back). */
+struct bpf_ct_opts___zoned {
+	__s32 netns_id;
+	__s32 error;
+	__u8 l4proto;
+	__u8 dir;
+	__u16 ct_zone_id;
+	__u8 ct_zone_dir;
+	__u8 reserved[3];
+};
+
 extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *skb, struct bpf_sock_tuple *tuple,
-					 __u32 tuple_len, struct bpf_ct_opts *opts,
+					 __u32 tuple_len, struct bpf_ct_opts___zoned *opts,
 					 __u32 opts_len) __ksym;
 extern void bpf_ct_release(struct nf_conn *ct) __ksym;
 extern int bpf_ct_change_timeout(struct nf_conn *ct, __u32 timeout) __ksym;
@@ -206,7 +219,7 @@ static __always_inline int established(struct __sk_buff *skb, struct bpf_sock_tu
 				       __u32 tuple_len, __u8 proto, __u16 zone,
 				       const struct bf_config *cfg)
 {
-	struct bpf_ct_opts opts = {
+	struct bpf_ct_opts___zoned opts = {
 		.netns_id = BPF_F_CURRENT_NETNS,
 		.l4proto = proto,
 		.ct_zone_id = zone,
