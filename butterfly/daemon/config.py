@@ -25,8 +25,8 @@ LOG_LEVELS = ("none", "error", "warning", "info", "debug")
 UNDERLAYS = ("multicast", "static", "evpn")
 """How hosts find each other: a multicast group per VNI, static peers, BGP EVPN (FRR)."""
 FAST_PATHS = ("auto", "ebpf", "off")
-DEFAULT_FAST_PATH = "off"
-"""Off until the eBPF fast path has run every suite (see README)."""
+DEFAULT_FAST_PATH = "auto"
+"""The eBPF fast path where the kernel can (every suite passes on it, see README)."""
 DEFAULT_ENDPOINT = "tcp://0.0.0.0:9999"
 DEFAULT_STATE = "/var/lib/butterfly/state.db"
 DEFAULT_SOCKET_DIR = "/run/butterfly"

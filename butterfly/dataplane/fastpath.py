@@ -248,10 +248,12 @@ class FastPath:
                 if port is not None:
                     self._ports[vnic_id] = port
                 continue
+            # A port that stays keeps counting (a vnic's update); a new one starts at 0.
+            same = old is not None and port is not None and old.ifindex == port.ifindex
             if old is not None:
-                self._remove(old)
+                self._remove(old, forget=not same)
             if port is not None:
-                self._add(port)
+                self._add(port, count=not same)
                 self._ports[vnic_id] = port
 
     def forwarded(self, ifindex: int) -> tuple[int, int]:
@@ -265,18 +267,23 @@ class FastPath:
         pairs = [struct.unpack_from("<QQ", value.raw, 16 * cpu) for cpu in range(self._cpus)]
         return sum(p for p, _ in pairs), sum(b for _, b in pairs)
 
-    def _add(self, port: FastPort) -> None:
+    def _add(self, port: FastPort, *, count: bool) -> None:
         for key in _address_keys(port):
             self._update("addrs", key, b"\x01")
-        self._update("ports", struct.pack("<I", port.ifindex), _port_value(port))
-        self._update("dests", _dest_key(port), struct.pack("<I", port.ifindex))
-        self._update("forwarded", struct.pack("<I", port.ifindex), bytes(16 * self._cpus))
+        index = struct.pack("<I", port.ifindex)
+        if count:
+            self._update("forwarded", index, bytes(16 * self._cpus))
+        self._update("ports", index, _port_value(port))
+        self._update("dests", _dest_key(port), index)
 
-    def _remove(self, port: FastPort) -> None:
+    def _remove(self, port: FastPort, *, forget: bool) -> None:
+        index = struct.pack("<I", port.ifindex)
         self._delete("dests", _dest_key(port))
-        self._delete("ports", struct.pack("<I", port.ifindex))
+        self._delete("ports", index)
         for key in _address_keys(port):
             self._delete("addrs", key)
+        if forget:
+            self._delete("forwarded", index)
 
     def _update(self, name: str, key: bytes, value: bytes) -> None:
         code = self._bpf.bpf_map_update_elem(self._maps[name], key, value, _BPF_ANY)

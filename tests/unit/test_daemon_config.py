@@ -93,7 +93,7 @@ def test_a_bad_debug_memory_value_is_named(tmp_path: Path) -> None:
 
 
 def test_fast_path_from_the_command_line_or_the_file(tmp_path: Path) -> None:
-    assert parse_args([]).fast_path == "off"
+    assert parse_args([]).fast_path == "auto"
     assert parse_args(["--fast-path", "ebpf"]).fast_path == "ebpf"
     ini = tmp_path / "butterfly.ini"
     ini.write_text("[general]\nfast-path = auto\n")
