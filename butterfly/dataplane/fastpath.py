@@ -34,7 +34,7 @@ import ctypes.util
 import ipaddress
 import os
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -218,12 +218,12 @@ class FastPath:
         ported: Callable[[Vnic], bool],
         zones: Mapping[int, int],
         port_index: Callable[[str], int | None],
-        fresh: bool,
+        remade: Collection[str] | None,
     ) -> dict[str, FastPort | None]:
         """What :meth:`set` should say of the vnics of ``vnis`` (those that left
         them included): ``ported`` tells the vnics with a port, ``port_index``
-        its ifindex by vnic id, asked only for vnics not served yet, or for all
-        when ``fresh`` (ports may have been made again)."""
+        its ifindex by vnic id, asked only for vnics not served yet and those
+        whose port may have been made again: ``remade`` (None: all)."""
         vnis = set(vnis)
         wanted: dict[str, FastPort | None] = {
             vnic_id: None for vnic_id, port in self._ports.items() if port.vni in vnis
@@ -233,7 +233,8 @@ class FastPath:
             copied = sniffed(vnics)
             for vnic in vnics:
                 known = self._ports.get(vnic.id)
-                index = known.ifindex if known is not None and not fresh else port_index(vnic.id)
+                again = remade is None or vnic.id in remade
+                index = known.ifindex if known is not None and not again else port_index(vnic.id)
                 wanted[vnic.id] = None
                 if index is not None:
                     zone = zones.get(vni)

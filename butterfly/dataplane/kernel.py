@@ -43,7 +43,7 @@ that built the data plane.
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 
 from butterfly.dataplane.base import Attachment, Counters, Progress, SgChange, VhostPorts
@@ -287,7 +287,7 @@ class KernelDataplane:
                 )
         self._traces.reconcile(self._ported(state), problems)
         best_effort(problems, "sniffing", lambda: self._sniffer.apply(self._sniffer.rescan(state)))
-        sync = partial(self._sync_fast_path, None, state, wanted_vnis, fresh=True)
+        sync = partial(self._sync_fast_path, None, state, wanted_vnis, remade=None)
         best_effort(problems, "fast path", sync)
         yield progress.next()
 
@@ -339,11 +339,11 @@ class KernelDataplane:
         if scope.tables or scope.links:
             # The copy rules hook ports by device: a port made again lost them.
             best_effort(problems, "sniffing", partial(self._repair_sniffing, state))
-        remade = {
+        touched = {
             vnic.vni for vnic in vnics if vnic.vni in vnis or tap_name(vnic.id) in scope.links
         }
-        if remade:
-            sync = partial(self._sync_fast_path, None, state, remade, fresh=True)
+        if touched:
+            sync = partial(self._sync_fast_path, None, state, touched, remade=None)
             best_effort(problems, "fast path", sync)
         if problems:
             raise DataplaneError("repair: " + "; ".join(problems))
@@ -386,7 +386,7 @@ class KernelDataplane:
             self._sync_sniffing(j, state, vnic, replaced)
             self._traces.apply(j, vnic)
             vnis = {vnic.vni} | ({replaced.vni} if replaced else set())
-            self._sync_fast_path(j, state, vnis, fresh=True)
+            self._sync_fast_path(j, state, vnis, remade={vnic.id})
         return self.attachment(vnic)
 
     def update(self, before: Vnic, after: Vnic, state: StateView) -> None:
@@ -582,10 +582,15 @@ class KernelDataplane:
     # the fast path
 
     def _sync_fast_path(
-        self, j: Journal | None, state: StateView, vnis: Iterable[int], *, fresh: bool = False
+        self,
+        j: Journal | None,
+        state: StateView,
+        vnis: Iterable[int],
+        *,
+        remade: Collection[str] | None = (),
     ) -> None:
         """Tell the fast path which vnics of ``vnis`` it serves, on which port
-        (``fresh``: ports may have been made again)."""
+        (``remade``: the vnics whose port may have been made again; None: all)."""
         fast = self._fast
         if fast is None:
             return
@@ -595,14 +600,15 @@ class KernelDataplane:
             ported=self._settings.has_port,
             zones=self._tables.zones,
             port_index=self._port_index,
-            fresh=fresh,
+            remade=remade,
         )
         served = fast.served()
         before = {vnic_id: served.get(vnic_id) for vnic_id in wanted}
         step(j, "fast path maps", partial(fast.set, wanted), partial(fast.set, before))
 
     def _port_index(self, vnic_id: str) -> int | None:
-        link = self._netlink.link(tap_name(vnic_id))
+        """Asked of the kernel even during a reconcile's snapshot: it made ports."""
+        link = self._netlink.link(tap_name(vnic_id), fresh=True)
         return link.index if link is not None else None
 
     def _forwarded(self, vnic: Vnic) -> str:
