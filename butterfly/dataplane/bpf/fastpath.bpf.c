@@ -106,9 +106,9 @@ struct {
 	__type(value, struct bf_config);
 } settings SEC(".maps");
 
-/* The kfunc's options as Linux 6.5+ takes them (16 bytes: with the zone),
- * declared here so that the program also builds against the headers of an
- * older kernel, which then refuses to load it (auto falls back). */
+/* The kfunc's options with the zone (16 bytes), declared here so that the
+ * program also builds against the headers of a kernel whose options have no
+ * zone; the daemon checks the running kernel's struct before loading it. */
 struct bpf_ct_opts___zoned {
 	__s32 netns_id;
 	__s32 error;
