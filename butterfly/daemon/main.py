@@ -142,7 +142,8 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         config.vnic_max_connections or "any number of",
         config.vnic_max_new_connections or "any number",
     )
-    fast_path, fast_path_status = choose(FastPathMode(config.fast_path))
+    mode = FastPathMode(config.fast_path)
+    fast_path, fast_path_status = choose(mode, repaired=not config.report_drift_only)
     log.info("fast path: %s", fast_path_status)
     return KernelDataplane(
         underlay_ip=config.ip,

@@ -337,14 +337,22 @@ def _settings() -> tuple[bytes, bool]:
     return struct.pack("<III", udp, stream, min(established, 0xFFFFFFFF)), tcp
 
 
-def choose(mode: FastPathMode, path: Path = OBJECT) -> tuple[FastPath | None, str]:
+def choose(
+    mode: FastPathMode, path: Path = OBJECT, *, repaired: bool = True
+) -> tuple[FastPath | None, str]:
     """The fast path ``mode`` asks for, and why it is (not) used, for status.
 
     ``ebpf`` fails (ConfigError) when the program cannot be loaded; ``auto``
-    falls back to the bridge + nftables path then, saying why.
+    falls back to the bridge + nftables path then, saying why. ``auto`` also
+    stays off when drift is not ``repaired`` (--report-drift-only): while
+    butterfly's tables are gone, established flows would go on through the
+    fast path, and an operator debugging the tables by hand should see only
+    what they do.
     """
     if mode is FastPathMode.OFF:
         return None, "off (--fast-path off)"
+    if mode is FastPathMode.AUTO and not repaired:
+        return None, "off (auto, --report-drift-only: only the tables decide)"
     try:
         fast = FastPath(path)
     except DataplaneError as exc:

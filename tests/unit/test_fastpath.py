@@ -71,3 +71,10 @@ def test_auto_falls_back_without_the_program_and_ebpf_refuses_to_start(tmp_path:
     assert status == f"off (auto: fast path: {missing} is not built (tools/setup builds it))"
     with pytest.raises(ConfigError, match=r"--fast-path ebpf: fast path: .* is not built"):
         choose(FastPathMode.EBPF, missing)
+
+
+def test_auto_stays_off_when_drift_is_only_reported(tmp_path: Path) -> None:
+    assert choose(FastPathMode.AUTO, tmp_path / "missing.o", repaired=False) == (
+        None,
+        "off (auto, --report-drift-only: only the tables decide)",
+    )
