@@ -37,6 +37,7 @@ from butterfly.dataplane.conntrack import memory_bytes, size_conntrack, zone_ent
 from butterfly.dataplane.control_only import ControlOnlyDataplane
 from butterfly.dataplane.drops import DropCounters
 from butterfly.dataplane.evpn import FrrReader
+from butterfly.dataplane.fastpath import FastPathMode, choose
 from butterfly.dataplane.kernel import KernelDataplane, open_kernel
 from butterfly.dataplane.ruleset import ConnLimits
 from butterfly.errors import ButterflyError, ConfigError, DataplaneError
@@ -140,6 +141,9 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         config.vnic_max_connections or "any number of",
         config.vnic_max_new_connections or "any number",
     )
+    mode = FastPathMode(config.fast_path)
+    fast_path, fast_path_status = choose(mode, repaired=not config.report_drift_only)
+    log.info("fast path: %s", fast_path_status)
     return KernelDataplane(
         underlay_ip=config.ip,
         socket_dir=config.socket_dir,
@@ -155,6 +159,8 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         sniff_cross_vni=config.sniff_cross_vni,
         limits=ConnLimits(config.vnic_max_connections, config.vnic_max_new_connections),
         defer_deletes=True,
+        fast_path=fast_path,
+        fast_path_status=fast_path_status,
         kernel=open_kernel(),  # last: opened once every other argument is made
     )
 

@@ -75,11 +75,16 @@ class LinkNetlink(Protocol):
 
 
 class LinksNetlink(LinkNetlink, Protocol):
-    """What :class:`~butterfly.dataplane.links.Links` adds: guards and bridge port flags."""
+    """What :class:`~butterfly.dataplane.links.Links` adds: guards, the fast path's
+    ingress program and bridge port flags."""
 
     def guard(self, index: int) -> str | None: ...
 
     def set_guard(self, index: int, fd: int, name: str) -> None: ...
+
+    def set_ingress_program(self, index: int, fd: int, name: str) -> None: ...
+
+    def remove_ingress_program(self, index: int) -> None: ...
 
     def set_bridge_port(
         self,

@@ -90,6 +90,7 @@ class FakeNetlink:
         self._log = log
         self.by_name: dict[str, Link] = {UNDERLAY.name: UNDERLAY}
         self.guards: dict[int, str] = {}
+        self.ingress: dict[int, str] = {}
         self.flooding: dict[int, set[str]] = {}
         self.macs: dict[int, dict[str, bool]] = {}
         self.neighbours: dict[int, dict[str, str]] = {}
@@ -274,12 +275,20 @@ class FakeNetlink:
         for other in list(self.by_name.values()):
             if other.master == index:
                 self.put(replace(other, master=None))
-        for table in (self.guards, self.flooding, self.macs, self.neighbours):
+        for table in (self.guards, self.ingress, self.flooding, self.macs, self.neighbours):
             table.pop(index, None)
 
     def set_guard(self, index: int, fd: int, name: str) -> None:
         self._log.record(f"guard {self._name_of(index)} {name}")
         self.guards[index] = name
+
+    def set_ingress_program(self, index: int, fd: int, name: str) -> None:
+        self._log.record(f"ingress {self._name_of(index)} {name}")
+        self.ingress[index] = name
+
+    def remove_ingress_program(self, index: int) -> None:
+        if self.ingress.pop(index, None) is not None:
+            self._log.record(f"no ingress {self._name_of(index)}")
 
     def fdb_append(self, index: int, dst: str) -> None:
         self._log.record(f"flood {self._name_of(index)} {dst}")
