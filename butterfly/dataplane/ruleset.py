@@ -54,8 +54,8 @@ change)::
       out_check                  jump @limits[iif . ether saddr] (sender's
                                  lim_C_R, if it has caps); goto @out_mac[iif .
                                  ether saddr] (sender's out_P); accept
-      lim_C_R                    new connection over R per second (meter
-                                 dyn_rate_C_R) or over C tracked (dyn_conns_C_R,
+      lim_C_R                    new connection (its first packet) over R per
+                                 second (meter dyn_rate_C_R) or over C tracked (dyn_conns_C_R,
                                  ct count): goto capped. Only new flows a
                                  receiver admitted get here, so only what would
                                  enter the table is counted
@@ -660,7 +660,7 @@ class Layout:
             # A sender quiet for a minute starts again with a full bucket.
             rate_options = (("size", METER_SIZE), ("timeout", 60))
             objects[Key("set", INET, rate_set)] = Decl(_SENDER_TYPES, options=rate_options)
-            rules.append(rule(_NEW, _meter("update", rate_set, meter), capped))
+            rules.append(rule(_NEW, _UNCONFIRMED, _meter("update", rate_set, meter), capped))
         if limits.connections:
             count = {"ct count": {"val": limits.connections, "inv": True}}
             # The kernel removes a sender's element once it has no connection.
@@ -716,6 +716,10 @@ class Layout:
 
 
 _NEW = _match({"ct": {"key": "state"}}, "new", "in")
+# A flow's first packet: its entry is confirmed only after the forward hook.
+# Conntrack calls every packet of a UDP flow "new" until a reply, so the rate
+# of new connections counts only this one (a fast one-way stream is one flow).
+_UNCONFIRMED = _match({"&": [{"ct": {"key": "status"}}, "confirmed"]}, 0)
 
 
 def _meter(op: str, name: str, statement: Json) -> Json:
