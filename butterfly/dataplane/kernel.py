@@ -55,7 +55,7 @@ from butterfly.dataplane.evpn import (
     wanted_neighbours,
 )
 from butterfly.dataplane.graph import PortView, VniView, render
-from butterfly.dataplane.guard import GuardKind, GuardPrograms
+from butterfly.dataplane.guard import SENDER_MARK, GuardKind, GuardPrograms
 from butterfly.dataplane.journal import FaultHook, Journal, journal
 from butterfly.dataplane.limits import MulticastLimits
 from butterfly.dataplane.naming import (
@@ -1043,23 +1043,32 @@ class KernelDataplane:
     def _ensure_guard(
         self, j: Journal | None, link: Link, kind: GuardKind, *, fresh: bool = False
     ) -> None:
-        """The port guard ``kind`` on ``link``'s egress, before the link joins its
+        """The port guard ``kind`` on ``link``'s egress, and the sender mark on
+        its ingress exactly when ``kind`` wants it, before the link joins its
         bridge (``fresh``: just created, so it has none and is not asked)."""
         current = None if fresh else self._netlink.guard(link.index)
-        if current == kind.value:
-            return
-        previous = next((k for k in GuardKind if k.value == current), None)
-        undo = None
-        if previous is not None:
-            undo = partial(
-                self._netlink.set_guard, link.index, self._guards.fd(previous), previous.value
+        if current != kind.value:
+            previous = next((k for k in GuardKind if k.value == current), None)
+            undo = None
+            if previous is not None:
+                undo = partial(
+                    self._netlink.set_guard, link.index, self._guards.fd(previous), previous.value
+                )
+            self._step(
+                j,
+                f"guard {link.name}",
+                partial(self._netlink.set_guard, link.index, self._guards.fd(kind), kind.value),
+                undo,
             )
-        self._step(
-            j,
-            f"guard {link.name}",
-            partial(self._netlink.set_guard, link.index, self._guards.fd(kind), kind.value),
-            undo,
+        marked = not fresh and self._netlink.guard(link.index, ingress=True) == SENDER_MARK
+        mark = partial(
+            self._netlink.set_guard, link.index, self._guards.sender_fd(), SENDER_MARK, ingress=True
         )
+        unmark = partial(self._netlink.remove_guard, link.index, ingress=True)
+        if kind.marks_senders and not marked:
+            self._step(j, f"mark what enters {link.name} as unfiltered", mark, unmark)
+        elif marked and not kind.marks_senders:
+            self._step(j, f"stop marking what enters {link.name} as unfiltered", unmark, mark)
 
     def _vxlan_fits(self, vxlan: Link, vni: int) -> bool:
         info = vxlan.info

@@ -44,6 +44,8 @@ _RT_TABLE_MAIN = 254
 _IFF_UP = 0x1
 _TC_EGRESS = 0xFFFFFFF3
 """The clsact qdisc's egress hook (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS))."""
+_TC_INGRESS = 0xFFFFFFF2
+"""The clsact qdisc's ingress hook (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS))."""
 _GUARD_PRIO = 1
 
 LLDP_FORWARD_MASK = 1 << 0x0E
@@ -496,11 +498,13 @@ class Netlink:
         ):
             self._ipr.fdb("del", ifindex=index, lladdr=_ZERO_MAC, dst=dst)
 
-    def guard(self, index: int) -> str | None:
-        """The name of the guard program on link ``index``'s egress, if any."""
+    def guard(self, index: int, *, ingress: bool = False) -> str | None:
+        """The name of the guard program on link ``index``'s egress (or ingress), if any."""
         with _translated(lambda: f"netlink: listing the tc filters of {self._name(index)}"):
             try:
-                messages = self._ipr.get_filters(index=index, parent=_TC_EGRESS)
+                messages = self._ipr.get_filters(
+                    index=index, parent=_TC_INGRESS if ingress else _TC_EGRESS
+                )
             except NetlinkError as exc:
                 if exc.code == errno.EINVAL:
                     return None  # no clsact qdisc
@@ -513,9 +517,9 @@ class Netlink:
                     return str(name)
         return None
 
-    def set_guard(self, index: int, fd: int, name: str) -> None:
-        """Put the eBPF program ``fd`` on link ``index``'s egress, in place of
-        the one there (one filter, replaced in one operation: never none)."""
+    def set_guard(self, index: int, fd: int, name: str, *, ingress: bool = False) -> None:
+        """Put the eBPF program ``fd`` on link ``index``'s egress (or ingress), in
+        place of the one there (one filter, replaced in one operation: never none)."""
         self._touched.add(index)
         with _translated(lambda: f"netlink: guarding {self._name(index)}"):
             try:
@@ -527,12 +531,25 @@ class Netlink:
                 "replace-filter",
                 "bpf",
                 index,
-                parent=_TC_EGRESS,
+                parent=_TC_INGRESS if ingress else _TC_EGRESS,
                 prio=_GUARD_PRIO,
                 handle=1,
                 fd=fd,
                 name=name,
                 direct_action=True,
+            )
+
+    def remove_guard(self, index: int, *, ingress: bool = False) -> None:
+        """Take the program off link ``index``'s egress (or ingress)."""
+        self._touched.add(index)
+        with _translated(lambda: f"netlink: unguarding {self._name(index)}"):
+            self._ipr.tc(
+                "del-filter",
+                "bpf",
+                index,
+                parent=_TC_INGRESS if ingress else _TC_EGRESS,
+                prio=_GUARD_PRIO,
+                handle=1,
             )
 
     def add_address(self, index: int, address: str, prefixlen: int) -> None:
