@@ -8,10 +8,18 @@ folders. ``client`` is an API client connected to a fresh daemon.
 Every conftest.py outside a package is imported as the module ``conftest``,
 so test modules import ``Daemon`` and ``DaemonFactory`` for annotations only
 (``if TYPE_CHECKING:``); at run time they get them through the fixtures, or
-use :class:`butterfly.bench.daemon.DaemonProcess` directly.
+use :class:`butterfly_lab.daemon.DaemonProcess` directly.
+
+What a test needs from the machine it declares with markers: ``root``,
+``qemu`` (qemu-system-x86_64) and ``needs("tool", ...)``, the tools named in
+:data:`REQUIREMENTS`. :func:`pytest_runtest_setup` is the one place that
+checks them: a missing one skips the test, visibly and with how to install it,
+except under CI (the ``CI`` environment variable, which .ci/run sets), where it
+fails the test, since a skip there would hide a missing install step.
 """
 
 import base64
+import functools
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -21,9 +29,61 @@ from typing import Any
 import pytest
 
 from butterfly.api.client import Client
-from butterfly.bench.daemon import DaemonError, DaemonProcess
+from butterfly_lab.bench.frr import frr_available
+from butterfly_lab.daemon import DaemonError, DaemonProcess
 
 __all__ = ["Daemon", "DaemonError", "write_key"]
+
+
+def _tool(name: str) -> Callable[[], bool]:
+    return lambda: shutil.which(name) is not None
+
+
+_SETUP = "or run tools/setup --dev"
+REQUIREMENTS: dict[str, tuple[Callable[[], bool], str]] = {
+    # name: (whether this machine has it, how to get it)
+    "root": (lambda: os.geteuid() == 0, "run the tests as root (namespaces, the real kernel)"),
+    "qemu-system-x86_64": (
+        _tool("qemu-system-x86_64"),
+        f"apt-get install qemu-system-x86, {_SETUP}",
+    ),
+    "dpdk-testpmd": (_tool("dpdk-testpmd"), f"apt-get install dpdk-dev, {_SETUP}"),
+    "iperf3": (_tool("iperf3"), f"apt-get install iperf3, {_SETUP}"),
+    "qperf": (_tool("qperf"), f"apt-get install qperf, {_SETUP}"),
+    "dot": (_tool("dot"), f"apt-get install graphviz, {_SETUP}"),
+    "busybox": (_tool("busybox"), f"apt-get install busybox-static, {_SETUP}"),
+    "frr": (frr_available, f"apt-get install frr, {_SETUP}"),
+}
+# A guest's image holds busybox and iperf3 (lab/butterfly_lab/guest.py).
+_MARKERS = {"root": ("root",), "qemu": ("qemu-system-x86_64", "busybox", "iperf3")}
+
+
+@functools.cache
+def _missing(name: str) -> str | None:
+    """Why this machine lacks ``name``, or None; asked once per run."""
+    present, hint = REQUIREMENTS[name]
+    return None if present() else f"needs {name}: {hint}"
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip (or, under CI, fail) a test whose declared requirements are missing."""
+    names = [name for marker, needed in _MARKERS.items() if item.get_closest_marker(marker)
+             for name in needed]  # fmt: skip
+    for marker in item.iter_markers("needs"):
+        names.extend(marker.args)
+    unknown = sorted(set(names) - REQUIREMENTS.keys())
+    if unknown:
+        pytest.fail(f"unknown requirements {unknown}: add them to REQUIREMENTS", pytrace=False)
+    missing = [why for why in map(_missing, dict.fromkeys(names)) if why is not None]
+    if not missing:
+        return
+    if _under_ci():
+        pytest.fail("; ".join(missing) + " (CI is set: a missing requirement fails)", pytrace=False)
+    pytest.skip("; ".join(missing))
 
 
 class Daemon(DaemonProcess):

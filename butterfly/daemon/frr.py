@@ -14,6 +14,7 @@ vnic deleted or moved is withdrawn everywhere within a second.
 
 from butterfly.daemon.config import EvpnConfig
 from butterfly.errors import ConfigError
+from butterfly.model.addresses import ip_version
 
 __all__ = ["frr_config"]
 
@@ -29,7 +30,7 @@ def frr_config(evpn: EvpnConfig, *, underlay_ip: str | None, source: str) -> str
     if evpn.asn is None:
         raise ConfigError(f"{source}: [evpn] asn is needed to configure FRR")
     router_id = evpn.router_id or underlay_ip
-    if router_id is None or ":" in router_id:
+    if router_id is None or ip_version(router_id) == 6:
         raise ConfigError(
             f"{source}: [evpn] router-id is needed (an IPv4 address; the underlay's is "
             f"{underlay_ip or 'unknown'})"

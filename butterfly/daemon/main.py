@@ -32,12 +32,13 @@ from butterfly.daemon.metrics import Metrics, MetricsServer, SwitchCollector, Vn
 from butterfly.daemon.observe import ObservedAnswer
 from butterfly.daemon.systemd import Notifier
 from butterfly.dataplane import Dataplane, VhostPorts
+from butterfly.dataplane.cleanup import cleanup
 from butterfly.dataplane.conntrack_table import memory_bytes, size_conntrack
 from butterfly.dataplane.conntrack_zones import zone_entries
 from butterfly.dataplane.control_only import ControlOnlyDataplane
 from butterfly.dataplane.drops import DropCounters
 from butterfly.dataplane.evpn import FrrReader
-from butterfly.dataplane.kernel import KernelDataplane, cleanup
+from butterfly.dataplane.kernel import KernelDataplane
 from butterfly.dataplane.ruleset import ConnLimits
 from butterfly.errors import ButterflyError, ConfigError, DataplaneError
 from butterfly.service import Switch

@@ -2,8 +2,26 @@
 
 ``base`` holds the :class:`Dataplane` protocol the service talks to;
 ``naming`` derives every kernel object's name from the model's ids; the
-implementations sit beside them. The data plane takes model objects and
-makes the kernel match them; it never imports the service, store or api.
+implementations sit beside them: ``control_only`` (no kernel) and
+``kernel``, whose :class:`~butterfly.dataplane.kernel.KernelDataplane`
+orders each request's steps and composes one module per kind of kernel
+object:
+
+- ``nftables_state``: the mirror of butterfly's nftables tables, the diff a
+  request sends, the mark and conntrack zone ids (``ruleset`` says what the
+  objects are, ``nft`` talks to libnftables);
+- ``vni``: a VNI's bridge and VXLAN device, its flooding, EVPN neighbours;
+- ``ports``: a vnic's tap or veth on its bridge, vhost-user serving;
+- ``peer``: the end of a NETNS vnic's veth inside its namespace (``netns``);
+- ``links``: what every link goes through (claim, fix, guard, rename back);
+- ``tracing``: packet traces; ``graph``: the picture of the data path;
+  ``cleanup``: removing everything butterfly made;
+- ``settings``: what the daemon's configuration decides for all of them;
+- ``netlink``/``rtlink``: links through netlink (pyroute2); ``journal``: the
+  undo log that makes each request all or nothing.
+
+The data plane takes model objects and makes the kernel match them; it
+never imports the service, store or api.
 """
 
 from butterfly.dataplane.base import (

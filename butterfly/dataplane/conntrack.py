@@ -20,7 +20,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
 from butterfly.errors import DataplaneError
-from butterfly.model.addresses import canonical_ip
+from butterfly.model.addresses import canonical_ip, ip_version
 from butterfly.model.sessions import FlowTuple, Session, TcpInfo
 
 __all__ = ["LOADED_STATUS", "Conntrack"]
@@ -57,7 +57,7 @@ class Conntrack:
         wanted = set(ips)
         found: list[Session] = []
         for version, family in _FAMILIES.items():
-            if not any((":" in ip) == (version == 6) for ip in wanted):
+            if not any(ip_version(ip) == version for ip in wanted):
                 continue
             try:
                 entries = list(self._socket(family).dump(zone=zone))

@@ -5,12 +5,20 @@ each VNI's VXLAN device and bridge, each vnic's port with its filtering,
 anti-spoofing and tracing; with EVPN, the remote VTEPs FRR learned for each
 VNI and how many MACs sit behind each) and whether the kernel really has it; this module
 lays it out. Frames flow underlay <-> vxlan <-> bridge <-> port <-> guest.
+:func:`draw` turns what the data plane read from the kernel into the views;
+it reads nothing itself.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["PortView", "VniView", "render"]
+from butterfly.dataplane.evpn import EvpnStatus
+from butterfly.dataplane.naming import bridge_name, tap_name, vxlan_name
+from butterfly.dataplane.settings import KernelSettings
+from butterfly.dataplane.underlay import flood_group
+from butterfly.model import StateView, Vnic, VnicType
+
+__all__ = ["PortView", "VniView", "draw", "render"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +112,100 @@ def render(underlay: str, vnis: Sequence[VniView]) -> str:
         lines.append(f"  {_quote('vtep:' + vtep)} [shape=box3d, label={label}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def draw(
+    state: StateView,
+    *,
+    settings: KernelSettings,
+    links: Collection[str],
+    zones: Mapping[int, int],
+    drops: Mapping[tuple[str, str], int],
+    evpn: EvpnStatus | None,
+    peers: Callable[[int], tuple[str, ...]],
+    tracing: Callable[[str], str | None],
+    guest: Callable[[Vnic], str],
+) -> str:
+    """The picture of ``state`` on this host: ``links`` the names of the links
+    present, ``zones`` each VNI's conntrack zone, ``drops`` the caps' drops by
+    (bridge, MAC), ``evpn`` FRR's state, ``peers`` a VNI's flooding peers,
+    ``tracing`` a vnic's trace file, ``guest`` where a vnic's guest is."""
+    underlay = settings.underlay
+    vnis = []
+    for vni in sorted({vnic.vni for vnic in state.vnics()}):
+        ports = tuple(
+            _port_view(
+                vnic, settings=settings, links=links, drops=drops, tracing=tracing, guest=guest
+            )
+            for vnic in state.vnics_in(vni)
+        )
+        vni_peers = peers(vni)
+        flooding = []
+        if evpn is not None:
+            flooding.append(evpn.describe(vni))
+        if settings.multicast:
+            flooding.append(f"multicast {flood_group(vni, underlay.version)}")
+        if vni_peers:
+            flooding.append("peers " + ", ".join(vni_peers))
+        vnis.append(
+            VniView(
+                vni=vni,
+                bridge=bridge_name(vni),
+                vxlan=vxlan_name(vni),
+                flooding="; ".join(flooding) or "no flooding",
+                zone=zones.get(vni),
+                present=bridge_name(vni) in links and vxlan_name(vni) in links,
+                ports=ports,
+                remote_vteps=evpn.remote_vteps(vni) if evpn is not None else (),
+            )
+        )
+    line = f"{underlay.ifname} {underlay.address} mtu {underlay.mtu}"
+    if evpn is not None:
+        line += "\n" + evpn.sessions_line()
+    return render(line, vnis)
+
+
+def _port_view(
+    vnic: Vnic,
+    *,
+    settings: KernelSettings,
+    links: Collection[str],
+    drops: Mapping[tuple[str, str], int],
+    tracing: Callable[[str], str | None],
+    guest: Callable[[Vnic], str],
+) -> PortView:
+    name = tap_name(vnic.id)
+    if vnic.bypass_filtering:
+        filtering, anti_spoof = "bypassed", "off (bypass)"
+    else:
+        groups = ", ".join(vnic.security_groups)
+        filtering = f"security groups {groups}" if groups else "no group: all in dropped"
+        anti_spoof = "mac + ip" if vnic.ip_anti_spoof else "mac"
+    kinds = {VnicType.TAP: "tap", VnicType.NETNS: "veth"}
+    if settings.vhost:
+        kinds[VnicType.VHOST_USER_SERVER] = "tap, vhost-user"
+    return PortView(
+        vnic_id=vnic.id,
+        kind=kinds.get(vnic.type, vnic.type.name.lower() + ", not plugged"),
+        port=name if settings.has_port(vnic) else "-",
+        guest=vnic.netns if vnic.type == VnicType.NETNS else guest(vnic),
+        mac=vnic.mac,
+        ips=vnic.ips,
+        filtering=filtering,
+        anti_spoof=anti_spoof,
+        trace=tracing(vnic.id),
+        present=name in links,
+        limits=_limits_view(vnic, settings, drops),
+    )
+
+
+def _limits_view(vnic: Vnic, settings: KernelSettings, drops: Mapping[tuple[str, str], int]) -> str:
+    if not settings.filtered(vnic):
+        return ""
+    connections, per_second = settings.vnic_limits(vnic)
+    caps = [
+        f"at most {connections} connections" if connections else "any connections",
+        f"{per_second} new/s" if per_second else "any new/s",
+    ]
+    dropped = drops.get((bridge_name(vnic.vni), vnic.mac.lower()), 0)
+    return ", ".join(caps) + f"; {dropped} dropped"

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from butterfly.errors import DataplaneError
 
-__all__ = ["FaultHook", "Journal", "journal"]
+__all__ = ["FaultHook", "Journal", "best_effort", "journal", "step"]
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +97,23 @@ def journal(what: str, fault_hook: FaultHook | None) -> Iterator[Journal]:
         if failed:
             message += "; rollback incomplete, reconcile will repair: " + ", ".join(failed)
         raise DataplaneError(message) from exc
+
+
+def step(
+    j: Journal | None, name: str, do: Callable[[], None], undo: Callable[[], None] | None = None
+) -> None:
+    """A journaled step, or a plain one during reconcile (which repairs, not undoes)."""
+    if j is None:
+        do()
+    else:
+        j.step(name, do, undo)
+
+
+def best_effort(problems: list[str], what: str, work: Callable[[], None]) -> None:
+    """``work()``, its DataplaneError logged and added to ``problems`` naming
+    ``what``: a reconcile repairs all it can before it reports."""
+    try:
+        work()
+    except DataplaneError as exc:
+        log.error("reconcile: %s: %s", what, exc)
+        problems.append(str(exc) if str(exc).startswith(what) else f"{what}: {exc}")

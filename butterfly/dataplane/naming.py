@@ -11,6 +11,7 @@ nftables objects live in butterfly's own tables; their names inside those
 tables are digests of the ids, which nft accepts whatever the id holds.
 """
 
+import glob
 import hashlib
 import os
 import re
@@ -35,8 +36,10 @@ __all__ = [
     "tap_name",
     "trace_path",
     "trace_pidfile",
+    "trace_pidfiles",
     "vhost_socket_path",
     "vni_alias",
+    "vni_of",
     "vnic_alias",
     "vxlan_name",
 ]
@@ -81,6 +84,12 @@ def bridge_name(vni: int) -> str:
 
 def vxlan_name(vni: int) -> str:
     return f"{PREFIX}vx{vni}"
+
+
+def vni_of(name: str) -> int:
+    """The VNI of a :func:`bridge_name` or :func:`vxlan_name` (both prefixes are
+    four characters long)."""
+    return int(name[len(PREFIX) + 2 :])
 
 
 def vhost_socket_path(socket_dir: str, vnic_id: str) -> str:
@@ -149,6 +158,14 @@ def trace_path(socket_dir: str, vnic_id: str) -> str:
     return os.path.join(socket_dir, f"trace-{vnic_id}.pcap")
 
 
+_TRACE_PIDFILE = ".bf-trace-{}.pid"
+
+
 def trace_pidfile(socket_dir: str, vnic_id: str) -> str:
     """Where the pid of a vnic's tracing process is kept across daemon restarts."""
-    return os.path.join(socket_dir, f".bf-trace-{_digest(vnic_id)}.pid")
+    return os.path.join(socket_dir, _TRACE_PIDFILE.format(_digest(vnic_id)))
+
+
+def trace_pidfiles(socket_dir: str) -> str:
+    """The glob pattern of every :func:`trace_pidfile` in ``socket_dir``."""
+    return os.path.join(glob.escape(socket_dir), _TRACE_PIDFILE.format("*"))

@@ -3,19 +3,16 @@
 Owns every pyroute2 call of butterfly and the translation of
 ``NetlinkError`` and ``OSError`` into :class:`~butterfly.errors.DataplaneError`
 (naming the operation and the link), so pyroute2 never leaks further up.
-Taps are created here too, although the kernel only creates them through
-``/dev/net/tun`` ioctls: they are links like the others.
+Taps are created here too (pyroute2 speaks the ``/dev/net/tun`` ioctls for
+them): they are links like the others.
 
 A :class:`Netlink` works in the network namespace of the thread that built
 it, from that thread only (pyroute2 binds its event loop to it).
 """
 
 import errno
-import fcntl
 import ipaddress
-import os
 import socket
-import struct
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,13 +27,10 @@ from pyroute2.netlink.rtnl.ndmsg import NTF_EXT_LEARNED, NTF_MASTER, NTF_SELF, N
 from butterfly.dataplane.kernel_errors import code_of, explain
 from butterfly.dataplane.rtlink import FdbEntry, LinkReader, RawLink
 from butterfly.errors import DataplaneError
+from butterfly.model.addresses import ip_version
 
-__all__ = ["LLDP_FORWARD_MASK", "Address", "Link", "Netlink", "Route"]
+__all__ = ["BRIDGE_OPTIONS", "LLDP_FORWARD_MASK", "Address", "Link", "Netlink", "Route"]
 
-_TUNSETIFF = 0x400454CA
-_TUNSETPERSIST = 0x400454CB
-_IFF_TAP = 0x0002
-_IFF_NO_PI = 0x1000
 _IFA_F_NODAD = 0x02
 _IN6_ADDR_GEN_MODE_NONE = 1
 _ZERO_MAC = "00:00:00:00:00:00"
@@ -51,6 +45,17 @@ _GUARD_PRIO = 1
 LLDP_FORWARD_MASK = 1 << 0x0E
 """A bridge hands frames to 01:80:c2:00:00:0e (LLDP) to the receiving port's own
 stack, past every bridge hook; forwarded instead, they meet the filters."""
+BRIDGE_OPTIONS = {
+    "IFLA_BR_STP_STATE": 0,
+    "IFLA_BR_FORWARD_DELAY": 0,
+    "IFLA_BR_MCAST_SNOOPING": 0,
+    "IFLA_BR_NF_CALL_IPTABLES": 1,
+    "IFLA_BR_NF_CALL_IP6TABLES": 1,
+    "IFLA_BR_GROUP_FWD_MASK": LLDP_FORWARD_MASK,
+}
+"""Every bridge's options, as a link's ``info`` reads them back (see :meth:`Netlink.add_bridge`)."""
+_BRIDGE_SPEC = {name.removeprefix("IFLA_").lower(): value for name, value in BRIDGE_OPTIONS.items()}
+"""The same, as pyroute2's keywords."""
 _NUD_NOARP = 0x40
 """The state of a static forwarding entry (``bridge fdb add ... static``)."""
 _NUD_PERMANENT = 0x80
@@ -290,12 +295,7 @@ class Netlink:
                 ifname=name,
                 kind="bridge",
                 mtu=mtu,
-                br_stp_state=0,
-                br_forward_delay=0,
-                br_mcast_snooping=0,
-                br_nf_call_iptables=1,
-                br_nf_call_ip6tables=1,
-                br_group_fwd_mask=LLDP_FORWARD_MASK,
+                **_BRIDGE_SPEC,
             )
         self._configure_new(name, alias)
 
@@ -314,7 +314,7 @@ class Netlink:
     ) -> None:
         """A VXLAN device; ``group`` None leaves flooding to static peers or
         FRR, ``learning`` False leaves remote MACs to FRR too."""
-        version = 6 if ":" in local else 4
+        version = ip_version(local)
         spec: dict[str, Any] = {
             "vxlan_id": vni,
             "vxlan_link": underlay_index,
@@ -329,17 +329,12 @@ class Netlink:
         self._configure_new(name, alias)
 
     def add_tap(self, name: str, *, mtu: int, alias: str) -> None:
-        """A persistent tap (single queue, no packet information header), as
-        QEMU's ``-netdev tap,ifname=NAME,script=no`` expects to find it."""
-        request = struct.pack("16sH22x", name.encode(), _IFF_TAP | _IFF_NO_PI)
-        with _translated(f"netlink: creating tap {name} (opening /dev/net/tun)"):
-            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            with _translated(f"netlink: creating tap {name}"):
-                fcntl.ioctl(fd, _TUNSETIFF, request)
-                fcntl.ioctl(fd, _TUNSETPERSIST, 1)
-        finally:
-            os.close(fd)
+        """A persistent tap (single queue, no packet information header, no vnet
+        header), as QEMU's ``-netdev tap,ifname=NAME,script=no`` and the
+        vhost-user backend expect to find it. pyroute2 makes it with the
+        ``/dev/net/tun`` ioctls, the only way the kernel creates one."""
+        with _translated(f"netlink: creating tap {name}"):
+            self._ipr.link("add", ifname=name, kind="tuntap", mode="tap", ifr={"no_pi": True})
         self._configure_new(name, alias, mtu=mtu)
 
     def add_veth(
@@ -392,12 +387,7 @@ class Netlink:
                 "set",
                 index=index,
                 kind="bridge",
-                br_stp_state=0,
-                br_forward_delay=0,
-                br_mcast_snooping=0,
-                br_nf_call_iptables=1,
-                br_nf_call_ip6tables=1,
-                br_group_fwd_mask=LLDP_FORWARD_MASK,
+                **_BRIDGE_SPEC,
             )
         self._changed(index=index)
 
@@ -427,7 +417,7 @@ class Netlink:
         (``ip neigh replace ... nud permanent``): the kernel's garbage
         collector removes no-ARP entries unused for a minute once a table
         holds more than 128, never permanent ones."""
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        family = socket.AF_INET6 if ip_version(address) == 6 else socket.AF_INET
         with _translated(f"netlink: setting neighbour {address} on {self._name(index)}"):
             self._ipr.neigh(
                 "replace",
@@ -439,7 +429,7 @@ class Netlink:
             )
 
     def delete_neighbour(self, index: int, address: str) -> None:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        family = socket.AF_INET6 if ip_version(address) == 6 else socket.AF_INET
         with _translated(f"netlink: removing neighbour {address} from {self._name(index)}"):
             self._ipr.neigh("del", ifindex=index, dst=address, family=family)
 

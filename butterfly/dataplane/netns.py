@@ -1,18 +1,19 @@
 """Entering another network namespace, for the inside end of NETNS vnics.
 
-Owns ``setns(2)`` (through ctypes: Python 3.11 has no ``os.setns``) and the
-rule that makes it safe in a multi-threaded daemon: only a short-lived
-thread ever changes namespace, so the caller's own sockets, netlink and
-nftables contexts stay where they are. Work done inside a namespace is a
+Owns entering a namespace (``setns(2)``, through pyroute2: Python 3.11 has
+no ``os.setns``) and the rule that makes it safe in a multi-threaded daemon:
+only a short-lived thread ever changes namespace, so the caller's own
+sockets, netlink and nftables contexts stay where they are. Work done inside a namespace is a
 function run in that thread; its result or exception comes back.
 """
 
-import ctypes
 import errno
 import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar
+
+from pyroute2.netns import setns
 
 from butterfly.dataplane.kernel_errors import code_of, explain
 from butterfly.errors import DataplaneError, shown
@@ -22,7 +23,6 @@ __all__ = ["NETNS_RUN_DIR", "netns_path", "open_netns", "run_in_netns"]
 T = TypeVar("T")
 
 NETNS_RUN_DIR = "/run/netns"
-_CLONE_NEWNET = 0x40000000
 
 
 def netns_path(netns: str) -> str:
@@ -45,13 +45,6 @@ def open_netns(netns: str, what: str) -> int:
         ) from exc
 
 
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, _CLONE_NEWNET) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-
-
 def run_in_netns(netns: str, what: str, work: Callable[[], T]) -> T:
     """``work()`` run by a thread inside ``netns``; raises what it raises."""
     fd = open_netns(netns, what)
@@ -61,7 +54,7 @@ def run_in_netns(netns: str, what: str, work: Callable[[], T]) -> T:
     def enter_and_work() -> None:
         try:
             try:
-                _setns(fd)
+                setns(fd, flags=0)
             except OSError as exc:
                 raise DataplaneError(
                     explain(

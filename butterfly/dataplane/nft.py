@@ -7,20 +7,32 @@ commands given to :meth:`Nftables.apply` is one nft run, and nft commits one
 run as one kernel transaction: it applies entirely or not at all.
 
 Knows nothing of butterfly's tables; :mod:`butterfly.dataplane.ruleset`
-decides what to send.
+decides what to send. :class:`NftablesApi` is what the rest of the data
+plane needs of it, so its logic runs on an in-memory one in unit tests.
 """
 
 import ctypes
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from butterfly.dataplane.kernel_errors import explain_text
 from butterfly.errors import DataplaneError
 
-__all__ = ["Json", "Nftables"]
+__all__ = ["Json", "Nftables", "NftablesApi"]
 
 Json = dict[str, Any]
+
+
+class NftablesApi(Protocol):
+    """What the data plane asks of nft (see :class:`Nftables` for each call)."""
+
+    def apply(self, commands: Sequence[Json]) -> None: ...
+
+    def run_text(self, commands: str) -> None: ...
+
+    def list(self, what: Json) -> list[Json] | None: ...
+
 
 LIBRARY = "libnftables.so.1"
 _OUTPUT_JSON = 1 << 4

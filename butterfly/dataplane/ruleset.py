@@ -123,6 +123,7 @@ from butterfly.dataplane.naming import (
     sg_out_chain,
 )
 from butterfly.dataplane.nft import Json
+from butterfly.model.addresses import ip_version
 from butterfly.model.firewall import Match, SgFilter, VnicFilter
 
 __all__ = [
@@ -471,7 +472,7 @@ class Layout:
         ``check_ips``: a vnic of this host has IP anti-spoofing on, so IP and
         ARP frames are looked up in ``port_in`` (a rule the others never pay).
         """
-        ip = "ip6" if ":" in self.underlay_ip else "ip"
+        ip = "ip6" if ip_version(self.underlay_ip) == 6 else "ip"
         bridge_decls = {
             "port_ids": ("ifname", "mark"),
             "port_in": ("ifname", "verdict"),
@@ -731,7 +732,7 @@ class Layout:
             Key("set", INET, member_set(sg_id, 6)): Decl(("ipv6_addr",)),
         }
         for ip in members:
-            objects[Key("element", INET, member_set(sg_id, 6 if ":" in ip else 4), ip)] = PRESENT
+            objects[Key("element", INET, member_set(sg_id, ip_version(ip)), ip)] = PRESENT
         return objects
 
 

@@ -10,21 +10,27 @@ Traces outlive the daemon like the rest of the data path: each process's
 pid and command line are kept in a pid file in the socket folder, and a
 restarted daemon adopts a trace that still runs as it should instead of
 restarting it (tcpdump cannot append, a restart would lose the file).
+:class:`VnicTraces` decides which vnics are traced and where, for a request
+or a reconcile; :class:`Tracer` runs the processes.
 """
 
 import contextlib
+import glob
 import logging
 import os
 import signal
 import subprocess
 import time
 from dataclasses import dataclass
+from functools import partial
 
-from butterfly.dataplane.naming import trace_path
+from butterfly.dataplane.journal import Journal, best_effort, step
+from butterfly.dataplane.naming import tap_name, trace_path, trace_pidfile, trace_pidfiles
+from butterfly.dataplane.settings import what
 from butterfly.errors import DataplaneError
 from butterfly.model import Vnic
 
-__all__ = ["TRACER", "Tracer", "trace_settings"]
+__all__ = ["TRACER", "Tracer", "VnicTraces", "trace_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +165,72 @@ class Tracer:
     def close(self) -> None:
         """Let the traces run on (the daemon's successor adopts them)."""
         self._traces.clear()
+
+
+class VnicTraces:
+    """The vnics' traces: ``default`` for vnics whose ``packet_trace`` is None,
+    files and pid files in ``socket_dir`` unless a vnic names its file."""
+
+    def __init__(self, *, socket_dir: str, default: bool) -> None:
+        self._socket_dir = socket_dir
+        self._default = default
+        self.tracer = Tracer()
+
+    def tracing(self, vnic_id: str) -> str | None:
+        """The file the vnic's trace writes, if one runs."""
+        return self.tracer.tracing(vnic_id)
+
+    def _file(self, vnic: Vnic) -> str | None:
+        traced, path = trace_settings(vnic, default=self._default, socket_dir=self._socket_dir)
+        return path if traced else None
+
+    def apply(self, j: Journal, vnic: Vnic) -> None:
+        """Start, move or stop the vnic's trace: the last step of a request, so
+        its own failure is the only one it has to survive (the old trace runs on)."""
+        wanted = self._file(vnic)
+        current = self.tracer.tracing(vnic.id)
+        if wanted == current:
+            return
+        pidfile = trace_pidfile(self._socket_dir, vnic.id)
+        if wanted is not None:
+            step(
+                j,
+                f"trace {vnic.id} to {wanted}",
+                partial(self.tracer.start, vnic.id, tap_name(vnic.id), wanted, pidfile),
+            )
+        else:
+            self.tracer.stop(vnic.id, pidfile)
+
+    def stop(self, vnic: Vnic) -> None:
+        self.tracer.stop(vnic.id, trace_pidfile(self._socket_dir, vnic.id))
+
+    def reconcile(self, vnics: list[Vnic], problems: list[str]) -> None:
+        """Adopt the traces ``vnics`` want that still run as they should, start the
+        others, stop every other trace a previous daemon left in the socket folder."""
+        kept = set()
+        for vnic in vnics:
+            pidfile = trace_pidfile(self._socket_dir, vnic.id)
+            wanted = self._file(vnic)
+            if wanted is None:
+                self.tracer.stop(vnic.id, pidfile)
+                self.tracer.orphan(pidfile)
+                continue
+            kept.add(pidfile)
+            if self.tracer.adopt(vnic.id, tap_name(vnic.id), wanted, pidfile):
+                continue
+            self.tracer.stop(vnic.id, pidfile)
+            self.tracer.orphan(pidfile)
+            best_effort(
+                problems,
+                what(vnic),
+                partial(self.tracer.start, vnic.id, tap_name(vnic.id), wanted, pidfile),
+            )
+        for pidfile in glob.glob(trace_pidfiles(self._socket_dir)):
+            if pidfile not in kept:
+                self.tracer.orphan(pidfile)
+
+    def close(self) -> None:
+        self.tracer.close()
 
 
 def _terminate(trace: _Trace) -> None:

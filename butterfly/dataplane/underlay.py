@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from butterfly.dataplane.netlink import Address, Link, Netlink
 from butterfly.errors import ConfigError
+from butterfly.model.addresses import ip_version
 
 __all__ = ["VXLAN_OVERHEAD", "Underlay", "find_underlay", "flood_group"]
 
@@ -30,7 +31,7 @@ class Underlay:
 
     @property
     def version(self) -> int:
-        return 6 if ":" in self.address else 4
+        return ip_version(self.address)
 
     @property
     def vxlan_mtu(self) -> int:
@@ -97,7 +98,7 @@ def _named_underlay(interface: str, link: Link | None, addresses: list[Address])
         for address in addresses
         if address.index == link.index and not ipaddress.ip_address(address.address).is_link_local
     ]
-    usable.sort(key=lambda address: ":" in address)
+    usable.sort(key=ip_version)
     if not usable:
         raise ConfigError(f"dpdk-args: iface {interface} has no address; give one with --ip")
     return _underlay(link, usable[0])

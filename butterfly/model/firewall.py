@@ -25,6 +25,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from butterfly.model.addresses import ip_version
 from butterfly.model.security_group import ALL_PROTOCOLS, Direction, Rule, SecurityGroup
 from butterfly.model.state import StateView
 from butterfly.model.vnic import Vnic
@@ -158,8 +159,10 @@ def vnic_filter(vnic: Vnic, state: StateView) -> VnicFilter | None:
     """The filtering of ``vnic`` in ``state``; None when it bypasses filtering."""
     if vnic.bypass_filtering:
         return None
-    ipv4 = tuple(ip for ip in vnic.ips if ":" not in ip)
-    ipv6 = tuple(dict.fromkeys([*(ip for ip in vnic.ips if ":" in ip), link_local(vnic.mac)]))
+    ipv4 = tuple(ip for ip in vnic.ips if ip_version(ip) == 4)
+    ipv6 = tuple(
+        dict.fromkeys([*(ip for ip in vnic.ips if ip_version(ip) == 6), link_local(vnic.mac)])
+    )
     return VnicFilter(
         vnic_id=vnic.id,
         security_groups=vnic.security_groups,

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass, replace
 
 from butterfly.errors import BadIp, BadRequest, BadRule, shown
-from butterfly.model.addresses import Cidr, canonical_ip
+from butterfly.model.addresses import Cidr, canonical_ip, ip_version
 from butterfly.model.ids import check_id
 
 __all__ = [
@@ -142,7 +142,7 @@ def make_rule(
         canonical = canonical_ip(address)
         if canonical is None:
             raise BadRule(f"{what}: cidr address {shown(address)} is not an IPv4 or IPv6 address")
-        limit = 128 if ":" in canonical else 32
+        limit = 128 if ip_version(canonical) == 6 else 32
         if not 0 <= mask_size <= limit:
             raise BadRule(f"{what}: cidr mask size {mask_size} does not fit 0-{limit}")
         canonical_cidr = Cidr(canonical, mask_size)

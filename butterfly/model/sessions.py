@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from butterfly.errors import BadSessions, shown
-from butterfly.model.addresses import canonical_ip
+from butterfly.model.addresses import canonical_ip, ip_version
 
 __all__ = [
     "FORMAT_VERSION",
@@ -100,7 +100,7 @@ class Session:
     @property
     def version(self) -> int:
         """4 or 6: the IP version of its addresses."""
-        return 6 if ":" in self.original.src else 4
+        return ip_version(self.original.src)
 
     def involves(self, ips: Iterable[str]) -> bool:
         """True when one of ``ips`` (canonical) is an end of the session."""
@@ -206,7 +206,9 @@ def _export(document: Any) -> SessionExport:
 def _session(item: Any, where: str) -> Session:
     original = _tuple(_field(item, "original", dict, where), f"{where} original")
     reply = _tuple(_field(item, "reply", dict, where), f"{where} reply")
-    families = {":" in address for address in (original.src, original.dst, reply.src, reply.dst)}
+    families = {
+        ip_version(address) for address in (original.src, original.dst, reply.src, reply.dst)
+    }
     if len(families) != 1:
         raise BadSessions(f"{where}: its addresses mix IPv4 and IPv6")
     protocol = _number(item, "protocol", 255, where)

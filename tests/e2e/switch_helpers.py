@@ -1,7 +1,7 @@
 """What the switch's end-to-end tests share: security groups set up through the CLI, and
 traffic that runs in the background while a test changes the switch (ping, iperf3).
 
-The lab itself (hosts with a real butterflyd, VMs, the fabric) is butterfly.bench.lab.
+The lab itself (hosts with a real butterflyd, VMs, the fabric) is butterfly_lab.lab.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import subprocess
 import threading
 from typing import Any
 
-from butterfly.bench.lab import Host, LabError, Vm, parse_ping, wait_for
+from butterfly_lab.lab import Host, LabError, Vm, parse_ping, wait_for
 
 __all__ = ["BackgroundPing", "Iperf3", "neighbour_mac", "open_sg", "wait_listening"]
 

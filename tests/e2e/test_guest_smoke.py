@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from guest import (
+
+from butterfly_lab.guest import (
     Guest,
     GuestCommandTimeout,
     GuestFactory,
@@ -164,8 +165,6 @@ def vhost_user_wire(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     Stands in for butterfly's backend to prove the guest side of vhost-user works. testpmd
     polls a core at 100 %: one of the two, leaving the other to the guests.
     """
-    if shutil.which("dpdk-testpmd") is None:
-        pytest.skip("dpdk-testpmd is not installed (apt-get install dpdk)")
     prefix = f"bfg{os.getpid()}vhu"
     socks = (tmp_path / "vhu0.sock", tmp_path / "vhu1.sock")
     argv = [
@@ -198,6 +197,7 @@ def vhost_user_wire(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 
 @pytest.mark.qemu
 @pytest.mark.root
+@pytest.mark.needs("dpdk-testpmd")
 def test_two_guests_over_vhost_user_ping(
     guests: GuestFactory,
     vhost_user_wire: tuple[Path, Path],

@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from switch_helpers import open_sg
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.lab import Host, Lab, Vm, wait_for
 from butterfly.dataplane.naming import bridge_name, tap_name
+from butterfly_lab.lab import Host, Lab, Vm, wait_for
 
 pytestmark = pytest.mark.root
 

@@ -6,24 +6,27 @@ never into this machine's. Its commands run from there: the venv's Python
 finds its packages relative to itself. The upgrade installs the next
 revision while the installed daemon carries traffic between a namespace VM
 and a QEMU guest on a tap, then restarts the daemon as the package's postinst
-has systemd do (``try-restart``): not one ping may be lost.
+has systemd do (``try-restart``): not one ping may be lost. The wheel inside
+holds the product alone: the lab and the benchmarks (``lab/``) stay out.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from guest import GuestFactory, TapNic
 from switch_helpers import BackgroundPing, open_sg
 
-import butterfly.bench.daemon
+import butterfly_lab.daemon
 from butterfly import __version__
-from butterfly.bench.lab import Lab
 from butterfly.dataplane.naming import tap_name
+from butterfly_lab.guest import GuestFactory, TapNic
+from butterfly_lab.lab import Lab
 
 pytestmark = pytest.mark.root
 
@@ -83,6 +86,25 @@ class Root:
         }
 
 
+def test_the_wheel_holds_the_product_and_no_lab(tmp_path: Path) -> None:
+    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path, REPO)
+    (wheel,) = tmp_path.glob("butterfly-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = archive.read(f"butterfly-{__version__}.dist-info/entry_points.txt")
+    packages = {name.split("/")[1] for name in names if name.startswith("butterfly/")}
+    assert packages == {
+        "__init__.py", "__main__.py", "errors.py", "py.typed",
+        "api", "cli", "daemon", "dataplane", "model", "service", "store", "vhost",
+    }  # fmt: skip
+    assert {name.split("/")[0] for name in names} == {
+        "butterfly",
+        f"butterfly-{__version__}.dist-info",
+    }
+    assert not [name for name in names if "bench" in name or "lab" in name or "guest" in name]
+    assert b"butterfly-bench" not in entry_points
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Root:
     return Root(tmp_path / "root")
@@ -96,6 +118,7 @@ def test_install_run_keep_the_conffile_on_upgrade_and_remove_cleanly(
     base = root.path
     assert os.readlink(base / "usr/bin/butterflyd") == "../lib/butterfly/venv/bin/butterflyd"
     assert (base / "usr/bin/butterfly").resolve() == base / VENV / "bin/butterfly"
+    assert not (base / VENV / "bin/butterfly-bench").exists()
     unit = (base / "lib/systemd/system/butterflyd.service").read_text()
     assert unit == (REPO / "butterfly/daemon/data/butterflyd.service").read_text()
     assert "/etc/butterfly/butterflyd.ini" in root.dpkg("-s", "butterfly")  # a conffile
@@ -142,7 +165,7 @@ def installed_daemon(
     """Lab hosts made meanwhile run the package's butterflyd."""
     root.dpkg("-i", packages[0])
     command = root.command("butterflyd")
-    monkeypatch.setattr(butterfly.bench.daemon, "butterflyd_command", lambda: command)
+    monkeypatch.setattr(butterfly_lab.daemon, "butterflyd_command", lambda: command)
     yield root
 
 

@@ -19,8 +19,8 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 from switch_helpers import neighbour_mac, open_sg
 
-from butterfly.bench.lab import Host, Lab, Vm
 from butterfly.dataplane.naming import tap_name
+from butterfly_lab.lab import Host, Lab, Vm
 
 pytestmark = pytest.mark.root
 

@@ -22,11 +22,11 @@ import pytest
 
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.v0 import V0Handlers
-from butterfly.bench.lab import Host, Lab, Vm, kernel_snapshot
 from butterfly.dataplane.kernel import KernelDataplane
 from butterfly.errors import DataplaneError
 from butterfly.service import Switch
 from butterfly.store import SqliteStore
+from butterfly_lab.lab import Host, Lab, Vm, kernel_snapshot
 
 pytestmark = pytest.mark.root
 

@@ -17,7 +17,7 @@ import pytest
 from switch_helpers import BackgroundPing, Iperf3, open_sg
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.lab import Lab, kernel_snapshot
+from butterfly_lab.lab import Lab, kernel_snapshot
 
 pytestmark = pytest.mark.root
 

@@ -20,8 +20,8 @@ from google.protobuf import text_format
 from upstream_client import UpstreamClient, UpstreamProtocol, unknown_fields
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.lab import Host, Lab, Vm
 from butterfly.dataplane.naming import tap_name, trace_path
+from butterfly_lab.lab import Host, Lab, Vm
 
 pytestmark = pytest.mark.root
 

@@ -23,9 +23,9 @@ import pytest
 from switch_helpers import BackgroundPing
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.lab import UNDERLAY_V4, Host, Lab, Vm, wait_for
 from butterfly.dataplane.naming import TABLE, sg_in_chain
 from butterfly.dataplane.ruleset import BRIDGE, INET, Key, Obj, parse_listing
+from butterfly_lab.lab import UNDERLAY_V4, Host, Lab, Vm, wait_for
 
 pytestmark = pytest.mark.root
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from switch_helpers import BackgroundPing, open_sg
 
-from butterfly.bench.evpn import INNER_SOLICITATION, captured, resolve
-from butterfly.bench.frr import Frr, evpn_hosts, frr_available, wait_seconds
-from butterfly.bench.lab import Host, Lab, Vm, wait_for
 from butterfly.dataplane.naming import bridge_name, vxlan_name
+from butterfly_lab.bench.evpn import INNER_SOLICITATION, captured, resolve
+from butterfly_lab.bench.frr import Frr, evpn_hosts, wait_seconds
+from butterfly_lab.lab import Host, Lab, Vm, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -71,8 +71,6 @@ def _fdb_vtep(host: Host, vni: int, mac: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def evpn(lab: Lab) -> Iterator[Evpn]:
-    if not frr_available():
-        pytest.skip("FRR is not installed (apt-get install frr)")
     hosts, frrs = evpn_hosts(lab, 3, asn=ASN)
     try:
         made = Evpn(lab, hosts, frrs)
@@ -87,6 +85,7 @@ def evpn(lab: Lab) -> Iterator[Evpn]:
             frr.close()
 
 
+@pytest.mark.needs("frr")
 def test_frr_config_is_generated_from_the_ini_file(evpn: Evpn) -> None:
     reflector = Path(evpn.frrs[0].folder, "bgpd.conf").read_text()
     client = Path(evpn.frrs[1].folder, "bgpd.conf").read_text()
@@ -95,6 +94,7 @@ def test_frr_config_is_generated_from_the_ini_file(evpn: Evpn) -> None:
     assert "route-reflector-client" in reflector and "bgp listen range" in reflector
 
 
+@pytest.mark.needs("frr")
 def test_one_vni_on_three_hosts(evpn: Evpn) -> None:
     """The MACs are advertised before any VM speaks; then everyone reaches everyone."""
     vms = [
@@ -120,6 +120,7 @@ def test_one_vni_on_three_hosts(evpn: Evpn) -> None:
                 assert result.received == 2, (i, j, result.output)
 
 
+@pytest.mark.needs("frr")
 def test_other_vnis_with_the_same_addresses_stay_apart(evpn: Evpn) -> None:
     """VNI 1401 reuses VNI 1400's MACs and IPs on hosts 0 and 1 only."""
     near = evpn.vm(0, "o0", vni=OTHER_VNI, mac="52:54:00:14:00:00", ip="10.14.0.1")
@@ -132,6 +133,7 @@ def test_other_vnis_with_the_same_addresses_stay_apart(evpn: Evpn) -> None:
     assert far.reaches("icmp", "10.14.0.1")
 
 
+@pytest.mark.needs("frr")
 def test_security_groups_apply_across_hosts(evpn: Evpn) -> None:
     host = evpn.hosts[2]
     host.cli(
@@ -150,6 +152,7 @@ def test_security_groups_apply_across_hosts(evpn: Evpn) -> None:
     assert client.blocked("icmp", "10.14.0.10")
 
 
+@pytest.mark.needs("frr")
 def test_deleted_vnic_is_withdrawn_everywhere_within_2_s(evpn: Evpn) -> None:
     mac = "52:54:00:14:00:20"
     evpn.vm(2, "gone14", vni=VNI, mac=mac, ip="10.14.0.20")
@@ -161,6 +164,7 @@ def test_deleted_vnic_is_withdrawn_everywhere_within_2_s(evpn: Evpn) -> None:
         assert "10.14.0.20 " not in neighbours
 
 
+@pytest.mark.needs("frr")
 def test_kill_9_of_butterflyd_keeps_traffic(evpn: Evpn) -> None:
     left = evpn.vm(0, "k0", vni=VNI, mac="52:54:00:14:00:30", ip="10.14.0.30")
     evpn.vm(1, "k1", vni=VNI, mac="52:54:00:14:00:31", ip="10.14.0.31")
@@ -178,6 +182,7 @@ def test_kill_9_of_butterflyd_keeps_traffic(evpn: Evpn) -> None:
     assert evpn.frrs[0].remote_macs(VNI).get("52:54:00:14:00:31") == evpn.hosts[1].address
 
 
+@pytest.mark.needs("frr")
 def test_frr_restarted_comes_back_to_the_same_state(evpn: Evpn) -> None:
     left = evpn.vm(1, "f1", vni=VNI, mac="52:54:00:14:00:40", ip="10.14.0.40")
     evpn.vm(2, "f2", vni=VNI, mac="52:54:00:14:00:41", ip="10.14.0.41")
@@ -197,6 +202,7 @@ def test_frr_restarted_comes_back_to_the_same_state(evpn: Evpn) -> None:
     assert "52:54:00:14:00:40" in evpn.frrs[0].remote_macs(VNI)
 
 
+@pytest.mark.needs("frr")
 def test_vm_moved_is_reached_at_its_new_host_within_2_s(evpn: Evpn) -> None:
     mac, ip = "52:54:00:14:00:50", "10.14.0.50"
     watcher = evpn.vm(1, "w14", vni=VNI, mac="52:54:00:14:00:51", ip="10.14.0.51")
@@ -216,6 +222,7 @@ def test_vm_moved_is_reached_at_its_new_host_within_2_s(evpn: Evpn) -> None:
     )
 
 
+@pytest.mark.needs("frr")
 def test_a_vnic_bypassing_filtering_is_advertised_before_it_speaks(evpn: Evpn) -> None:
     mac = "52:54:00:14:00:60"
     evpn.vm(2, "byp14", vni=VNI, mac=mac, ip="10.14.0.60", bypass_filtering=True)
@@ -226,6 +233,7 @@ def test_a_vnic_bypassing_filtering_is_advertised_before_it_speaks(evpn: Evpn) -
     assert client.reaches("icmp", "10.14.0.60")
 
 
+@pytest.mark.needs("frr")
 def test_status_shows_sessions_and_what_each_vni_learned(evpn: Evpn, tmp_path: Path) -> None:
     reflector = evpn.hosts[0]
     wait_for(
@@ -263,6 +271,7 @@ def test_butterflyd_runs_without_frr(lab: Lab) -> None:
     assert "FRR: not running" in host.cli("status")
 
 
+@pytest.mark.needs("frr")
 def test_arp_for_a_remote_vnic_is_answered_on_its_own_host(evpn: Evpn) -> None:
     """Neighbour suppression: the VM's ARP for a vnic of another host gets its
     answer from its own host's bridge; no broadcast crosses the underlay. The
@@ -282,6 +291,7 @@ def test_arp_for_a_remote_vnic_is_answered_on_its_own_host(evpn: Evpn) -> None:
     assert frames[0] == 0
 
 
+@pytest.mark.needs("frr")
 def test_neighbour_solicitation_for_a_remote_vnic_is_answered_on_its_own_host(
     evpn: Evpn,
 ) -> None:
@@ -309,6 +319,7 @@ def test_neighbour_solicitation_for_a_remote_vnic_is_answered_on_its_own_host(
     assert frames[0] == 0
 
 
+@pytest.mark.needs("frr")
 def test_vm_added_at_its_new_host_before_leaving_the_old_one(evpn: Evpn) -> None:
     """Live migration's order: the vnic exists on both hosts for a moment; once
     it is deleted at the old host, every host forwards to the new one within 2 s."""

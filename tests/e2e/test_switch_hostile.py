@@ -17,9 +17,9 @@ import os
 
 import pytest
 
-from butterfly.bench.daemon import DaemonProcess
-from butterfly.bench.lab import Lab, Netns, butterfly_cli, wait_for
 from butterfly.dataplane.naming import bridge_name, tap_name
+from butterfly_lab.daemon import DaemonProcess
+from butterfly_lab.lab import Lab, Netns, butterfly_cli, wait_for
 
 pytestmark = pytest.mark.root
 

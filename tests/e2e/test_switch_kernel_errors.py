@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.lab import Host, Lab
 from butterfly.dataplane.naming import bridge_name, vxlan_name
+from butterfly_lab.lab import Host, Lab
 
 pytestmark = pytest.mark.root
 

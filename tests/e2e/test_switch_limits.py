@@ -16,8 +16,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from switch_helpers import open_sg
 
-from butterfly.bench.lab import Host, Lab, Vm, wait_for
 from butterfly.dataplane.naming import tap_name
+from butterfly_lab.lab import Host, Lab, Vm, wait_for
 
 pytestmark = pytest.mark.root
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import pytest
 from switch_helpers import open_sg
 
-from butterfly.bench.lab import Host, Lab
 from butterfly.dataplane.naming import vxlan_name
 from butterfly.dataplane.underlay import flood_group
+from butterfly_lab.lab import Host, Lab
 
 pytestmark = pytest.mark.root
 

@@ -15,8 +15,8 @@ import pytest
 from switch_helpers import open_sg
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.lab import Host, Lab, Vm
 from butterfly.dataplane.naming import vxlan_name
+from butterfly_lab.lab import Host, Lab, Vm
 
 pytestmark = pytest.mark.root
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from guest import GuestFactory, TapNic
 from switch_helpers import open_sg
 
-from butterfly.bench.lab import Lab
 from butterfly.dataplane.naming import tap_name
+from butterfly_lab.guest import GuestFactory, TapNic
+from butterfly_lab.lab import Lab
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu]
 

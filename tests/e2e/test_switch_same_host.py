@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from switch_helpers import neighbour_mac, open_sg
 
-from butterfly.bench.lab import Host, Lab, Vm
 from butterfly.dataplane.naming import tap_name
+from butterfly_lab.lab import Host, Lab, Vm
 
 pytestmark = pytest.mark.root
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from switch_helpers import BackgroundPing, open_sg
 
-from butterfly.bench.lab import Host, Lab, Vm
+from butterfly_lab.lab import Host, Lab, Vm
 
 pytestmark = pytest.mark.root
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import pytest
 from switch_helpers import open_sg
 
-from butterfly.bench.lab import Host, Lab, LabError, Vm, wait_for
 from butterfly.model.sessions import decode_sessions
+from butterfly_lab.lab import Host, Lab, LabError, Vm, wait_for
 
 pytestmark = pytest.mark.root
 

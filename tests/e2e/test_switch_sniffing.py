@@ -21,8 +21,8 @@ from scapy.packet import Raw
 from switch_helpers import open_sg
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.lab import Host, Lab, LabError, Vm
 from butterfly.dataplane.naming import tap_name
+from butterfly_lab.lab import Host, Lab, LabError, Vm
 
 pytestmark = pytest.mark.root
 

@@ -18,8 +18,8 @@ from switch_helpers import open_sg
 
 from butterfly.api.client import Client
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.lab import Host, Lab, kernel_snapshot, wait_for
 from butterfly.dataplane.naming import bridge_name, tap_name
+from butterfly_lab.lab import Host, Lab, kernel_snapshot, wait_for
 
 pytestmark = pytest.mark.root
 

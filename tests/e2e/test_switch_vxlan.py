@@ -12,8 +12,8 @@ import json
 import pytest
 from switch_helpers import open_sg
 
-from butterfly.bench.lab import Host, Lab, Vm
 from butterfly.dataplane.naming import vxlan_name
+from butterfly_lab.lab import Host, Lab, Vm
 
 pytestmark = pytest.mark.root
 

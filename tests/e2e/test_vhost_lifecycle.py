@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from guest import Guest, GuestImage
 from vhost_helpers import (
     RebootableGuest,
     add_vhost_vnic,
@@ -34,8 +33,9 @@ from vhost_helpers import (
 )
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.lab import Host, Lab, Vm, wait_for
 from butterfly.dataplane.naming import tap_name
+from butterfly_lab.guest import Guest, GuestImage
+from butterfly_lab.lab import Host, Lab, Vm, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu]
 

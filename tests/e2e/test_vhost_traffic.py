@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from guest import Guest, GuestImage, TapNic, boot_all
 from vhost_helpers import (
     add_vhost_vnic,
     is_socket,
@@ -31,8 +30,9 @@ from vhost_helpers import (
 )
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.lab import Host, Lab, Vm, wait_for
 from butterfly.dataplane.naming import bridge_name, tap_name
+from butterfly_lab.guest import Guest, GuestImage, TapNic, boot_all
+from butterfly_lab.lab import Host, Lab, Vm, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu]
 

@@ -3,7 +3,7 @@ orchestrator would, QEMU guests attached to them (one that can reboot), and a lo
 the daemon's worker processes.
 
 The lab (hosts with a real butterflyd in a network namespace, namespace VMs, the fabric)
-is butterfly.bench.lab; the guests are guest.py's.
+is butterfly_lab.lab; the guests are guest.py's.
 """
 
 from __future__ import annotations
@@ -16,9 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from guest import Guest, GuestBootError, GuestError, GuestImage, GuestState, VhostUserNic
-
-from butterfly.bench.lab import Host, LabError, wait_for
+from butterfly_lab.guest import (
+    Guest,
+    GuestBootError,
+    GuestError,
+    GuestImage,
+    GuestState,
+    VhostUserNic,
+)
+from butterfly_lab.lab import Host, LabError, wait_for
 
 __all__ = [
     "GUEST_MTU",

@@ -6,7 +6,6 @@ root, qperf and iperf3; it must leave no namespace of its run behind.
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -27,11 +26,7 @@ def _bench_command() -> list[str]:
 
 
 @pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
-@pytest.mark.skipif(
-    shutil.which("qperf") is None or shutil.which("iperf3") is None,
-    reason="needs qperf and iperf3",
-)
+@pytest.mark.needs("qperf", "iperf3")
 def test_bench_dataplane_quick_prints_every_row() -> None:
     result = subprocess.run(
         [*_bench_command(), "dataplane", "--quick"],

@@ -33,8 +33,7 @@ def _row(out: str, measure: str, rest: str) -> None:
 
 
 @pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, DPDK)")
-@pytest.mark.skipif(shutil.which("dpdk-testpmd") is None, reason="needs dpdk-testpmd")
+@pytest.mark.needs("dpdk-testpmd")
 def test_bench_vhost_quick_prints_every_row() -> None:
     result = subprocess.run(
         [*_bench_command(), "vhost", "--quick"],

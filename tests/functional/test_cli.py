@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from butterfly.bench.daemon import DaemonProcess, free_port
+from butterfly_lab.daemon import DaemonProcess, free_port
 
 if TYPE_CHECKING:
     from conftest import DaemonFactory
@@ -321,7 +321,7 @@ def test_status_prints_the_dot_graph(cli: Cli) -> None:
     assert status["request_counter"] > 0
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
+@pytest.mark.needs("dot")
 def test_status_svg_renders_with_graphviz(cli: Cli, tmp_path: os.PathLike[str]) -> None:
     svg = os.path.join(tmp_path, "graph.svg")
     cli.ok(f"status --svg {svg}")

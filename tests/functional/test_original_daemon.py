@@ -24,10 +24,10 @@ from vhost.frontend import Frontend
 
 from butterfly.api.client import Client
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.daemon import DaemonProcess, butterflyd_command
-from butterfly.bench.lab import LabError, Netns, butterfly_cli, wait_for
 from butterfly.dataplane.offloads import offloads
 from butterfly.vhost.protocol import OFFLOAD_FEATURES
+from butterfly_lab.daemon import DaemonProcess, butterflyd_command
+from butterfly_lab.lab import LabError, Netns, butterfly_cli, wait_for
 
 README_COMMAND = [
     "-i",

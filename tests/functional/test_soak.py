@@ -16,18 +16,15 @@ import sys
 
 import pytest
 
-from butterfly.bench.lab import Lab
-from butterfly.bench.soak import lab_host, soak
+from butterfly_lab.bench.soak import lab_host, soak
+from butterfly_lab.lab import Lab
 
 CYCLES = 300
 EVERY = 25
 WARM_UP = 100
 MAX_GROWTH_MB = 3.0
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-]
+pytestmark = pytest.mark.root
 
 
 @pytest.mark.timeout(900)

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from butterfly.bench.agent import internet_checksum
-from butterfly.bench.dataplane import (
+from butterfly_lab.agent import internet_checksum
+from butterfly_lab.bench.dataplane import (
     Row,
     Sample,
     median,
@@ -13,7 +13,7 @@ from butterfly.bench.dataplane import (
     parse_qperf,
     render,
 )
-from butterfly.bench.figures import BenchError, percentile, table
+from butterfly_lab.bench.figures import BenchError, percentile, table
 
 QPERF = """\
 tcp_lat:

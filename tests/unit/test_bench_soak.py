@@ -2,7 +2,7 @@
 
 import re
 
-from butterfly.bench.soak import Sample, Soak, growth_per_1000, render
+from butterfly_lab.bench.soak import Sample, Soak, growth_per_1000, render
 
 
 def _sample(cycles: int, rss_mb: float, *, fds: int = 30, threads: int = 5) -> Sample:

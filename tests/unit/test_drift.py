@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from butterfly.bench.drift import gap_around, repair_times
 from butterfly.daemon.drift import MAX_DELAY, SETTLE, DriftRepair
 from butterfly.dataplane.guard import (
     ALL_OK,
@@ -21,6 +20,7 @@ from butterfly.dataplane.guard import (
 )
 from butterfly.dataplane.watch import KINDS, LINK, LOST, NFTABLES, PORT_FLAGS, Change, Scope
 from butterfly.errors import DataplaneError
+from butterfly_lab.bench.drift import gap_around, repair_times
 
 
 class FakeWatch:

@@ -65,7 +65,7 @@ def test_bench_help_lists_the_subcommands() -> None:
     assert "--quick" in result.stdout and "--strict" in result.stdout
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a lab namespace, the data plane)")
+@pytest.mark.root
 def test_bench_scale_prints_every_figure_with_its_target() -> None:
     result = subprocess.run(
         [*_bench_command(), "scale", "--vnics", "10", "--vnis", "1", "--samples", "5"],

@@ -25,8 +25,8 @@ from api_helpers import nic
 from butterfly.api.client import Client
 from butterfly.api.curve import CurveClient, generate, load_key_pair, load_public_key
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.daemon import free_port
 from butterfly.errors import ClientError
+from butterfly_lab.daemon import free_port
 
 if TYPE_CHECKING:
     from conftest import Daemon, DaemonFactory

@@ -14,8 +14,8 @@ from api_helpers import Sg, dump, nic, ok, rule
 
 from butterfly.api.client import Client
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.daemon import free_port
 from butterfly.errors import ClientError
+from butterfly_lab.daemon import free_port
 
 if TYPE_CHECKING:
     from conftest import Daemon, DaemonFactory

@@ -24,8 +24,8 @@ from butterfly.api.client import Client
 from butterfly.api.codec import REVISION
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Error, Messages
-from butterfly.bench.daemon import DaemonProcess
 from butterfly.errors import ClientError
+from butterfly_lab.daemon import DaemonProcess
 
 FUZZ = settings(
     max_examples=250,

@@ -1,7 +1,7 @@
 """Test hypervisors, guests and fabrics in network namespaces, for the kernel data plane.
 
 The namespaces, the fabric, the guests' agents and the clean-up come from
-:mod:`butterfly.bench.lab` (shared with the end-to-end tests and the
+:mod:`butterfly_lab.lab` (shared with the end-to-end tests and the
 benchmarks). What is particular here: each *host* runs a
 :class:`KernelDataplane` in-process, in a thread that entered the host's
 namespace (so the test never touches the root namespace's links or
@@ -10,14 +10,11 @@ lab's run-unique prefix and removed in teardown, also on failure.
 """
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from butterfly.bench import lab as bench_lab
-from butterfly.bench.lab import Vm, sh, wait_for
 from butterfly.dataplane import SgChange
 from butterfly.dataplane.kernel import KernelDataplane
 from butterfly.dataplane.naming import tap_name
@@ -30,6 +27,8 @@ from butterfly.model import (
     make_security_group,
     make_vnic,
 )
+from butterfly_lab import lab as bench_lab
+from butterfly_lab.lab import Vm, sh, wait_for
 
 __all__ = [
     "Dataplane",
@@ -47,16 +46,6 @@ __all__ = [
 
 Guest = Vm
 """A NETNS vnic's namespace, with its agent started on first use."""
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Without root these tests cannot run: skip them (this folder's only)."""
-    if os.geteuid() != 0:
-        skip = pytest.mark.skip(reason="needs root (real kernel, network namespaces)")
-        here = os.path.dirname(__file__)
-        for item in items:
-            if "root" in item.keywords and str(item.path).startswith(here):
-                item.add_marker(skip)
 
 
 class Dataplane:

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from butterfly.bench.lab import comparable_ruleset
 from butterfly.dataplane import SgChange
 from butterfly.errors import DataplaneError
 from butterfly.model import (
@@ -23,6 +22,7 @@ from butterfly.model import (
     make_security_group,
     make_vnic,
 )
+from butterfly_lab.lab import comparable_ruleset
 
 from .conftest import Dataplane, Guest, Host, Lab, netns_vnic, plug, put_sg
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from butterfly.bench.drift import CHANGES
+from butterfly_lab.bench.drift import CHANGES
 
 pytestmark = pytest.mark.root
 

@@ -34,10 +34,10 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet, Raw
 
-from butterfly.bench.daemon import DaemonProcess
-from butterfly.bench.lab import Netns
 from butterfly.dataplane.naming import bridge_name, tap_name, vxlan_name
 from butterfly.model import State
+from butterfly_lab.daemon import DaemonProcess
+from butterfly_lab.lab import Netns
 
 from .conftest import Dataplane, Guest, Host, Lab, netns_vnic, open_sg, plug, wait_for
 

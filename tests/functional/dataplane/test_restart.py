@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from butterfly.bench.lab import comparable_ruleset
 from butterfly.dataplane.naming import tap_name
 from butterfly.errors import DataplaneError
 from butterfly.model import State, Vnic, VnicType, make_rule, make_security_group, make_vnic
+from butterfly_lab.lab import comparable_ruleset
 
 from .conftest import Guest, Host, Lab, netns_vnic, plug, put_sg
 

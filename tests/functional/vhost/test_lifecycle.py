@@ -89,6 +89,7 @@ def test_a_dead_worker_is_replaced_and_serves_its_vnics_again(
     wait_for(lambda: server.counters().from_guest_packets == 2, "the second frame to be counted")
 
 
+@pytest.mark.needs("dpdk-testpmd")
 def test_workers_do_not_outlive_a_daemon_killed_while_they_are_busy(
     taps: Taps, tmp_path: Path, testpmd: Callable[..., PmdProcess]
 ) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from .conftest import PmdProcess, ServerFactory, TapSocket, wait_for
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.needs("dpdk-testpmd")]
 
 
 def _stat(output: str, name: str) -> int:

@@ -30,11 +30,11 @@ from butterfly.api.client import Client
 from butterfly.api.codec import REVISION
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
-from butterfly.bench.daemon import DaemonError, DaemonProcess
-from butterfly.bench.figures import BenchError, busy_elsewhere, percentile, table
-from butterfly.bench.lab import Lab, LabError, Netns, sh
 from butterfly.dataplane.naming import tap_name
 from butterfly.errors import ClientError
+from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table
+from butterfly_lab.daemon import DaemonError, DaemonProcess
+from butterfly_lab.lab import Lab, LabError, Netns, sh
 
 __all__ = ["add_arguments", "run"]
 

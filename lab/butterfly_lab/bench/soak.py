@@ -3,7 +3,7 @@
 A host lives for months while VMs come and go; a daemon that keeps a few KB
 of every vnic it ever had grows until it is restarted. This benchmark runs
 one real ``butterflyd`` (kernel data plane on, one vhost-user worker) in a
-:class:`~butterfly.bench.lab.Lab` host and repeats a *cycle* of the churn a
+:class:`~butterfly_lab.lab.Lab` host and repeats a *cycle* of the churn a
 cloud host sees, ten requests:
 
 * ``nic_add`` of a TAP vnic (three security groups, IP anti-spoofing) into a
@@ -40,10 +40,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.daemon import DaemonError
-from butterfly.bench.figures import BenchError, busy_elsewhere, percentile, table
-from butterfly.bench.lab import Host, Lab, LabError, Vm
 from butterfly.errors import ClientError
+from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table
+from butterfly_lab.daemon import DaemonError
+from butterfly_lab.lab import Host, Lab, LabError, Vm
 
 __all__ = [
     "Churn",

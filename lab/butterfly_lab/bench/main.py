@@ -14,17 +14,32 @@ __all__ = ["SUBCOMMANDS", "main"]
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
-    "api": ("butterfly.bench.api", "control plane: API requests/s, latency, daemon memory"),
-    "dataplane": ("butterfly.bench.dataplane", "data path: latency, throughput, SG member changes"),
+    "api": ("butterfly_lab.bench.api", "control plane: API requests/s, latency, daemon memory"),
+    "dataplane": (
+        "butterfly_lab.bench.dataplane",
+        "data path: latency, throughput, SG member changes",
+    ),
     "scale": (
-        "butterfly.bench.scale",
+        "butterfly_lab.bench.scale",
         "a full host, data plane on: request p99, restart, memory, against ip/nft batch",
     ),
-    "vhost": ("butterfly.bench.vhost", "vhost-user: frames/s vs DPDK, TSO, guests, API under load"),
-    "drift": ("butterfly.bench.drift", "other software's changes: window until repaired"),
-    "metrics": ("butterfly.bench.metrics", "Prometheus: scraping 10,000 vnics, API under scrapes"),
-    "evpn": ("butterfly.bench.evpn", "EVPN with FRR: nic_add to reachable, underlay BUM per ARP"),
-    "soak": ("butterfly.bench.soak", "vnic churn: daemon memory, descriptors, latency per 1,000"),
+    "vhost": (
+        "butterfly_lab.bench.vhost",
+        "vhost-user: frames/s vs DPDK, TSO, guests, API under load",
+    ),
+    "drift": ("butterfly_lab.bench.drift", "other software's changes: window until repaired"),
+    "metrics": (
+        "butterfly_lab.bench.metrics",
+        "Prometheus: scraping 10,000 vnics, API under scrapes",
+    ),
+    "evpn": (
+        "butterfly_lab.bench.evpn",
+        "EVPN with FRR: nic_add to reachable, underlay BUM per ARP",
+    ),
+    "soak": (
+        "butterfly_lab.bench.soak",
+        "vnic churn: daemon memory, descriptors, latency per 1,000",
+    ),
 }
 
 

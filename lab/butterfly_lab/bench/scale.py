@@ -1,6 +1,6 @@
 """``butterfly-bench scale``: what requests cost on a full host, data plane on.
 
-For each host size (vnics x VNIs), in a fresh :class:`~butterfly.bench.lab.Lab`
+For each host size (vnics x VNIs), in a fresh :class:`~butterfly_lab.lab.Lab`
 host (a real butterflyd driving the kernel of its namespace), the host is
 filled as a hypervisor is: TAP vnics with three security groups each (of
 30 groups with rules and members), IP anti-spoofing on, spread over the
@@ -39,12 +39,12 @@ from butterfly.api.client import Client
 from butterfly.api.codec import REVISION
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
-from butterfly.bench.daemon import DaemonError
-from butterfly.bench.figures import BenchError, busy_elsewhere, percentile, table
-from butterfly.bench.lab import Host, Lab, LabError
-from butterfly.bench.soak import process_tree
 from butterfly.dataplane.underlay import flood_group
 from butterfly.errors import ClientError
+from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table
+from butterfly_lab.bench.soak import process_tree
+from butterfly_lab.daemon import DaemonError
+from butterfly_lab.lab import Host, Lab, LabError
 
 __all__ = ["add_arguments", "run", "tree_rss_kib"]
 

@@ -18,8 +18,8 @@ import subprocess
 import time
 from typing import Any
 
-from butterfly.bench.daemon import butterflyd_command
-from butterfly.bench.lab import (
+from butterfly_lab.daemon import butterflyd_command
+from butterfly_lab.lab import (
     PREFIX_BASE,
     UNDERLAY_V4,
     Host,
@@ -122,7 +122,7 @@ class Frr:
 def reap_stale_frr() -> list[str]:
     """Remove the socket folders FRR left in /var/run/frr for the namespaces of
     labs whose process is gone (their daemons are killed by the lab's own
-    :func:`~butterfly.bench.lab.reap_stale`: their command lines name the lab's folder)."""
+    :func:`~butterfly_lab.lab.reap_stale`: their command lines name the lab's folder)."""
     removed = []
     pattern = re.compile(rf"{re.escape(PREFIX_BASE)}(\d+)[a-z]\d+")
     for entry in sorted(os.listdir(_RUN_DIR)) if os.path.isdir(_RUN_DIR) else []:

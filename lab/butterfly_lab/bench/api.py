@@ -16,7 +16,7 @@ Those rows measure the control plane alone (``--no-dataplane``: nothing is
 programmed in the kernel). Run as root, the table gains rows with the data
 plane on: the same ``nic_add`` (TAP vnics, one SG each) and
 ``sg_member_add`` against a butterflyd driving the kernel of a lab
-namespace (:mod:`butterfly.bench.lab`), judged against the data-plane
+namespace (:mod:`butterfly_lab.lab`), judged against the data-plane
 targets (``butterfly-bench scale`` measures them on full hosts).
 
 It prints a table with the targets and whether each is met. The exit code is
@@ -39,10 +39,10 @@ from butterfly.api.client import Client
 from butterfly.api.codec import REVISION
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
-from butterfly.bench.daemon import DaemonError, DaemonProcess, free_port, resident_memory_kib
-from butterfly.bench.figures import BenchError, table
-from butterfly.bench.lab import Lab, LabError
 from butterfly.errors import ClientError
+from butterfly_lab.bench.figures import BenchError, table
+from butterfly_lab.daemon import DaemonError, DaemonProcess, free_port, resident_memory_kib
+from butterfly_lab.lab import Lab, LabError
 
 __all__ = ["add_arguments", "run"]
 

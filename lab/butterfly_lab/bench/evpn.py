@@ -24,10 +24,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from butterfly.bench.figures import BenchError, busy_elsewhere, percentile, table
-from butterfly.bench.frr import evpn_hosts, frr_available
-from butterfly.bench.lab import Host, Lab, Vm, wait_for
 from butterfly.dataplane.naming import vxlan_name
+from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table
+from butterfly_lab.bench.frr import evpn_hosts, frr_available
+from butterfly_lab.lab import Host, Lab, Vm, wait_for
 
 __all__ = ["BumCapture", "add_arguments", "resolve", "run"]
 

@@ -1,7 +1,7 @@
 """``butterfly-bench dataplane``: the kernel data path against plain kernel baselines.
 
 Issue 3's benchmark, in one run, entirely in network namespaces of a
-:class:`~butterfly.bench.lab.Lab` (real butterflyd processes driving the
+:class:`~butterfly_lab.lab.Lab` (real butterflyd processes driving the
 kernel, VMs as namespaces holding NETNS vnics):
 
 * traffic: qperf ``tcp_lat``/``udp_lat`` and iperf3 TCP (one stream) and
@@ -55,9 +55,13 @@ from dataclasses import dataclass, fields, replace
 from butterfly.api.codec import REVISION
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
-from butterfly.bench.daemon import DaemonError
-from butterfly.bench.figures import BenchError, busy_elsewhere, percentile, table
-from butterfly.bench.lab import (
+from butterfly.dataplane.guard import SENDER_MARK, GuardKind, GuardPrograms
+from butterfly.dataplane.naming import TABLE
+from butterfly.dataplane.netlink import Netlink
+from butterfly.errors import ClientError
+from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table
+from butterfly_lab.daemon import DaemonError
+from butterfly_lab.lab import (
     FABRIC_BRIDGE,
     UNDERLAY_V4,
     Host,
@@ -68,10 +72,6 @@ from butterfly.bench.lab import (
     sh,
     wait_for,
 )
-from butterfly.dataplane.guard import SENDER_MARK, GuardKind, GuardPrograms
-from butterfly.dataplane.naming import TABLE
-from butterfly.dataplane.netlink import Netlink
-from butterfly.errors import ClientError
 
 __all__ = ["add_arguments", "parse_iperf3", "parse_qperf", "run"]
 

@@ -1,4 +1,4 @@
-"""Real QEMU guests for end-to-end tests: the image they boot and the process that runs them.
+"""Real QEMU guests for tests and benchmarks: the image they boot and the process that runs them.
 
 This module owns two things:
 
@@ -12,7 +12,7 @@ This module owns two things:
   its serial console (``run`` returns the exit code and output of a shell command), and
   killed by pid when done.
 
-Typical use (the fixtures in conftest.py do the image and the clean-up)::
+Typical use (the fixtures in tests/e2e/conftest.py do the image and the clean-up)::
 
     image = build_image()                      # cached: ~0.5 s, cold: ~4 s
     a = Guest(image, name="a", nic=TapNic("tap0"), ipv4="192.0.2.1/24", netns="ns")

@@ -7,7 +7,7 @@ This module owns the lab's kernel objects and processes, and nothing else:
 * each :class:`Host` is a namespace with a veth underlay into the fabric,
   holding ``198.51.100.N/24`` and ``2001:db8:ffff::N/64`` (documentation
   ranges, only ever inside the lab), and normally a real ``butterflyd``
-  (:class:`~butterfly.bench.daemon.DaemonProcess`) started inside it with
+  (:class:`~butterfly_lab.daemon.DaemonProcess`) started inside it with
   the kernel data plane, its state and an ``ipc://`` API socket in the
   host's own folder;
 * each :class:`Vm` is a namespace handed to a NETNS vnic (``--type netns
@@ -59,9 +59,9 @@ from typing import IO, Any, TypeVar
 
 from butterfly.api.client import Client
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench import agent as _agent_module
-from butterfly.bench.daemon import DaemonError, DaemonProcess, butterflyd_command
 from butterfly.dataplane.naming import DYNAMIC_PREFIX
+from butterfly_lab import agent as _agent_module
+from butterfly_lab.daemon import DaemonError, DaemonProcess, butterflyd_command
 
 __all__ = [
     "FABRIC_BRIDGE",
@@ -347,7 +347,7 @@ class Netns:
 
 
 class Agent:
-    """The agent process of a namespace (:mod:`butterfly.bench.agent`), killed by pid.
+    """The agent process of a namespace (:mod:`butterfly_lab.agent`), killed by pid.
 
     Each :meth:`call` sends one JSON command and returns its JSON answer;
     the agent bounds every wait by the command's ``timeout``.

@@ -1,6 +1,6 @@
-"""A VM's hands in the labs (:mod:`butterfly.bench.lab`): runs inside a netns, obeys JSON lines.
+"""A VM's hands in the labs (:mod:`butterfly_lab.lab`): runs inside a netns, obeys JSON lines.
 
-Started as ``ip netns exec NS python .../butterfly/bench/agent.py``; each line on stdin is one
+Started as ``ip netns exec NS python .../butterfly_lab/agent.py``; each line on stdin is one
 command, answered by one JSON line on stdout. It serves (TCP and UDP echo
 servers), probes (TCP connect and echo, UDP echo, ICMP echo), keeps TCP
 connections open across data plane changes, and sends and captures raw

@@ -1,7 +1,7 @@
 """``butterfly-bench vhost``: the vhost-user backend against its targets and DPDK's own.
 
 Issue 4's benchmark, in one run. A real butterflyd runs in a host namespace of a
-:class:`~butterfly.bench.lab.Lab` (kernel data plane, ``--nic-mtu 1500``); its
+:class:`~butterfly_lab.lab.Lab` (kernel data plane, ``--nic-mtu 1500``); its
 vhost-user vnic ``src`` and a NETNS vnic ``sink`` (a VM namespace) share a VNI and
 the security group ``open``, so every frame crosses the bridge, anti-spoofing and
 the conntrack-zoned filter, as in production. Measured:
@@ -22,8 +22,8 @@ the conntrack-zoned filter, as in production. Measured:
   1448``, so each frame leaves virtio-user as one GSO segment that the backend hands
   the kernel whole; against the DPDK backend likewise;
 * TCP between two QEMU guests (iperf3) over two vhost-user vnics, and the same over
-  two TAP vnics, in rounds, median kept (needs qemu-system-x86_64 and the guest
-  image machinery of a source checkout, ``tests/e2e/guest.py``);
+  two TAP vnics, in rounds, median kept (needs qemu-system-x86_64; the guests are
+  those of the end-to-end tests, :mod:`butterfly_lab.guest`);
 * the API's latency, one request per frame: ``nic_list`` (the API path alone) and
   ``sg_member_add`` (an nftables set element and a synchronous SQLite commit too),
   idle, while ``src`` runs at full rate, and as a control while a DPDK pair keeps both
@@ -44,7 +44,6 @@ with ``--strict``, 1 when a target is missed; 2 when it could not run.
 
 import argparse
 import contextlib
-import importlib.util
 import ipaddress
 import os
 import re
@@ -59,17 +58,16 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import butterfly
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.agent import internet_checksum
-from butterfly.bench.daemon import DaemonError
-from butterfly.bench.figures import BenchError, busy_elsewhere, percentile, table
-from butterfly.bench.lab import Host, Lab, LabError, Vm, wait_for
 from butterfly.dataplane.naming import tap_name
 from butterfly.errors import ClientError
+from butterfly_lab import guest
+from butterfly_lab.agent import internet_checksum
+from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table
+from butterfly_lab.daemon import DaemonError
+from butterfly_lab.lab import Host, Lab, LabError, Vm, wait_for
 
 __all__ = ["add_arguments", "parse_pmd_stats", "run"]
 
@@ -525,19 +523,6 @@ def idle_cpu(bench: Bench) -> float:
 # ---------------------------------------------------------------- guests
 
 
-def guest_module() -> ModuleType | None:
-    """tests/e2e/guest.py of the source checkout this butterfly runs from, if any: the
-    QEMU guest machinery of the end-to-end tests (standard library only)."""
-    path = Path(butterfly.__file__).resolve().parent.parent / "tests" / "e2e" / "guest.py"
-    spec = importlib.util.spec_from_file_location("butterfly_e2e_guest", path)
-    if not path.exists() or spec is None or spec.loader is None:
-        return None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 _RECEIVER = re.compile(r"([0-9.]+) ([KMG]?)bits/sec\s+receiver")
 _UNITS = {"": 1e-9, "K": 1e-6, "M": 1e-3, "G": 1.0}
 
@@ -555,16 +540,13 @@ def guests_tcp(bench: Bench) -> tuple[float, float] | str:
     or why it could not run."""
     if shutil.which("qemu-system-x86_64") is None:
         return "qemu-system-x86_64 is not installed"
-    guest = guest_module()
-    if guest is None:
-        return "no tests/e2e/guest.py (run from a source checkout)"
     try:
-        return _guests_tcp(bench, guest)
+        return _guests_tcp(bench)
     except guest.GuestError as error:
         raise BenchError(f"guests: {error}") from error
 
 
-def _guests_tcp(bench: Bench, guest: Any) -> tuple[float, float]:
+def _guests_tcp(bench: Bench) -> tuple[float, float]:
     host = bench.host
     image = guest.build_image()
     pairs: dict[str, list[Any]] = {"vhost": [], "tap": []}

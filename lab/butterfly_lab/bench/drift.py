@@ -1,7 +1,7 @@
 """``butterfly-bench drift``: the window other software opens by changing butterfly's
 kernel objects, from the change until butterflyd has put it back.
 
-One host (a real butterflyd, data plane on) in a :class:`~butterfly.bench.lab.Lab`,
+One host (a real butterflyd, data plane on) in a :class:`~butterfly_lab.lab.Lab`,
 one VNI: a server vnic whose group lets ICMP in and nothing else, a client vnic.
 While the client pings the server every 2 ms (``ping -D``: each reply stamped)
 and sends it a UDP datagram every millisecond (its group drops UDP: a counter
@@ -33,12 +33,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from butterfly.api.proto.message0_pb2 import MessageV0
-from butterfly.bench.daemon import DaemonError
-from butterfly.bench.dataplane import add_tap_vnics
-from butterfly.bench.figures import BenchError, busy_elsewhere, percentile, table
-from butterfly.bench.lab import Host, Lab, LabError, Vm, wait_for
 from butterfly.dataplane.naming import TABLE
 from butterfly.errors import ClientError
+from butterfly_lab.bench.dataplane import add_tap_vnics
+from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table
+from butterfly_lab.daemon import DaemonError
+from butterfly_lab.lab import Host, Lab, LabError, Vm, wait_for
 
 __all__ = ["CHANGES", "add_arguments", "gap_around", "run"]
 

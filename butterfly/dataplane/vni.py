@@ -1,0 +1,289 @@
+"""A VNI's devices: its bridge and VXLAN device, how they flood, and their deletion.
+
+Owns :class:`Vnis`: per VNI present on this host, the bridge ``bfbr<vni>``
+and the VXLAN device ``bfvx<vni>`` on the underlay, created or put right;
+the VXLAN device's flooding (the VNI's multicast group, static peers kept in
+its forwarding database, or FRR's with EVPN) and, with EVPN, the bridge's
+neighbour entries for the vnics' IPs; deleting a VNI's devices once no vnic
+needs them, at once or in the daemon's idle time.
+"""
+
+import errno
+import ipaddress
+import logging
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+
+from butterfly.dataplane.evpn import bridge_mac, neighbour_changes, wanted_neighbours
+from butterfly.dataplane.guard import GuardKind
+from butterfly.dataplane.journal import Journal, step
+from butterfly.dataplane.limits import MulticastLimits
+from butterfly.dataplane.links import Links, PortFlags
+from butterfly.dataplane.naming import bridge_name, vni_alias, vni_of, vxlan_name
+from butterfly.dataplane.netlink import BRIDGE_OPTIONS, Link, Netlink
+from butterfly.dataplane.settings import KernelSettings
+from butterfly.dataplane.underlay import flood_group
+from butterfly.errors import DataplaneError
+from butterfly.model import StateView
+from butterfly.model.addresses import ip_version
+
+__all__ = ["Vnis"]
+
+log = logging.getLogger(__name__)
+
+
+class Vnis:
+    """The VNIs' devices; ``zone_count``: how many VNIs have a conntrack zone
+    (each multicast VNI holds a group membership of the underlay)."""
+
+    def __init__(
+        self,
+        netlink: Netlink,
+        links: Links,
+        settings: KernelSettings,
+        *,
+        zone_count: Callable[[], int],
+    ) -> None:
+        self._netlink = netlink
+        self._links = links
+        self._settings = settings
+        self._zone_count = zone_count
+        self.multicast_limits = MulticastLimits(settings.underlay.version)
+        self._flood: dict[int, set[str]] = {}
+        self._flood_loaded = False
+        self._deferred: deque[tuple[str, Callable[[], None]]] = deque()
+
+    def used(self, vni: int, state: StateView) -> bool:
+        """Whether a vnic of ``vni`` has a port here (so the VNI needs its devices)."""
+        return any(self._settings.has_port(vnic) for vnic in state.vnics_in(vni))
+
+    def peers(self, vni: int, state: StateView) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([*self._settings.static_peers, *state.peers(vni)]))
+
+    def forget_flooding(self) -> None:
+        """Read the forwarding database again when next needed (reconcile, repair, cleanup)."""
+        self._flood.clear()
+        self._flood_loaded = False
+
+    def ensure(self, j: Journal | None, vni: int, state: StateView) -> None:
+        """The VNI's bridge and VXLAN device, created or put right."""
+        settings = self._settings
+        underlay = settings.underlay
+        what = f"vni {vni}"
+        bridge = self._links.own(bridge_name(vni), what)
+        if bridge is not None and bridge.kind != "bridge":
+            step(j, f"delete {bridge.name}", partial(self._netlink.delete_link, bridge.index))
+            bridge = None
+        if bridge is None:
+            name = bridge_name(vni)
+            step(
+                j,
+                f"create bridge {name}",
+                lambda: self._netlink.add_bridge(name, mtu=settings.vnic_mtu, alias=vni_alias(vni)),
+                partial(self._links.delete, name),
+            )
+            bridge = self._netlink.link(name)
+            assert bridge is not None
+        elif any(bridge.info.get(k) != v for k, v in BRIDGE_OPTIONS.items()):
+            step(
+                j,
+                f"configure {bridge.name}",
+                partial(self._netlink.set_bridge_options, bridge.index),
+            )
+        self._links.fix(j, bridge, master=None, mtu=settings.vnic_mtu)
+        if settings.evpn and bridge.mac != (mac := bridge_mac(underlay.address, vni)):
+            index, old = bridge.index, bridge.mac
+            step(
+                j,
+                f"set the mac of {bridge.name}",
+                partial(self._netlink.set_link, index, mac=mac),
+                partial(self._netlink.set_link, index, mac=old),
+            )
+        vxlan = self._links.own(vxlan_name(vni), what)
+        if vxlan is not None and not self._vxlan_fits(vxlan, vni):
+            step(j, f"delete {vxlan.name}", partial(self._netlink.delete_link, vxlan.index))
+            vxlan = None
+        if vxlan is None:
+            name = vxlan_name(vni)
+            group = flood_group(vni, underlay.version) if settings.multicast else None
+            if settings.multicast:
+                self.multicast_limits.ensure(self._zone_count())
+            step(
+                j,
+                f"create vxlan {name}",
+                lambda: self._netlink.add_vxlan(
+                    name,
+                    vni=vni,
+                    local=underlay.address,
+                    group=group,
+                    underlay_index=underlay.index,
+                    port=settings.vxlan_port,
+                    mtu=settings.vxlan_mtu,
+                    alias=vni_alias(vni),
+                    learning=not settings.evpn,
+                ),
+                partial(self._links.delete, name),
+            )
+            vxlan = self._netlink.link(name)
+            assert vxlan is not None
+            self._flood[vxlan.index] = set()
+            self._links.ensure_guard(j, vxlan, GuardKind.OPEN, fresh=True)
+        else:
+            self._links.ensure_guard(j, vxlan, GuardKind.OPEN)
+        advice = None
+        if settings.multicast and not vxlan.up:  # going up joins the group
+            advice = dict.fromkeys((errno.ENOBUFS, errno.ENOMEM), self.multicast_limits.advice())
+        self._links.fix(j, vxlan, master=bridge.index, mtu=settings.vxlan_mtu, advice=advice)
+        if settings.evpn:
+            # Remote MACs are FRR's extern_learn entries: the bridge learns
+            # none on this port. Neighbour suppression here: a VM's ARP or
+            # solicitation for a MAC behind this port is answered by the
+            # bridge from FRR's neighbour entries, and no ARP or solicitation
+            # whose MAC the bridge knows is flooded through it.
+            self._links.fix_port_flags(
+                j,
+                vxlan.name,
+                PortFlags(learning=False, unicast_flood=True, locked=False, neigh_suppress=True),
+            )
+        else:
+            self.sync_peers(j, vxlan, self.peers(vni, state))
+
+    def _vxlan_fits(self, vxlan: Link, vni: int) -> bool:
+        settings = self._settings
+        underlay = settings.underlay
+        info = vxlan.info
+        v6 = underlay.version == 6
+        local = info.get("IFLA_VXLAN_LOCAL6" if v6 else "IFLA_VXLAN_LOCAL")
+        group = info.get("IFLA_VXLAN_GROUP6" if v6 else "IFLA_VXLAN_GROUP")
+        wanted_group = flood_group(vni, underlay.version) if settings.multicast else None
+        return (
+            vxlan.kind == "vxlan"
+            and info.get("IFLA_VXLAN_ID") == vni
+            and local is not None
+            and ipaddress.ip_address(local) == ipaddress.ip_address(underlay.address)
+            and (str(ipaddress.ip_address(group)) if group else None) == wanted_group
+            and info.get("IFLA_VXLAN_LINK") == underlay.index
+            and info.get("IFLA_VXLAN_PORT") == settings.vxlan_port
+            and info.get("IFLA_VXLAN_LEARNING") == int(not settings.evpn)
+        )
+
+    def sync_peers(self, j: Journal | None, vxlan: Link, wanted: tuple[str, ...]) -> None:
+        """Make the VXLAN device flood to exactly ``wanted`` (besides its group)."""
+        underlay = self._settings.underlay
+        for peer in wanted:
+            if ip_version(peer) != underlay.version:
+                raise DataplaneError(
+                    f"peer {peer} is not of the underlay's family ({underlay.address})"
+                )
+        group = flood_group(vni_of(vxlan.name), underlay.version)
+        present = self._flood_peers(vxlan.index) - {group}
+
+        def add(peer: str) -> None:
+            self._netlink.fdb_append(vxlan.index, peer)
+            self._flood_peers(vxlan.index).add(peer)
+
+        def remove(peer: str) -> None:
+            self._netlink.fdb_delete(vxlan.index, peer)
+            self._flood_peers(vxlan.index).discard(peer)
+
+        for peer in wanted:
+            if peer not in present:
+                step(
+                    j, f"add peer {peer} to {vxlan.name}", partial(add, peer), partial(remove, peer)
+                )
+        for peer in sorted(present - set(wanted)):
+            step(
+                j,
+                f"remove peer {peer} from {vxlan.name}",
+                partial(remove, peer),
+                partial(add, peer),
+            )
+
+    def _flood_peers(self, index: int) -> set[str]:
+        """The flooding peers of VXLAN device ``index``, from one dump of the
+        forwarding database kept up to date since (a dump is O(every entry))."""
+        if index not in self._flood and not self._flood_loaded:
+            for known, peers in self._netlink.flood_peers().items():
+                self._flood.setdefault(known, peers)
+            self._flood_loaded = True
+        return self._flood.setdefault(index, set())
+
+    def sync_neighbours(self, j: Journal | None, vni: int, state: StateView) -> None:
+        """With EVPN, the VNI's bridge holds a permanent neighbour entry for each
+        IP of its vnics (FRR advertises each as a type-2 MAC/IP route at once,
+        and the bridge answers ARP for it), and no other entry of ours."""
+        if not self._settings.evpn:
+            return
+        vnics = [vnic for vnic in state.vnics_in(vni) if self._settings.has_port(vnic)]
+        if not vnics:
+            return
+        bridge = self._netlink.link(bridge_name(vni))
+        if bridge is None:
+            raise DataplaneError(f"vni {vni}: bridge {bridge_name(vni)} is missing")
+        index = bridge.index
+        present = self._netlink.static_neighbours(index)
+        to_set, to_remove = neighbour_changes(present, wanted_neighbours(vnics))
+        for ip, mac in to_set:
+            old = present.get(ip)
+            step(
+                j,
+                f"set neighbour {ip} at {mac} on {bridge.name}",
+                partial(self._netlink.set_neighbour, index, ip, mac),
+                partial(self._netlink.set_neighbour, index, ip, old)
+                if old
+                else partial(self._netlink.delete_neighbour, index, ip),
+            )
+        for ip in to_remove:
+            step(
+                j,
+                f"remove neighbour {ip} from {bridge.name}",
+                partial(self._netlink.delete_neighbour, index, ip),
+                partial(self._netlink.set_neighbour, index, ip, present[ip]),
+            )
+
+    def remove_if_unused(self, j: Journal, vni: int, state: StateView) -> None:
+        if self.used(vni, state):
+            return
+        for name in (vxlan_name(vni), bridge_name(vni)):
+            link = self._netlink.link(name)
+            if link is not None:
+                # Only once the request has succeeded: a bridge re-created by
+                # an undo would come back with another MAC and bridge id.
+                j.after_success(
+                    f"delete {name}",
+                    partial(self._delete_later, link, partial(self.used, vni, state)),
+                )
+
+    def _delete_link(self, index: int) -> None:
+        """Delete a VNI's device and forget its flooding peers: ifindexes are not
+        reused, so the entry of a deleted device would stay for ever."""
+        self._netlink.delete_link(index)
+        self._flood.pop(index, None)
+
+    def _delete_later(self, link: Link, wanted: Callable[[], bool]) -> None:
+        """Delete a link that a successful request left unused: at once, or
+        (``defer_deletes``) after the reply, since the kernel spends ~25 ms per
+        link deleted waiting for its readers to let go. A deferred deletion
+        is skipped if the link was replaced or is ``wanted`` again by then;
+        one a crash leaves undone is a leftover the next reconcile removes."""
+        if not self._settings.defer_deletes:
+            self._delete_link(link.index)
+            return
+
+        def delete() -> None:
+            now = self._netlink.link(link.name)
+            if now is not None and now.index == link.index and not wanted():
+                self._delete_link(link.index)
+
+        self._deferred.append((link.name, delete))
+
+    def background_work(self) -> bool:
+        """One deferred deletion (see :meth:`_delete_later`); whether more are left."""
+        if self._deferred:
+            name, delete = self._deferred.popleft()
+            try:
+                delete()
+            except DataplaneError as exc:
+                log.error("deleting %s after its request: %s", name, exc)
+        return bool(self._deferred)
