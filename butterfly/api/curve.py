@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 from butterfly.errors import ConfigError
 
@@ -110,8 +109,14 @@ class ServerAuthenticator:
         if not os.path.isdir(server.allowed_clients_dir):
             raise ConfigError(f"curve allowed clients {server.allowed_clients_dir}: not a folder")
         self._server = server
+        # Imported here: it brings asyncio (~0.5 s of a daemon's start-up), and
+        # only a daemon with CurveZMQ uses it.
+        from zmq.auth.thread import ThreadAuthenticator  # noqa: PLC0415
+
         # Refused clients are logged at debug level (pyzmq's choice).
-        self._auth = ThreadAuthenticator(context, log=logging.getLogger(__name__))
+        self._auth: ThreadAuthenticator = ThreadAuthenticator(
+            context, log=logging.getLogger(__name__)
+        )
         self._auth.start()
         self.reload()
 

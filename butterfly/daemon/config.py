@@ -18,6 +18,7 @@ from butterfly import __version__
 from butterfly.daemon.original import DPDK_HELP, parse_cpu_list, parse_dpdk_args
 from butterfly.errors import ConfigError
 from butterfly.model import canonical_ip
+from butterfly.vhost.fastloop import LOOPS as VHOST_LOOPS
 
 __all__ = ["LOG_LEVELS", "UNDERLAYS", "Config", "EvpnConfig", "parse_args"]
 
@@ -66,6 +67,8 @@ class Config:
     nice: int = DEFAULT_NICE
     vhost_workers: int | None = None
     """vhost-user worker processes; None: one per CPU."""
+    vhost_loop: str = "auto"
+    """One of VHOST_LOOPS: who does the vhost-user per-frame work."""
     dataplane: bool = True
     cleanup: bool = False
     offload: bool = True
@@ -251,6 +254,12 @@ def _parser() -> argparse.ArgumentParser:
         help="processes moving vhost-user frames (default: one per CPU)",
     )
     parser.add_argument(
+        "--vhost-loop",
+        choices=VHOST_LOOPS,
+        help="what moves vhost-user frames: the C extension built by pip install (c),"
+        " the Python loop (python), or c when it was built (auto, the default)",
+    )
+    parser.add_argument(
         "--vnic-max-connections",
         type=int,
         metavar="N",
@@ -346,6 +355,7 @@ def _read_file(path: str) -> dict[str, str]:
             "no-syslog",
             "nice",
             "vhost-workers",
+            "vhost-loop",
             "no-offload",
             "graph-cpu-core",
             "graph-core-id",
@@ -398,6 +408,7 @@ def parse_args(argv: list[str]) -> Config:
         "no-syslog": args.no_syslog,
         "nice": args.nice,
         "vhost-workers": args.vhost_workers,
+        "vhost-loop": args.vhost_loop,
         "no-offload": args.no_offload,
         "graph-cpu-core": args.graph_cpu_core,
         "dpdk-args": args.dpdk_args,
@@ -470,6 +481,11 @@ def parse_args(argv: list[str]) -> Config:
             f"{where}: curve_secret_key_path and curve_allowed_clients_dir go together"
             " (--curve-secret-key and --curve-allowed-clients)"
         )
+    vhost_loop = text("vhost-loop") or "auto"
+    if vhost_loop not in VHOST_LOOPS:
+        raise ConfigError(
+            f"{where}: vhost-loop {vhost_loop!r} is not one of {', '.join(VHOST_LOOPS)}"
+        )
     underlay = text("underlay") or ("static" if peers else "multicast")
     if underlay not in UNDERLAYS:
         raise ConfigError(f"{where}: underlay {underlay!r} is not one of {', '.join(UNDERLAYS)}")
@@ -489,6 +505,7 @@ def parse_args(argv: list[str]) -> Config:
         vxlan_peers=tuple(dict.fromkeys(peers)),
         nice=DEFAULT_NICE if nice is None else nice,
         vhost_workers=number("vhost-workers", 1, 1024),
+        vhost_loop=vhost_loop,
         dataplane=not args.no_dataplane,
         cleanup=args.cleanup,
         offload=not flag("no-offload"),

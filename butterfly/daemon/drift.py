@@ -40,8 +40,9 @@ _KEPT = 32
 class Watchable(Protocol):
     """The data plane as drift repair needs it (the kernel one)."""
 
-    def watch(self) -> KernelWatch:
-        """A watch of this data plane's namespace, knowing its links as they are."""
+    def watch(self, *, primed_by_reconcile: bool = False) -> KernelWatch:
+        """A watch of this data plane's namespace, knowing its links as they are
+        (``primed_by_reconcile``: once the next reconcile has read them)."""
 
     def rewatch(self, watch: KernelWatch) -> None:
         """Tell ``watch`` the links as they are now (after a repair)."""
@@ -61,15 +62,18 @@ class DriftRepair:
         report_only: bool = False,
         clock: Callable[[], float] = time.monotonic,
         hold: Callable[[], bool] | None = None,
+        primed_by_reconcile: bool = False,
     ) -> None:
         """``hold``: while it says so, changes are noted and their repair waits
-        (the start-up reconcile runs between requests: a repair would fight it)."""
+        (the start-up reconcile runs between requests: a repair would fight it).
+        ``primed_by_reconcile``: that reconcile's dump of every link is the
+        watch's starting point (changes before it are the reconcile's)."""
         self._dataplane = dataplane
         self._hold = hold
         self._repair = repair
         self._report_only = report_only
         self._clock = clock
-        self._watch = dataplane.watch()
+        self._watch = dataplane.watch(primed_by_reconcile=primed_by_reconcile)
         self._pending: list[Change] = []
         self._first = self._last = 0.0
         self._seen = self._repaired = self._repairs = self._failures = 0

@@ -216,6 +216,7 @@ def _watch(
             repair=lambda scope: dataplane.repair(switch.state, scope),
             report_only=config.report_drift_only,
             hold=lambda: startup.running,
+            primed_by_reconcile=True,
         )
     except DataplaneError as error:
         # The API still answers, and explains each refusal (without
@@ -336,6 +337,7 @@ def run(config: Config, argv: list[str], notifier: Notifier) -> None:
         nice=min(19, config.nice + WORKERS_NICER),
         cpus=config.graph_cpus,
         offload=config.offload,
+        loop=config.vhost_loop,
     )
     try:
         notifier.status("loading the state")
@@ -391,7 +393,7 @@ def run(config: Config, argv: list[str], notifier: Notifier) -> None:
                 server.serve(
                     wakeup,
                     drift,
-                    idle=lambda: startup.work() | dataplane.background_work(),
+                    idle=startup.work,
                     on_signal=partial(_on_signal, daemon, notifier, status, memory),
                     tick=notifier.tick,
                     tick_every=notifier.watchdog_interval,

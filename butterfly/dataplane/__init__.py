@@ -17,7 +17,10 @@ object:
 - ``tracing``: packet traces; ``graph``: the picture of the data path;
   ``cleanup``: removing everything butterfly made;
 - ``settings``: what the daemon's configuration decides for all of them;
-- ``netlink``/``rtlink``: links through netlink (pyroute2); ``journal``: the
+- ``netlink``: links through netlink (``rtlink`` reads them and sends the
+  changes ``rtchange`` encodes; pyroute2 for the rest); ``deleter``: the
+  thread that deletes the links a request left unused; ``forked``: a big
+  transient read (the tables' listing) in a child process; ``journal``: the
   undo log that makes each request all or nothing.
 
 The data plane takes model objects and makes the kernel match them; it

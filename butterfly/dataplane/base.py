@@ -110,10 +110,6 @@ class Dataplane(Protocol):
     def graph(self, state: StateView) -> str:
         """The data path as a Graphviz DOT graph (app_status)."""
 
-    def background_work(self) -> bool:
-        """A short piece of work left after a reply (deleting what a request no
-        longer needs); whether more is left. The daemon calls it when idle."""
-
     def close(self) -> None:
         """Stop background work; the kernel objects stay and keep forwarding."""
 

@@ -70,9 +70,6 @@ class ControlOnlyDataplane:
     def graph(self, state: StateView) -> str:
         return desired_state_graph(state)
 
-    def background_work(self) -> bool:
-        return False
-
     def close(self) -> None:
         pass
 

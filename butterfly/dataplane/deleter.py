@@ -1,40 +1,55 @@
-"""Deleting retired ports in a thread, so that no request waits for it.
+"""Deleting links in a thread, so that no request waits for it.
 
 The kernel takes ~25 ms to delete a link, nearly all of it waiting for
-the packet path's readers to let go (an RCU grace period), not computing.
-A port a request removed is already down, off its bridge and renamed aside
-(:func:`~butterfly.dataplane.naming.retired_name`) before the reply; nothing
-will ever use it again, so a thread of its own deletes it meanwhile, on its
-own netlink socket (opened by the creator, in the creator's namespace).
+the packet path's readers to let go (an RCU grace period, after the RTNL
+lock is released: other netlink requests go on meanwhile), not computing.
+Two kinds of links come here, once the request that left them unused has
+succeeded:
 
-Only retired ports come here: a VNI's bridge or VXLAN device may be wanted
-again by the next request, so the data plane deletes those itself, between
-requests. A deletion a crash leaves undone is a leftover that the next
-reconcile removes.
+* a removed port, already down, off its bridge and renamed aside
+  (:func:`~butterfly.dataplane.naming.retired_name`): nothing will ever
+  use it again;
+* a VNI's bridge and VXLAN device, under their own names: a later request
+  that wants the VNI again first waits for their deletion (:meth:`wait`),
+  then makes them anew.
+
+A thread of its own deletes them, in order, on its own netlink socket
+(opened by the creator, in the creator's namespace). It takes every link
+queued meanwhile at once: each is put in a group of its own
+(:data:`DOOMED_GROUP`), and one deletion of that group waits for the
+readers once for all (requests that remove links back to back would
+otherwise queue deletions faster than one per ~25 ms can follow). A
+deletion a crash leaves undone is a leftover that the next reconcile
+removes.
 """
 
 import errno
 import logging
 import queue
 import threading
+from collections.abc import Collection
 
+from butterfly.dataplane import rtchange
 from butterfly.dataplane.rtlink import LinkReader
 
-__all__ = ["PortDeleter"]
+__all__ = ["LinkDeleter"]
 
 log = logging.getLogger(__name__)
 
 _STOP_SECONDS = 5.0
+DOOMED_GROUP = 0xBF0DE1E7
+"""The link group (``ip link ... group``) of the links being deleted together."""
+_WAIT_SECONDS = 10.0
 
 
-class PortDeleter:
+class LinkDeleter:
     """Deletes links by ifindex, in order, in a daemon thread started on first use."""
 
     def __init__(self) -> None:
         self._reader = LinkReader()
         self._queue: queue.SimpleQueue[tuple[str, int] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._deleting: set[int] = set()
         self._deleted: set[int] = set()
 
@@ -56,17 +71,68 @@ class PortDeleter:
             self._deleting.add(index)
         self._queue.put((name, index))
 
+    def pending(self, indexes: Collection[int]) -> bool:
+        """Whether any of these links is still queued or being deleted."""
+        with self._lock:
+            return not self._deleting.isdisjoint(indexes)
+
+    def wait(self, indexes: Collection[int] | None = None) -> bool:
+        """Wait until none of these links (None: no link) is queued or being
+        deleted any more, for a few seconds at most: whether that happened."""
+        wanted = None if indexes is None else set(indexes)
+
+        def done() -> bool:
+            return not self._deleting if wanted is None else self._deleting.isdisjoint(wanted)
+
+        with self._lock:
+            return self._lock.wait_for(done, _WAIT_SECONDS)
+
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            name, index = item
+        stopping = False
+        while not stopping and (item := self._queue.get()) is not None:
+            batch = [item]
+            while not self._queue.empty():
+                more = self._queue.get()
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
             try:
-                self._reader.delete(index)
+                self._delete(batch)
+            finally:
+                with self._lock:
+                    for _, index in batch:
+                        self._deleting.discard(index)
+                        self._deleted.add(index)
+                    self._lock.notify_all()
+
+    def _delete(self, batch: list[tuple[str, int]]) -> None:
+        if len(batch) == 1:
+            self._delete_one(*batch[0])
+            return
+        grouped = []
+        for name, index in batch:
+            try:
+                self._reader.change(rtchange.set_link(index, group=DOOMED_GROUP))
+                grouped.append((name, index))
             except OSError as exc:
                 if exc.errno != errno.ENODEV:
-                    log.error("deleting %s: %s; the next reconcile removes it", name, exc)
-            with self._lock:
-                self._deleting.discard(index)
-                self._deleted.add(index)
+                    self._delete_one(name, index)
+        if not grouped:
+            return
+        try:
+            self._reader.change(rtchange.delete_group(DOOMED_GROUP))
+        except OSError as exc:
+            log.warning("deleting %d links at once: %s; one by one", len(grouped), exc)
+            for name, index in grouped:
+                self._delete_one(name, index)
+
+    def _delete_one(self, name: str, index: int) -> None:
+        try:
+            self._reader.delete(index)
+        except OSError as exc:
+            if exc.errno != errno.ENODEV:
+                log.error("deleting %s: %s; the next reconcile removes it", name, exc)
 
     def close(self) -> None:
         """Finish the deletions queued (for a few seconds at most), then close."""

@@ -49,6 +49,7 @@ from functools import partial
 from butterfly.dataplane.base import Attachment, Counters, Progress, SgChange, VhostPorts
 from butterfly.dataplane.cleanup import cleanup
 from butterfly.dataplane.conntrack import Conntrack
+from butterfly.dataplane.deleter import LinkDeleter
 from butterfly.dataplane.evpn import FrrReader
 from butterfly.dataplane.graph import draw
 from butterfly.dataplane.guard import GuardPrograms
@@ -104,9 +105,8 @@ class KernelDataplane:
     filtered vnic may start unless it says otherwise (0: no cap). ``evpn``: FRR
     carries the VNIs (:mod:`butterfly.dataplane.evpn`; neither multicast
     nor static peers), ``frr`` reads its state for the graph.
-    ``defer_deletes``: delete links a request no longer needs after its
-    reply: removed ports in a thread, a VNI's devices in
-    :meth:`background_work` (the daemon's idle time). ``fault_hook``: tests
+    ``defer_deletes``: a thread deletes the links a request no longer needs
+    (removed ports, a VNI's devices) after its reply. ``fault_hook``: tests
     only, see :mod:`butterfly.dataplane.journal`.
 
     Raises ConfigError for an unusable option, DataplaneError when the
@@ -188,11 +188,24 @@ class KernelDataplane:
         )
         self._tables = NftablesState(self._nft, settings)
         self._links = Links(self._netlink, self._guards)
+        self._deleter = LinkDeleter() if defer_deletes else None
         self._vnis = Vnis(
-            self._netlink, self._links, settings, zone_count=lambda: len(self._tables.zones)
+            self._netlink,
+            self._links,
+            settings,
+            zone_count=lambda: len(self._tables.zones),
+            deleter=self._deleter,
         )
         self._traces = VnicTraces(socket_dir=socket_dir, default=packet_trace_default)
-        self._ports = Ports(self._netlink, self._links, settings, vhost=vhost, traces=self._traces)
+        self._ports = Ports(
+            self._netlink,
+            self._links,
+            settings,
+            vhost=vhost,
+            traces=self._traces,
+            deleter=self._deleter,
+        )
+        self._unprimed: list[KernelWatch] = []
         self._sniffer = Sniffer(self._nft, cross_vni=sniff_cross_vni)
         self._conntrack = Conntrack()
         self._closed = False
@@ -215,7 +228,12 @@ class KernelDataplane:
         """
         problems: list[str] = []
         self._vnis.forget_flooding()
+        # What the deletion thread is deleting would look like leftovers to delete.
+        self._vnis.settle_deletions()
         with self._netlink.snapshot():
+            for watch in self._unprimed:
+                watch.prime(self._netlink.links())
+            self._unprimed.clear()
             yield from self._reconcile(state, problems)
         if problems:
             raise DataplaneError("reconcile: " + "; ".join(problems))
@@ -502,20 +520,25 @@ class KernelDataplane:
 
     # watching (butterfly.daemon.drift)
 
-    def watch(self) -> KernelWatch:
-        """Notifications of this namespace about butterfly's objects, from now on."""
-        return KernelWatch(self._netlink.links(), evpn=self._settings.evpn)
+    def watch(self, *, primed_by_reconcile: bool = False) -> KernelWatch:
+        """Notifications of this namespace about butterfly's objects, from now on;
+        ``primed_by_reconcile``: the next reconcile tells it the links (from
+        its own dump: one dump less before a daemon answers)."""
+        if not primed_by_reconcile:
+            return KernelWatch(self._netlink.links(), evpn=self._settings.evpn)
+        watch = KernelWatch(None, evpn=self._settings.evpn)
+        self._unprimed.append(watch)
+        return watch
 
     def rewatch(self, watch: KernelWatch) -> None:
         watch.prime(self._netlink.links())
 
     def take_touched(self) -> set[int]:
-        """Also the retired ports the deletion thread deletes (see :mod:`.deleter`)."""
-        return self._netlink.take_touched() | self._ports.take_deleted()
-
-    def background_work(self) -> bool:
-        """One deferred deletion of a VNI's device; whether more are left."""
-        return self._vnis.background_work()
+        """Also the links the deletion thread deletes (see :mod:`.deleter`)."""
+        touched = self._netlink.take_touched()
+        if self._deleter is not None:
+            touched |= self._deleter.take_deleted()
+        return touched
 
     def close(self) -> None:
         """Stop talking to the kernel; bridges, ports, rules and traces stay.
@@ -524,7 +547,8 @@ class KernelDataplane:
         """
         if not self._closed:
             self._closed = True
-            self._ports.close()
+            if self._deleter is not None:
+                self._deleter.close()
             self._traces.close()
             self._guards.close()
             self._conntrack.close()

@@ -22,8 +22,9 @@ from pyroute2 import IPRoute
 from pyroute2.netlink import NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_GETLINK
-from pyroute2.netlink.rtnl.ndmsg import NTF_EXT_LEARNED, NTF_MASTER, NTF_SELF, NTF_STICKY
+from pyroute2.netlink.rtnl.ndmsg import NTF_EXT_LEARNED, NTF_SELF, NTF_STICKY
 
+from butterfly.dataplane import rtchange
 from butterfly.dataplane.kernel_errors import code_of, explain
 from butterfly.dataplane.rtlink import FdbEntry, LinkReader, RawLink
 from butterfly.errors import DataplaneError
@@ -32,7 +33,6 @@ from butterfly.model.addresses import ip_version
 __all__ = ["BRIDGE_OPTIONS", "LLDP_FORWARD_MASK", "Address", "Link", "Netlink", "Route"]
 
 _IFA_F_NODAD = 0x02
-_IN6_ADDR_GEN_MODE_NONE = 1
 _ZERO_MAC = "00:00:00:00:00:00"
 _RT_TABLE_MAIN = 254
 _IFF_UP = 0x1
@@ -290,13 +290,7 @@ class Netlink:
         traffic to the inet family's hooks (br_netfilter, per bridge) and lets
         no frame past its hooks to a port's own stack (LLDP_FORWARD_MASK)."""
         with _translated(f"netlink: creating bridge {name}"):
-            self._ipr.link(
-                "add",
-                ifname=name,
-                kind="bridge",
-                mtu=mtu,
-                **_BRIDGE_SPEC,
-            )
+            self._reader.change(rtchange.add_bridge(name, mtu=mtu, options=BRIDGE_OPTIONS))
         self._configure_new(name, alias)
 
     def add_vxlan(
@@ -314,18 +308,18 @@ class Netlink:
     ) -> None:
         """A VXLAN device; ``group`` None leaves flooding to static peers or
         FRR, ``learning`` False leaves remote MACs to FRR too."""
-        version = ip_version(local)
-        spec: dict[str, Any] = {
-            "vxlan_id": vni,
-            "vxlan_link": underlay_index,
-            "vxlan_port": port,
-            "vxlan_learning": int(learning),
-        }
-        spec["vxlan_local6" if version == 6 else "vxlan_local"] = local
-        if group is not None:
-            spec["vxlan_group6" if version == 6 else "vxlan_group"] = group
+        message = rtchange.add_vxlan(
+            name,
+            vni=vni,
+            local=local,
+            group=group,
+            underlay_index=underlay_index,
+            port=port,
+            mtu=mtu,
+            learning=learning,
+        )
         with _translated(f"netlink: creating vxlan {name}"):
-            self._ipr.link("add", ifname=name, kind="vxlan", mtu=mtu, **spec)
+            self._reader.change(message)
         self._configure_new(name, alias)
 
     def add_tap(self, name: str, *, mtu: int, alias: str) -> None:
@@ -360,24 +354,15 @@ class Netlink:
     ) -> None:
         """``advice``: the caller's remedy for errnos it can explain better
         (a VXLAN device that cannot join its multicast group going up)."""
-        spec: dict[str, Any] = {}
-        if master is not None:
-            spec["master"] = master
         if nomaster:
-            spec["master"] = 0
-        if mtu is not None:
-            spec["mtu"] = mtu
-        if mac is not None:
-            spec["address"] = mac
-        if alias is not None:
-            spec["IFLA_IFALIAS"] = alias
-        if up is not None:
-            spec["state"] = "up" if up else "down"
-        if spec:
-            self._touched.add(index)
-            with _translated(lambda: f"netlink: changing link {self._name(index)}", advice):
-                self._ipr.link("set", index=index, **spec)
-            self._changed(index=index)
+            master = 0
+        if (master, mtu, mac, alias, up) == (None,) * 5:
+            return
+        message = rtchange.set_link(index, master=master, mtu=mtu, up=up, mac=mac, alias=alias)
+        self._touched.add(index)
+        with _translated(lambda: f"netlink: changing link {self._name(index)}", advice):
+            self._reader.change(message)
+        self._changed(index=index)
 
     def set_bridge_options(self, index: int) -> None:
         """Re-apply :meth:`add_bridge`'s options to an existing bridge."""
@@ -401,15 +386,15 @@ class Netlink:
         neigh_suppress: bool = False,
     ) -> None:
         self._touched.add(index)
+        message = rtchange.bridge_port(
+            index,
+            learning=learning,
+            unicast_flood=unicast_flood,
+            locked=locked,
+            neigh_suppress=neigh_suppress,
+        )
         with _translated(lambda: f"netlink: changing bridge port {self._name(index)}"):
-            self._ipr.brport(
-                "set",
-                index=index,
-                learning=int(learning),
-                unicast_flood=int(unicast_flood),
-                locked=int(locked),
-                neigh_suppress=int(neigh_suppress),
-            )
+            self._reader.change(message)
         self._changed(index=index)
 
     def set_neighbour(self, index: int, address: str, mac: str) -> None:
@@ -439,13 +424,7 @@ class Netlink:
         (static, sticky)."""
         self._touched.add(index)
         with _translated(lambda: f"netlink: pinning {mac} to {self._name(index)}"):
-            self._ipr.fdb(
-                "replace",
-                ifindex=index,
-                lladdr=mac,
-                state=_NUD_NOARP,
-                flags=NTF_MASTER | NTF_STICKY,
-            )
+            self._reader.change(rtchange.fdb_pin(index, mac))
         if self._fdb is not None:
             for entries in self._fdb.values():
                 entries.pop(mac, None)
@@ -455,24 +434,22 @@ class Netlink:
         """Remove the forwarding entry of ``mac`` towards bridge port ``index``."""
         self._touched.add(index)
         with _translated(lambda: f"netlink: removing {mac} from {self._name(index)}"):
-            self._ipr.fdb("del", ifindex=index, lladdr=mac, flags=NTF_MASTER)
+            self._reader.change(rtchange.fdb_forget(index, mac))
         if self._fdb is not None:
             self._fdb.get(index, {}).pop(mac, None)
 
     def rename_link(self, index: int, name: str) -> None:
-        old = self._name(index)
         self._touched.add(index)
-        with _translated(f"netlink: renaming link {old} to {name}"):
-            self._ipr.link("set", index=index, ifname=name)
-        self._changed(old)
+        with _translated(lambda: f"netlink: renaming link {self._name(index)} to {name}"):
+            self._reader.change(rtchange.set_link(index, name=name))
+        self._changed(index=index)
         self._changed(name)
 
     def delete_link(self, index: int) -> None:
-        name = self._name(index)
         self._touched.add(index)
-        with _translated(f"netlink: deleting link {name}"):
-            self._ipr.link("del", index=index)
-        self._changed(name)
+        with _translated(lambda: f"netlink: deleting link {self._name(index)}"):
+            self._reader.delete(index)
+        self._changed(index=index)
 
     def fdb_append(self, index: int, dst: str) -> None:
         self._touched.add(index)
@@ -492,20 +469,13 @@ class Netlink:
         """The name of the guard program on link ``index``'s egress (or ingress), if any."""
         with _translated(lambda: f"netlink: listing the tc filters of {self._name(index)}"):
             try:
-                messages = self._ipr.get_filters(
-                    index=index, parent=_TC_INGRESS if ingress else _TC_EGRESS
-                )
-            except NetlinkError as exc:
-                if exc.code == errno.EINVAL:
+                parent = _TC_INGRESS if ingress else _TC_EGRESS
+                names = self._reader.bpf_filters(rtchange.filters(index, parent))
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:
                     return None  # no clsact qdisc
                 raise
-        for msg in messages:
-            options = msg.get_attr("TCA_OPTIONS")
-            if msg.get_attr("TCA_KIND") == "bpf" and options is not None:
-                name = options.get_attr("TCA_BPF_NAME")
-                if name is not None:
-                    return str(name)
-        return None
+        return names[0] if names else None
 
     def set_guard(self, index: int, fd: int, name: str, *, ingress: bool = False) -> None:
         """Put the eBPF program ``fd`` on link ``index``'s egress (or ingress), in
@@ -513,33 +483,29 @@ class Netlink:
         self._touched.add(index)
         with _translated(lambda: f"netlink: guarding {self._name(index)}"):
             try:
-                self._ipr.tc("add", "clsact", index)
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
+                self._reader.change(rtchange.clsact(index))
+            except OSError as exc:
+                if exc.errno != errno.EEXIST:
                     raise
-            self._ipr.tc(
-                "replace-filter",
-                "bpf",
-                index,
-                parent=_TC_INGRESS if ingress else _TC_EGRESS,
-                prio=_GUARD_PRIO,
-                handle=1,
-                fd=fd,
-                name=name,
-                direct_action=True,
+            self._reader.change(
+                rtchange.bpf_filter(
+                    index,
+                    parent=_TC_INGRESS if ingress else _TC_EGRESS,
+                    prio=_GUARD_PRIO,
+                    handle=1,
+                    fd=fd,
+                    name=name,
+                )
             )
 
     def remove_guard(self, index: int, *, ingress: bool = False) -> None:
         """Take the program off link ``index``'s egress (or ingress)."""
         self._touched.add(index)
         with _translated(lambda: f"netlink: unguarding {self._name(index)}"):
-            self._ipr.tc(
-                "del-filter",
-                "bpf",
-                index,
-                parent=_TC_INGRESS if ingress else _TC_EGRESS,
-                prio=_GUARD_PRIO,
-                handle=1,
+            self._reader.change(
+                rtchange.delete_filter(
+                    index, parent=_TC_INGRESS if ingress else _TC_EGRESS, prio=_GUARD_PRIO, handle=1
+                )
             )
 
     def add_address(self, index: int, address: str, prefixlen: int) -> None:
@@ -577,19 +543,9 @@ class Netlink:
         address, router solicitations, MLD) out of the tenant network; in one
         change (each costs a round trip to the kernel)."""
         index = self._index(name)
-        spec: dict[str, Any] = {
-            "IFLA_IFALIAS": alias,
-            "IFLA_AF_SPEC": {
-                "attrs": [
-                    ("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", _IN6_ADDR_GEN_MODE_NONE)]})
-                ]
-            },
-        }
-        if mtu is not None:
-            spec["mtu"] = mtu
         self._touched.add(index)
         with _translated(f"netlink: configuring link {name}"):
-            self._ipr.link("set", index=index, **spec)
+            self._reader.change(rtchange.set_link(index, alias=alias, no_addrgen=True, mtu=mtu))
         self._changed(name)
 
     def _index(self, name: str) -> int:

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
+from butterfly.dataplane.forked import in_child
 from butterfly.dataplane.journal import Journal, step
 from butterfly.dataplane.naming import (
     TABLE,
@@ -24,7 +25,7 @@ from butterfly.dataplane.naming import (
     vni_of,
     vxlan_name,
 )
-from butterfly.dataplane.nft import NftablesApi
+from butterfly.dataplane.nft import Nftables, NftablesApi
 from butterfly.dataplane.ruleset import (
     BOOTSTRAP,
     BRIDGE,
@@ -89,12 +90,11 @@ class NftablesState:
         self.zones.clear()
 
     def _listing(self) -> Listing:
-        listing = Listing()
-        for family in (BRIDGE, INET):
-            objects = self._nft.list({"table": {"family": family, "name": TABLE}})
-            if objects is not None:
-                listing.objects.update(parse_listing(family, objects).objects)
-        return listing
+        """butterfly's tables; from the kernel, read and parsed in a child
+        process on a context of its own (see :mod:`.forked`)."""
+        if isinstance(self._nft, Nftables):
+            return in_child(_read_listing, "nftables: reading butterfly's tables")
+        return _parsed_listing(self._nft)
 
     def _bootstrap(self, j: Journal | None, present: dict[Key, Obj]) -> None:
         """Make the objects nft's JSON cannot declare if missing, and add them to
@@ -359,3 +359,20 @@ def _bootstrapped(obj: Obj) -> bool:
 
 def _members(sg: SecurityGroup | None) -> tuple[str, ...]:
     return sg.members if sg is not None else ()
+
+
+def _parsed_listing(nft: NftablesApi) -> Listing:
+    listing = Listing()
+    for family in (BRIDGE, INET):
+        objects = nft.list({"table": {"family": family, "name": TABLE}})
+        if objects is not None:
+            listing.objects.update(parse_listing(family, objects).objects)
+    return listing
+
+
+def _read_listing() -> Listing:
+    nft = Nftables()
+    try:
+        return _parsed_listing(nft)
+    finally:
+        nft.close()

@@ -15,7 +15,7 @@ from dataclasses import replace
 from functools import partial
 
 from butterfly.dataplane.base import VhostPorts
-from butterfly.dataplane.deleter import PortDeleter
+from butterfly.dataplane.deleter import LinkDeleter
 from butterfly.dataplane.guard import GuardKind
 from butterfly.dataplane.journal import Journal, step
 from butterfly.dataplane.links import Links, PortFlags
@@ -51,7 +51,9 @@ class Ports:
         *,
         vhost: VhostPorts | None,
         traces: VnicTraces,
+        deleter: LinkDeleter | None,
     ) -> None:
+        """``deleter``: deletes removed ports after the request (None: at once)."""
         self._netlink = netlink
         self._links = links
         self._settings = settings
@@ -59,7 +61,7 @@ class Ports:
         self._traces = traces
         self._served: dict[str, int] = {}
         """vnic id -> ifindex of the tap the backend was asked to serve it on."""
-        self._deleter: PortDeleter | None = None
+        self._deleter = deleter
 
     def pluggable(self, vnic: Vnic) -> bool:
         """Whether ``vnic`` gets a port; says why not in the log."""
@@ -108,7 +110,9 @@ class Ports:
             step(j, f"turn off offloads of {name}", partial(turn_off_offloads, name))
         if link.alias is None:
             self._netlink.set_link(link.index, alias=vnic_alias(vnic.id))
-        self._fix_forwarding(j, vnic)
+        # A tap made just now has no reader yet, so no carrier: nothing on its
+        # port to read back (the dump walks the whole forwarding database).
+        self._fix_forwarding(j, vnic, known_empty=fresh and vnic.type in TAP_TYPES)
         if vnic.type == VnicType.NETNS:
             configure_peer(j, vnic, previous, mtu=settings.vnic_mtu, offload=settings.offload)
 
@@ -117,7 +121,7 @@ class Ports:
         settings = self._settings
         configure_peer(j, vnic, previous, mtu=settings.vnic_mtu, offload=settings.offload)
 
-    def _fix_forwarding(self, j: Journal | None, vnic: Vnic) -> None:
+    def _fix_forwarding(self, j: Journal | None, vnic: Vnic, *, known_empty: bool) -> None:
         """A filtered vnic's port holds its MAC pinned and is locked to it (MAC
         anti-spoofing in the bridge itself), learns no address and gets no
         flooded unicast, so the only unicast frames reaching it are those to
@@ -126,7 +130,8 @@ class Ports:
         too with EVPN (FRR advertises it before the VM speaks). No vnic port
         suppresses neighbour discovery: the kernel answers a request for a
         proxy only when it comes in on a port that does not (see the VXLAN
-        port's flags in :meth:`butterfly.dataplane.vni.Vnis.ensure`)."""
+        port's flags in :meth:`butterfly.dataplane.vni.Vnis.ensure`).
+        ``known_empty``: the port has no forwarding entry (not asked)."""
         name = tap_name(vnic.id)
         filtered = self._settings.filtered(vnic)
         pin = filtered or self._settings.evpn
@@ -142,7 +147,7 @@ class Ports:
             what=what(vnic),
         )
         mac = vnic.mac.lower()
-        entries = self._netlink.bridge_entries(index)
+        entries = {} if known_empty else self._netlink.bridge_entries(index)
         for other, pinned in sorted(entries.items()):
             if (pin and other == mac) or not (filtered or pinned):
                 continue
@@ -225,19 +230,13 @@ class Ports:
 
     def _delete_retired(self, link: Link) -> None:
         """A removed port, renamed aside: nobody will want it again, so with
-        ``defer_deletes`` a thread of its own deletes it (see
+        a deleter the deletion thread deletes it (see
         :mod:`butterfly.dataplane.deleter`)."""
-        if not self._settings.defer_deletes:
+        if self._deleter is None:
             self._netlink.delete_link(link.index)
             return
-        if self._deleter is None:
-            self._deleter = PortDeleter()
         self._netlink.forget(link.name)
         self._deleter.delete(link.name, link.index)
-
-    def take_deleted(self) -> set[int]:
-        """The retired ports the deletion thread deleted since last asked."""
-        return self._deleter.take_deleted() if self._deleter is not None else set()
 
     def serve(self, j: Journal | None, vnic: Vnic) -> None:
         """Have the backend serve a vhost-user vnic's socket on its tap.
@@ -271,7 +270,3 @@ class Ports:
     def served(self) -> set[str]:
         """The vnics the backend was asked to serve."""
         return set(self._served)
-
-    def close(self) -> None:
-        if self._deleter is not None:
-            self._deleter.close()

@@ -21,6 +21,8 @@ import struct
 from collections.abc import Callable, Container, Iterator
 from typing import Any, NamedTuple
 
+from butterfly.dataplane.rtchange import Message
+
 __all__ = ["FdbEntry", "LinkReader", "RawLink"]
 
 RawLink = dict[str, Any]
@@ -32,6 +34,17 @@ _RTM_DELLINK = 17
 _RTM_GETLINK = 18
 _RTM_NEWNEIGH = 28
 _RTM_GETNEIGH = 30
+_RTM_NEWTFILTER = 44
+_RTM_GETTFILTER = 46
+_ANSWERS = {
+    _RTM_GETLINK: _RTM_NEWLINK,
+    _RTM_GETNEIGH: _RTM_NEWNEIGH,
+    _RTM_GETTFILTER: _RTM_NEWTFILTER,
+}
+_TCMSG_SIZE = 20
+_TCA_KIND = 1
+_TCA_OPTIONS = 2
+_TCA_BPF_NAME = 7
 _SOL_NETLINK = 270
 _NETLINK_GET_STRICT_CHK = 12
 _NDMSG = struct.Struct("=B3xiHBB")
@@ -200,7 +213,8 @@ def _decode(data: bytes, offset: int, end: int) -> RawLink:
 
 
 class LinkReader:
-    """One NETLINK_ROUTE socket for reading links (not thread-safe)."""
+    """One NETLINK_ROUTE socket for reading links and sending the changes
+    :mod:`butterfly.dataplane.rtchange` encodes (not thread-safe)."""
 
     def __init__(self) -> None:
         self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_ROUTE)
@@ -262,6 +276,25 @@ class LinkReader:
         for _ in self._request(_RTM_DELLINK, _NLM_F_REQUEST | _NLM_F_ACK, header, b""):
             pass
 
+    def change(self, message: Message) -> None:
+        """Send a change (:mod:`butterfly.dataplane.rtchange`) and wait for its
+        acknowledgement; OSError with the kernel's errno when refused."""
+        for _ in self._request(message.kind, message.flags, message.body, b""):
+            pass
+
+    def bpf_filters(self, message: Message) -> list[str]:
+        """The names of the eBPF programs among the filters ``message`` dumps
+        (:func:`~butterfly.dataplane.rtchange.filters`)."""
+        names = []
+        for data, offset, end in self._request(message.kind, message.flags, message.body, b""):
+            found = dict(_attributes(data, offset + _TCMSG_SIZE, end, (_TCA_KIND, _TCA_OPTIONS)))
+            if _text(found.get(_TCA_KIND, b"")) != "bpf" or _TCA_OPTIONS not in found:
+                continue
+            options = found[_TCA_OPTIONS]
+            for _, name in _attributes(options, 0, len(options), (_TCA_BPF_NAME,)):
+                names.append(_text(name))
+        return names
+
     def _request(
         self, kind: int, flags: int, header: bytes, attributes: bytes
     ) -> Iterator[tuple[bytes, int, int]]:
@@ -269,7 +302,7 @@ class LinkReader:
         self._seq += 1
         body = header + attributes
         self._socket.send(_HEADER.pack(_HEADER.size + len(body), kind, flags, self._seq, 0) + body)
-        answer = _RTM_NEWLINK if kind == _RTM_GETLINK else _RTM_NEWNEIGH
+        answer = _ANSWERS.get(kind)
         while True:
             data = self._socket.recv(_BUFFER)
             offset = 0

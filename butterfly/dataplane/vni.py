@@ -5,16 +5,16 @@ and the VXLAN device ``bfvx<vni>`` on the underlay, created or put right;
 the VXLAN device's flooding (the VNI's multicast group, static peers kept in
 its forwarding database, or FRR's with EVPN) and, with EVPN, the bridge's
 neighbour entries for the vnics' IPs; deleting a VNI's devices once no vnic
-needs them, at once or in the daemon's idle time.
+needs them, at once or in the deletion thread (:mod:`.deleter`).
 """
 
 import errno
 import ipaddress
 import logging
-from collections import deque
 from collections.abc import Callable
 from functools import partial
 
+from butterfly.dataplane.deleter import LinkDeleter
 from butterfly.dataplane.evpn import bridge_mac, neighbour_changes, wanted_neighbours
 from butterfly.dataplane.guard import GuardKind
 from butterfly.dataplane.journal import Journal, step
@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 class Vnis:
     """The VNIs' devices; ``zone_count``: how many VNIs have a conntrack zone
-    (each multicast VNI holds a group membership of the underlay)."""
+    (each multicast VNI holds a group membership of the underlay);
+    ``deleter``: deletes emptied VNIs' devices after the request (None: at once)."""
 
     def __init__(
         self,
@@ -44,6 +45,7 @@ class Vnis:
         settings: KernelSettings,
         *,
         zone_count: Callable[[], int],
+        deleter: LinkDeleter | None,
     ) -> None:
         self._netlink = netlink
         self._links = links
@@ -52,7 +54,9 @@ class Vnis:
         self.multicast_limits = MulticastLimits(settings.underlay.version)
         self._flood: dict[int, set[str]] = {}
         self._flood_loaded = False
-        self._deferred: deque[tuple[str, Callable[[], None]]] = deque()
+        self._deleter = deleter
+        self._deletions: dict[int, set[int]] = {}
+        """VNI -> ifindexes of its bridge and VXLAN device the thread is deleting."""
 
     def used(self, vni: int, state: StateView) -> bool:
         """Whether a vnic of ``vni`` has a port here (so the VNI needs its devices)."""
@@ -71,6 +75,7 @@ class Vnis:
         settings = self._settings
         underlay = settings.underlay
         what = f"vni {vni}"
+        self._await_deletion(vni)
         bridge = self._links.own(bridge_name(vni), what)
         if bridge is not None and bridge.kind != "bridge":
             step(j, f"delete {bridge.name}", partial(self._netlink.delete_link, bridge.index))
@@ -250,40 +255,46 @@ class Vnis:
             if link is not None:
                 # Only once the request has succeeded: a bridge re-created by
                 # an undo would come back with another MAC and bridge id.
-                j.after_success(
-                    f"delete {name}",
-                    partial(self._delete_later, link, partial(self.used, vni, state)),
-                )
+                j.after_success(f"delete {name}", partial(self._delete_link, vni, link))
 
-    def _delete_link(self, index: int) -> None:
-        """Delete a VNI's device and forget its flooding peers: ifindexes are not
-        reused, so the entry of a deleted device would stay for ever."""
-        self._netlink.delete_link(index)
-        self._flood.pop(index, None)
-
-    def _delete_later(self, link: Link, wanted: Callable[[], bool]) -> None:
-        """Delete a link that a successful request left unused: at once, or
-        (``defer_deletes``) after the reply, since the kernel spends ~25 ms per
-        link deleted waiting for its readers to let go. A deferred deletion
-        is skipped if the link was replaced or is ``wanted`` again by then;
-        one a crash leaves undone is a leftover the next reconcile removes."""
-        if not self._settings.defer_deletes:
-            self._delete_link(link.index)
+    def _delete_link(self, vni: int, link: Link) -> None:
+        """Delete a VNI's device and forget its flooding peers (ifindexes are not
+        reused, so the entry of a deleted device would stay for ever): at once,
+        or in the deletion thread, since the kernel spends ~25 ms per link
+        deleted waiting for its readers to let go; a request wanting the VNI
+        again waits for it (:meth:`_await_deletion`)."""
+        self._flood.pop(link.index, None)
+        deleter = self._deleter
+        if deleter is None:
+            self._netlink.delete_link(link.index)
             return
-
-        def delete() -> None:
-            now = self._netlink.link(link.name)
-            if now is not None and now.index == link.index and not wanted():
-                self._delete_link(link.index)
-
-        self._deferred.append((link.name, delete))
-
-    def background_work(self) -> bool:
-        """One deferred deletion (see :meth:`_delete_later`); whether more are left."""
-        if self._deferred:
-            name, delete = self._deferred.popleft()
+        for old in [v for v, gone in self._deletions.items() if not deleter.pending(gone)]:
+            del self._deletions[old]
+        if link.kind == "vxlan" and link.up:
+            # Down, it leaves its multicast group at once: the groups of
+            # devices waiting for the thread count against the namespace's
+            # limit (igmp_max_memberships) otherwise.
             try:
-                delete()
+                self._netlink.set_link(link.index, up=False)
             except DataplaneError as exc:
-                log.error("deleting %s after its request: %s", name, exc)
-        return bool(self._deferred)
+                log.error("vni %d: %s; deleted anyway", vni, exc)
+        self._netlink.forget(link.name)
+        self._deletions.setdefault(vni, set()).add(link.index)
+        deleter.delete(link.name, link.index)
+
+    def _await_deletion(self, vni: int) -> None:
+        """Before the VNI's devices are looked at: the old ones gone, if being deleted."""
+        indexes = self._deletions.get(vni)
+        if indexes is None or self._deleter is None:
+            return
+        if not self._deleter.wait(indexes):
+            raise DataplaneError(
+                f"vni {vni}: its previous bridge and VXLAN device are still being deleted; "
+                "try again"
+            )
+        del self._deletions[vni]
+
+    def settle_deletions(self) -> None:
+        """Wait for every deletion under way (a reconcile is about to list the links)."""
+        if self._deleter is not None and self._deleter.wait():
+            self._deletions.clear()

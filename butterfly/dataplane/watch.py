@@ -219,9 +219,11 @@ class KernelWatch:
     """Notifications about butterfly's links, forwarding entries and nftables
     tables, in the network namespace of the thread that builds it."""
 
-    def __init__(self, links: Iterable[Link], *, evpn: bool = False) -> None:
+    def __init__(self, links: Iterable[Link] | None, *, evpn: bool = False) -> None:
         """``evpn``: FRR owns the VXLAN devices' flooding entries, so their
-        changes are not drift."""
+        changes are not drift. ``links`` None: :meth:`prime` comes later (from
+        a reconcile's own dump of every link, seconds on a big host); until
+        then notifications are dropped, since that reconcile covers them."""
         try:
             self._rtnl = _open(_NETLINK_ROUTE, _RTMGRP_LINK | _RTMGRP_NEIGH | _RTMGRP_TC)
             try:
@@ -235,10 +237,13 @@ class KernelWatch:
         self._evpn = evpn
         self._links: dict[int, LinkState] = {}
         self._pending_nft: list[str] = []
-        self.prime(links)
+        self._primed = False
+        if links is not None:
+            self.prime(links)
 
     def prime(self, links: Iterable[Link]) -> None:
         """Start again from these links (a dump taken after a repair)."""
+        self._primed = True
         self._links = {
             link.index: LinkState.of(link)
             for link in links
@@ -264,10 +269,12 @@ class KernelWatch:
         own |= {known.master for i in own_links if (known := self._links.get(i)) and known.master}
         changes: list[Change] = []
         for data in self._read(self._rtnl, changes, "links"):
-            self._route_message(data, own, changes)
+            if self._primed:
+                self._route_message(data, own, changes)
         for data in self._read(self._nft, changes, "nftables"):
-            self._nft_message(data, changes)
-        return changes
+            if self._primed:
+                self._nft_message(data, changes)
+        return changes if self._primed else []
 
     @staticmethod
     def _read(sock: socket.socket, changes: list[Change], what: str) -> Iterable[bytes]:

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 SLICE_SECONDS = 0.02
 """How long one :meth:`StartupReconcile.work` call may run steps: a request
 arriving meanwhile waits at most this (plus the step under way)."""
+HEAD_START_SECONDS = 0.25
+"""How long the API serves alone before the first step, which reads every
+link (a second or more on a big host): clients that waited for the daemon
+(a ZeroMQ client tries to connect again every 100 ms) are answered first."""
+_HEAD_START_NAP = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +56,20 @@ class StartupReconcile:
         steps: Iterator[Progress],
         *,
         slice_seconds: float = SLICE_SECONDS,
+        head_start: float = HEAD_START_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
         on_done: Callable[[], object] | None = None,
     ) -> None:
+        """``head_start``: seconds from the first :meth:`work` call (the API is
+        up by then) before the first step; meanwhile each call naps briefly."""
         self._steps: Iterator[Progress] | None = steps
         self._on_done = on_done
         self._slice = slice_seconds
+        self._head_start = head_start
+        self._first_step: float | None = None
         self._clock = clock
+        self._sleep = sleep
         self._began = clock()
         self._ended: float | None = None
         self._progress = Progress(0, 0)
@@ -71,7 +83,13 @@ class StartupReconcile:
         """Run steps for one slice; whether any are left."""
         if self._steps is None:
             return False
-        deadline = self._clock() + self._slice
+        now = self._clock()
+        if self._first_step is None:
+            self._first_step = now + self._head_start
+        if now < self._first_step:
+            self._sleep(min(_HEAD_START_NAP, self._first_step - now))
+            return True
+        deadline = now + self._slice
         try:
             while self._clock() < deadline:
                 self._progress = next(self._steps)

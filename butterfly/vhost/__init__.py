@@ -9,7 +9,9 @@ serve ``<socket-dir>/qemu-vhost-<id>`` for it (through
     memory       the frontend's memory regions, mapped; address checks
     virtqueue    split rings: chains, used ring, notification suppression
     tap          the tap fd, its vnet header and offloads
-    device       one vnic: socket, session, packet work
+    device       one vnic: socket, session, packet work (the Python loop)
+    fastloop     which loop runs (--vhost-loop); calls into _fastloop
+    _fastloop    the C loop: a burst of frames per call (built by pip install)
     worker       a worker process's event loop and control channel
     counters     per-vnic counters shared with the daemon
     supervisor   worker processes and the API above

@@ -7,7 +7,9 @@ packet work between the two virtqueues and the tap: queue 0 (receive) is
 filled from the tap, queue 1 (transmit) is written to it. The virtio-net
 header passes through unchanged in both directions because the tap is set to
 the same header size, so TSO segments and checksums left to the device cross
-as one frame and the kernel finishes them.
+as one frame and the kernel finishes them. The per-frame work runs in one of
+two loops (:mod:`butterfly.vhost.fastloop`): the C extension, a burst per
+call, or the Python methods below, its fallback and reference.
 
 A frontend that breaks the protocol or its rings is disconnected with a log
 line on ``butterfly.vhost``; nothing it sends can raise past this module.
@@ -28,6 +30,7 @@ from typing import ClassVar, Protocol
 
 from butterfly.errors import ButterflyError, DataplaneError, ProtocolError
 
+from . import fastloop
 from . import tap as taps
 from .memory import GuestMemory, decode_memory_table
 from .protocol import (
@@ -88,10 +91,12 @@ class NetDevice:
         publish_counters: Callable[[list[int]], None],
         counters: list[int] | None = None,
         offload: bool = True,
+        loop: str = "python",
     ) -> None:
         """``counters`` continue where a previous worker left them (it died).
         ``offload``: False offers the guest no checksum or segmentation offload,
-        so every frame crosses whole and checksummed, both ways."""
+        so every frame crosses whole and checksummed, both ways. ``loop``: "c"
+        or "python", as :func:`butterfly.vhost.fastloop.resolve` chose."""
         self.vnic = vnic
         self.socket_path = socket_path
         self.tap_name = tap_name
@@ -114,6 +119,10 @@ class NetDevice:
         self._tap_events = 0
         self._tap_failed = False
         self._scratch = memoryview(bytearray(_READ_BUFFER))
+        self.loop = loop
+        self._work = (
+            (self._transmit_c, self._receive_c) if loop == "c" else (self._transmit, self._receive)
+        )
 
     # --- lifecycle ------------------------------------------------------
 
@@ -129,10 +138,11 @@ class NetDevice:
         self._poller.watch(self._listener.fileno(), select.EPOLLIN, self._guarded(self._on_accept))
         self._watch_tap(select.EPOLLIN)
         log.info(
-            "vnic %s: serving vhost-user on %s for tap %s",
+            "vnic %s: serving vhost-user on %s for tap %s (%s loop)",
             self.vnic,
             self.socket_path,
             self.tap_name,
+            self.loop,
         )
 
     def _listen(self) -> socket.socket:
@@ -526,8 +536,9 @@ class NetDevice:
 
     def _run(self, _events: int) -> None:
         try:
-            more = self._transmit()
-            more = self._receive() or more
+            transmit, receive = self._work
+            more = transmit()
+            more = receive() or more
         except (ButterflyError, OSError) as e:
             self._disconnect(e)
             more = False
@@ -577,6 +588,46 @@ class NetDevice:
         if not budget:
             return True
         return queue.await_kick()
+
+    def _transmit_c(self) -> bool:
+        """:meth:`_transmit` in the C loop."""
+        queue = self._queues[_TX]
+        if self._conn is None or not queue.ready:
+            return False
+        assert self._memory is not None
+        burst = fastloop.transmit(
+            queue, self._memory, tap=self._tap, header=self._header, budget=BURST
+        )
+        counters = self.counters
+        counters[_FG_PKTS] += burst.packets
+        counters[_FG_BYTES] += burst.octets
+        counters[_FG_DROP] += burst.dropped
+        return burst.more
+
+    def _receive_c(self) -> bool:
+        """:meth:`_receive` in the C loop."""
+        queue = self._queues[_RX]
+        if self._conn is None or not queue.ready:
+            return self._drain()
+        assert self._memory is not None
+        burst = fastloop.receive(
+            queue,
+            self._memory,
+            tap=self._tap,
+            header=self._header,
+            budget=BURST,
+            mergeable=self._mrg,
+            scratch=self._scratch,
+        )
+        if burst.tap_errno:
+            self._tap_gone(OSError(burst.tap_errno, os.strerror(burst.tap_errno)))
+        elif burst.no_buffers:
+            self._watch_tap(0)
+        counters = self.counters
+        counters[_TG_PKTS] += burst.packets
+        counters[_TG_BYTES] += burst.octets
+        counters[_TG_DROP] += burst.dropped
+        return burst.more
 
     def _receive(self) -> bool:
         """Tap to guest: each frame read straight into the guest's buffers."""

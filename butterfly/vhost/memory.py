@@ -83,6 +83,8 @@ class GuestMemory:
                 f"vhost-user: SET_MEM_TABLE has {len(regions)} regions but {len(fds)} fds"
             )
         self._maps: list[mmap.mmap] = []
+        self.regions: list[tuple[int, memoryview]] = []
+        """(guest-physical start, view of the whole region), for the C loop."""
         # (gpa start, gpa end, uaddr start, uaddr end, view shifted to start at the region)
         self._regions: list[tuple[int, int, int, int, memoryview]] = []
         try:
@@ -112,6 +114,7 @@ class GuestMemory:
             for fd in fds:
                 os.close(fd)
         self._regions.sort(key=lambda r: r[0])
+        self.regions = [(start, view) for start, _, _, _, view in self._regions]
         first = self._regions[0]
         self.first_start, self.first_end, self.first_view = first[0], first[1], first[4]
         """The lowest region, tried first on the hot path: guests put almost all
@@ -148,6 +151,7 @@ class GuestMemory:
         for *_, view in self._regions:
             view.release()
         self._regions.clear()
+        self.regions = []
         for mapping in self._maps:
             with contextlib.suppress(BufferError):
                 mapping.close()

@@ -24,6 +24,7 @@ from typing import Any
 import butterfly
 from butterfly.errors import ConfigError, DataplaneError
 
+from . import fastloop
 from .counters import SLOT_SIZE, SLOTS, VnicCounters, read_slot, write_slot
 
 __all__ = ["VhostSupervisor", "VhostUserServer"]
@@ -51,9 +52,12 @@ class _WorkerProcess:
         on_death: "_DeathCallback",
         nice: int | None,
         cpus: tuple[int, ...],
+        *,
         offload: bool,
+        loop: str,
     ) -> None:
         self.number = number
+        self._loop = loop
         self._nice = nice
         self._cpus = cpus
         self._offload = offload
@@ -159,6 +163,7 @@ class _WorkerProcess:
                 tap_name=tap_name,
                 slot=slot,
                 offload=self._offload,
+                loop=self._loop,
             )
         except DataplaneError:
             self.vnics.pop(vnic, None)
@@ -187,6 +192,7 @@ class _WorkerProcess:
                     tap_name=entry.tap_name,
                     slot=entry.slot,
                     offload=self._offload,
+                    loop=self._loop,
                 )
             except DataplaneError as e:
                 log.error("vnic %s: not served after the worker restart: %s", entry.vnic, e)
@@ -230,8 +236,11 @@ class VhostSupervisor:
     workers may run on (the original's --graph-cpu-core), one worker per CPU
     unless ``workers`` says otherwise; () lets them run anywhere. ``offload``:
     False offers guests no checksum or segmentation offloads (--no-offload).
+    ``loop``: which implementation moves the frames (--vhost-loop: auto, c,
+    python; see :mod:`butterfly.vhost.fastloop`).
 
-    Raises ConfigError when ``cpus`` names a CPU this process may not use.
+    Raises ConfigError when ``cpus`` names a CPU this process may not use, or
+    ``loop`` is c and the C loop was not built.
     """
 
     def __init__(
@@ -241,6 +250,7 @@ class VhostSupervisor:
         nice: int | None = None,
         cpus: tuple[int, ...] = (),
         offload: bool = True,
+        loop: str = "auto",
     ) -> None:
         usable = os.sched_getaffinity(0)
         if not set(cpus) <= usable:
@@ -252,6 +262,8 @@ class VhostSupervisor:
         self._nice = nice
         self._cpus = cpus
         self._offload = offload
+        self.loop = fastloop.resolve(loop)
+        """The loop the workers run: "c" or "python"."""
         self._workers: list[_WorkerProcess] = []
         self._where: dict[str, _WorkerProcess] = {}
         self._lock = threading.RLock()
@@ -266,13 +278,21 @@ class VhostSupervisor:
             try:
                 for number in range(self._count):
                     started.append(
-                        _WorkerProcess(number, callback, self._nice, self._cpus, self._offload)
+                        _WorkerProcess(
+                            number,
+                            callback,
+                            self._nice,
+                            self._cpus,
+                            offload=self._offload,
+                            loop=self.loop,
+                        )
                     )
             except OSError as e:
                 for worker in started:
                     worker.stop()
                 raise DataplaneError(f"vhost: cannot start a worker process: {e}") from None
             self._workers = started
+        log.info("vhost: %d workers moving frames with the %s loop", len(started), self.loop)
 
     def stop(self) -> None:
         """Stop every vnic (sockets removed, frontends disconnected) and every worker."""

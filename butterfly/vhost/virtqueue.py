@@ -133,6 +133,11 @@ class Virtqueue:
         self._release_views()
         self._clear()
 
+    def views(self) -> tuple[memoryview, ...]:
+        """The ring's views (descriptors, available ring, used ring head, used
+        elements, avail_event) for the C loop, which reads and writes them in place."""
+        return (self._desc, self._avail, self._used_head, self._used_elems, self._avail_event)
+
     def _release_views(self) -> None:
         for view in (
             self._desc,

@@ -108,6 +108,7 @@ class Worker:
                     request["tap_name"],
                     request["slot"],
                     offload=bool(request.get("offload", True)),
+                    loop=str(request.get("loop", "python")),
                 )
             elif op == "remove":
                 self._remove(request["vnic"])
@@ -119,7 +120,9 @@ class Worker:
             reply = {"ok": False, "error": str(e)}
         self._control.send(json.dumps(reply).encode())
 
-    def _add(self, vnic: str, socket_path: str, tap_name: str, slot: int, *, offload: bool) -> None:
+    def _add(
+        self, vnic: str, socket_path: str, tap_name: str, slot: int, *, offload: bool, loop: str
+    ) -> None:
         if vnic in self._devices:
             self._remove(vnic)
         counters = self._counters
@@ -135,6 +138,7 @@ class Worker:
             publish_counters=publish,
             counters=read_values(counters, slot),
             offload=offload,
+            loop=loop,
         )
         device.start()
         self._devices[vnic] = device

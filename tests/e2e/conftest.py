@@ -41,6 +41,14 @@ def guests(guest_image: GuestImage) -> Iterator[GuestFactory]:
         factory.close()
 
 
+@pytest.fixture(scope="module", params=["c", "python"])
+def vhost_loop(request: pytest.FixtureRequest) -> str:
+    """The vhost-user modules run once per loop of the backend (butterflyd
+    --vhost-loop): the C extension and its Python fallback."""
+    loop: str = request.param
+    return loop
+
+
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     made = Lab()

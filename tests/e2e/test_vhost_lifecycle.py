@@ -75,8 +75,8 @@ def _warnings(host: Host) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def setup(lab: Lab, guest_image: GuestImage) -> Iterator[Setup]:
-    host = lab.host()
+def setup(lab: Lab, guest_image: GuestImage, vhost_loop: str) -> Iterator[Setup]:
+    host = lab.host(extra_args=["--vhost-loop", vhost_loop])
     open_sg(host)
     host.cli(
         "sg", "add", "guard",
@@ -85,6 +85,8 @@ def setup(lab: Lab, guest_image: GuestImage) -> Iterator[Setup]:
         "--cidr", SUBNET,
     )  # fmt: skip
     path = add_vhost_vnic(host, "g", mac=G_MAC, vni=VNI, ip=G_IP, sgs=("guard",))
+    # the workers start with the first vhost-user vnic
+    assert f"moving frames with the {vhost_loop} loop" in host.daemon.log()
     peer = lab.vm()
     host.add_vnic("p", vm=peer, mac=P_MAC, vni=VNI, ips=[P_IP], security_groups=["open"])
     guest = vhost_guest(

@@ -57,8 +57,8 @@ def _stats(host: Host, vnic_id: str) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def net(lab: Lab, guest_image: GuestImage) -> Iterator[Net]:
-    host = lab.host()
+def net(lab: Lab, guest_image: GuestImage, vhost_loop: str) -> Iterator[Net]:
+    host = lab.host(extra_args=["--vhost-loop", vhost_loop])
     open_sg(host)
     host.cli(
         "sg", "add", "web",
@@ -70,6 +70,8 @@ def net(lab: Lab, guest_image: GuestImage) -> Iterator[Net]:
         "b": add_vhost_vnic(host, "b", mac=MAC["b"], vni=VNI, ip=IP["b"], sgs=("web",)),
         "c": add_vhost_vnic(host, "c", mac=MAC["c"], vni=OTHER_VNI, ip=IP["c"]),
     }
+    # the workers start with the first vhost-user vnic
+    assert f"moving frames with the {vhost_loop} loop" in host.daemon.log()
     host.add_vnic("t", mac=MAC["t"], vni=VNI, ips=[IP["t"]], security_groups=["open"])
     vm = lab.vm()
     host.add_vnic("n", vm=vm, mac=MAC["n"], vni=VNI, ips=[IP["n"]], security_groups=["open"])

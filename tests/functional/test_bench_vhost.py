@@ -51,33 +51,40 @@ def test_bench_vhost_quick_prints_every_row() -> None:
         load = "; workers [0-9]+% busy"
         if measure.startswith("guest -> switch"):
             load += rf", [0-9]+% in the kernel: kernel path alone <= {MPPS}/core"
-        _row(out, measure, rf"{MPPS}.* +DPDK vhost {MPPS}{load} +{target}")
+        load += r"; [0-9.]+ us of worker CPU/frame \([0-9.]+ in user space\)"
+        _row(out, f"{measure}, Python loop", rf"{MPPS}.* +DPDK vhost {MPPS}{load} +{target}")
+        _row(
+            out,
+            f"{measure}, C loop",
+            rf"{MPPS}.* +Python loop {MPPS}( \(x[0-9.]+\))?; DPDK vhost {MPPS}{load} +{target}",
+        )
     _row(
         out,
-        "guest -> switch, 65,000 B TSO segments (testpmd csum + tso)",
+        "guest -> switch, 65,000 B TSO segments (testpmd csum + tso), C loop",
         rf"[0-9.]+ Gbit/s +DPDK vhost [0-9.]+ Gbit/s +>= 10 Gbit/s +{RESULT}",
     )
-    guests = "TCP between two QEMU guests (iperf3, TCG)"
+    guests = "TCP between two QEMU guests (iperf3, TCG), C loop"
     if shutil.which("qemu-system-x86_64"):
         _row(out, guests, rf"vhost-user [0-9.]+ Gbit/s +tap [0-9.]+ Gbit/s +>= tap .* {RESULT}")
     else:
         _row(out, guests, r"n/a +n/a: .* n/a")
     latency = r"[0-9.]+ ms \(p50 [0-9.]+\)"
     assert re.search(
-        rf"^API p99, nic_list, src at full rate \({MPPS}\) +{latency} +idle {latency}"
+        rf"^API p99, nic_list, src at full rate \({MPPS}\), C loop +{latency} +idle {latency}"
         rf" +< 5 ms +{RESULT}$",
         out,
         re.M,
     ), out
     assert re.search(
-        rf"^API p99, sg_member_add, src at full rate \({MPPS}\) +{latency} +idle {latency};"
+        rf"^API p99, sg_member_add, src at full rate \({MPPS}\), C loop +{latency}"
+        rf" +idle {latency};"
         rf" CPUs busy, no vhost traffic {latency} +< 5 ms +{RESULT}$",
         out,
         re.M,
     ), out
     _row(
         out,
-        "vhost workers' CPU, frontend connected, no traffic",
+        "vhost workers' CPU, frontend connected, no traffic, C loop",
         rf"[0-9.]+ % +- +< 1 % +{RESULT}",
     )
     prefix = re.search(r"^lab (\S+): namespaces", out, re.M)

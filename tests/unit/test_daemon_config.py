@@ -90,3 +90,17 @@ def test_a_bad_debug_memory_value_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         parse_args(["-c", str(ini)])
     assert str(error.value) == f"config file {ini}: debug-memory 'maybe' is not true or false"
+
+
+def test_vhost_loop_from_the_command_line_or_the_file(tmp_path: Path) -> None:
+    assert parse_args([]).vhost_loop == "auto"
+    assert parse_args(["--vhost-loop", "python"]).vhost_loop == "python"
+    ini = tmp_path / "butterfly.ini"
+    ini.write_text("[general]\nvhost-loop = c\n")
+    assert parse_args(["--vhost-loop", "python", "-c", str(ini)]).vhost_loop == "c"
+    ini.write_text("[general]\nvhost-loop = turbo\n")
+    with pytest.raises(ConfigError) as error:
+        parse_args(["-c", str(ini)])
+    assert str(error.value) == (
+        f"config file {ini}: vhost-loop 'turbo' is not one of auto, c, python"
+    )

@@ -49,7 +49,7 @@ class FakeDataplane:
         self.fake_watch = FakeWatch()
         self.touched: set[int] = set()
 
-    def watch(self) -> Any:
+    def watch(self, *, primed_by_reconcile: bool = False) -> Any:
         return self.fake_watch
 
     def rewatch(self, watch: Any) -> None:

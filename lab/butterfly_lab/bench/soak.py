@@ -62,6 +62,8 @@ __all__ = [
 MAX_GROWTH_MB = 5.0
 """Over 10,000 cycles, all the daemon's processes together."""
 TARGET_CYCLES = 10_000
+SETTLE_SECONDS = 30.0
+"""How long the kernel may take to catch up with the deletions after the last cycle."""
 REQUESTS_PER_CYCLE = 10
 
 GROUPS = ("soak-a", "soak-b", "soak-c")
@@ -317,8 +319,15 @@ def soak(
             churn.latencies_ms.clear()
             result.samples.append(sample)
             progress(sample)
-    after = host.snapshot()
-    result.changes = sorted(key for key in before if before[key] != after.get(key))
+    # The daemon's deletion thread deletes the last cycles' links after their
+    # replies (~25 ms a link): the kernel is compared once it has caught up.
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        after = host.snapshot()
+        result.changes = sorted(key for key in before if before[key] != after.get(key))
+        if not result.changes or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     result.unchanged = not result.changes
     return result
 

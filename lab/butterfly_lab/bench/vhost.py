@@ -31,6 +31,11 @@ the conntrack-zoned filter, as in production. Measured:
   CPUs, in an nftables commit say, is then told apart from the backend);
 * the CPU the vhost workers use with a frontend connected and no traffic.
 
+The frame rates are measured with each of the backend's loops (``--vhost-loop``
+of butterflyd, the daemon restarted on the same state in between): the Python
+loop first, the baseline, then the C loop, whose rows show the ratio to it. The
+other measures run on the last loop measured (the C one unless ``--loop`` says).
+
 CPUs: the vhost workers are pinned to the first CPU, testpmd's forwarding cores to
 the last (the source and sink of the switch-to-guest measure share it); DPDK's
 backend takes the first CPU in its measures; the guests and the workers are left to
@@ -83,6 +88,9 @@ MAX_IDLE_CPU = 0.01
 OTHER_LOAD = 0.05
 """CPU use by other processes (before the run) above which the header warns."""
 
+LOOPS = ("python", "c")
+"""butterflyd's --vhost-loop values, the baseline (Python) first."""
+LOOP_NAMES = {"python": "Python loop", "c": "C loop"}
 NIC_MTU = 1500
 FRAME_SIZES = (64, 1500)
 TSO_FRAME = 65000
@@ -140,6 +148,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help=f"API requests per latency figure (default {FULL.requests})",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("both", *LOOPS),
+        default="both",
+        help="the vhost loops whose frame rates are measured (default both: python, then c)",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
 
@@ -329,6 +343,15 @@ class Forwarded:
     kernel_share: float | None = None
     """Of that time, the part spent in the kernel. Guest to switch, that is the tap
     writes, each carrying a frame through bridge, filter and into the sink."""
+
+    def cpu_per_frame(self) -> tuple[float, float] | None:
+        """Microseconds of worker CPU per frame, and the part of it in user space
+        (the backend's own work): CPU time, so the figure holds on a busy machine
+        where the rates do not."""
+        if not self.busy or self.kernel_share is None or not self.pps:
+            return None
+        total = self.busy / self.pps * 1e6
+        return total, total * (1 - self.kernel_share)
 
     def kernel_ceiling(self) -> float | None:
         """Frames per second per core the kernel path alone would take, had the
@@ -612,7 +635,12 @@ def _mpps(pps: float) -> str:
     return f"{pps / 1e6:.3f} Mpps"
 
 
-def frame_rows(results: dict[tuple[str, int, bool], Forwarded]) -> list[Row]:
+def frame_rows(
+    results: dict[tuple[str, int, bool], Forwarded],
+    loop: str,
+    baseline: dict[tuple[str, int, bool], Forwarded] | None = None,
+) -> list[Row]:
+    """``loop``'s rows; with ``baseline`` (the Python loop's results), its ratio to it."""
     rows = []
     for direction, label in (("tx", "guest -> switch"), ("rx", "switch -> guest")):
         mode = "txonly" if direction == "tx" else "rxonly"
@@ -621,6 +649,10 @@ def frame_rows(results: dict[tuple[str, int, bool], Forwarded]) -> list[Row]:
             ours, dpdk = forwarded.pps, results[direction, size, True].pps
             gbits = f" ({ours * size * 8 / 1e9:.2f} Gbit/s)" if size > 64 else ""
             reference = f"DPDK vhost {_mpps(dpdk)}"
+            if baseline is not None:
+                before = baseline[direction, size, False].pps
+                ratio = f" (x{ours / before:.2f})" if before else ""
+                reference = f"Python loop {_mpps(before)}{ratio}; {reference}"
             if forwarded.busy is not None:
                 reference += f"; workers {forwarded.busy * 100:.0f}% busy"
             ceiling = forwarded.kernel_ceiling()
@@ -629,11 +661,14 @@ def frame_rows(results: dict[tuple[str, int, bool], Forwarded]) -> list[Row]:
                     f", {forwarded.kernel_share * 100:.0f}% in the kernel:"
                     f" kernel path alone <= {_mpps(ceiling)}/core"
                 )
+            cost = forwarded.cpu_per_frame()
+            if cost is not None:
+                reference += f"; {cost[0]:.2f} us of worker CPU/frame ({cost[1]:.2f} in user space)"
             target, result = "-", "-"
             if size == 64:
                 target, result = f">= {MIN_MPPS:g} Mpps", _judge(ours >= MIN_MPPS * 1e6)
             rows.append(Row(
-                f"{label}, {size} B frames (testpmd {mode})",
+                f"{label}, {size} B frames (testpmd {mode}), {LOOP_NAMES[loop]}",
                 _mpps(ours) + gbits,
                 reference,
                 target,
@@ -642,9 +677,9 @@ def frame_rows(results: dict[tuple[str, int, bool], Forwarded]) -> list[Row]:
     return rows
 
 
-def tso_row(ours: float, dpdk: float) -> Row:
+def tso_row(ours: float, dpdk: float, loop: str) -> Row:
     return Row(
-        f"guest -> switch, {TSO_FRAME:,} B TSO segments (testpmd csum + tso)",
+        f"guest -> switch, {TSO_FRAME:,} B TSO segments (testpmd csum + tso), {loop}",
         f"{ours:.1f} Gbit/s",
         f"DPDK vhost {dpdk:.1f} Gbit/s",
         f">= {MIN_TSO_GBITS:g} Gbit/s",
@@ -652,8 +687,8 @@ def tso_row(ours: float, dpdk: float) -> Row:
     )
 
 
-def guest_row(tcp: tuple[float, float] | str) -> Row:
-    measure = "TCP between two QEMU guests (iperf3, TCG)"
+def guest_row(tcp: tuple[float, float] | str, loop: str) -> Row:
+    measure = f"TCP between two QEMU guests (iperf3, TCG), {loop}"
     target = f">= tap guests (-{(1 - GUEST_MARGIN) * 100:.0f}% noise)"
     if isinstance(tcp, str):
         return Row(measure, "n/a", f"n/a: {tcp}", target, "n/a")
@@ -665,7 +700,7 @@ def guest_row(tcp: tuple[float, float] | str) -> Row:
 
 
 def api_rows(
-    idle: ApiLatencies, loaded: ApiLatencies, busy: ApiLatencies, rate: float
+    idle: ApiLatencies, loaded: ApiLatencies, busy: ApiLatencies, rate: float, loop: str
 ) -> list[Row]:
     def cell(latency: Latency) -> str:
         return f"{latency.p99_ms:.2f} ms (p50 {latency.p50_ms:.2f})"
@@ -673,14 +708,14 @@ def api_rows(
     target = f"< {MAX_API_P99_MS:g} ms"
     return [
         Row(
-            f"API p99, nic_list, src at full rate ({_mpps(rate)})",
+            f"API p99, nic_list, src at full rate ({_mpps(rate)}), {loop}",
             cell(loaded.nic_list),
             f"idle {cell(idle.nic_list)}",
             target,
             _judge(loaded.nic_list.p99_ms < MAX_API_P99_MS),
         ),
         Row(
-            f"API p99, sg_member_add, src at full rate ({_mpps(rate)})",
+            f"API p99, sg_member_add, src at full rate ({_mpps(rate)}), {loop}",
             cell(loaded.member_add),
             f"idle {cell(idle.member_add)}; CPUs busy, no vhost traffic {cell(busy.member_add)}",
             target,
@@ -689,9 +724,9 @@ def api_rows(
     ]
 
 
-def idle_row(share: float) -> Row:
+def idle_row(share: float, loop: str) -> Row:
     return Row(
-        "vhost workers' CPU, frontend connected, no traffic",
+        f"vhost workers' CPU, frontend connected, no traffic, {loop}",
         f"{share * 100:.2f} %",
         "-",
         f"< {MAX_IDLE_CPU * 100:g} %",
@@ -727,8 +762,25 @@ def _cpus() -> Cpus:
     return Cpus(switch=cpus[0], generator=cpus[-1])
 
 
-def _setup(lab: Lab, folder: str, settings: Settings, cpus: Cpus) -> Bench:
-    host = lab.host(extra_args=["--nic-mtu", str(NIC_MTU)], log_level="warning")
+def _pin_workers(bench: Bench) -> None:
+    for pid in worker_pids(bench.host.daemon.pid):
+        os.sched_setaffinity(pid, {bench.cpus.switch})
+
+
+def use_loop(bench: Bench, loop: str) -> None:
+    """Restart butterflyd on the same state with ``--vhost-loop loop``: the same
+    vnics and socket, frames moved by the other loop."""
+    daemon = bench.host.daemon
+    daemon.extra_args = [*daemon.extra_args[:-2], "--vhost-loop", loop]
+    bench.host.restart()
+    _pin_workers(bench)
+    bench.sink.ping(SRC_IP, count=1, deadline=2)
+
+
+def _setup(lab: Lab, folder: str, settings: Settings, cpus: Cpus, loop: str) -> Bench:
+    host = lab.host(
+        extra_args=["--nic-mtu", str(NIC_MTU), "--vhost-loop", loop], log_level="warning"
+    )
     host.cli(
         "sg", "add", "open",
         "+", "sg", "rule", "add", "open", "--ip-proto", "all", "--cidr", "0.0.0.0/0",
@@ -740,20 +792,28 @@ def _setup(lab: Lab, folder: str, settings: Settings, cpus: Cpus) -> Bench:
     host.add_vnic("sink", vm=sink, mac=SINK_MAC, vni=VNI, ips=[SINK_IP], security_groups=["open"])
     # The bridge learns where sink's MAC is (otherwise frames to it are flooded).
     sink.ping(SRC_IP, count=1, deadline=2)
-    for pid in worker_pids(host.daemon.pid):
-        os.sched_setaffinity(pid, {cpus.switch})
-    return Bench(host, sink, socket_path, folder, cpus, settings)
+    bench = Bench(host, sink, socket_path, folder, cpus, settings)
+    _pin_workers(bench)
+    return bench
 
 
-def _bench(lab: Lab, settings: Settings, cpus: Cpus) -> list[Row]:
+def _bench(lab: Lab, settings: Settings, cpus: Cpus, loops: Sequence[str]) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="bfvb-", dir=lab.folder) as folder:
-        bench = _setup(lab, folder, settings, cpus)
-        frames: dict[tuple[str, int, bool], Forwarded] = {}
+        bench = _setup(lab, folder, settings, cpus, loops[0])
+        reference: dict[tuple[str, int, bool], Forwarded] = {}
         for size in FRAME_SIZES:
-            for dpdk in (False, True):
-                frames["tx", size, dpdk] = guest_to_switch(bench, size, dpdk)
-                frames["rx", size, dpdk] = switch_to_guest(bench, size, dpdk)
-                print(f"{size} B frames, {'DPDK' if dpdk else 'butterfly'}: done", flush=True)
+            reference["tx", size, True] = guest_to_switch(bench, size, True)
+            reference["rx", size, True] = switch_to_guest(bench, size, True)
+            print(f"{size} B frames, DPDK: done", flush=True)
+        frames: dict[str, dict[tuple[str, int, bool], Forwarded]] = {}
+        for loop in loops:
+            if loop != loops[0]:
+                use_loop(bench, loop)
+            measured = frames[loop] = dict(reference)
+            for size in FRAME_SIZES:
+                measured["tx", size, False] = guest_to_switch(bench, size, False)
+                measured["rx", size, False] = switch_to_guest(bench, size, False)
+                print(f"{size} B frames, butterfly, {LOOP_NAMES[loop]}: done", flush=True)
         tso = tso_to_switch(bench, dpdk=False), tso_to_switch(bench, dpdk=True)
         print("TSO segments: done", flush=True)
         api = api_latencies(bench)
@@ -763,7 +823,20 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus) -> list[Row]:
             os.sched_setaffinity(pid, os.sched_getaffinity(0))
         tcp = guests_tcp(bench)
         print("guests: done", flush=True)
-    return [*frame_rows(frames), tso_row(*tso), guest_row(tcp), *api_rows(*api), idle_row(share)]
+    baseline = frames.get("python")
+    rows = [
+        row
+        for loop in loops
+        for row in frame_rows(frames[loop], loop, baseline if loop != "python" else None)
+    ]
+    last = LOOP_NAMES[loops[-1]]
+    return [
+        *rows,
+        tso_row(*tso, last),
+        guest_row(tcp, last),
+        *api_rows(*api, last),
+        idle_row(share, last),
+    ]
 
 
 def header(settings: Settings, cpus: Cpus, busy: float) -> str:
@@ -794,7 +867,8 @@ def run(args: argparse.Namespace) -> int:
         busy = busy_elsewhere()
         with Lab() as lab:
             print(f"lab {lab.prefix}: namespaces {lab.prefix}*, files in {lab.folder}", flush=True)
-            rows = _bench(lab, settings, cpus)
+            loops = LOOPS if args.loop == "both" else (args.loop,)
+            rows = _bench(lab, settings, cpus, loops)
         print(header(settings, cpus, busy))
         print(render(rows))
     except (BenchError, LabError, ClientError, DaemonError) as error:

@@ -137,3 +137,26 @@ def test_entries_another_program_learned_are_not_drift(watched: Watched) -> None
     assert lines(watch.drain()) == []
     host.exec("bridge", "fdb", "add", mac, "dev", "bfvx42", "master", "static")
     assert lines(watch.drain()) == [f"bfvx42: static entry {mac} added"], "positive control"
+
+
+def test_a_watch_primed_by_the_reconcile_leaves_earlier_changes_to_it(lab: Lab) -> None:
+    """The daemon's watch skips its own dump of every link: the start-up
+    reconcile's dump primes it. A change before that is the reconcile's to
+    repair, not drift; one after it is drift again."""
+    host = lab.host()
+    dataplane = host.dataplane()
+    state = State()
+    open_sg(dataplane, state)
+    guest = lab.guest()
+    plug(dataplane, state, netns_vnic("a", guest, MAC, ("10.0.0.1",), security_groups=("open",)))
+    watch = dataplane.watch(primed_by_reconcile=True)
+    try:
+        host.exec("ip", "link", "set", "bf-a", "mtu", "1300")
+        assert watch.drain() == []
+        dataplane.reconcile(state)
+        assert "1450" in host.ip("-o", "link", "show", "bf-a"), "the reconcile repaired it"
+        assert own(dataplane, watch) == []
+        host.exec("ip", "link", "set", "bf-a", "mtu", "1300")
+        assert lines(watch.drain()) == ["bf-a: mtu 1450 -> 1300"]
+    finally:
+        watch.close()

@@ -75,10 +75,19 @@ def taps() -> Iterator[Taps]:
     made.close()
 
 
+@pytest.fixture(params=["c", "python"])
+def vhost_loop(request: pytest.FixtureRequest) -> str:
+    """Every test of the backend runs with both loops: the C extension and its
+    Python fallback (the C one must be built: no skip when it is missing)."""
+    loop: str = request.param
+    return loop
+
+
 @pytest.fixture
-def supervisor() -> Iterator[VhostSupervisor]:
+def supervisor(vhost_loop: str) -> Iterator[VhostSupervisor]:
     """One worker, so that misbehaving and well-behaved frontends share a process."""
-    started = VhostSupervisor(workers=1)
+    started = VhostSupervisor(workers=1, loop=vhost_loop)
+    assert started.loop == vhost_loop
     started.start()
     yield started
     started.stop()
