@@ -332,6 +332,10 @@ def test_drift_is_counted_by_kind_seen_and_repaired(switch: tuple[Host, Vm, Vm])
 def test_report_only_mode_is_visible_and_counts_nothing_repaired(lab: Lab) -> None:
     host = lab.host(extra_args=["--metrics", f"127.0.0.1:{PORT}", "--report-drift-only"])
     assert scrape(host)[("butterfly_drift_report_only", frozenset())] == 1
+    wait_for(  # the start-up reconcile made them
+        lambda: bool(host.exec("nft", "list", "table", "inet", "butterfly", check=False)),
+        "butterfly's tables",
+    )
     host.exec("nft", "delete", "table", "inet", "butterfly")
     wait_for(lambda: _drift(host, "seen", "nftables") > 0, "the change counted")
     assert _drift(host, "repaired", "nftables") == 0
