@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from butterfly.api.client import Client
+from butterfly.dataplane import fastpath
 from butterfly_lab.bench.frr import frr_available
 from butterfly_lab.daemon import DaemonError, DaemonProcess
 
@@ -53,6 +54,10 @@ REQUIREMENTS: dict[str, tuple[Callable[[], bool], str]] = {
     "dot": (_tool("dot"), f"apt-get install graphviz, {_SETUP}"),
     "busybox": (_tool("busybox"), f"apt-get install busybox-static, {_SETUP}"),
     "frr": (frr_available, f"apt-get install frr, {_SETUP}"),
+    "ebpf-fast-path": (
+        fastpath.OBJECT.exists,
+        "tools/build-bpf (tools/setup runs it: clang, bpftool, a kernel with BTF)",
+    ),
 }
 # A guest's image holds busybox and iperf3 (lab/butterfly_lab/guest.py).
 _MARKERS = {"root": ("root",), "qemu": ("qemu-system-x86_64", "busybox", "iperf3")}

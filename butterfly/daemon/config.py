@@ -20,11 +20,14 @@ from butterfly.errors import ConfigError
 from butterfly.model import canonical_ip
 from butterfly.vhost.fastloop import LOOPS as VHOST_LOOPS
 
-__all__ = ["LOG_LEVELS", "UNDERLAYS", "Config", "EvpnConfig", "parse_args"]
+__all__ = ["FAST_PATHS", "LOG_LEVELS", "UNDERLAYS", "Config", "EvpnConfig", "parse_args"]
 
 LOG_LEVELS = ("none", "error", "warning", "info", "debug")
 UNDERLAYS = ("multicast", "static", "evpn")
 """How hosts find each other: a multicast group per VNI, static peers, BGP EVPN (FRR)."""
+FAST_PATHS = ("auto", "ebpf", "off")
+DEFAULT_FAST_PATH = "auto"
+"""The eBPF fast path where the kernel can (every suite passes on it, see README)."""
 DEFAULT_ENDPOINT = "tcp://0.0.0.0:9999"
 DEFAULT_STATE = "/var/lib/butterfly/state.db"
 DEFAULT_SOCKET_DIR = "/run/butterfly"
@@ -111,6 +114,9 @@ class Config:
     debug_memory: bool = False
     """Trace allocations; SIGUSR2 logs the largest sites (butterfly.daemon.memory)."""
 
+    fast_path: str = DEFAULT_FAST_PATH
+    """One of FAST_PATHS: the eBPF fast path (butterfly.dataplane.fastpath)."""
+
 
 class _DpdkHelp(argparse.Action):
     """--dpdk-help: say there is no DPDK and exit, as --version does."""
@@ -182,6 +188,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--no-syslog", action="store_true", default=None, help="log to stderr instead of syslog"
+    )
+    parser.add_argument(
+        "--fast-path",
+        choices=FAST_PATHS,
+        help="established flows between local vnics through an eBPF program instead of the"
+        f" bridge and nftables: auto (when built and the kernel loads it), ebpf, off"
+        f" (default {DEFAULT_FAST_PATH})",
     )
     parser.add_argument(
         "--sniff-cross-vni",
@@ -369,6 +382,7 @@ def _read_file(path: str) -> dict[str, str]:
             "underlay",
             "report-drift-only",
             "debug-memory",
+            "fast-path",
         },
         "security": {
             "encryption_key_path",
@@ -424,6 +438,7 @@ def parse_args(argv: list[str]) -> Config:
         "curve_secret_key_path": args.curve_secret_key,
         "curve_allowed_clients_dir": args.curve_allowed_clients,
         "underlay": args.underlay,
+        "fast-path": args.fast_path,
     }
     where = "command line"
     if args.config:
@@ -492,6 +507,9 @@ def parse_args(argv: list[str]) -> Config:
     if underlay == "evpn" and peers:
         raise ConfigError(f"{where}: vxlan-peers cannot be given with underlay evpn (FRR floods)")
     evpn = _evpn_config(text, number, where)
+    fast_path = text("fast-path") or DEFAULT_FAST_PATH
+    if fast_path not in FAST_PATHS:
+        raise ConfigError(f"{where}: fast-path {fast_path!r} is not one of {', '.join(FAST_PATHS)}")
     return Config(
         endpoint=text("endpoint") or DEFAULT_ENDPOINT,
         ip=canonical_ip(ip) if ip else None,
@@ -529,6 +547,7 @@ def parse_args(argv: list[str]) -> Config:
         config_file=args.config,
         report_drift_only=flag("report-drift-only"),
         debug_memory=flag("debug-memory"),
+        fast_path=fast_path,
     )
 
 

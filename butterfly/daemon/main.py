@@ -38,6 +38,7 @@ from butterfly.dataplane.conntrack_zones import zone_entries
 from butterfly.dataplane.control_only import ControlOnlyDataplane
 from butterfly.dataplane.drops import DropCounters
 from butterfly.dataplane.evpn import FrrReader
+from butterfly.dataplane.fastpath import FastPathMode, choose
 from butterfly.dataplane.kernel import KernelDataplane
 from butterfly.dataplane.ruleset import ConnLimits
 from butterfly.errors import ButterflyError, ConfigError, DataplaneError
@@ -141,6 +142,9 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         config.vnic_max_connections or "any number of",
         config.vnic_max_new_connections or "any number",
     )
+    mode = FastPathMode(config.fast_path)
+    fast_path, fast_path_status = choose(mode, repaired=not config.report_drift_only)
+    log.info("fast path: %s", fast_path_status)
     return KernelDataplane(
         underlay_ip=config.ip,
         socket_dir=config.socket_dir,
@@ -156,6 +160,8 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         sniff_cross_vni=config.sniff_cross_vni,
         limits=ConnLimits(config.vnic_max_connections, config.vnic_max_new_connections),
         defer_deletes=True,
+        fast_path=fast_path,
+        fast_path_status=fast_path_status,
     )
 
 

@@ -10,7 +10,7 @@ it reads nothing itself.
 """
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from butterfly.dataplane.evpn import EvpnStatus
 from butterfly.dataplane.naming import bridge_name, tap_name, vxlan_name
@@ -38,6 +38,8 @@ class PortView:
     present: bool
     limits: str = ""
     """"at most 10000 connections, 1000 new/s; 12 dropped" ("": not filtered)."""
+    fast_path: str = ""
+    """What the eBPF fast path forwarded from the vnic ("": it does not serve it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,8 @@ def render(underlay: str, vnis: Sequence[VniView]) -> str:
                 details.append(f"limits: {port.limits}")
             if port.trace:
                 details.append(f"trace: {port.trace}")
+            if port.fast_path:
+                details.append(f"fast path: {port.fast_path}")
             port_label = _quote("\n".join(details))
             guest_label = _quote(
                 "\n".join([port.vnic_id, port.mac, " ".join(port.ips), port.guest])
@@ -125,17 +129,24 @@ def draw(
     peers: Callable[[int], tuple[str, ...]],
     tracing: Callable[[str], str | None],
     guest: Callable[[Vnic], str],
+    fast_path: str = "off",
+    forwarded: Callable[[Vnic], str] = lambda vnic: "",
 ) -> str:
     """The picture of ``state`` on this host: ``links`` the names of the links
     present, ``zones`` each VNI's conntrack zone, ``drops`` the caps' drops by
     (bridge, MAC), ``evpn`` FRR's state, ``peers`` a VNI's flooding peers,
-    ``tracing`` a vnic's trace file, ``guest`` where a vnic's guest is."""
+    ``tracing`` a vnic's trace file, ``guest`` where a vnic's guest is,
+    ``fast_path`` whether the eBPF fast path is used and why, ``forwarded``
+    what it forwarded from a vnic."""
     underlay = settings.underlay
     vnis = []
     for vni in sorted({vnic.vni for vnic in state.vnics()}):
         ports = tuple(
-            _port_view(
-                vnic, settings=settings, links=links, drops=drops, tracing=tracing, guest=guest
+            replace(
+                _port_view(
+                    vnic, settings=settings, links=links, drops=drops, tracing=tracing, guest=guest
+                ),
+                fast_path=forwarded(vnic),
             )
             for vnic in state.vnics_in(vni)
         )
@@ -162,7 +173,7 @@ def draw(
     line = f"{underlay.ifname} {underlay.address} mtu {underlay.mtu}"
     if evpn is not None:
         line += "\n" + evpn.sessions_line()
-    return render(line, vnis)
+    return render(line + "\nfast path: " + fast_path, vnis)
 
 
 def _port_view(

@@ -90,6 +90,8 @@ _SKB_MARK = 8
 """offsetof(struct __sk_buff, mark)."""
 _SKB_INGRESS_IFINDEX = 36
 """offsetof(struct __sk_buff, ingress_ifindex): 0 for a frame no device received."""
+_TC_ACT_UNSPEC = -1
+"""The next filter decides (the fast path's after the sender mark)."""
 _TC_ACT_OK = 0
 _TC_ACT_SHOT = 2
 
@@ -131,13 +133,14 @@ def program(mask: int) -> bytes:
 
 
 def sender_program() -> bytes:
-    """The sender mark's bytecode: mark |= SENDER_OPEN, and let the frame in."""
+    """The sender mark's bytecode: mark |= SENDER_OPEN, and on to the port's next
+    ingress filter (the fast path's, when it is on)."""
     return b"".join(
         [
             _insn(0x61, 2, 1, _SKB_MARK, 0),  # w2 = skb->mark
             _insn(0x44, 2, 0, 0, _signed(SENDER_OPEN)),  # w2 |= SENDER_OPEN
             _insn(0x63, 1, 2, _SKB_MARK, 0),  # skb->mark = w2
-            _insn(0xB7, 0, 0, 0, _TC_ACT_OK),
+            _insn(0xB7, 0, 0, 0, _TC_ACT_UNSPEC),
             _insn(0x95, 0, 0, 0, 0),  # exit
         ]
     )

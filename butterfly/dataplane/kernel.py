@@ -35,7 +35,7 @@ and ids), :mod:`.vni` (bridges, VXLAN devices, flooding), :mod:`.ports`
 (taps, veths, vhost-user serving), :mod:`.peer` (a veth's end inside the
 vnic's namespace), :mod:`.links` (what every link goes through),
 :mod:`.tracing` (traces), :mod:`.graph` (the picture), :mod:`.cleanup`
-(removing it all).
+(removing it all), :mod:`.fastpath` (the eBPF fast path's program and maps).
 
 Not thread-safe: the service calls one method at a time, from the thread
 that built the data plane.
@@ -43,7 +43,7 @@ that built the data plane.
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 
 from butterfly.dataplane.base import Attachment, Counters, Progress, SgChange, VhostPorts
@@ -51,9 +51,10 @@ from butterfly.dataplane.cleanup import cleanup
 from butterfly.dataplane.conntrack import Conntrack
 from butterfly.dataplane.deleter import LinkDeleter
 from butterfly.dataplane.evpn import FrrReader
+from butterfly.dataplane.fastpath import FastPath
 from butterfly.dataplane.graph import draw
 from butterfly.dataplane.guard import GuardPrograms
-from butterfly.dataplane.journal import FaultHook, Journal, best_effort, journal
+from butterfly.dataplane.journal import FaultHook, Journal, best_effort, journal, step
 from butterfly.dataplane.links import Links
 from butterfly.dataplane.naming import (
     bridge_name,
@@ -104,7 +105,10 @@ class KernelDataplane:
     without one such vnics are refused as not supported. ``limits``: what a
     filtered vnic may start unless it says otherwise (0: no cap). ``evpn``: FRR
     carries the VNIs (:mod:`butterfly.dataplane.evpn`; neither multicast
-    nor static peers), ``frr`` reads its state for the graph.
+    nor static peers), ``frr`` reads its state for the graph. ``fast_path``:
+    the eBPF fast path to attach to every port and keep told of the vnics
+    (:mod:`butterfly.dataplane.fastpath`; None: bridge + nftables only),
+    ``fast_path_status`` why it is (not) used, for the graph.
     ``defer_deletes``: a thread deletes the links a request no longer needs
     (removed ports, a VNI's devices) after its reply. ``fault_hook``: tests
     only, see :mod:`butterfly.dataplane.journal`.
@@ -132,6 +136,8 @@ class KernelDataplane:
         defer_deletes: bool = False,
         fault_hook: FaultHook | None = None,
         sniff_cross_vni: bool = False,
+        fast_path: FastPath | None = None,
+        fast_path_status: str = "off",
     ) -> None:
         if not os.path.exists(_BR_NETFILTER):
             raise DataplaneError(
@@ -187,7 +193,11 @@ class KernelDataplane:
             vhost=vhost is not None,
         )
         self._tables = NftablesState(self._nft, settings)
-        self._links = Links(self._netlink, self._guards)
+        self._fast = fast_path
+        self._fast_status = fast_path_status
+        self._links = Links(
+            self._netlink, self._guards, fast_path=fast_path.fd if fast_path is not None else None
+        )
         self._deleter = LinkDeleter() if defer_deletes else None
         self._vnis = Vnis(
             self._netlink,
@@ -295,6 +305,8 @@ class KernelDataplane:
                 )
         self._traces.reconcile(self._ported(state), problems)
         best_effort(problems, "sniffing", lambda: self._sniffer.apply(self._sniffer.rescan(state)))
+        sync = partial(self._sync_fast_path, None, state, wanted_vnis, remade=None)
+        best_effort(problems, "fast path", sync)
         yield progress.next()
 
     def _ported(self, state: StateView) -> list[Vnic]:
@@ -345,6 +357,12 @@ class KernelDataplane:
         if scope.tables or scope.links:
             # The copy rules hook ports by device: a port made again lost them.
             best_effort(problems, "sniffing", partial(self._repair_sniffing, state))
+        touched = {
+            vnic.vni for vnic in vnics if vnic.vni in vnis or tap_name(vnic.id) in scope.links
+        }
+        if touched:
+            sync = partial(self._sync_fast_path, None, state, touched, remade=None)
+            best_effort(problems, "fast path", sync)
         if problems:
             raise DataplaneError("repair: " + "; ".join(problems))
 
@@ -385,6 +403,8 @@ class KernelDataplane:
                 self._vnis.sync_neighbours(j, previous.vni, state)
             self._sync_sniffing(j, state, vnic, replaced)
             self._traces.apply(j, vnic)
+            vnis = {vnic.vni} | ({replaced.vni} if replaced else set())
+            self._sync_fast_path(j, state, vnis, remade={vnic.id})
         return self.attachment(vnic)
 
     def update(self, before: Vnic, after: Vnic, state: StateView) -> None:
@@ -405,6 +425,7 @@ class KernelDataplane:
                 self._vnis.sync_neighbours(j, after.vni, state)
             self._sync_sniffing(j, state, after)
             self._traces.apply(j, after)
+            self._sync_fast_path(j, state, {before.vni, after.vni})
 
     def unplug(self, vnic: Vnic, state: StateView) -> None:
         if not self._settings.has_port(vnic):
@@ -422,6 +443,7 @@ class KernelDataplane:
             self._vnis.remove_if_unused(j, vnic.vni, state)
             self._vnis.sync_neighbours(j, vnic.vni, state)
             self._sync_sniffing(j, state, vnic)
+            self._sync_fast_path(j, state, {vnic.vni})
         self._traces.stop(vnic)
 
     def update_security_groups(self, changes: Mapping[str, SgChange], state: StateView) -> None:
@@ -516,6 +538,8 @@ class KernelDataplane:
             peers=partial(self._vnis.peers, state=state),
             tracing=self._traces.tracing,
             guest=lambda vnic: self.attachment(vnic).path,
+            fast_path=self._fast_status,
+            forwarded=self._forwarded,
         )
 
     # watching (butterfly.daemon.drift)
@@ -552,6 +576,8 @@ class KernelDataplane:
             self._traces.close()
             self._guards.close()
             self._conntrack.close()
+            if self._fast is not None:
+                self._fast.close()
             self._nft.close()
             self._netlink.close()
 
@@ -576,6 +602,46 @@ class KernelDataplane:
         j.step(
             "sniffing", partial(self._sniffer.apply, plan), partial(self._sniffer.apply, previous)
         )
+
+    # the fast path
+
+    def _sync_fast_path(
+        self,
+        j: Journal | None,
+        state: StateView,
+        vnis: Iterable[int],
+        *,
+        remade: Collection[str] | None = (),
+    ) -> None:
+        """Tell the fast path which vnics of ``vnis`` it serves, on which port
+        (``remade``: the vnics whose port may have been made again; None: all)."""
+        fast = self._fast
+        if fast is None:
+            return
+        wanted = fast.plan(
+            state,
+            vnis,
+            ported=self._settings.has_port,
+            zones=self._tables.zones,
+            port_index=self._port_index,
+            remade=remade,
+        )
+        served = fast.served()
+        before = {vnic_id: served.get(vnic_id) for vnic_id in wanted}
+        step(j, "fast path maps", partial(fast.set, wanted), partial(fast.set, before))
+
+    def _port_index(self, vnic_id: str) -> int | None:
+        """Asked of the kernel even during a reconcile's snapshot: it made ports."""
+        link = self._netlink.link(tap_name(vnic_id), fresh=True)
+        return link.index if link is not None else None
+
+    def _forwarded(self, vnic: Vnic) -> str:
+        """What the fast path forwarded from ``vnic`` ("": it does not serve it)."""
+        port = self._fast.served().get(vnic.id) if self._fast is not None else None
+        if self._fast is None or port is None:
+            return ""
+        frames, octets = self._fast.forwarded(port.ifindex)
+        return f"{frames} frames, {octets} bytes forwarded"
 
 
 def _names_vni(names: frozenset[str], vni: int) -> bool:

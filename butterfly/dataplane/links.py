@@ -4,15 +4,17 @@ Owns :class:`Links`, the operations shared by a VNI's devices (:mod:`.vni`)
 and a vnic's port (:mod:`.ports`): refusing a link of that name that is not
 butterfly's, setting MTU, master and up state where they differ, the port
 guard (:mod:`.guard`, and on ports without filtering its sender mark)
-before a link joins its bridge, a bridge port's
-forwarding flags, and giving back their names to links another program
-renamed. Each change is a journaled step with its undo.
+before a link joins its bridge, the fast path's program (:mod:`.fastpath`)
+on a port's ingress after it, a bridge port's forwarding flags, and giving
+back their names to links another program renamed. Each change is a
+journaled step with its undo.
 """
 
 from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import NamedTuple
 
+from butterfly.dataplane.fastpath import FILTER_NAME as FAST_PATH_FILTER
 from butterfly.dataplane.guard import SENDER_MARK, GuardKind, GuardPrograms
 from butterfly.dataplane.journal import Journal, best_effort, step
 from butterfly.dataplane.naming import is_butterfly_link, name_from_alias
@@ -34,9 +36,13 @@ class PortFlags(NamedTuple):
 class Links:
     """Butterfly's links in the namespace ``netlink`` talks to."""
 
-    def __init__(self, netlink: Netlink, guards: GuardPrograms) -> None:
+    def __init__(
+        self, netlink: Netlink, guards: GuardPrograms, *, fast_path: int | None = None
+    ) -> None:
         self._netlink = netlink
         self._guards = guards
+        self._fast_path = fast_path
+        """The eBPF fast path's program (:mod:`.fastpath`), None when it is off."""
 
     def owned(self) -> dict[str, Link]:
         return {
@@ -112,6 +118,18 @@ class Links:
             step(j, f"mark what enters {link.name} as unfiltered", mark, unmark)
         elif marked and not kind.marks_senders:
             step(j, f"stop marking what enters {link.name} as unfiltered", unmark, mark)
+
+    def ensure_fast_path(self, j: Journal | None, link: Link) -> None:
+        """The fast path's program on a port's ingress (on every port: its maps
+        say which vnics it serves); with the fast path off, a reconcile
+        (``j`` None) removes one a previous daemon left."""
+        if self._fast_path is not None:
+            attach = partial(
+                self._netlink.set_ingress_program, link.index, self._fast_path, FAST_PATH_FILTER
+            )
+            step(j, f"fast path on {link.name}", attach)
+        elif j is None:
+            self._netlink.remove_ingress_program(link.index)
 
     def fix(
         self,

@@ -39,8 +39,10 @@ _IFF_UP = 0x1
 _TC_EGRESS = 0xFFFFFFF3
 """The clsact qdisc's egress hook (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS))."""
 _TC_INGRESS = 0xFFFFFFF2
-"""The clsact qdisc's ingress hook (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS))."""
+"""The clsact qdisc's ingress hook (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)): the
+sender mark (prio 1), then the fast path's program (prio 2)."""
 _GUARD_PRIO = 1
+_FAST_PATH_PRIO = 2
 
 LLDP_FORWARD_MASK = 1 << 0x0E
 """A bridge hands frames to 01:80:c2:00:00:0e (LLDP) to the receiving port's own
@@ -507,6 +509,38 @@ class Netlink:
                     index, parent=_TC_INGRESS if ingress else _TC_EGRESS, prio=_GUARD_PRIO, handle=1
                 )
             )
+
+    def set_ingress_program(self, index: int, fd: int, name: str) -> None:
+        """Put the eBPF program ``fd`` on link ``index``'s ingress (the fast
+        path), in place of the one there."""
+        self._touched.add(index)
+        with _translated(lambda: f"netlink: attaching the fast path to {self._name(index)}"):
+            try:
+                self._ipr.tc("add", "clsact", index)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
+            self._ipr.tc(
+                "replace-filter",
+                "bpf",
+                index,
+                parent=_TC_INGRESS,
+                prio=_FAST_PATH_PRIO,
+                handle=1,
+                fd=fd,
+                name=name,
+                direct_action=True,
+            )
+
+    def remove_ingress_program(self, index: int) -> None:
+        """Remove link ``index``'s ingress program, if it has one."""
+        self._touched.add(index)
+        with _translated(lambda: f"netlink: detaching the fast path from {self._name(index)}"):
+            try:
+                self._ipr.tc("del-filter", "bpf", index, parent=_TC_INGRESS, prio=_FAST_PATH_PRIO)
+            except NetlinkError as exc:
+                if exc.code not in (errno.ENOENT, errno.EINVAL):
+                    raise
 
     def add_address(self, index: int, address: str, prefixlen: int) -> None:
         """Usable at once: no duplicate address detection delay for IPv6."""

@@ -23,8 +23,11 @@ from typing import IO
 from butterfly.api.client import Client
 from butterfly.errors import ClientError
 
-__all__ = ["DaemonError", "DaemonProcess", "free_port", "resident_memory_kib"]
+__all__ = ["FAST_PATH_VARIABLE", "DaemonError", "DaemonProcess", "free_port", "resident_memory_kib"]
 
+FAST_PATH_VARIABLE = "BUTTERFLY_FAST_PATH"
+"""When set (auto, ebpf, off), daemons with a data plane start with that --fast-path:
+the suites run once per path."""
 _BIND_FAILURE = "cannot listen on endpoint"
 _START_ATTEMPTS = 5
 
@@ -142,6 +145,9 @@ class DaemonProcess:
             command += ["-k", self.key_path]
         if self.config_path is not None:
             command += ["-c", self.config_path]
+        fast_path = os.environ.get(FAST_PATH_VARIABLE)
+        if self.dataplane and fast_path:
+            command += ["--fast-path", fast_path]
         return command + self.extra_args
 
     def log(self) -> str:

@@ -92,6 +92,18 @@ def test_a_bad_debug_memory_value_is_named(tmp_path: Path) -> None:
     assert str(error.value) == f"config file {ini}: debug-memory 'maybe' is not true or false"
 
 
+def test_fast_path_from_the_command_line_or_the_file(tmp_path: Path) -> None:
+    assert parse_args([]).fast_path == "auto"
+    assert parse_args(["--fast-path", "ebpf"]).fast_path == "ebpf"
+    ini = tmp_path / "butterfly.ini"
+    ini.write_text("[general]\nfast-path = auto\n")
+    assert parse_args(["--fast-path", "off", "-c", str(ini)]).fast_path == "auto"
+    ini.write_text("[general]\nfast-path = xdp\n")
+    with pytest.raises(ConfigError) as error:
+        parse_args(["-c", str(ini)])
+    assert str(error.value) == f"config file {ini}: fast-path 'xdp' is not one of auto, ebpf, off"
+
+
 def test_vhost_loop_from_the_command_line_or_the_file(tmp_path: Path) -> None:
     assert parse_args([]).vhost_loop == "auto"
     assert parse_args(["--vhost-loop", "python"]).vhost_loop == "python"

@@ -328,7 +328,7 @@ def _run(code: bytes, mark: int, ingress_ifindex: int = 7) -> tuple[int, int]:
             raise AssertionError(f"unexpected opcode {op:#x}")
 
 
-PASS, SHOT = 0, 2
+NEXT_FILTER, PASS, SHOT = -1, 0, 2
 OTHER = 0x1234  # bits of the mark that are not the guard's
 
 
@@ -362,7 +362,7 @@ def test_the_guard_passes_what_the_host_made() -> None:
 
 
 def test_the_sender_mark_sets_its_bit_and_keeps_the_rest() -> None:
-    assert _run(sender_program(), OTHER) == (PASS, OTHER | SENDER_OPEN)
+    assert _run(sender_program(), OTHER) == (NEXT_FILTER, OTHER | SENDER_OPEN)
     assert GuardKind.OPEN.marks_senders and not GuardKind.FILTERED.marks_senders
 
 

@@ -10,12 +10,14 @@ lab's run-unique prefix and removed in teardown, also on failure.
 """
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from butterfly.dataplane import SgChange
+from butterfly.dataplane.fastpath import FastPathMode, choose
 from butterfly.dataplane.kernel import KernelDataplane
 from butterfly.dataplane.naming import tap_name
 from butterfly.model import (
@@ -28,6 +30,7 @@ from butterfly.model import (
     make_vnic,
 )
 from butterfly_lab import lab as bench_lab
+from butterfly_lab.daemon import FAST_PATH_VARIABLE
 from butterfly_lab.lab import Vm, sh, wait_for
 
 __all__ = [
@@ -53,13 +56,20 @@ class Dataplane:
 
     def __init__(self, host: "Host", **options: Any) -> None:
         self.host = host
-        self._impl: KernelDataplane = host.run(
-            lambda: KernelDataplane(socket_dir=host.socket_dir, **options)
-        )
+        self._impl: KernelDataplane = host.run(lambda: _make(host.socket_dir, options))
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self._impl, name)
         return lambda *args, **kwargs: self.host.run(lambda: method(*args, **kwargs))
+
+
+def _make(socket_dir: str, options: dict[str, Any]) -> KernelDataplane:
+    """A data plane with the fast path BUTTERFLY_FAST_PATH names (the suites run once
+    per path), unless the test chose one; run in the host's namespace."""
+    mode = os.environ.get(FAST_PATH_VARIABLE)
+    if mode and "fast_path" not in options:
+        options["fast_path"], options["fast_path_status"] = choose(FastPathMode(mode))
+    return KernelDataplane(socket_dir=socket_dir, **options)
 
 
 class Host(bench_lab.Host):

@@ -1,0 +1,363 @@
+"""The eBPF fast path: established flows between local filtered vnics, past the bridge.
+
+Owns the choice of the path (``--fast-path auto|ebpf|off``), the loading of
+the compiled program (``bpf/fastpath.bpf.c``; tools/setup builds it into
+:data:`OBJECT`) through libbpf, and the contents of its maps. The kernel
+data plane attaches the program on the tc ingress of every vnic's port
+(:mod:`.links`) and tells this module which vnics it may serve (:func:`fast_port`);
+everything else about a frame is decided in the kernel:
+
+- the program forwards a frame (bpf_redirect to the receiver's port) only
+  when the bridge + nftables path would accept it at its first rule: a
+  unicast UDP frame (or TCP segment without SYN, FIN or RST, when conntrack
+  does not check TCP windows in this namespace: ``nf_conntrack_tcp_be_liberal``,
+  read at start-up, as conntrack misses the segments forwarded) from the
+  port's own MAC (and, with IP anti-spoofing, an address of the vnic), to a
+  vnic of the same VNI on this host that the fast path serves, of a flow
+  conntrack holds as established in the VNI's zone; it refreshes the entry
+  and sets the mark bits the port guard (:mod:`.guard`) wants, as the
+  tables would;
+- every other frame (new flows, other TCP, ICMP, ARP, ND, broadcast, other
+  hosts, fragments, VLAN tags, sniffed VNIs, bypassing vnics) returns to the
+  bridge + nftables path unchanged, which also creates and advances the
+  conntrack entries.
+
+So the security groups, connection caps and anti-spoofing keep one
+implementation, and a map that lags behind only sends frames the slow way.
+The maps live as long as the program: a daemon killed leaves the ports
+forwarding as they were; the next one loads a new program and replaces it
+on every port at reconcile (or removes it, with ``off``).
+"""
+
+import ctypes
+import ctypes.util
+import ipaddress
+import os
+import struct
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from butterfly.errors import ConfigError, DataplaneError
+from butterfly.model import StateView, Vnic
+from butterfly.model.firewall import link_local
+
+__all__ = [
+    "FILTER_NAME",
+    "OBJECT",
+    "FastPath",
+    "FastPathMode",
+    "FastPort",
+    "choose",
+    "fast_port",
+    "sniffed",
+]
+
+OBJECT = Path(__file__).parent / "bpf" / "build" / "fastpath.bpf.o"
+"""Where tools/setup (tools/build-bpf) puts the compiled program (ignored by git)."""
+FILTER_NAME = "bf-fastpath"
+"""The tc filter's name on a port's ingress."""
+_PROGRAM = b"fastpath"
+_NETFILTER = "/proc/sys/net/netfilter/"
+_BPF_ANY = 0
+_BTF_KIND_STRUCT = 4
+_CT_OPTS_WITH_ZONE = 16
+_ENOENT = 2
+
+
+class FastPathMode(Enum):
+    """--fast-path: ``auto`` uses eBPF when the program is built and the kernel loads it."""
+
+    AUTO = "auto"
+    EBPF = "ebpf"
+    OFF = "off"
+
+
+@dataclass(frozen=True, slots=True)
+class FastPort:
+    """What the program knows of one vnic it serves."""
+
+    ifindex: int
+    vni: int
+    zone: int
+    mac: str
+    check_ip: bool
+    addresses: tuple[str, ...]
+    """The sources it may send from (with ``check_ip``): IPv4, IPv6, link-local."""
+
+
+def fast_port(vnic: Vnic, *, ifindex: int, zone: int | None, sniffed: bool) -> FastPort | None:
+    """The fast path's entry for ``vnic``, or None when its frames all take the
+    slow path: bypassing vnics (no conntrack entries to rely on), VNIs without
+    a zone, and ``sniffed`` VNIs (:func:`sniffed`)."""
+    if vnic.bypass_filtering or zone is None or sniffed:
+        return None
+    addresses: tuple[str, ...] = ()
+    if vnic.ip_anti_spoof:
+        addresses = tuple(dict.fromkeys((*vnic.ips, link_local(vnic.mac))))
+    return FastPort(
+        ifindex=ifindex,
+        vni=vnic.vni,
+        zone=zone,
+        mac=vnic.mac.lower(),
+        check_ip=vnic.ip_anti_spoof,
+        addresses=addresses,
+    )
+
+
+def sniffed(vnics: Iterable[Vnic]) -> bool:
+    """Whether one of a VNI's ``vnics`` is sniffed: the copies of its frames are
+    made on the ingress of every port of the VNI, after tc, which the fast
+    path would skip."""
+    return any(vnic.sniff_target_nic_id for vnic in vnics)
+
+
+class _Libbpf:
+    """The few libbpf 1.x calls the fast path needs (Debian's libbpf1)."""
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError as exc:
+            raise DataplaneError(f"fast path: libbpf is missing ({exc}); install libbpf1") from exc
+        lib.bpf_object__open.restype = ctypes.c_void_p
+        lib.bpf_object__open.argtypes = [ctypes.c_char_p]
+        lib.bpf_object__load.argtypes = [ctypes.c_void_p]
+        lib.bpf_object__close.argtypes = [ctypes.c_void_p]
+        lib.bpf_object__find_program_by_name.restype = ctypes.c_void_p
+        lib.bpf_object__find_program_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.bpf_program__fd.argtypes = [ctypes.c_void_p]
+        lib.bpf_object__find_map_fd_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p]
+        lib.bpf_map_update_elem.argtypes = [
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_uint64,
+        ]
+        lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_char_p]
+        lib.libbpf_num_possible_cpus.argtypes = []
+        lib.btf__load_vmlinux_btf.restype = ctypes.c_void_p
+        lib.btf__find_by_name_kind.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32]
+        lib.btf__type_by_id.restype = ctypes.POINTER(ctypes.c_uint32)
+        lib.btf__type_by_id.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        lib.btf__free.argtypes = [ctypes.c_void_p]
+        self.lib = lib
+
+    def check_kernel(self) -> None:
+        """DataplaneError unless the running kernel's conntrack kfuncs take a
+        zone: their options struct has 16 bytes then (a kernel with the 12-byte
+        one would load the program and fail every lookup)."""
+        btf = self.lib.btf__load_vmlinux_btf()
+        if not btf:
+            raise DataplaneError("fast path: the kernel has no BTF (/sys/kernel/btf/vmlinux)")
+        try:
+            type_id = self.lib.btf__find_by_name_kind(btf, b"bpf_ct_opts", _BTF_KIND_STRUCT)
+            if type_id < 0:
+                raise DataplaneError("fast path: the kernel has no conntrack kfuncs")
+            size = self.lib.btf__type_by_id(btf, type_id)[2]
+            if size != _CT_OPTS_WITH_ZONE:
+                raise DataplaneError(
+                    f"fast path: the kernel's conntrack kfuncs take no zone "
+                    f"(bpf_ct_opts has {size} bytes, not {_CT_OPTS_WITH_ZONE})"
+                )
+        finally:
+            self.lib.btf__free(btf)
+
+
+def _error(what: str, code: int) -> DataplaneError:
+    return DataplaneError(f"fast path: {what}: {os.strerror(abs(code))}")
+
+
+class FastPath:
+    """The loaded program and its maps (one per daemon)."""
+
+    def __init__(self, path: Path = OBJECT) -> None:
+        if not path.exists():
+            raise DataplaneError(f"fast path: {path} is not built (tools/setup builds it)")
+        libbpf = _Libbpf()
+        libbpf.check_kernel()
+        self._bpf = libbpf.lib
+        self._obj = self._bpf.bpf_object__open(str(path).encode())
+        if not self._obj:
+            raise _error(f"opening {path}", ctypes.get_errno())
+        try:
+            code = self._bpf.bpf_object__load(self._obj)
+            if code < 0:
+                raise _error("the kernel refused the program (details on stderr)", code)
+            program = self._bpf.bpf_object__find_program_by_name(self._obj, _PROGRAM)
+            self.fd = int(self._bpf.bpf_program__fd(program))
+            self._maps = {
+                name: int(self._bpf.bpf_object__find_map_fd_by_name(self._obj, name.encode()))
+                for name in ("ports", "dests", "addrs", "forwarded", "settings")
+            }
+            self._cpus = int(self._bpf.libbpf_num_possible_cpus())
+            settings, self.tcp = _settings()
+            self._update("settings", struct.pack("<I", 0), settings)
+        except BaseException:
+            self.close()
+            raise
+        self._ports: dict[str, FastPort] = {}
+
+    def close(self) -> None:
+        """The program stays on the ports it is attached to, with its maps."""
+        if self._obj:
+            self._bpf.bpf_object__close(self._obj)
+            self._obj = None
+
+    def served(self) -> dict[str, FastPort]:
+        return dict(self._ports)
+
+    def plan(
+        self,
+        state: StateView,
+        vnis: Iterable[int],
+        *,
+        ported: Callable[[Vnic], bool],
+        zones: Mapping[int, int],
+        port_index: Callable[[str], int | None],
+        remade: Collection[str] | None,
+    ) -> dict[str, FastPort | None]:
+        """What :meth:`set` should say of the vnics of ``vnis`` (those that left
+        them included): ``ported`` tells the vnics with a port, ``port_index``
+        its ifindex by vnic id, asked only for vnics not served yet and those
+        whose port may have been made again: ``remade`` (None: all)."""
+        vnis = set(vnis)
+        wanted: dict[str, FastPort | None] = {
+            vnic_id: None for vnic_id, port in self._ports.items() if port.vni in vnis
+        }
+        for vni in vnis:
+            vnics = [vnic for vnic in state.vnics_in(vni) if ported(vnic)]
+            copied = sniffed(vnics)
+            for vnic in vnics:
+                known = self._ports.get(vnic.id)
+                again = remade is None or vnic.id in remade
+                index = known.ifindex if known is not None and not again else port_index(vnic.id)
+                wanted[vnic.id] = None
+                if index is not None:
+                    zone = zones.get(vni)
+                    wanted[vnic.id] = fast_port(vnic, ifindex=index, zone=zone, sniffed=copied)
+        return wanted
+
+    def set(self, ports: dict[str, FastPort | None]) -> None:
+        """Serve the vnics mapped to a port, stop serving those mapped to None."""
+        for vnic_id, port in ports.items():
+            old = self._ports.pop(vnic_id, None)
+            if old == port:
+                if port is not None:
+                    self._ports[vnic_id] = port
+                continue
+            # A port that stays keeps counting (a vnic's update); a new one starts at 0.
+            same = old is not None and port is not None and old.ifindex == port.ifindex
+            if old is not None:
+                self._remove(old, forget=not same)
+            if port is not None:
+                self._add(port, count=not same)
+                self._ports[vnic_id] = port
+
+    def forwarded(self, ifindex: int) -> tuple[int, int]:
+        """(frames, bytes) the program forwarded from port ``ifindex`` since it was loaded."""
+        value = ctypes.create_string_buffer(16 * self._cpus)
+        code = self._bpf.bpf_map_lookup_elem(
+            self._maps["forwarded"], struct.pack("<I", ifindex), value
+        )
+        if code < 0:
+            return 0, 0
+        pairs = [struct.unpack_from("<QQ", value.raw, 16 * cpu) for cpu in range(self._cpus)]
+        return sum(p for p, _ in pairs), sum(b for _, b in pairs)
+
+    def _add(self, port: FastPort, *, count: bool) -> None:
+        for key in _address_keys(port):
+            self._update("addrs", key, b"\x01")
+        index = struct.pack("<I", port.ifindex)
+        if count:
+            self._update("forwarded", index, bytes(16 * self._cpus))
+        self._update("ports", index, _port_value(port))
+        self._update("dests", _dest_key(port), index)
+
+    def _remove(self, port: FastPort, *, forget: bool) -> None:
+        index = struct.pack("<I", port.ifindex)
+        self._delete("dests", _dest_key(port))
+        self._delete("ports", index)
+        for key in _address_keys(port):
+            self._delete("addrs", key)
+        if forget:
+            self._delete("forwarded", index)
+
+    def _update(self, name: str, key: bytes, value: bytes) -> None:
+        code = self._bpf.bpf_map_update_elem(self._maps[name], key, value, _BPF_ANY)
+        if code < 0:
+            raise _error(f"updating map {name}", code)
+
+    def _delete(self, name: str, key: bytes) -> None:
+        code = self._bpf.bpf_map_delete_elem(self._maps[name], key)
+        if code < 0 and -code != _ENOENT:
+            raise _error(f"updating map {name}", code)
+
+
+def _mac(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def _port_value(port: FastPort) -> bytes:
+    return struct.pack("<IHBx6s2x", port.vni, port.zone, port.check_ip, _mac(port.mac))
+
+
+def _dest_key(port: FastPort) -> bytes:
+    return struct.pack("<I6s2x", port.vni, _mac(port.mac))
+
+
+def _address_keys(port: FastPort) -> list[bytes]:
+    keys = []
+    for address in port.addresses:
+        ip = ipaddress.ip_address(address)
+        keys.append(struct.pack("<II16s", port.ifindex, ip.version, ip.packed))
+    return keys
+
+
+def _sysctl(name: str) -> int:
+    try:
+        with open(_NETFILTER + name) as file:
+            return int(file.read())
+    except (OSError, ValueError) as exc:
+        raise DataplaneError(f"fast path: reading {_NETFILTER}{name}: {exc}") from exc
+
+
+def _settings() -> tuple[bytes, bool]:
+    """conntrack's timeouts of this namespace, in ms (the program refreshes an
+    entry as conntrack would: the frames it forwards skip conntrack), and
+    whether TCP may take the fast path: only when conntrack does not check
+    TCP windows here (tcp_be_liberal), as it misses the segments forwarded."""
+    udp = _sysctl("nf_conntrack_udp_timeout") * 1000
+    stream = _sysctl("nf_conntrack_udp_timeout_stream") * 1000
+    tcp = _sysctl("nf_conntrack_tcp_be_liberal") == 1
+    established = _sysctl("nf_conntrack_tcp_timeout_established") * 1000 if tcp else 0
+    return struct.pack("<III", udp, stream, min(established, 0xFFFFFFFF)), tcp
+
+
+def choose(
+    mode: FastPathMode, path: Path = OBJECT, *, repaired: bool = True
+) -> tuple[FastPath | None, str]:
+    """The fast path ``mode`` asks for, and why it is (not) used, for status.
+
+    ``ebpf`` fails (ConfigError) when the program cannot be loaded; ``auto``
+    falls back to the bridge + nftables path then, saying why. ``auto`` also
+    stays off when drift is not ``repaired`` (--report-drift-only): while
+    butterfly's tables are gone, established flows would go on through the
+    fast path, and an operator debugging the tables by hand should see only
+    what they do.
+    """
+    if mode is FastPathMode.OFF:
+        return None, "off (--fast-path off)"
+    if mode is FastPathMode.AUTO and not repaired:
+        return None, "off (auto, --report-drift-only: only the tables decide)"
+    try:
+        fast = FastPath(path)
+    except DataplaneError as exc:
+        if mode is FastPathMode.EBPF:
+            raise ConfigError(f"--fast-path ebpf: {exc}") from exc
+        return None, f"off (auto: {exc})"
+    tcp = "UDP and TCP (conntrack is liberal)" if fast.tcp else "UDP"
+    return fast, f"ebpf: established {tcp} between local vnics"

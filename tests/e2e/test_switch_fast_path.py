@@ -1,0 +1,379 @@
+"""The eBPF fast path (``--fast-path``) through a real butterflyd, attacked from its VMs.
+
+Every test runs twice: with ``--fast-path ebpf`` and with ``off`` (bridge +
+nftables only), and must see the same verdicts; only the path differs. A
+server vnic ``srv`` lets UDP 7000 in; clients ``cli`` (IP anti-spoofing on)
+and ``oth`` are open to nothing but replies. VNI 411 holds twins of ``srv``
+and ``cli`` with the same MACs and addresses. Which path a frame took is told
+by two counters: the program's own (per sending vnic, in ``butterfly
+status``) and an nftables counter of this test in the host's forward hook,
+which only frames crossing the bridge reach.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Dot1Q, Ether
+from scapy.packet import Raw
+
+from butterfly.api.proto.message0_pb2 import MessageV0
+from butterfly.dataplane.fastpath import FILTER_NAME
+from butterfly.dataplane.naming import tap_name
+from butterfly_lab.lab import Host, Lab, Vm, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.needs("ebpf-fast-path")]
+
+VNI, TWIN_VNI = 410, 411
+SRV4, SRV6, SRV_MAC = "10.41.0.10", "fd41::10", "52:54:00:00:41:10"
+CLI4, CLI6, CLI_MAC = "10.41.0.11", "fd41::11", "52:54:00:00:41:11"
+OTH4, OTH_MAC = "10.41.0.12", "52:54:00:00:41:12"
+FORGED_MAC = "52:54:00:00:41:99"
+PORT = 7000
+PROBE_TABLE = "s5fastprobe"
+
+FLOW = """
+import socket, sys, time
+src, dst = sys.argv[1], sys.argv[3]
+sport, dport, count = int(sys.argv[2]), int(sys.argv[4]), int(sys.argv[5])
+pause = float(sys.argv[6]) if len(sys.argv) > 6 else 0
+s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((src, sport))
+s.settimeout(0.3)
+got = 0
+for i in range(count):
+    payload = b"flow %d" % i
+    s.sendto(payload, (dst, dport))
+    try:
+        got += s.recv(100) == payload
+    except OSError:
+        pass
+    time.sleep(pause)
+print(got)
+"""
+"""A UDP flow on one 5-tuple: ``count`` datagrams, each waiting for its echo."""
+
+TCP_FLOW = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+got = 0
+for i in range(int(sys.argv[3])):
+    payload = b"segment %03d" % i
+    s.sendall(payload)
+    answer = b""
+    while len(answer) < len(payload):
+        chunk = s.recv(64)
+        if not chunk:
+            break
+        answer += chunk
+    got += answer == payload
+s.shutdown(socket.SHUT_WR)
+print(got, int(s.recv(64) == b""))
+"""
+"""A TCP connection: ``count`` echoes, then a close that the server's close answers."""
+TCP_PORT = 8080
+
+
+class Switch:
+    def __init__(self, mode: str, host: Host, vms: dict[str, Vm]) -> None:
+        self.mode = mode
+        self.host = host
+        self.vms = vms
+
+    @property
+    def fast(self) -> bool:
+        return self.mode == "ebpf"
+
+    def flow(self, vm: str, src: str, sport: int, dst: str, count: int) -> int:
+        """Echoes ``vm`` got back for ``count`` datagrams from (src, sport) to dst:PORT."""
+        out = self.vms[vm].exec(
+            sys.executable, "-c", FLOW, src, str(sport), dst, str(PORT), str(count)
+        )
+        return int(out.strip())
+
+    def tcp_flow(self, vm: str, dst: str, count: int) -> tuple[int, bool]:
+        """(echoes, closed cleanly) of a TCP connection from ``vm`` to dst:TCP_PORT."""
+        out = self.vms[vm].exec(sys.executable, "-c", TCP_FLOW, dst, str(TCP_PORT), str(count))
+        got, closed = out.split()
+        return int(got), closed == "1"
+
+    def forwarded(self, vnic_id: str) -> int:
+        """Frames the fast path forwarded from ``vnic_id`` (0 when it does not serve it)."""
+        graph = self.host.cli("status")
+        for line in graph.splitlines():
+            if line.strip().startswith(f'"port:{vnic_id}"'):
+                found = re.search(r"fast path: (\d+) frames", line)
+                return int(found.group(1)) if found else 0
+        raise AssertionError(f"no port {vnic_id} in the status graph:\n{graph}")
+
+    def bridged(self) -> int:
+        """Frames to or from UDP port PORT that crossed a bridge (the slow path)."""
+        listing = json.loads(self.host.exec("nft", "-j", "list", "table", "inet", PROBE_TABLE))
+        return sum(
+            item["rule"]["expr"][-1]["counter"]["packets"]
+            for item in listing["nftables"]
+            if "rule" in item
+        )
+
+    def seen(self, sender: str, receiver: str, frames: dict[str, Ether], last: Ether) -> set[str]:
+        """Which of the raw ``frames`` (by marker) ``sender`` sends reach ``receiver``;
+        a legitimate frame ``last``, sent after them, closes the window."""
+        rx = self.vms[receiver]
+        assert rx.agent.call("sniff_start", ifname=tap_name(receiver))["ok"]
+        marked = {name: bytes(frame / Raw(load=name.encode())) for name, frame in frames.items()}
+        wire = [frame.hex() for frame in [*marked.values(), bytes(last / Raw(b"last-frame"))]]
+        self.vms[sender].agent.call("send_frames", ifname=tap_name(sender), frames=wire)
+        capture = rx.agent.call(
+            "sniff_wait", ifname=tap_name(receiver), marker=b"last-frame".hex(), timeout=5
+        )
+        assert capture["ok"], "the legitimate frame never arrived"
+        return {
+            name for name in marked if any(name.encode().hex() in got for got in capture["frames"])
+        }
+
+
+def _udp(src_mac: str, src: str, sport: int, dst_mac: str, dst: str) -> Ether:
+    return Ether(src=src_mac, dst=dst_mac) / IP(src=src, dst=dst) / UDP(sport=sport, dport=PORT)
+
+
+@pytest.fixture(scope="module", params=["ebpf", "off"])
+def switch(request: pytest.FixtureRequest, lab: Lab) -> Iterator[Switch]:
+    mode = str(request.param)
+    host = lab.host(extra_args=["--fast-path", mode])
+    host.cli(
+        "sg", "add", "udp",
+        "+", "sg", "rule", "add", "udp", "--ip-proto", "udp", "--port", str(PORT),
+        "--cidr", "0.0.0.0/0",
+        "+", "sg", "rule", "add", "udp", "--ip-proto", "udp", "--port", str(PORT),
+        "--cidr", "::/0",
+        "+", "sg", "rule", "add", "udp", "--ip-proto", "tcp", "--port", str(TCP_PORT),
+        "--cidr", "0.0.0.0/0",
+    )  # fmt: skip
+    vms = {name: lab.vm() for name in ("srv", "cli", "oth", "tsrv", "tcli")}
+    host.add_vnic(
+        "srv", vm=vms["srv"], mac=SRV_MAC, vni=VNI, ips=(SRV4, SRV6), security_groups=("udp",)
+    )
+    host.add_vnic("cli", vm=vms["cli"], mac=CLI_MAC, vni=VNI, ips=(CLI4, CLI6), ip_anti_spoof=True)
+    host.add_vnic("oth", vm=vms["oth"], mac=OTH_MAC, vni=VNI, ips=(OTH4,))
+    host.add_vnic(
+        "tsrv", vm=vms["tsrv"], mac=SRV_MAC, vni=TWIN_VNI, ips=(SRV4,), security_groups=("udp",)
+    )
+    host.add_vnic("tcli", vm=vms["tcli"], mac=CLI_MAC, vni=TWIN_VNI, ips=(CLI4,))
+    for name in ("srv", "tsrv"):
+        vms[name].listen("udp", PORT, 4)
+    vms["srv"].listen("udp", PORT, 6)
+    vms["srv"].listen("tcp", TCP_PORT, 4)
+    for name in ("cli", "oth", "tcli"):
+        # The guests' neighbour entries, so that raw frames and flows need no ARP first.
+        vms[name].ip("neigh", "replace", SRV4, "lladdr", SRV_MAC, "dev", tap_name(name))
+    host.exec("nft", "add", "table", "inet", PROBE_TABLE)
+    host.exec(
+        "nft", "add", "chain", "inet", PROBE_TABLE, "probe",
+        "{ type filter hook forward priority 10; }",
+    )  # fmt: skip
+    for direction in ("dport", "sport"):
+        host.exec(
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            PROBE_TABLE,
+            "probe",
+            "udp",
+            direction,
+            str(PORT),
+            "counter",
+        )
+    yield Switch(mode, host, vms)
+    host.stop()
+
+
+def test_status_names_the_path(switch: Switch) -> None:
+    graph = switch.host.cli("status")
+    expected = "fast path: ebpf" if switch.fast else "fast path: off (--fast-path off)"
+    assert expected in graph
+
+
+@pytest.mark.parametrize(("src", "dst", "sport"), [(CLI4, SRV4, 5001), (CLI6, SRV6, 5101)])
+def test_established_udp_takes_the_fast_path(
+    switch: Switch, src: str, dst: str, sport: int
+) -> None:
+    """All 60 echoes come back on either path; with ebpf, all but the first
+    exchange (which conntrack must see: new, then its reply) skip the bridge,
+    and nic_stats still count every frame."""
+    request = MessageV0.Request(nic_stats="srv")
+    stats_before = switch.host.call(request).nic_stats
+    forwarded_before = (switch.forwarded("cli"), switch.forwarded("srv"))
+    bridged_before = switch.bridged()
+    assert switch.flow("cli", src, sport, dst, 60) == 60
+    forwarded = (
+        switch.forwarded("cli") - forwarded_before[0],
+        switch.forwarded("srv") - forwarded_before[1],
+    )
+    bridged = switch.bridged() - bridged_before
+    if switch.fast:
+        assert forwarded[0] >= 58 and forwarded[1] >= 58, forwarded
+        assert bridged <= 4, bridged
+    else:
+        assert forwarded == (0, 0)
+        assert bridged >= 120
+    stats = switch.host.call(request).nic_stats
+    payload = 60 * len("flow 10")
+    assert stats.__getattribute__("in") - stats_before.__getattribute__("in") >= payload
+    assert stats.out - stats_before.out >= payload
+
+
+def test_blocked_ports_stay_blocked(switch: Switch) -> None:
+    """A port no rule opens, in both directions, even beside an established flow."""
+    assert switch.flow("cli", CLI4, 5002, SRV4, 5) == 5, "positive control"
+    switch.vms["cli"].listen("udp", 5002, 4)
+    assert not switch.vms["srv"].reaches("udp", CLI4, 5002, tries=2)
+    assert switch.vms["cli"].blocked("udp", SRV4, 7001)
+
+
+def test_forged_frames_are_dropped(switch: Switch) -> None:
+    """Frames of an established flow from a MAC that is not the vnic's, or with a VLAN
+    tag, never arrive."""
+    assert switch.flow("cli", CLI4, 5003, SRV4, 5) == 5
+    tagged = Ether(src=CLI_MAC, dst=SRV_MAC) / Dot1Q(vlan=5) / IP(src=CLI4, dst=SRV4)
+    forged = {
+        "forged-mac": _udp(FORGED_MAC, CLI4, 5003, SRV_MAC, SRV4),
+        "vlan-tagged": tagged / UDP(sport=5003, dport=PORT),
+    }
+    last = _udp(CLI_MAC, CLI4, 5003, SRV_MAC, SRV4)
+    assert switch.seen("cli", "srv", forged, last) == set()
+
+
+def test_forged_address_is_dropped_with_ip_anti_spoof(switch: Switch) -> None:
+    """cli forges oth's address on oth's established flow: dropped while cli has IP
+    anti-spoofing; without it, the very same frame gets through (on both paths:
+    the flow is established), which shows the frame would match."""
+    assert switch.flow("oth", OTH4, 5004, SRV4, 5) == 5
+    assert switch.flow("cli", CLI4, 5003, SRV4, 5) == 5
+    forged = {"forged-ip": _udp(CLI_MAC, OTH4, 5004, SRV_MAC, SRV4)}
+    last = _udp(CLI_MAC, CLI4, 5003, SRV_MAC, SRV4)
+    assert switch.seen("cli", "srv", forged, last) == set()
+    switch.host.cli("nic", "update", "--id", "cli", "--enable-antispoof", "false")
+    try:
+        assert switch.seen("cli", "srv", forged, last) == {"forged-ip"}
+    finally:
+        switch.host.cli("nic", "update", "--id", "cli", "--enable-antispoof", "true")
+
+
+def test_vnis_stay_apart_with_the_same_macs_and_addresses(switch: Switch) -> None:
+    """Both VNIs hold the same established flow (same MACs, addresses, ports): a frame
+    of VNI 411's reaches VNI 411's server only."""
+    assert switch.flow("cli", CLI4, 5006, SRV4, 5) == 5
+    assert switch.flow("tcli", CLI4, 5006, SRV4, 5) == 5
+    frame = _udp(CLI_MAC, CLI4, 5006, SRV_MAC, SRV4)
+    srv = switch.vms["srv"]
+    assert srv.agent.call("sniff_start", ifname=tap_name("srv"))["ok"]
+    assert switch.seen("tcli", "tsrv", {"twin": frame}, frame) == {"twin"}
+    capture = srv.agent.call("sniff_wait", ifname=tap_name("srv"), marker=b"twin".hex(), timeout=1)
+    assert not capture["ok"]
+
+
+def test_rule_removal_stops_new_flows_not_established_ones(switch: Switch) -> None:
+    """As the bridge + nftables path does: once srv's rule is gone, a new flow is
+    dropped at once, while a flow established before lives on (conntrack)."""
+    assert switch.flow("cli", CLI4, 5007, SRV4, 5) == 5
+    switch.host.cli("nic", "sg", "set", "srv")
+    try:
+        assert switch.flow("cli", CLI4, 5008, SRV4, 3) == 0
+        assert switch.flow("cli", CLI4, 5007, SRV4, 5) == 5
+    finally:
+        switch.host.cli("nic", "sg", "set", "srv", "udp")
+    assert switch.flow("cli", CLI4, 5008, SRV4, 3) == 3
+
+
+def test_tcp_stays_on_the_bridge_path_while_conntrack_checks_windows(switch: Switch) -> None:
+    before = switch.forwarded("cli"), switch.forwarded("srv")
+    assert switch.tcp_flow("cli", SRV4, 20) == (20, True)
+    assert (switch.forwarded("cli"), switch.forwarded("srv")) == before
+
+
+def test_a_program_removed_by_hand_is_put_back(switch: Switch) -> None:
+    """Drift repair: another program deletes the fast path's filter from a port; the
+    daemon attaches it again within a second, and the flow takes it again."""
+
+    def programs() -> str:
+        return switch.host.exec("tc", "filter", "show", "dev", tap_name("cli"), "ingress")
+
+    if not switch.fast:
+        assert "bpf" not in programs()
+        return
+    assert FILTER_NAME in programs()
+    switch.host.exec("tc", "filter", "del", "dev", tap_name("cli"), "ingress")
+    wait_for(lambda: FILTER_NAME in programs(), "the daemon putting the fast path back")
+    before = switch.forwarded("cli")
+    assert switch.flow("cli", CLI4, 5010, SRV4, 20) == 20
+    assert switch.forwarded("cli") - before >= 19
+
+
+def test_restarts_keep_the_flow_and_off_takes_the_program_away(lab: Lab) -> None:
+    """kill -9 and a restart while an established flow runs: no datagram lost, the
+    new daemon's program takes over; a daemon started with ``off`` removes it."""
+    host = lab.host(extra_args=["--fast-path", "ebpf"])
+    srv, cli = lab.vm(), lab.vm()
+    host.cli(
+        "sg", "add", "udp", "+", "sg", "rule", "add", "udp", "--ip-proto", "udp",
+        "--port", str(PORT), "--cidr", "0.0.0.0/0",
+    )  # fmt: skip
+    host.add_vnic("srv", vm=srv, mac=SRV_MAC, vni=VNI, ips=(SRV4,), security_groups=("udp",))
+    host.add_vnic("cli", vm=cli, mac=CLI_MAC, vni=VNI, ips=(CLI4,))
+    srv.listen("udp", PORT, 4)
+    switch = Switch("ebpf", host, {"srv": srv, "cli": cli})
+    assert switch.flow("cli", CLI4, 5009, SRV4, 5) == 5
+    flow = cli.popen(sys.executable, "-c", FLOW, CLI4, "5009", SRV4, str(PORT), "300", "0.02")
+    time.sleep(0.5)
+    host.kill()
+    host.start()
+    output, _ = flow.communicate(timeout=60)
+    assert int(output.strip()) == 300
+    assert switch.flow("cli", CLI4, 5009, SRV4, 20) == 20
+    assert switch.forwarded("cli") >= 19, "the new daemon's program forwards"
+    host.stop()
+    host.daemon.extra_args = [*host.daemon.extra_args, "--fast-path", "off"]
+    host.start()
+
+    def programs() -> str:
+        return "".join(
+            host.exec("tc", "filter", "show", "dev", tap_name(port), "ingress")
+            for port in ("srv", "cli")
+        )
+
+    wait_for(lambda: "bpf" not in programs(), "the start-up reconcile removing the programs")
+    assert switch.flow("cli", CLI4, 5009, SRV4, 5) == 5
+    assert "fast path: off (--fast-path off)" in host.cli("status")
+
+
+def test_tcp_takes_the_fast_path_when_conntrack_is_liberal(lab: Lab) -> None:
+    """With nf_conntrack_tcp_be_liberal in the daemon's namespace, established TCP
+    takes the fast path; the close still goes through conntrack (FIN: the entry
+    ends in TIME_WAIT) and a port no rule opens stays closed."""
+    host = lab.host(start=False, extra_args=["--fast-path", "ebpf"])
+    host.exec("sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=1")
+    host.start()
+    assert "established UDP and TCP (conntrack is liberal)" in host.cli("status")
+    srv, cli = lab.vm(), lab.vm()
+    host.cli(
+        "sg", "add", "tcp", "+", "sg", "rule", "add", "tcp", "--ip-proto", "tcp",
+        "--port", str(TCP_PORT), "--cidr", "0.0.0.0/0",
+    )  # fmt: skip
+    host.add_vnic("srv", vm=srv, mac=SRV_MAC, vni=VNI, ips=(SRV4,), security_groups=("tcp",))
+    host.add_vnic("cli", vm=cli, mac=CLI_MAC, vni=VNI, ips=(CLI4,))
+    srv.listen("tcp", TCP_PORT, 4)
+    srv.listen("tcp", TCP_PORT + 1, 4)
+    switch = Switch("ebpf", host, {"srv": srv, "cli": cli})
+    assert switch.tcp_flow("cli", SRV4, 40) == (40, True)
+    assert switch.forwarded("cli") >= 38 and switch.forwarded("srv") >= 38
+    entries = host.exec("conntrack", "-L", "-p", "tcp", "--dport", str(TCP_PORT), check=False)
+    assert "TIME_WAIT" in entries, entries
+    assert cli.blocked("tcp", SRV4, TCP_PORT + 1)
