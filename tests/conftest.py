@@ -58,6 +58,7 @@ REQUIREMENTS: dict[str, tuple[Callable[[], bool], str]] = {
         fastpath.OBJECT.exists,
         "tools/build-bpf (tools/setup runs it: clang, bpftool, a kernel with BTF)",
     ),
+    "gcc": (_tool("gcc"), f"apt-get install gcc libc6-dev, {_SETUP}"),
 }
 # A guest's image holds busybox and iperf3 (lab/butterfly_lab/guest.py).
 _MARKERS = {"root": ("root",), "qemu": ("qemu-system-x86_64", "busybox", "iperf3")}

@@ -27,6 +27,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "butterfly_lab.bench.vhost",
         "vhost-user: frames/s vs DPDK, TSO, guests, API under load",
     ),
+    "frames": (
+        "butterfly_lab.bench.frames",
+        "cost per frame: 64 B from a C writer, each path vs bridge+br_netfilter, one sitting",
+    ),
     "drift": ("butterfly_lab.bench.drift", "other software's changes: window until repaired"),
     "metrics": (
         "butterfly_lab.bench.metrics",
