@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from butterfly.dataplane.watch import Change, KernelWatch, Scope
+from butterfly.dataplane.watch import KINDS, LOST, Change, KernelWatch, Scope
 from butterfly.errors import DataplaneError
 from butterfly.service.drift import DriftReport
 
@@ -77,6 +77,9 @@ class DriftRepair:
         self._pending: list[Change] = []
         self._first = self._last = 0.0
         self._seen = self._repaired = self._repairs = self._failures = 0
+        # Every kind from the start: the metrics' thread reads them meanwhile.
+        self._seen_by_kind = dict.fromkeys(KINDS, 0)
+        self._repaired_by_kind = dict.fromkeys(KINDS, 0)
         self._latest: tuple[str, ...] = ()
         self._latest_date: float | None = None
 
@@ -122,6 +125,8 @@ class DriftRepair:
             repairs=self._repairs,
             repair_failures=self._failures,
             report_only=self._report_only,
+            seen_by_kind=tuple(self._seen_by_kind.items()),
+            repaired_by_kind=tuple(self._repaired_by_kind.items()),
             last_changes=self._latest,
             last_change_date=self._latest_date,
         )
@@ -138,7 +143,7 @@ class DriftRepair:
             changes = self._watch.drain(own)
         except DataplaneError as error:
             log.error("kernel drift: %s", error)
-            changes = [Change(f"watch: {error}", Scope(everything=True))]
+            changes = [Change(f"watch: {error}", Scope(everything=True), LOST)]
         self._note(changes)
 
     def _note(self, changes: list[Change]) -> None:
@@ -149,6 +154,8 @@ class DriftRepair:
             self._first = now
         self._last = now
         self._seen += len(changes)
+        for change in changes:
+            self._seen_by_kind[change.kind] += 1
         self._pending += changes
         self._latest = tuple(change.what for change in self._pending[-_KEPT:])
         self._latest_date = time.time()
@@ -175,6 +182,8 @@ class DriftRepair:
         else:
             self._repairs += 1
             self._repaired += len(changes)
+            for change in changes:
+                self._repaired_by_kind[change.kind] += 1
             log.warning(
                 "kernel drift repaired in %.0f ms, %.0f ms after the first change: %s",
                 (self._clock() - started) * 1e3,

@@ -243,6 +243,8 @@ def _serve_metrics(
     switch: Switch,
     dataplane: Dataplane,
     supervisor: VhostSupervisor,
+    *,
+    daemon: Daemon,
 ) -> MetricsServer | None:
     if config.metrics is None:
         return None
@@ -252,7 +254,11 @@ def _serve_metrics(
         conntrack = partial(_conntrack_per_vni, dataplane)
         drops = DropCounters().read
     collector = SwitchCollector(
-        state=switch.state, worker_pids=supervisor.worker_pids, conntrack=conntrack, drops=drops
+        state=switch.state,
+        worker_pids=supervisor.worker_pids,
+        conntrack=conntrack,
+        drops=drops,
+        drift=daemon.drift_report,
     )
     server = MetricsServer(
         metrics, config.metrics, collector=collector, vnics=VnicCounters(switch.state)
@@ -370,7 +376,9 @@ def run(config: Config, argv: list[str], notifier: Notifier) -> None:
             servers.append(server)
             metrics_server = None
             try:
-                metrics_server = _serve_metrics(config, metrics, switch, dataplane, supervisor)
+                metrics_server = _serve_metrics(
+                    config, metrics, switch, dataplane, supervisor, daemon=daemon
+                )
                 wakeup = _signals_to_fd()
                 protection = _protection(key is not None, curve is not None)
 

@@ -8,8 +8,8 @@ Two kinds, through the official ``prometheus_client``:
   drops in each direction from the kernel's interface counters
   (``/proc/net/dev``, one read for every vnic: :func:`vnic_counters_text`),
   conntrack entries per VNI (one ctnetlink dump), vhost-user workers' CPU
-  time, and the number of vnics, VNIs and security groups
-  (:class:`SwitchCollector`).
+  time, the number of vnics, VNIs and security groups, and the drift
+  watch's counts (:class:`SwitchCollector`).
 
 The per-vnic families are written as text directly, after what
 ``generate_latest`` writes for the registry: 10,000 vnics are 60,000
@@ -53,6 +53,7 @@ from prometheus_client.registry import Collector
 from butterfly.dataplane.naming import tap_name
 from butterfly.errors import ButterflyError, ConfigError
 from butterfly.model import StateView, Vnic
+from butterfly.service.drift import DriftReport
 
 __all__ = [
     "Metrics",
@@ -187,13 +188,16 @@ class SwitchCollector(Collector):
         worker_pids: Callable[[], list[int]],
         conntrack: Callable[[], dict[int, int]] | None,
         drops: Callable[[], dict[str, int]] | None,
+        drift: Callable[[], DriftReport | None] = lambda: None,
     ) -> None:
         """``conntrack``: tracked entries per VNI; ``drops``: packets dropped per
-        cause; both None without a kernel data plane."""
+        cause; both None without a kernel data plane. ``drift``: what the drift
+        watch counted (None while there is none)."""
         self._state = state
         self._worker_pids = worker_pids
         self._conntrack = conntrack
         self._drops = drops
+        self._drift = drift
 
     def collect(self) -> Iterable[Metric]:
         yield from self._counts(_copy(self._state.vnics))
@@ -202,6 +206,9 @@ class SwitchCollector(Collector):
             yield from self._conntrack_entries()
         if self._drops is not None:
             yield from self._dropped()
+        report = self._drift()
+        if report is not None:
+            yield from _drift(report)
 
     def _counts(self, vnics: list[Vnic]) -> Iterator[Metric]:
         yield GaugeMetricFamily("butterfly_vnics", "vnics on this host", value=len(vnics))
@@ -255,6 +262,37 @@ class SwitchCollector(Collector):
             log.warning("metrics: %s", error)
             return
         yield drops
+
+
+def _drift(report: DriftReport) -> Iterator[Metric]:
+    """Other software's changes to butterfly's kernel objects, and their repair."""
+    for family, help_, counts in (
+        ("seen", "seen", report.seen_by_kind),
+        ("repaired", "put back by a repair", report.repaired_by_kind),
+    ):
+        metric = CounterMetricFamily(
+            f"butterfly_drift_changes_{family}",
+            f"Changes other programs made to butterfly's kernel objects, {help_}, by"
+            " kind: nftables, link, port_flags, forwarding_entry, port_guard,"
+            " notifications_lost (unknown: everything is checked)",
+            labels=["kind"],
+        )
+        for kind, count in counts:
+            metric.add_metric([kind], count)
+        yield metric
+    yield CounterMetricFamily(
+        "butterfly_drift_repairs", "Repairs of drift that succeeded", value=report.repairs
+    )
+    yield CounterMetricFamily(
+        "butterfly_drift_repair_failures",
+        "Repairs of drift that failed (the next change tries again)",
+        value=report.repair_failures,
+    )
+    yield GaugeMetricFamily(
+        "butterfly_drift_report_only",
+        "1 when butterflyd only reports drift and repairs nothing (--report-drift-only)",
+        value=int(report.report_only),
+    )
 
 
 class Metrics:

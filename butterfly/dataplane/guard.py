@@ -10,15 +10,24 @@ receiver's groups accepted it, :data:`OUTBOUND_OK` once the sender's did),
 and a guard outside nftables, a tc egress program on every butterfly port,
 drops a frame whose mark lacks the bits its port needs. A flushed ruleset
 sets no bit: frames towards a vnic are dropped, not forwarded, until the
-tables are back. A filtered vnic's port needs all three bits
-(:data:`FILTERED`); the other ports (vnics bypassing filtering, VXLAN
-devices) need the bridge's and the sender's (:data:`OPEN`).
+tables are back. A filtered vnic's port needs the bridge's and the
+receiver's bits (:data:`FILTERED`); the other ports (vnics bypassing
+filtering, VXLAN devices) the bridge's (:data:`OPEN`). Every port also
+needs the sender's side: :data:`OUTBOUND_OK` (its OUTBOUND rules accepted)
+or :data:`SENDER_OPEN`, which no rule sets: a second program, on the
+ingress of the ports without filtering only, marks what enters through
+them (a sender with no OUTBOUND rules here). So a sender's filtering state
+is a property of its port, not of a set or map element another program
+can remove: a filtered vnic whose ``out_mac`` element or ``filtered``
+element is gone gets neither bit, and its frames drop. The frames of
+filtered vnics, the common path, meet no ingress program.
 
-The guard is a 12-instruction eBPF program (cls_bpf in direct-action mode:
+The guard is a 15-instruction eBPF program (cls_bpf in direct-action mode:
 kernels without the tc fw/matchall classifiers or gact have it), written
 here as bytecode so no compiler is needed; it also clears the bits, so the
 mark a VXLAN device routes its packet with is the one it had before.
-Loading needs CAP_BPF (root).
+Loading needs CAP_BPF (root). The mark cannot come from a tenant: a tap's
+frames start with none, and a veth clears it between namespaces.
 """
 
 import ctypes
@@ -34,6 +43,8 @@ __all__ = [
     "BRIDGE_OK",
     "INBOUND_OK",
     "OUTBOUND_OK",
+    "SENDER_MARK",
+    "SENDER_OPEN",
     "GuardKind",
     "GuardPrograms",
 ]
@@ -45,6 +56,12 @@ INBOUND_OK = 0x20000000
 OUTBOUND_OK = 0x40000000
 """The sender's OUTBOUND rules accepted the frame (or it is established)."""
 ALL_OK = BRIDGE_OK | INBOUND_OK | OUTBOUND_OK
+SENDER_OPEN = 0x08000000
+"""The frame entered through a port without filtering: set by the sender mark
+program on that port's ingress, never by a rule (see above)."""
+_SENDER_BITS = OUTBOUND_OK | SENDER_OPEN
+SENDER_MARK = "bf-sender-open"
+"""The tc filter name of the ingress program that sets :data:`SENDER_OPEN`."""
 
 
 class GuardKind(Enum):
@@ -55,7 +72,14 @@ class GuardKind(Enum):
 
     @property
     def mask(self) -> int:
-        return ALL_OK if self is GuardKind.FILTERED else BRIDGE_OK | OUTBOUND_OK
+        """The bits all needed, besides one of the sender's (:data:`OUTBOUND_OK`
+        or :data:`SENDER_OPEN`)."""
+        return BRIDGE_OK | INBOUND_OK if self is GuardKind.FILTERED else BRIDGE_OK
+
+    @property
+    def marks_senders(self) -> bool:
+        """The port's ingress carries the sender mark program (no filtering)."""
+        return self is GuardKind.OPEN
 
 
 _SYS_BPF = 321
@@ -66,6 +90,8 @@ _SKB_MARK = 8
 """offsetof(struct __sk_buff, mark)."""
 _SKB_INGRESS_IFINDEX = 36
 """offsetof(struct __sk_buff, ingress_ifindex): 0 for a frame no device received."""
+_TC_ACT_UNSPEC = -1
+"""The next filter decides (the fast path's after the sender mark)."""
 _TC_ACT_OK = 0
 _TC_ACT_SHOT = 2
 
@@ -74,22 +100,29 @@ def _insn(code: int, dst: int, src: int, off: int, imm: int) -> bytes:
     return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
 
 
+def _signed(value: int) -> int:
+    return int(struct.unpack("<i", struct.pack("<I", value & 0xFFFFFFFF))[0])
+
+
 def program(mask: int) -> bytes:
-    """The guard's bytecode: pass (with the bits cleared) when mark & mask == mask,
-    or when the host itself made the frame (no device received it): the
-    bridge's answers to ARP and neighbour solicitations for the addresses in
-    its neighbour table (EVPN's suppression) go straight out of a port, past
-    every table. A tenant's frame always entered through a device."""
-    clear = struct.unpack("<i", struct.pack("<I", ~ALL_OK & 0xFFFFFFFF))[0]
+    """The guard's bytecode: pass (with the bits cleared) when mark & mask == mask
+    and the mark has one of the sender's bits, or when the host itself made
+    the frame (no device received it): the bridge's answers to ARP and
+    neighbour solicitations for the addresses in its neighbour table (EVPN's
+    suppression) go straight out of a port, past every table. A tenant's
+    frame always entered through a device."""
     return b"".join(
         [
             _insn(0x61, 2, 1, _SKB_MARK, 0),  # w2 = skb->mark
             _insn(0x61, 3, 1, _SKB_INGRESS_IFINDEX, 0),  # w3 = skb->ingress_ifindex
-            _insn(0x16, 3, 0, 3, 0),  # if w3 == 0 goto pass (the host made it)
+            _insn(0x16, 3, 0, 6, 0),  # if w3 == 0 goto pass (the host made it)
             _insn(0xBC, 0, 2, 0, 0),  # w0 = w2
             _insn(0x54, 0, 0, 0, mask),  # w0 &= mask
-            _insn(0x56, 0, 0, 4, mask),  # if w0 != mask goto drop
-            _insn(0x54, 2, 0, 0, clear),  # pass: w2 &= ~ALL_OK
+            _insn(0x56, 0, 0, 7, mask),  # if w0 != mask goto drop
+            _insn(0xBC, 0, 2, 0, 0),  # w0 = w2
+            _insn(0x54, 0, 0, 0, _SENDER_BITS),  # w0 &= O | U
+            _insn(0x16, 0, 0, 4, 0),  # if w0 == 0 goto drop
+            _insn(0x54, 2, 0, 0, _signed(~(ALL_OK | SENDER_OPEN))),  # pass: clear the bits
             _insn(0x63, 1, 2, _SKB_MARK, 0),  # skb->mark = w2
             _insn(0xB7, 0, 0, 0, _TC_ACT_OK),
             _insn(0x95, 0, 0, 0, 0),  # exit
@@ -99,8 +132,21 @@ def program(mask: int) -> bytes:
     )
 
 
-def _load(mask: int) -> int:
-    code = program(mask)
+def sender_program() -> bytes:
+    """The sender mark's bytecode: mark |= SENDER_OPEN, and on to the port's next
+    ingress filter (the fast path's, when it is on)."""
+    return b"".join(
+        [
+            _insn(0x61, 2, 1, _SKB_MARK, 0),  # w2 = skb->mark
+            _insn(0x44, 2, 0, 0, _signed(SENDER_OPEN)),  # w2 |= SENDER_OPEN
+            _insn(0x63, 1, 2, _SKB_MARK, 0),  # skb->mark = w2
+            _insn(0xB7, 0, 0, 0, _TC_ACT_UNSPEC),
+            _insn(0x95, 0, 0, 0, 0),  # exit
+        ]
+    )
+
+
+def _load(code: bytes) -> int:
     insns = ctypes.create_string_buffer(code, len(code))
     license_ = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(4096)
@@ -127,20 +173,25 @@ def _load(mask: int) -> int:
 
 
 class GuardPrograms:
-    """The two guard programs, loaded once; a port's tc filter holds its own
-    reference, so these descriptors are only needed to attach new ports."""
+    """The two guard programs and the sender mark, loaded once; a port's tc
+    filter holds its own reference, so these descriptors are only needed to
+    attach new ports."""
 
     def __init__(self) -> None:
-        self._fds: dict[GuardKind, int] = {}
+        self._fds: dict[GuardKind | str, int] = {}
         try:
             for kind in GuardKind:
-                self._fds[kind] = _load(kind.mask)
+                self._fds[kind] = _load(program(kind.mask))
+            self._fds[SENDER_MARK] = _load(sender_program())
         except BaseException:
             self.close()
             raise
 
     def fd(self, kind: GuardKind) -> int:
         return self._fds[kind]
+
+    def sender_fd(self) -> int:
+        return self._fds[SENDER_MARK]
 
     def close(self) -> None:
         for fd in self._fds.values():

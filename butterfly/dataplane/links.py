@@ -3,10 +3,11 @@
 Owns :class:`Links`, the operations shared by a VNI's devices (:mod:`.vni`)
 and a vnic's port (:mod:`.ports`): refusing a link of that name that is not
 butterfly's, setting MTU, master and up state where they differ, the port
-guard (:mod:`.guard`) before a link joins its bridge, the fast path's
-program (:mod:`.fastpath`) on a port's ingress, a bridge port's forwarding
-flags, and giving back their names to links another program renamed.
-Each change is a journaled step with its undo.
+guard (:mod:`.guard`, and on ports without filtering its sender mark)
+before a link joins its bridge, the fast path's program (:mod:`.fastpath`)
+on a port's ingress after it, a bridge port's forwarding flags, and giving
+back their names to links another program renamed. Each change is a
+journaled step with its undo.
 """
 
 from collections.abc import Iterable, Mapping
@@ -14,7 +15,7 @@ from functools import partial
 from typing import NamedTuple
 
 from butterfly.dataplane.fastpath import FILTER_NAME as FAST_PATH_FILTER
-from butterfly.dataplane.guard import GuardKind
+from butterfly.dataplane.guard import SENDER_MARK, GuardKind
 from butterfly.dataplane.journal import Journal, best_effort, step
 from butterfly.dataplane.kernel_io import GuardApi, LinksNetlink
 from butterfly.dataplane.naming import is_butterfly_link, name_from_alias
@@ -92,23 +93,32 @@ class Links:
     def ensure_guard(
         self, j: Journal | None, link: Link, kind: GuardKind, *, fresh: bool = False
     ) -> None:
-        """The port guard ``kind`` on ``link``'s egress, before the link joins its
+        """The port guard ``kind`` on ``link``'s egress, and the sender mark on
+        its ingress exactly when ``kind`` wants it, before the link joins its
         bridge (``fresh``: just created, so it has none and is not asked)."""
         current = None if fresh else self._netlink.guard(link.index)
-        if current == kind.value:
-            return
-        previous = next((k for k in GuardKind if k.value == current), None)
-        undo = None
-        if previous is not None:
-            undo = partial(
-                self._netlink.set_guard, link.index, self._guards.fd(previous), previous.value
+        if current != kind.value:
+            previous = next((k for k in GuardKind if k.value == current), None)
+            undo = None
+            if previous is not None:
+                undo = partial(
+                    self._netlink.set_guard, link.index, self._guards.fd(previous), previous.value
+                )
+            step(
+                j,
+                f"guard {link.name}",
+                partial(self._netlink.set_guard, link.index, self._guards.fd(kind), kind.value),
+                undo,
             )
-        step(
-            j,
-            f"guard {link.name}",
-            partial(self._netlink.set_guard, link.index, self._guards.fd(kind), kind.value),
-            undo,
+        marked = not fresh and self._netlink.guard(link.index, ingress=True) == SENDER_MARK
+        mark = partial(
+            self._netlink.set_guard, link.index, self._guards.sender_fd(), SENDER_MARK, ingress=True
         )
+        unmark = partial(self._netlink.remove_guard, link.index, ingress=True)
+        if kind.marks_senders and not marked:
+            step(j, f"mark what enters {link.name} as unfiltered", mark, unmark)
+        elif marked and not kind.marks_senders:
+            step(j, f"stop marking what enters {link.name} as unfiltered", unmark, mark)
 
     def ensure_fast_path(self, j: Journal | None, link: Link) -> None:
         """The fast path's program on a port's ingress (on every port: its maps

@@ -39,8 +39,10 @@ _IFF_UP = 0x1
 _TC_EGRESS = 0xFFFFFFF3
 """The clsact qdisc's egress hook (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS))."""
 _TC_INGRESS = 0xFFFFFFF2
-"""Its ingress hook (TC_H_MIN_INGRESS): the fast path's program."""
+"""The clsact qdisc's ingress hook (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)): the
+sender mark (prio 1), then the fast path's program (prio 2)."""
 _GUARD_PRIO = 1
+_FAST_PATH_PRIO = 2
 
 LLDP_FORWARD_MASK = 1 << 0x0E
 """A bridge hands frames to 01:80:c2:00:00:0e (LLDP) to the receiving port's own
@@ -465,20 +467,21 @@ class Netlink:
         ):
             self._ipr.fdb("del", ifindex=index, lladdr=_ZERO_MAC, dst=dst)
 
-    def guard(self, index: int) -> str | None:
-        """The name of the guard program on link ``index``'s egress, if any."""
+    def guard(self, index: int, *, ingress: bool = False) -> str | None:
+        """The name of the guard program on link ``index``'s egress (or ingress), if any."""
         with _translated(lambda: f"netlink: listing the tc filters of {self._name(index)}"):
             try:
-                names = self._reader.bpf_filters(rtchange.filters(index, _TC_EGRESS))
+                parent = _TC_INGRESS if ingress else _TC_EGRESS
+                names = self._reader.bpf_filters(rtchange.filters(index, parent))
             except OSError as exc:
                 if exc.errno == errno.EINVAL:
                     return None  # no clsact qdisc
                 raise
         return names[0] if names else None
 
-    def set_guard(self, index: int, fd: int, name: str) -> None:
-        """Put the eBPF program ``fd`` on link ``index``'s egress, in place of
-        the one there (one filter, replaced in one operation: never none)."""
+    def set_guard(self, index: int, fd: int, name: str, *, ingress: bool = False) -> None:
+        """Put the eBPF program ``fd`` on link ``index``'s egress (or ingress), in
+        place of the one there (one filter, replaced in one operation: never none)."""
         self._touched.add(index)
         with _translated(lambda: f"netlink: guarding {self._name(index)}"):
             try:
@@ -488,7 +491,22 @@ class Netlink:
                     raise
             self._reader.change(
                 rtchange.bpf_filter(
-                    index, parent=_TC_EGRESS, prio=_GUARD_PRIO, handle=1, fd=fd, name=name
+                    index,
+                    parent=_TC_INGRESS if ingress else _TC_EGRESS,
+                    prio=_GUARD_PRIO,
+                    handle=1,
+                    fd=fd,
+                    name=name,
+                )
+            )
+
+    def remove_guard(self, index: int, *, ingress: bool = False) -> None:
+        """Take the program off link ``index``'s egress (or ingress)."""
+        self._touched.add(index)
+        with _translated(lambda: f"netlink: unguarding {self._name(index)}"):
+            self._reader.change(
+                rtchange.delete_filter(
+                    index, parent=_TC_INGRESS if ingress else _TC_EGRESS, prio=_GUARD_PRIO, handle=1
                 )
             )
 
@@ -507,7 +525,7 @@ class Netlink:
                 "bpf",
                 index,
                 parent=_TC_INGRESS,
-                prio=_GUARD_PRIO,
+                prio=_FAST_PATH_PRIO,
                 handle=1,
                 fd=fd,
                 name=name,
@@ -519,7 +537,7 @@ class Netlink:
         self._touched.add(index)
         with _translated(lambda: f"netlink: detaching the fast path from {self._name(index)}"):
             try:
-                self._ipr.tc("del-filter", "bpf", index, parent=_TC_INGRESS, prio=_GUARD_PRIO)
+                self._ipr.tc("del-filter", "bpf", index, parent=_TC_INGRESS, prio=_FAST_PATH_PRIO)
             except NetlinkError as exc:
                 if exc.code not in (errno.ENOENT, errno.EINVAL):
                     raise

@@ -20,6 +20,7 @@ __all__ = [
     "bpf_filter",
     "bridge_port",
     "clsact",
+    "delete_filter",
     "delete_group",
     "fdb_forget",
     "fdb_pin",
@@ -32,6 +33,7 @@ _RTM_NEWNEIGH = 28
 _RTM_DELNEIGH = 29
 _RTM_NEWQDISC = 36
 _RTM_NEWTFILTER = 44
+_RTM_DELTFILTER = 45
 _RTM_GETTFILTER = 46
 _NLM_F_REQUEST = 0x1
 _NLM_F_ACK = 0x4
@@ -263,6 +265,13 @@ def bpf_filter(index: int, *, parent: int, prio: int, handle: int, fd: int, name
     return Message(
         _RTM_NEWTFILTER, flags, header + _text(_TCA_KIND, "bpf") + _attr(_TCA_OPTIONS, options)
     )
+
+
+def delete_filter(index: int, *, parent: int, prio: int, handle: int) -> Message:
+    """Remove the eBPF filter at ``prio``/``handle`` (ENOENT when there is none)."""
+    info = (prio << 16) | socket.htons(_ETH_P_ALL)
+    header = _TCMSG.pack(socket.AF_UNSPEC, index, handle, parent, info)
+    return Message(_RTM_DELTFILTER, _NLM_F_REQUEST | _NLM_F_ACK, header + _text(_TCA_KIND, "bpf"))
 
 
 def filters(index: int, parent: int) -> Message:

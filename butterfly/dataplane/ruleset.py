@@ -23,7 +23,8 @@ change)::
 
     table bridge butterfly
       forward  forward -200      group frames: mark := @port_ids[oif] (vnic id,
-                                 0 for VXLAN and bypass ports); IP/ARP:
+                                 0 for VXLAN and bypass ports; the sender
+                                 mark kept); IP/ARP:
                                  goto @port_in[iif] (only while a vnic has IP
                                  anti-spoofing on: every port is there, its
                                  checks or ip_unchecked; a port missing: drop),
@@ -53,9 +54,10 @@ change)::
                                  goto out_check
       out_check                  jump @limits[iif . ether saddr] (sender's
                                  lim_C_R, if it has caps); goto @out_mac[iif .
-                                 ether saddr] (sender's out_P); accept
-      lim_C_R                    new connection over R per second (meter
-                                 dyn_rate_C_R) or over C tracked (dyn_conns_C_R,
+                                 ether saddr] (sender's out_P); accept (no
+                                 proof: a sender with no out_P has its port's)
+      lim_C_R                    new connection (its first packet) over R per
+                                 second (meter dyn_rate_C_R) or over C tracked (dyn_conns_C_R,
                                  ct count): goto capped. Only new flows a
                                  receiver admitted get here, so only what would
                                  enter the table is counted
@@ -76,10 +78,13 @@ flows get I and O): the port guard (:mod:`butterfly.dataplane.guard`)
 drops a frame without the bits its port needs, so a table, chain, set or
 element that another program removes makes frames drop, not pass. The
 IP/ARP accept of ``forward`` sets B (ARP all three), its last rule (other
-frame types between unfiltered ports) B and O; ``filter`` sets I and O for
-established and quiet traffic, ``si_S`` sets I, ``out_check``, ``out_P``
-and ``so_S`` set O; ``in_dispatch`` is looked up with the mark's low 16
-bits.
+frame types between unfiltered ports) B; ``filter`` sets I and O for
+established and quiet traffic, ``si_S`` sets I, ``out_P`` and ``so_S`` set
+O; ``in_dispatch`` is looked up with the mark's low 16 bits. No rule
+proves O for a sender without filtering (a bypass vnic, a VXLAN device):
+the port guard's program on that port's ingress marks its frames (U), so
+a filtered vnic whose ``out_mac`` or ``filtered`` element is lost proves
+neither and its frames drop.
 
 Every drop rule also counts into a named counter of its table, one per
 cause (:data:`DROP_COUNTERS`): the metrics read them, and only dropped
@@ -105,7 +110,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from butterfly.dataplane.guard import ALL_OK, BRIDGE_OK, INBOUND_OK, OUTBOUND_OK
+from butterfly.dataplane.guard import ALL_OK, BRIDGE_OK, INBOUND_OK, OUTBOUND_OK, SENDER_OPEN
 from butterfly.dataplane.naming import (
     BRIDGE_WILDCARD,
     DYNAMIC_PREFIX,
@@ -333,6 +338,10 @@ _GROUP_FRAME = _match({"&": [_payload("ether", "daddr"), "01:00:00:00:00:00"]}, 
 """A broadcast or multicast frame (the group bit of its destination MAC)."""
 
 
+_SENDER_MARKED = _match({"&": [_meta("mark"), SENDER_OPEN]}, SENDER_OPEN)
+_SENDER_UNMARKED = _match({"&": [_meta("mark"), SENDER_OPEN]}, 0)
+
+
 def _prove(bits: int) -> Json:
     """Set ``bits`` of the mark: the proof the port guard wants (see
     :mod:`butterfly.dataplane.guard`) that this part of the filter accepted."""
@@ -495,7 +504,18 @@ class Layout:
         chains = {
             (BRIDGE, "forward"): Chain(
                 (
-                    rule(_GROUP_FRAME, _set_from_map(_meta("mark"), _meta("oifname"), "port_ids")),
+                    # The receiver's id replaces the mark: keep the sender mark.
+                    rule(
+                        _GROUP_FRAME,
+                        _SENDER_MARKED,
+                        _set_from_map(_meta("mark"), _meta("oifname"), "port_ids"),
+                        _prove(SENDER_OPEN),
+                    ),
+                    rule(
+                        _GROUP_FRAME,
+                        _SENDER_UNMARKED,
+                        _set_from_map(_meta("mark"), _meta("oifname"), "port_ids"),
+                    ),
                     *(
                         # Every port is in port_in: one missing (a flushed map)
                         # drops rather than skips anti-spoofing.
@@ -508,7 +528,7 @@ class Layout:
                     ),
                     rule(_match(_IIF, "@filtered"), *_drop("drop_frame_type")),
                     rule(_match(_meta("oifname"), "@filtered"), *_drop("drop_frame_type")),
-                    rule(_prove(BRIDGE_OK | OUTBOUND_OK), _ACCEPT),
+                    rule(_prove(BRIDGE_OK), _ACCEPT),
                 ),
                 Base("filter", "forward", -200),
             ),
@@ -576,7 +596,8 @@ class Layout:
                 (
                     rule(_vmap(_SENDER, "limits")),
                     rule(_vmap(_SENDER, "out_mac")),
-                    rule(_prove(OUTBOUND_OK), _ACCEPT),
+                    # No proof: a sender without filtering has its port's own.
+                    rule(_ACCEPT),
                 )
             ),
         }
@@ -660,7 +681,7 @@ class Layout:
             # A sender quiet for a minute starts again with a full bucket.
             rate_options = (("size", METER_SIZE), ("timeout", 60))
             objects[Key("set", INET, rate_set)] = Decl(_SENDER_TYPES, options=rate_options)
-            rules.append(rule(_NEW, _meter("update", rate_set, meter), capped))
+            rules.append(rule(_NEW, _UNCONFIRMED, _meter("update", rate_set, meter), capped))
         if limits.connections:
             count = {"ct count": {"val": limits.connections, "inv": True}}
             # The kernel removes a sender's element once it has no connection.
@@ -716,6 +737,10 @@ class Layout:
 
 
 _NEW = _match({"ct": {"key": "state"}}, "new", "in")
+# A flow's first packet: its entry is confirmed only after the forward hook.
+# Conntrack calls every packet of a UDP flow "new" until a reply, so the rate
+# of new connections counts only this one (a fast one-way stream is one flow).
+_UNCONFIRMED = _match({"&": [{"ct": {"key": "status"}}, "confirmed"]}, 0)
 
 
 def _meter(op: str, name: str, statement: Json) -> Json:

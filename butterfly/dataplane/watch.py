@@ -116,16 +116,32 @@ class Scope:
         )
 
 
+NFTABLES, LINK, PORT_FLAGS, FORWARDING_ENTRY, PORT_GUARD, LOST = KINDS = (
+    "nftables",
+    "link",
+    "port_flags",
+    "forwarding_entry",
+    "port_guard",
+    "notifications_lost",
+)
+"""What a change was made to, as the metrics count them: butterfly's nftables
+objects; a link (deleted, renamed, MTU, master, up or down, appeared); a
+bridge port's flags; a static or flooding forwarding entry; a port guard's
+tc qdisc or filter; or unknown (notifications lost, the watch unreadable)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """One foreign change: a line for the log, and what to repair."""
 
     what: str
     scope: Scope
+    kind: str
+    """One of :data:`KINDS`."""
 
 
-def _on(what: str, *links: str) -> Change:
-    return Change(what, Scope(links=frozenset(links)))
+def _on(kind: str, what: str, *links: str) -> Change:
+    return Change(what, Scope(links=frozenset(links)), kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +286,7 @@ class KernelWatch:
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
                     lost = f"{what}: notifications lost (socket overflow)"
-                    changes.append(Change(lost, Scope(everything=True)))
+                    changes.append(Change(lost, Scope(everything=True), LOST))
                     continue
                 raise DataplaneError(f"watching the kernel: {exc.strerror}") from exc
             offset = 0
@@ -296,7 +312,7 @@ class KernelWatch:
             index = _TCMSG.unpack_from(body)[1]
             if index in self._links and index not in own:
                 name = self._links[index].name
-                out.append(_on(f"{name}: {_RTM_TC[kind]}", name))
+                out.append(_on(PORT_GUARD, f"{name}: {_RTM_TC[kind]}", name))
 
     def _link_message(
         self, kind: int, body: bytes, own: set[int] | frozenset[int], out: list[Change]
@@ -324,7 +340,7 @@ class KernelWatch:
         elif kind == _RTM_DELLINK:
             self._links.pop(index, None)
             if index not in own and known is not None:
-                out.append(_on(f"{known.name}: deleted", known.name))
+                out.append(_on(LINK, f"{known.name}: deleted", known.name))
             return
         else:
             info = _attrs(attrs.get(_IFLA_LINKINFO, b""))
@@ -339,27 +355,30 @@ class KernelWatch:
         if index in own or now == known:
             return
         if known is None:
-            out.append(Change(f"{name}: appeared", Scope(everything=True)))
+            out.append(Change(f"{name}: appeared", Scope(everything=True), LINK))
         else:
-            out.extend(_on(line, known.name, now.name) for line in self._differences(known, now))
+            out.extend(
+                _on(kind, line, known.name, now.name)
+                for kind, line in self._differences(known, now)
+            )
 
-    def _differences(self, before: LinkState, after: LinkState) -> list[str]:
+    def _differences(self, before: LinkState, after: LinkState) -> list[tuple[str, str]]:
+        """(kind, line) of each difference."""
         name = before.name
         found = []
         if after.name != before.name:
-            found.append(f"{name}: renamed to {after.name}")
+            found.append((LINK, f"{name}: renamed to {after.name}"))
         if after.mtu != before.mtu:
-            found.append(f"{name}: mtu {before.mtu} -> {after.mtu}")
+            found.append((LINK, f"{name}: mtu {before.mtu} -> {after.mtu}"))
         if after.master != before.master:
-            found.append(
-                f"{name}: master {self._name(before.master)} -> {self._name(after.master)}"
-            )
+            master = f"{self._name(before.master)} -> {self._name(after.master)}"
+            found.append((LINK, f"{name}: master {master}"))
         if after.up != before.up:
-            found.append(f"{name}: {'up' if after.up else 'down'}")
+            found.append((LINK, f"{name}: {'up' if after.up else 'down'}"))
         if after.port != before.port and before.port is not None and after.port is not None:
             for what, old, new in zip(_BRPORT_FLAGS.values(), before.port, after.port, strict=True):
                 if old != new:
-                    found.append(f"{name}: {what} {'on' if new else 'off'}")
+                    found.append((PORT_FLAGS, f"{name}: {what} {'on' if new else 'off'}"))
         return found
 
     def _name(self, index: int | None) -> str:
@@ -385,10 +404,20 @@ class KernelWatch:
                 return
             peer = _peer(attrs[_NDA_DST])
             out.append(
-                _on(f"{port}: flooding peer {peer} {'removed' if removed else 'added'}", port)
+                _on(
+                    FORWARDING_ENTRY,
+                    f"{port}: flooding peer {peer} {'removed' if removed else 'added'}",
+                    port,
+                )
             )
         elif state & _NUD_NOARP and not state & _NUD_PERMANENT:
-            out.append(_on(f"{port}: static entry {mac} {'removed' if removed else 'added'}", port))
+            out.append(
+                _on(
+                    FORWARDING_ENTRY,
+                    f"{port}: static entry {mac} {'removed' if removed else 'added'}",
+                    port,
+                )
+            )
 
     # nftables
 
@@ -410,7 +439,7 @@ class KernelWatch:
                 changes = sorted(dict.fromkeys(changes), key=_weight)
                 shown = ", ".join(changes[:_SHOWN])
                 more = f" and {len(changes) - _SHOWN} more" if len(changes) > _SHOWN else ""
-                out.append(Change(f"nftables: {shown}{more} by {by}", Scope(tables=True)))
+                out.append(Change(f"nftables: {shown}{more} by {by}", Scope(tables=True), NFTABLES))
             return
         family = _NFPROTO.get(body[0])
         if family is None or _text(attrs.get(1)) != TABLE:

@@ -19,6 +19,10 @@ class DriftReport:
     repairs: int = 0
     repair_failures: int = 0
     report_only: bool = False
+    seen_by_kind: tuple[tuple[str, int], ...] = ()
+    """Changes seen, by what they were made to (see
+    :data:`butterfly.dataplane.watch.KINDS`): every kind, zero or not."""
+    repaired_by_kind: tuple[tuple[str, int], ...] = ()
     last_changes: tuple[str, ...] = ()
     """The latest batch of changes, one line each (at most a few dozen)."""
     last_change_date: float | None = None

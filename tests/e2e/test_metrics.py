@@ -297,3 +297,46 @@ def test_drops_by_cause_are_the_rules_counters(lab: Lab, switch: tuple[Host, Vm,
         host.delete_vnic("mc")
         host.delete_vnic("ms")
         host.cli("sg", "del", "closed")
+
+
+def _drift(host: Host, name: str, kind: str) -> float:
+    return scrape(host)[(f"butterfly_drift_changes_{name}_total", _labels(kind=kind))]
+
+
+DRIFT_CHANGES = {
+    "link": f"ip link set dev {tap_name('ma')} mtu 1280",
+    "port_flags": f"bridge link set dev {tap_name('ma')} learning on",
+    "nftables": "nft flush map inet butterfly in_mac",
+    "port_guard": f"tc qdisc del dev {tap_name('ma')} clsact",
+    "forwarding_entry": f"bridge fdb del 52:54:00:77:00:01 dev {tap_name('ma')} master",
+}
+
+
+def test_drift_is_counted_by_kind_seen_and_repaired(switch: tuple[Host, Vm, Vm]) -> None:
+    host, a, _ = switch
+    before = scrape(host)
+    assert before[("butterfly_drift_report_only", frozenset())] == 0
+    for kind, command in DRIFT_CHANGES.items():
+        seen, repaired = _drift(host, "seen", kind), _drift(host, "repaired", kind)
+        host.exec("sh", "-c", command)
+        wait_for(lambda k=kind, r=repaired: _drift(host, "repaired", k) > r, f"{kind} repaired")
+        assert _drift(host, "seen", kind) > seen
+    after = scrape(host)
+    assert after[("butterfly_drift_repairs_total", frozenset())] >= before[
+        ("butterfly_drift_repairs_total", frozenset())
+    ] + len(DRIFT_CHANGES)
+    assert after[("butterfly_drift_repair_failures_total", frozenset())] == 0
+    assert a.ping("10.77.0.2", count=3, interval=0.05).received == 3, "all put back"
+
+
+def test_report_only_mode_is_visible_and_counts_nothing_repaired(lab: Lab) -> None:
+    host = lab.host(extra_args=["--metrics", f"127.0.0.1:{PORT}", "--report-drift-only"])
+    assert scrape(host)[("butterfly_drift_report_only", frozenset())] == 1
+    wait_for(  # the start-up reconcile made them
+        lambda: bool(host.exec("nft", "list", "table", "inet", "butterfly", check=False)),
+        "butterfly's tables",
+    )
+    host.exec("nft", "delete", "table", "inet", "butterfly")
+    wait_for(lambda: _drift(host, "seen", "nftables") > 0, "the change counted")
+    assert _drift(host, "repaired", "nftables") == 0
+    assert scrape(host)[("butterfly_drift_repairs_total", frozenset())] == 0

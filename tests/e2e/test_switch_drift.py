@@ -13,8 +13,10 @@ objects, links, port flags, port guards and pinned addresses.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -84,7 +86,8 @@ def switch(lab: Lab) -> Switch:
 def kernel_view(host: Host) -> dict[str, Any]:
     """butterfly's kernel objects in ``host``, comparable across a re-creation: its
     nftables objects, and per ``bf*`` link its kind, master, MTU, state, port flags,
-    guard and pinned addresses (not its ifindex, which a re-created link changes)."""
+    guard and sender mark (its tc programs) and pinned addresses (not its ifindex,
+    which a re-created link changes)."""
     objects: dict[Key, Obj] = {}
     for family in (BRIDGE, INET):
         listed = host.exec("nft", "-j", "list", "table", family, TABLE, check=False)
@@ -100,16 +103,20 @@ def kernel_view(host: Host) -> dict[str, Any]:
         if not link["ifname"].startswith("bf"):
             continue
         slave = link.get("linkinfo", {}).get("info_slave_data", {})
-        filters = json.loads(
-            host.exec("tc", "-j", "filter", "show", "dev", link["ifname"], "egress")
-        )
+        filters = {
+            hook: json.loads(host.exec("tc", "-j", "filter", "show", "dev", link["ifname"], hook))
+            for hook in ("egress", "ingress")
+        }
         links[link["ifname"]] = {
             "kind": link.get("linkinfo", {}).get("info_kind"),
             "master": link.get("master"),
             "mtu": link["mtu"],
             "up": "UP" in link["flags"],
             "port": {k: slave.get(k) for k in ("learning", "flood", "locked")},
-            "guard": sorted(f["options"].get("bpf_name", "") for f in filters if "options" in f),
+            **{
+                hook: sorted(f["options"].get("bpf_name", "") for f in shown if "options" in f)
+                for hook, shown in filters.items()
+            },
             "alias": link.get("ifalias"),
         }
     pinned = sorted(
@@ -179,6 +186,7 @@ CHANGES = {
     "port flooding": "bridge link set dev bf-srv flood on",
     "pinned address removed": f"bridge fdb del {SERVER_MAC} dev bf-srv master",
     "guard removed": "tc qdisc del dev bf-srv clsact",
+    "sender mark removed": f"tc filter del dev bfvx{VNI} ingress",
     "bridge down": f"ip link set bfbr{VNI} down",
     "bridge deleted": f"ip link del bfbr{VNI}",
     "vxlan deleted": f"ip link del bfvx{VNI}",
@@ -307,3 +315,153 @@ def test_without_the_guard_a_lost_table_would_open_the_filter(lab: Lab) -> None:
     assert arrived(watched.server) == 0
     assert watched.client.ping(SERVER, count=3).received > 0
     assert arrived(watched.server) >= 3
+
+
+# A filtered sender's own elements: ``out_mac`` (the dispatch to its OUTBOUND rules) and
+# ``filtered`` (its non-IP frames dropped). Unlike the rest, losing them could open
+# the filter only towards ports without filtering: a sender is probed towards one.
+
+SENDER_MAC, OPEN_MAC, CONTROL_MAC = "52:54:00:00:32:21", "52:54:00:00:32:22", "52:54:00:00:32:23"
+OPEN_VM = "10.32.0.22"
+RAW_FRAMES = """
+import socket, sys, time
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+raw.bind((sys.argv[1], 0))
+frame = bytes.fromhex(sys.argv[2])
+for _ in range(int(sys.argv[3])):
+    raw.send(frame)
+    time.sleep(0.01)
+"""
+"""Sends a frame every 10 ms: in the VM of ``argv[1]``, ``argv[3]`` times."""
+
+
+def _frame(source: str, destination: str) -> str:
+    """A frame neither IP nor ARP (the local experimental ethertype)."""
+    return destination.replace(":", "") + source.replace(":", "") + "88b5" + "00" * 46
+
+
+class Senders:
+    """A filtered sender whose OUTBOUND rules open TCP port 80 only, a server (TCP 80
+    in), and two vnics without filtering: one the probes aim at, one the control."""
+
+    def __init__(self, lab: Lab, *extra_args: str) -> None:
+        host = self.host = lab.host(extra_args=extra_args)
+        _group(host, "web", "--ip-proto", "tcp", "--port", "80", "--cidr", "0.0.0.0/0")
+        _group(host, "egress", "--dir", "out", "--ip-proto", "tcp", "--port", "80",
+               "--cidr", "0.0.0.0/0")  # fmt: skip
+        self.server, self.sender, self.open, self.control = (lab.vm() for _ in range(4))
+        host.add_vnic("srv", vm=self.server, mac=SERVER_MAC, vni=VNI, ips=[SERVER],
+                      security_groups=["web"])  # fmt: skip
+        host.add_vnic("snd", vm=self.sender, mac=SENDER_MAC, vni=VNI, ips=[CLIENT],
+                      security_groups=["egress"])  # fmt: skip
+        host.add_vnic("opn", vm=self.open, mac=OPEN_MAC, vni=VNI, ips=[OPEN_VM],
+                      bypass_filtering=True)  # fmt: skip
+        host.add_vnic("ctl", vm=self.control, mac=CONTROL_MAC, vni=VNI, ips=["10.32.0.23"],
+                      bypass_filtering=True)  # fmt: skip
+        for vm in (self.server, self.open):
+            vm.listen("tcp", 80)
+        # What reaches the unfiltered vnic, counted inside it, by sender.
+        self.open.exec(
+            "nft",
+            "add table netdev probe; add counter netdev probe leaked;"
+            " add counter netdev probe control; add counter netdev probe pings;"
+            " add chain netdev probe in { type filter hook ingress device bf-opn priority 0; };"
+            f" add rule netdev probe in ether saddr {SENDER_MAC} ether type 0x88b5"
+            " counter name leaked;"
+            f" add rule netdev probe in ether saddr {CONTROL_MAC} ether type 0x88b5"
+            " counter name control;"
+            f" add rule netdev probe in ether saddr {SENDER_MAC} icmp type echo-request"
+            " counter name pings",
+        )
+        assert self.sender.reaches("tcp", SERVER, 80), "positive control: port 80 answers"
+        assert self.sender.reaches("tcp", OPEN_VM, 80), "positive control: the sender's rules"
+        assert self.control.ping(OPEN_VM, count=3).received, "positive control: no filtering"
+        self.baseline = kernel_view(host)
+
+    def counted(self, name: str, reset: bool = False) -> int:
+        command = "reset" if reset else "list"
+        listed = json.loads(
+            self.open.exec("nft", "-j", command, "counter", "netdev", "probe", name)
+        )
+        return int(next(o["counter"]["packets"] for o in listed["nftables"] if "counter" in o))
+
+    def frames(self, vm: Vm, source: str, count: int) -> Any:
+        """``count`` frames from ``vm`` to the unfiltered vnic, every 10 ms, in the background."""
+        port = "bf-snd" if vm is self.sender else "bf-ctl"
+        frame = _frame(source, OPEN_MAC)
+        return vm.popen(sys.executable, "-c", RAW_FRAMES, port, frame, str(count))
+
+
+@contextmanager
+def sender_probes(senders: Senders) -> Iterator[None]:
+    """While the test acts: the sender pings the unfiltered vnic (its OUTBOUND rules
+    drop ICMP) and sends it non-IP frames (dropped from a filtered vnic), every 10 ms;
+    the control sends it non-IP frames too, which must go on arriving."""
+    for name in ("leaked", "control", "pings"):
+        senders.counted(name, reset=True)
+    ping = BackgroundPing(senders.sender, OPEN_VM, interval=0.01)
+    leaks = senders.frames(senders.sender, SENDER_MAC, 1000)
+    control = senders.frames(senders.control, CONTROL_MAC, 1000)
+    try:
+        wait_for(lambda: senders.counted("control") > 0, "the control's frames arriving")
+        started = senders.counted("control")
+        yield
+    finally:
+        ping.stop()
+        for process in (leaks, control):
+            process.kill()
+            process.wait()
+    assert senders.counted("control") > started, "positive control: unfiltered frames arrive"
+    assert ping.replies == 0 and senders.counted("pings") == 0, "OUTBOUND rules skipped"
+    assert senders.counted("leaked") == 0, "a filtered vnic's non-IP frame got through"
+
+
+SENDER_CHANGES = {
+    "flush outbound map": f"nft flush map inet {TABLE} out_mac",
+    "sender's outbound element": f"nft delete element inet {TABLE} out_mac"
+    f" {{ bfbr{VNI} . {SENDER_MAC} }}",
+    "sender's filtered element": f"nft delete element bridge {TABLE} filtered {{ bf-snd }}",
+    "flush filtered set": f"nft flush set bridge {TABLE} filtered",
+}
+
+
+@pytest.fixture(scope="module")
+def senders(lab: Lab) -> Senders:
+    return Senders(lab)
+
+
+@pytest.mark.parametrize("change", list(SENDER_CHANGES), ids=list(SENDER_CHANGES))
+def test_a_lost_sender_element_is_put_back_and_never_opens_the_filter(
+    senders: Senders, change: str
+) -> None:
+    with sender_probes(senders):
+        time.sleep(0.3)  # blocked probes in flight before the change too
+        senders.host.exec("sh", "-c", SENDER_CHANGES[change])
+        start = time.monotonic()
+        while not senders.sender.probe("tcp", SERVER, 80, timeout=0.3):
+            assert time.monotonic() - start < 10, "the allowed flow never came back"
+        back = time.monotonic() - start
+        assert back <= BACK_WITHIN, f"the allowed flow came back after {back:.2f} s"
+        wait_for(lambda: kernel_view(senders.host) == senders.baseline, "the kernel put back")
+        assert senders.sender.probe("tcp", OPEN_VM, 80, timeout=1.0), "the sender's rules"
+        time.sleep(0.3)  # and blocked probes after the repair
+
+
+def test_lost_sender_elements_left_in_place_fail_closed(lab: Lab) -> None:
+    """Not a race won by the repair: with nothing repaired, a second of probes after
+    both elements are gone; then the probe's own control: the unfiltered vnic's
+    guard taken away too, the sender's frames arrive (the probe sees a leak)."""
+    unrepaired = Senders(lab, "--report-drift-only")
+    with sender_probes(unrepaired):
+        unrepaired.host.exec(
+            "sh", "-c", f"{SENDER_CHANGES['flush outbound map']};"
+            f" {SENDER_CHANGES['flush filtered set']}",
+        )  # fmt: skip
+        time.sleep(1.0)
+        assert drift_status(unrepaired.host).changes_seen > 0
+        # Without its dispatch, even what its rules allow drops: they cannot be read.
+        assert not unrepaired.sender.probe("tcp", SERVER, 80, timeout=0.5), "fails closed"
+    unrepaired.host.exec("tc", "qdisc", "del", "dev", "bf-opn", "clsact")
+    unrepaired.frames(unrepaired.sender, SENDER_MAC, 5).wait()
+    assert unrepaired.counted("leaked") == 5
+    assert unrepaired.sender.ping(OPEN_VM, count=3).received == 3

@@ -90,6 +90,7 @@ class FakeNetlink:
         self._log = log
         self.by_name: dict[str, Link] = {UNDERLAY.name: UNDERLAY}
         self.guards: dict[int, str] = {}
+        self.ingress_guards: dict[int, str] = {}
         self.ingress: dict[int, str] = {}
         self.flooding: dict[int, set[str]] = {}
         self.macs: dict[int, dict[str, bool]] = {}
@@ -167,8 +168,8 @@ class FakeNetlink:
     def netnsid(self, fd: int) -> int | None:
         return None
 
-    def guard(self, index: int) -> str | None:
-        return self.guards.get(index)
+    def guard(self, index: int, *, ingress: bool = False) -> str | None:
+        return (self.ingress_guards if ingress else self.guards).get(index)
 
     # changing
 
@@ -275,12 +276,25 @@ class FakeNetlink:
         for other in list(self.by_name.values()):
             if other.master == index:
                 self.put(replace(other, master=None))
-        for table in (self.guards, self.ingress, self.flooding, self.macs, self.neighbours):
+        for table in (
+            self.guards,
+            self.ingress_guards,
+            self.ingress,
+            self.flooding,
+            self.macs,
+            self.neighbours,
+        ):
             table.pop(index, None)
 
-    def set_guard(self, index: int, fd: int, name: str) -> None:
-        self._log.record(f"guard {self._name_of(index)} {name}")
-        self.guards[index] = name
+    def set_guard(self, index: int, fd: int, name: str, *, ingress: bool = False) -> None:
+        side = " ingress" if ingress else ""
+        self._log.record(f"guard{side} {self._name_of(index)} {name}")
+        (self.ingress_guards if ingress else self.guards)[index] = name
+
+    def remove_guard(self, index: int, *, ingress: bool = False) -> None:
+        side = " ingress" if ingress else ""
+        self._log.record(f"no guard{side} {self._name_of(index)}")
+        (self.ingress_guards if ingress else self.guards).pop(index, None)
 
     def set_ingress_program(self, index: int, fd: int, name: str) -> None:
         self._log.record(f"ingress {self._name_of(index)} {name}")
@@ -338,6 +352,9 @@ class FakeGuards:
 
     def fd(self, kind: GuardKind) -> int:
         return 1000 + list(GuardKind).index(kind)
+
+    def sender_fd(self) -> int:
+        return 999
 
     def close(self) -> None:
         self.closed = True

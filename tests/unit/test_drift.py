@@ -8,8 +8,17 @@ from typing import Any
 import pytest
 
 from butterfly.daemon.drift import MAX_DELAY, SETTLE, DriftRepair
-from butterfly.dataplane.guard import ALL_OK, BRIDGE_OK, OUTBOUND_OK, GuardKind, program
-from butterfly.dataplane.watch import Change, Scope
+from butterfly.dataplane.guard import (
+    ALL_OK,
+    BRIDGE_OK,
+    INBOUND_OK,
+    OUTBOUND_OK,
+    SENDER_OPEN,
+    GuardKind,
+    program,
+    sender_program,
+)
+from butterfly.dataplane.watch import KINDS, LINK, LOST, NFTABLES, PORT_FLAGS, Change, Scope
 from butterfly.errors import DataplaneError
 from butterfly_lab.bench.drift import gap_around, repair_times
 
@@ -100,8 +109,9 @@ def _change(line: str) -> Change:
     """A change as the watch makes it: nftables's are about the tables, others
     about the link they name first."""
     if line.startswith("nftables:"):
-        return Change(line, Scope(tables=True))
-    return Change(line, Scope(links=frozenset([line.split(":", maxsplit=1)[0]])))
+        return Change(line, Scope(tables=True), NFTABLES)
+    kind = PORT_FLAGS if "learning" in line else LINK
+    return Change(line, Scope(links=frozenset([line.split(":", maxsplit=1)[0]])), kind)
 
 
 def test_nothing_pending_means_no_timeout_and_no_repair() -> None:
@@ -128,7 +138,7 @@ def test_a_change_is_repaired_once_it_settles() -> None:
 def test_after_lost_notifications_everything_is_repaired_and_the_links_dumped() -> None:
     rig = Rig()
     rig.dataplane.fake_watch.queued.append(
-        Change("links: notifications lost (socket overflow)", Scope(everything=True))
+        Change("links: notifications lost (socket overflow)", Scope(everything=True), LOST)
     )
     rig.drift.readable()
     rig.clock.now += MAX_DELAY
@@ -204,6 +214,24 @@ def test_counts_and_one_log_line_per_repair(caplog: pytest.LogCaptureFixture) ->
     assert rig.scopes == [Scope(links=frozenset({"bf-a", "bfbr1"}))], "one repair of both"
 
 
+def test_changes_are_counted_by_kind_seen_and_repaired() -> None:
+    rig = Rig(fail=True)
+    rig.change("bf-a: down")
+    rig.clock.now += MAX_DELAY
+    rig.drift.run_due()  # fails: seen, not repaired
+    rig.fail = False
+    rig.change("nftables: delete table inet butterfly by nft (pid 3)", "bf-a: learning on")
+    rig.clock.now += 2 * MAX_DELAY
+    rig.drift.run_due()
+    report = rig.drift.report()
+    seen, repaired = dict(report.seen_by_kind), dict(report.repaired_by_kind)
+    assert set(seen) == set(repaired) == set(KINDS), "every kind, zero or not"
+    assert (seen[LINK], seen[NFTABLES], seen[PORT_FLAGS], seen[LOST]) == (1, 1, 1, 0)
+    assert (repaired[LINK], repaired[NFTABLES], repaired[PORT_FLAGS]) == (0, 1, 1)
+    assert sum(seen.values()) == report.changes_seen
+    assert sum(repaired.values()) == report.changes_repaired
+
+
 def test_a_repair_looks_at_the_tables_only_when_they_changed() -> None:
     rig = Rig()
     rig.change("nftables: delete table inet butterfly by nft (pid 3)")
@@ -261,32 +289,86 @@ def test_report_only_counts_and_logs_but_never_repairs(caplog: pytest.LogCapture
     assert rig.repairs == 0
     report = rig.drift.report()
     assert report.report_only and report.changes_seen == 1 and report.repairs == 0
+    assert dict(report.seen_by_kind)[PORT_FLAGS] == 1
+    assert not any(count for _, count in report.repaired_by_kind)
     assert "not repaired): bf-a: learning on" in caplog.text
 
 
-def _decode(code: bytes) -> list[tuple[int, int, int, int, int]]:
-    found = []
-    for offset in range(0, len(code), 8):
-        op, regs, off, imm = struct.unpack_from("<BBhi", code, offset)
-        found.append((op, regs & 0xF, regs >> 4, off, imm))
-    return found
+def _run(code: bytes, mark: int, ingress_ifindex: int = 7) -> tuple[int, int]:
+    """Interpret the few eBPF instructions the guard uses: (return code, mark after)."""
+    skb = {8: mark, 36: ingress_ifindex}
+    regs = [0] * 11
+    pc = 0
+    while True:
+        op, regs_byte, off, imm = struct.unpack_from("<BBhi", code, pc * 8)
+        dst, src = regs_byte & 0xF, regs_byte >> 4
+        immu = imm & 0xFFFFFFFF
+        pc += 1
+        if op == 0x61:  # w_dst = *(u32 *)(skb + off)
+            assert src == 1
+            regs[dst] = skb[off]
+        elif op == 0x63:  # *(u32 *)(skb + off) = w_src
+            assert dst == 1
+            skb[off] = regs[src]
+        elif op == 0xBC:
+            regs[dst] = regs[src] & 0xFFFFFFFF
+        elif op == 0x54:
+            regs[dst] &= immu
+        elif op == 0x44:
+            regs[dst] = (regs[dst] | immu) & 0xFFFFFFFF
+        elif op == 0xB7:
+            regs[dst] = imm
+        elif op == 0x16:
+            pc += off if regs[dst] & 0xFFFFFFFF == immu else 0
+        elif op == 0x56:
+            pc += off if regs[dst] & 0xFFFFFFFF != immu else 0
+        elif op == 0x95:
+            return regs[0], skb[8]
+        else:
+            raise AssertionError(f"unexpected opcode {op:#x}")
+
+
+NEXT_FILTER, PASS, SHOT = -1, 0, 2
+OTHER = 0x1234  # bits of the mark that are not the guard's
 
 
 @pytest.mark.parametrize("kind", list(GuardKind))
-def test_the_guard_program_checks_its_kinds_bits_and_clears_them(kind: GuardKind) -> None:
-    insns = _decode(program(kind.mask))
-    assert insns[1] == (0x61, 3, 1, 36, 0), "w3 = skb->ingress_ifindex"
-    assert insns[2] == (0x16, 3, 0, 3, 0) and 2 + 3 + 1 == 6, "made by the host: goto pass"
-    assert insns[4] == (0x54, 0, 0, 0, kind.mask), "w0 &= mask"
-    assert insns[5][0] == 0x56 and insns[5][4] == kind.mask, "if w0 != mask goto drop"
-    assert insns[5][3] == 4 and insns[5 + 4 + 1] == (0xB7, 0, 0, 0, 2), "drop is TC_ACT_SHOT"
-    assert insns[6][4] & 0xFFFFFFFF == ~ALL_OK & 0xFFFFFFFF, "pass: the bits are cleared"
-    assert insns[8] == (0xB7, 0, 0, 0, 0) and insns[9][0] == 0x95, "then TC_ACT_OK"
+def test_the_guard_passes_a_proven_frame_and_clears_the_bits(kind: GuardKind) -> None:
+    for sender in (OUTBOUND_OK, SENDER_OPEN):
+        proven = ALL_OK | sender | OTHER
+        assert _run(program(kind.mask), proven) == (PASS, OTHER)
 
 
-def test_an_unfiltered_port_needs_neither_inbound_proof() -> None:
-    assert GuardKind.OPEN.mask == BRIDGE_OK | OUTBOUND_OK
-    assert GuardKind.FILTERED.mask == ALL_OK
+@pytest.mark.parametrize("kind", list(GuardKind))
+def test_the_guard_drops_a_frame_missing_any_bit_its_port_needs(kind: GuardKind) -> None:
+    code = program(kind.mask)
+    assert _run(code, 0)[0] == SHOT, "a flushed ruleset proves nothing"
+    for bit in (BRIDGE_OK, INBOUND_OK, OUTBOUND_OK):
+        verdict = _run(code, (ALL_OK & ~bit) | OTHER)[0]
+        needed = bit != INBOUND_OK or kind is GuardKind.FILTERED
+        assert verdict == (SHOT if needed else PASS), hex(bit)
+
+
+def test_a_lost_out_mac_or_filtered_element_proves_no_sender() -> None:
+    """What a filtered vnic's frame gets when its out_mac or filtered element is
+    gone (B and I, from the tables left): neither sender bit, so every port drops."""
+    for kind in GuardKind:
+        assert _run(program(kind.mask), BRIDGE_OK | INBOUND_OK)[0] == SHOT
+
+
+def test_the_guard_passes_what_the_host_made() -> None:
+    for kind in GuardKind:
+        assert _run(program(kind.mask), 0, ingress_ifindex=0) == (PASS, 0)
+
+
+def test_the_sender_mark_sets_its_bit_and_keeps_the_rest() -> None:
+    assert _run(sender_program(), OTHER) == (NEXT_FILTER, OTHER | SENDER_OPEN)
+    assert GuardKind.OPEN.marks_senders and not GuardKind.FILTERED.marks_senders
+
+
+def test_an_unfiltered_port_needs_no_inbound_proof() -> None:
+    assert GuardKind.OPEN.mask == BRIDGE_OK
+    assert GuardKind.FILTERED.mask == BRIDGE_OK | INBOUND_OK
 
 
 def test_the_bench_window_is_the_longest_gap_around_the_change() -> None:

@@ -89,6 +89,7 @@ def test_a_second_vnic_of_the_vni_reuses_its_devices(
         "nft",
         "add tap bf-bb",
         "guard bf-bb bf-guard-open",
+        "guard ingress bf-bb bf-sender-open",
         "set bf-bb master=bfbr7",
         "set bf-bb up=True",
     ], "an unfiltered port keeps the bridge's defaults and pins nothing"
@@ -112,6 +113,7 @@ def test_a_failed_plug_takes_back_every_step_in_reverse(
         "unflood bfvx7 192.0.2.9",
         "set bfvx7 up=False",
         "set bfvx7 master=-",
+        "no guard ingress bfvx7",
         "delete bfvx7",
         "set bfbr7 up=False",
         "delete bfbr7",

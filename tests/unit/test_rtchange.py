@@ -16,6 +16,17 @@ _REPLACE_OR_CREATE = _ACK | 0x100 | 0x400
 _CREATE_NEW = _ACK | 0x200 | 0x400
 
 
+def test_a_filter_deletion_names_the_filter_as_its_creation_did() -> None:
+    """No pyroute2 capture (butterfly never deleted a filter through it): the
+    header of :func:`rtchange.bpf_filter`'s, the kind, no options; the
+    functional tests take a port's sender mark off with it."""
+    message = rtchange.delete_filter(3, parent=0xFFFFFFF2, prio=1, handle=1)
+    created = rtchange.bpf_filter(3, parent=0xFFFFFFF2, prio=1, handle=1, fd=8, name="x")
+    assert (message.kind, message.flags) == (_RTM_NEWTFILTER + 1, _ACK)
+    assert message.body[:20] == created.body[:20]
+    assert message.body[20:].hex() == "0800010062706600"
+
+
 @pytest.mark.parametrize(
     ("message", "kind", "flags", "body"),
     [

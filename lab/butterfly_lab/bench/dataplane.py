@@ -55,7 +55,7 @@ from dataclasses import dataclass, fields, replace
 from butterfly.api.codec import REVISION
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
-from butterfly.dataplane.guard import GuardKind, GuardPrograms
+from butterfly.dataplane.guard import SENDER_MARK, GuardKind, GuardPrograms
 from butterfly.dataplane.naming import PREFIX, TABLE
 from butterfly.dataplane.netlink import Netlink
 from butterfly.errors import ClientError
@@ -287,13 +287,14 @@ def measure_rounds(paths: Sequence[Path], settings: Settings, cpus: Cpus) -> dic
     return {name: median(taken) for name, taken in samples.items()}
 
 
-def _guarded(host: Host) -> dict[str, str]:
-    """The host's guarded links: name -> guard (its tc filter's name)."""
+def _guarded(host: Host) -> dict[str, tuple[str, bool]]:
+    """The host's guarded links: name -> (guard: its tc filter's name, whether
+    its ingress carries the sender mark)."""
 
-    def read() -> dict[str, str]:
+    def read() -> dict[str, tuple[str, bool]]:
         with Netlink() as netlink:
             return {
-                link.name: guard
+                link.name: (guard, netlink.guard(link.index, ingress=True) == SENDER_MARK)
                 for link in netlink.links()
                 if link.name.startswith(PREFIX) and (guard := netlink.guard(link.index))
             }
@@ -301,7 +302,9 @@ def _guarded(host: Host) -> dict[str, str]:
     return host.run(read)
 
 
-def _set_guards(host: Host, guards: dict[str, str] | None, programs: GuardPrograms) -> None:
+def _set_guards(
+    host: Host, guards: dict[str, tuple[str, bool]] | None, programs: GuardPrograms
+) -> None:
     """Put ``guards`` back (None: remove every guard), as tc, outside the daemon."""
     if guards is None:
         for link in json.loads(host.ip("-j", "link", "show")):
@@ -311,10 +314,14 @@ def _set_guards(host: Host, guards: dict[str, str] | None, programs: GuardProgra
 
     def put() -> None:
         with Netlink() as netlink:
-            for name, guard in guards.items():
+            for name, (guard, marked) in guards.items():
                 link = netlink.link(name)
                 if link is not None:
                     netlink.set_guard(link.index, programs.fd(GuardKind(guard)), guard)
+                    if marked:
+                        netlink.set_guard(
+                            link.index, programs.sender_fd(), SENDER_MARK, ingress=True
+                        )
 
     host.run(put)
 

@@ -17,8 +17,8 @@ tap, never what was sent. Paths, each built in namespaces of a
 * ``butterfly``: two TAP vnics of a real butterflyd (data plane on), both in two
   security groups of 20 rules whose last one alone allows the bench's UDP port,
   so each new flow walks past 19 others; the sender has no connection caps, and
-  a row shows what the daemon's default caps make of the same one-way stream
-  (see :func:`frame_vnics`). When ``butterflyd --help`` offers
+  a row shows that the daemon's default caps leave the same one-way stream
+  alone (see :func:`frame_vnics`). When ``butterflyd --help`` offers
   ``--fast-path``, one daemon per data path (``off``: bridge + nftables;
   ``ebpf``) and a row for each; when it offers ``--vhost-loop``, those daemons
   run the C loop and one more (on the first data path) the Python loop, for
@@ -318,10 +318,10 @@ def frame_vnics(host: Host, label: str, index: int, ends: str) -> tuple[Taps, Ta
     """TAP vnics a, b, c and vhost-user vnic v (those of ``ends``) in the frame groups
     (VNI 1x00); the a to b and c to b pairs and v's end.
 
-    Every frame of a flow never answered is *new* to conntrack, so a sender's
-    cap on new connections per second (the daemon's default, 1,000) caps a
-    one-way stream: a, v and b (the senders of the frame measures) have no caps,
-    c keeps the default, for a row that shows it."""
+    Every frame of a flow never answered is *new* to conntrack, but only its
+    first counts against a sender's cap on new connections per second (the
+    daemon's default, 1,000): a, v and b (the senders of the frame measures) have
+    no caps, c keeps the default, for a row that shows a one-way stream passes."""
     for sg in [*frame_groups(), *twenty_rules(CIDR)]:
         host.call(MessageV0.Request(sg_add=sg))
     subnet = 70 + index
@@ -874,7 +874,7 @@ def _frame_specs(
                 specs.append(
                     Spec(
                         f"{butterfly.label}, TAP vnics, 20 SG rules, sender's default caps",
-                        f"{measure} (capped at 1,000 new/s)",
+                        f"{measure} (cap: 1,000 new/s)",
                         Series(f"{unit}/core", unit, take(butterfly.capped)),
                         reference,
                         digits=digits,

@@ -330,3 +330,32 @@ def test_a_vni_without_filtered_vnics_is_not_tracked(lab: Lab) -> None:
     untracked = quiet.dataplane.host.exec("conntrack", "-L", "-p", "tcp", "--dport", "80")
     assert "dst=10.0.0.2" in tracked, "the filtered VNI's connection is not tracked"
     assert "dst=10.0.0.2" not in untracked, "a VNI without filtered vnics is tracked"
+
+
+def test_a_port_that_turns_filtered_loses_its_sender_mark(lab: Lab) -> None:
+    """A port without filtering marks what enters it as unfiltered (see the port
+    guard); a vnic found filtered by a reconcile (its filtering changed while the
+    daemon was away) must lose that mark, or a lost ``out_mac`` element would let
+    it skip its OUTBOUND rules. The mark's absence is what keeps it closed: with
+    its dispatch flushed, its new flows drop."""
+    sw = switch(lab, 2, {0: ("out",)})
+    sw.put_sg("out", rules=[{"direction": OUT, "protocol": TCP, "port_start": 80,
+                             "port_end": 80, "cidr": ("10.0.0.0", 24)}])  # fmt: skip
+    host = sw.dataplane.host
+
+    def reconciled(index: int, bypass: bool) -> bool:
+        """Whether the vnic's port marks senders, after a reconcile with ``bypass``."""
+        sw.state.put_vnic(replace(sw.vnics[index], bypass_filtering=bypass))
+        sw.dataplane.reconcile(sw.state)
+        port = f"bf-v{index}"
+        return "bf-sender-open" in host.exec("tc", "filter", "show", "dev", port, "ingress")
+
+    assert reconciled(1, bypass=True)
+    assert reconciled(0, bypass=True)
+    assert not reconciled(0, bypass=False)
+    sw.guests[1].listen("tcp", 80)
+    sw.guests[1].listen("tcp", 81)
+    assert sw.guests[0].reaches("tcp", sw.ip(1), 80)
+    assert sw.guests[0].blocked("tcp", sw.ip(1), 81), "its OUTBOUND rules are back"
+    host.exec("nft", "flush", "map", "inet", "butterfly", "out_mac")
+    assert sw.guests[0].blocked("tcp", sw.ip(1), 80), "no dispatch, no sender proof: drop"

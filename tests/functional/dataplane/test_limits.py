@@ -61,8 +61,10 @@ class Tenants:
         self.dataplane.update(before, after, self.state)
         self.vnics[index] = after
 
-    def flood(self, sender: int, receiver: int, flows: int, first_port: int = 1024) -> None:
-        """``flows`` new UDP flows (one datagram each, distinct source ports)."""
+    def flood(
+        self, sender: int, receiver: int, flows: int, first_port: int = 1024, per_flow: int = 1
+    ) -> None:
+        """``flows`` new UDP flows (distinct source ports), ``per_flow`` datagrams each."""
         frames = [
             bytes(
                 Ether(src=_mac(sender), dst=_mac(receiver))
@@ -70,6 +72,7 @@ class Tenants:
                 / UDP(sport=first_port + n, dport=9)
             ).hex()
             for n in range(flows)
+            for _ in range(per_flow)
         ]
         guest = self.guests[sender]
         for start in range(0, flows, 5000):
@@ -132,6 +135,21 @@ def test_a_vnic_starts_at_most_its_rate_of_connections(lab: Lab) -> None:
     passed(1, 50, 2000, before=tenants.tracked(1))
     passed(3, 300, 1024)
     assert tenants.dropped(1) >= 600
+
+
+def test_a_one_way_stream_is_one_connection_however_fast(lab: Lab) -> None:
+    """Until it is answered, every datagram of a UDP flow is in conntrack's state
+    "new": only the flow's first one may count against the rate of new
+    connections, or a one-way stream (video, logs) above the rate loses the
+    excess. The positive control: as many distinct flows are capped."""
+    tenants = Tenants(lab, ConnLimits(connections=0, per_second=50))
+    for index in (1, 2):
+        tenants.add(index)
+    tenants.flood(1, 2, 1, first_port=4000, per_flow=400)
+    assert tenants.tracked(1) == 1
+    assert tenants.dropped(1) == 0
+    tenants.flood(1, 2, 400, first_port=5000)
+    assert tenants.dropped(1) >= 300
 
 
 def test_a_flood_from_two_vnics_leaves_the_others_connections_working(lab: Lab) -> None:
