@@ -24,6 +24,7 @@ __all__ = [
     "PORT_WILDCARDS",
     "PREFIX",
     "TABLE",
+    "VXLAN_PREFIX",
     "bridge_name",
     "is_butterfly_link",
     "limit_names",
@@ -50,9 +51,11 @@ _READABLE = re.compile(r"[A-Za-z0-9_.-]{1,12}")
 _LINK = re.compile(
     r"bfbr[0-9]{1,8}|bfvx[0-9]{1,8}|bf-[A-Za-z0-9_.-]{1,12}|bfh[0-9a-f]{12}|bfz[0-9a-f]{1,8}"
 )
+VXLAN_PREFIX = f"{PREFIX}vx"
+"""What every :func:`vxlan_name` starts with."""
 BRIDGE_WILDCARD = f"{PREFIX}br*"
 """nft's pattern of every :func:`bridge_name`."""
-PORT_WILDCARDS = (f"{PREFIX}-*", f"{PREFIX}h*", f"{PREFIX}vx*")
+PORT_WILDCARDS = (f"{PREFIX}-*", f"{PREFIX}h*", f"{VXLAN_PREFIX}*")
 """nft's patterns of every bridge port butterfly makes (:func:`tap_name`, :func:`vxlan_name`)."""
 LINK_ALIAS = "butterfly"
 DYNAMIC_PREFIX = "dyn_"
@@ -83,7 +86,7 @@ def bridge_name(vni: int) -> str:
 
 
 def vxlan_name(vni: int) -> str:
-    return f"{PREFIX}vx{vni}"
+    return f"{VXLAN_PREFIX}{vni}"
 
 
 def vni_of(name: str) -> int:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from butterfly.dataplane.naming import vxlan_name
+from butterfly.dataplane.naming import VXLAN_PREFIX, vxlan_name
 from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table
 from butterfly_lab.bench.frr import evpn_hosts, frr_available
 from butterfly_lab.lab import Host, Lab, Vm, wait_for
@@ -220,7 +220,7 @@ def _check_rules(host: Host) -> None:
     off = [
         link["ifname"]
         for link in links
-        if link["ifname"].startswith("bfvx") and not link.get("neigh_suppress")
+        if link["ifname"].startswith(VXLAN_PREFIX) and not link.get("neigh_suppress")
     ]
     if off:
         raise BenchError(f"neighbour suppression left off on {off}")
