@@ -557,10 +557,18 @@ class Host(Netns):
 
     # -- the daemon
 
-    def start(self, timeout: float = 30) -> None:
-        """Start butterflyd (on the same state file as before, if any) and wait for it."""
+    def start(self, timeout: float = 30, *, settled: bool = True) -> None:
+        """Start butterflyd (on the same state file as before, if any) and wait for it:
+        until it answers, and (``settled``) until its start-up reconcile has made
+        the kernel match its state, which it does between requests after answering."""
         self.spawn()
         self.wait_ready(timeout)
+        if settled:
+            wait_for(self._settled, f"host {self.name}: the start-up reconcile", timeout)
+
+    def _settled(self) -> bool:
+        request = MessageV0.Request(app_status=True, app_status_reconcile=True)
+        return not self.call(request).app_status.reconcile.running
 
     def spawn(self) -> None:
         """Start butterflyd without waiting (see :meth:`wait_ready`); records its pid."""

@@ -15,7 +15,7 @@ import pytest
 
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.dataplane.naming import bridge_name, vxlan_name
-from butterfly_lab.lab import Host, Lab
+from butterfly_lab.lab import Host, Lab, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -97,8 +97,11 @@ def test_a_namespace_path_the_kernel_cannot_open(lab: Lab, path: str, cause: str
 def test_a_daemon_without_cap_net_admin_says_to_run_as_root(lab: Lab) -> None:
     host = lab.host(start=False)
     host.daemon.wrapper = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"]
-    host.start()
+    host.start(settled=False)  # its app_status cannot read the kernel either
     description = _refused(host, _nic_add("noadmin", 3300))
     assert description.startswith("nic 'noadmin': nftables refused the change: "), description
     assert "(EPERM); run butterflyd as root" in description, description
-    assert "start-up: nftables refused the change" in host.daemon.log()
+    wait_for(
+        lambda: "start-up: nftables refused the change" in host.daemon.log(),
+        "the start-up reconcile's error in the log",
+    )
