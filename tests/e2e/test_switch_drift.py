@@ -344,19 +344,21 @@ class Senders:
     """A filtered sender whose OUTBOUND rules open TCP port 80 only, a server (TCP 80
     in), and two vnics without filtering: one the probes aim at, one the control."""
 
-    def __init__(self, lab: Lab, *extra_args: str) -> None:
+    def __init__(self, lab: Lab, *extra_args: str, vni: int = VNI) -> None:
+        """``vni``: another lab host with the same MACs in the same VNI would share
+        its VXLAN segment (the lab's fabric) and learn them."""
         host = self.host = lab.host(extra_args=extra_args)
         _group(host, "web", "--ip-proto", "tcp", "--port", "80", "--cidr", "0.0.0.0/0")
         _group(host, "egress", "--dir", "out", "--ip-proto", "tcp", "--port", "80",
                "--cidr", "0.0.0.0/0")  # fmt: skip
         self.server, self.sender, self.open, self.control = (lab.vm() for _ in range(4))
-        host.add_vnic("srv", vm=self.server, mac=SERVER_MAC, vni=VNI, ips=[SERVER],
+        host.add_vnic("srv", vm=self.server, mac=SERVER_MAC, vni=vni, ips=[SERVER],
                       security_groups=["web"])  # fmt: skip
-        host.add_vnic("snd", vm=self.sender, mac=SENDER_MAC, vni=VNI, ips=[CLIENT],
+        host.add_vnic("snd", vm=self.sender, mac=SENDER_MAC, vni=vni, ips=[CLIENT],
                       security_groups=["egress"])  # fmt: skip
-        host.add_vnic("opn", vm=self.open, mac=OPEN_MAC, vni=VNI, ips=[OPEN_VM],
+        host.add_vnic("opn", vm=self.open, mac=OPEN_MAC, vni=vni, ips=[OPEN_VM],
                       bypass_filtering=True)  # fmt: skip
-        host.add_vnic("ctl", vm=self.control, mac=CONTROL_MAC, vni=VNI, ips=["10.32.0.23"],
+        host.add_vnic("ctl", vm=self.control, mac=CONTROL_MAC, vni=vni, ips=["10.32.0.23"],
                       bypass_filtering=True)  # fmt: skip
         for vm in (self.server, self.open):
             vm.listen("tcp", 80)
@@ -451,7 +453,7 @@ def test_lost_sender_elements_left_in_place_fail_closed(lab: Lab) -> None:
     """Not a race won by the repair: with nothing repaired, a second of probes after
     both elements are gone; then the probe's own control: the unfiltered vnic's
     guard taken away too, the sender's frames arrive (the probe sees a leak)."""
-    unrepaired = Senders(lab, "--report-drift-only")
+    unrepaired = Senders(lab, "--report-drift-only", vni=VNI + 1)
     with sender_probes(unrepaired):
         unrepaired.host.exec(
             "sh", "-c", f"{SENDER_CHANGES['flush outbound map']};"
