@@ -40,7 +40,7 @@ from butterfly.api.codec import REVISION
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
 from butterfly.errors import ClientError
-from butterfly_lab.bench.figures import BenchError, table
+from butterfly_lab.bench.figures import BenchError, table, verdict
 from butterfly_lab.daemon import DaemonError, DaemonProcess, free_port, resident_memory_kib
 from butterfly_lab.lab import Lab, LabError
 
@@ -400,10 +400,7 @@ def run(args: argparse.Namespace) -> int:
             daemon.close()
     table, met = render(results, requests)
     print(table)
-    if not met:
-        print("some targets are missed", file=sys.stderr if args.strict else sys.stdout)
-        return 1 if args.strict else 0
-    return 0
+    return verdict(met, strict=args.strict)
 
 
 if __name__ == "__main__":

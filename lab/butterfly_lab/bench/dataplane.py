@@ -59,7 +59,7 @@ from butterfly.dataplane.guard import SENDER_MARK, GuardKind, GuardPrograms
 from butterfly.dataplane.naming import PREFIX, TABLE
 from butterfly.dataplane.netlink import Netlink
 from butterfly.errors import ClientError
-from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table
+from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table, verdict
 from butterfly_lab.daemon import DaemonError
 from butterfly_lab.lab import (
     FABRIC_BRIDGE,
@@ -862,10 +862,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"butterfly-bench dataplane: {error}", file=sys.stderr)
         return 2
     print(f"the run took {time.monotonic() - started:.0f} s, clean-up included")
-    if any(row.result == "FAIL" for row in rows):
-        print("some targets are missed", file=sys.stderr if args.strict else sys.stdout)
-        return 1 if args.strict else 0
-    return 0
+    return verdict(all(row.result != "FAIL" for row in rows), strict=args.strict)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.dataplane.naming import TABLE
 from butterfly.errors import ClientError
 from butterfly_lab.bench.dataplane import add_tap_vnics
-from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table
+from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table, verdict
 from butterfly_lab.daemon import DaemonError
 from butterfly_lab.lab import Host, Lab, LabError, Vm, wait_for
 
@@ -281,7 +281,4 @@ def run(args: argparse.Namespace) -> int:
         f" log: p50 {percentile(repairs, 0.5) if repairs else 0:.0f} ms, max"
         f" {max(repairs, default=0):.0f} ms; the run took {time.monotonic() - started:.0f} s"
     )
-    if any(row[-1] == "FAIL" for row in rows):
-        print("some targets are missed", file=sys.stderr if args.strict else sys.stdout)
-        return 1 if args.strict else 0
-    return 0
+    return verdict(all(row[-1] != "FAIL" for row in rows), strict=args.strict)

@@ -5,6 +5,7 @@ and report figures the same way, so these live here once.
 """
 
 import math
+import sys
 import time
 from collections.abc import Iterable, Sequence, Set
 
@@ -14,6 +15,15 @@ __all__ = ["BenchError", "busy_elsewhere", "percentile", "table"]
 class BenchError(Exception):
     """The benchmark could not run (a tool failed, a path carried no traffic,
     a frontend never connected)."""
+
+
+def verdict(met: bool, *, strict: bool) -> int:
+    """A bench's exit code: missed targets are said, and fail the run only with
+    ``--strict`` (a figure on a loaded machine is not a broken build)."""
+    if met:
+        return 0
+    print("some targets are missed", file=sys.stderr if strict else sys.stdout)
+    return 1 if strict else 0
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

@@ -84,7 +84,7 @@ from butterfly_lab.bench.dataplane import (
     vnic_mtu,
     vxlan_path,
 )
-from butterfly_lab.bench.figures import BenchError, busy_elsewhere, table
+from butterfly_lab.bench.figures import BenchError, busy_elsewhere, table, verdict
 from butterfly_lab.daemon import DaemonError, butterflyd_command
 from butterfly_lab.lab import Host, Lab, LabError, Netns, Vm, sh, wait_for
 
@@ -1091,10 +1091,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"butterfly-bench frames: {error}", file=sys.stderr)
         return 2
     print(f"the run took {time.monotonic() - started:.0f} s, clean-up included")
-    if any(_row(spec).result == "FAIL" for spec in specs):
-        print("some targets are missed", file=sys.stderr if args.strict else sys.stdout)
-        return 1 if args.strict else 0
-    return 0
+    return verdict(all(_row(spec).result != "FAIL" for spec in specs), strict=args.strict)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
 from butterfly.dataplane.naming import tap_name
 from butterfly.errors import ClientError
-from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table
+from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table, verdict
 from butterfly_lab.daemon import DaemonError, DaemonProcess
 from butterfly_lab.lab import Lab, LabError, Netns, sh
 
@@ -185,8 +185,4 @@ def run(args: argparse.Namespace) -> int:
     )
     header = ("measure", "samples", "p50 ms", "p99 ms", "max ms", "target", "result")
     print(table(header, rows, right={1, 2, 3, 4}))
-    met = all(row[-1] != "FAIL" for row in rows)
-    if not met:
-        print("some targets are missed")
-        return 1 if args.strict else 0
-    return 0
+    return verdict(all(row[-1] != "FAIL" for row in rows), strict=args.strict)

@@ -44,7 +44,7 @@ from butterfly.api.proto.message_pb2 import Messages
 from butterfly.dataplane.naming import bridge_name, tap_name, vxlan_name
 from butterfly.dataplane.underlay import flood_group
 from butterfly.errors import ClientError
-from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table
+from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table, verdict
 from butterfly_lab.bench.soak import process_tree
 from butterfly_lab.daemon import DaemonError
 from butterfly_lab.lab import Host, Lab, LabError
@@ -488,10 +488,7 @@ def run(args: argparse.Namespace) -> int:
         print(rendered)
     if failed:
         return 2
-    if not met:
-        print("some targets are missed", file=sys.stderr if args.strict else sys.stdout)
-        return 1 if args.strict else 0
-    return 0
+    return verdict(met, strict=args.strict)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.errors import ClientError
-from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table
+from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table, verdict
 from butterfly_lab.daemon import DaemonError
 from butterfly_lab.lab import Host, Lab, LabError, Vm
 
@@ -495,10 +495,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(report)
     print(f"the run took {time.monotonic() - started:.0f} s, clean-up included")
-    if not met:
-        print("some targets are missed", file=sys.stderr if args.strict else sys.stdout)
-        return 1 if args.strict else 0
-    return 0
+    return verdict(met, strict=args.strict)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ from butterfly.dataplane.naming import tap_name
 from butterfly.errors import ClientError
 from butterfly_lab import guest
 from butterfly_lab.agent import internet_checksum
-from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table
+from butterfly_lab.bench.figures import BenchError, busy_elsewhere, percentile, table, verdict
 from butterfly_lab.daemon import DaemonError
 from butterfly_lab.lab import Host, Lab, LabError, Vm, wait_for
 
@@ -875,10 +875,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"butterfly-bench vhost: {error}", file=sys.stderr)
         return 2
     print(f"the run took {time.monotonic() - started:.0f} s, clean-up included")
-    if any(row.result == "FAIL" for row in rows):
-        print("some targets are missed", file=sys.stderr if args.strict else sys.stdout)
-        return 1 if args.strict else 0
-    return 0
+    return verdict(all(row.result != "FAIL" for row in rows), strict=args.strict)
 
 
 if __name__ == "__main__":
