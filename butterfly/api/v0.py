@@ -196,7 +196,8 @@ class V0Handlers:
         status.start_date = int(self._app.started_at)
         status.current_date = int(time.time())
         status.request_counter = self.request_counter
-        status.graph_dot = self._switch.graph()
+        if request.app_status_graph:
+            status.graph_dot = self._switch.graph()
         reconcile = self._app.reconcile_status()
         if request.app_status_reconcile and reconcile is not None:
             # Only when asked: deployed clients' .proto lacks the field.

@@ -567,7 +567,9 @@ class Host(Netns):
             wait_for(self._settled, f"host {self.name}: the start-up reconcile", timeout)
 
     def _settled(self) -> bool:
-        request = MessageV0.Request(app_status=True, app_status_reconcile=True)
+        request = MessageV0.Request(
+            app_status=True, app_status_reconcile=True, app_status_graph=False
+        )
         return not self.call(request).app_status.reconcile.running
 
     def spawn(self) -> None:

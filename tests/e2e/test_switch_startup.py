@@ -29,7 +29,7 @@ FIRST_VNI = 4000
 
 
 def _status(host: Host, client: Client | None = None) -> MessageV0.ReconcileStatus:
-    request = MessageV0.Request(app_status=True, app_status_reconcile=True)
+    request = MessageV0.Request(app_status=True, app_status_reconcile=True, app_status_graph=False)
     response = (client or host.client).call(request).response
     assert response.status.status
     return response.app_status.reconcile

@@ -360,7 +360,7 @@ def absurd_requests(draw: st.DrawFn) -> MessageV0.Request:
         value = draw(texts)
     request = MessageV0.Request(**{kind: value})
     # The fields outside the oneof: our flags, with any request.
-    for flag in ("with_additions", "app_status_drift", "app_status_reconcile"):
+    for flag in ("with_additions", "app_status_drift", "app_status_reconcile", "app_status_graph"):
         if draw(st.booleans()):
             setattr(request, flag, draw(st.booleans()))
     return request

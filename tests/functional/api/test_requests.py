@@ -426,6 +426,18 @@ def test_app_status(client: Client) -> None:
     assert later.request_counter > status.request_counter
 
 
+def test_app_status_without_the_graph(client: Client) -> None:
+    """A poller's status (our addition) leaves the graph out; the default still draws it."""
+    ok(client, nic_add=nic("n", vni=77))
+    for graph in (False, True):
+        response = client.call(Request(app_status=True, app_status_graph=graph)).response
+        assert response.status.status, response.status.error.description
+        status = response.app_status
+        assert status.HasField("start_date") and status.request_counter >= 2
+        assert status.HasField("graph_dot") == graph
+        assert ("vni 77" in status.graph_dot) == graph
+
+
 def test_app_config_log_levels(daemon: Daemon, client: Client) -> None:
     for level in ("none", "error", "warning", "info", "debug"):
         ok(client, app_config=MessageV0.AppConfigReq(log_level=level))
