@@ -210,6 +210,10 @@ class FastPath:
     def served(self) -> dict[str, FastPort]:
         return dict(self._ports)
 
+    def port(self, vnic_id: str) -> FastPort | None:
+        """What it knows of one vnic (:meth:`served` copies them all)."""
+        return self._ports.get(vnic_id)
+
     def plan(
         self,
         state: StateView,

@@ -52,7 +52,7 @@ from butterfly.dataplane.base import Attachment, Counters, Progress, SgChange, V
 from butterfly.dataplane.cleanup import cleanup
 from butterfly.dataplane.deleter import LinkDeleter
 from butterfly.dataplane.evpn import FrrReader
-from butterfly.dataplane.fastpath import FastPath
+from butterfly.dataplane.fastpath import FastPath, FastPort
 from butterfly.dataplane.graph import draw
 from butterfly.dataplane.journal import FaultHook, Journal, best_effort, journal, step
 from butterfly.dataplane.kernel_io import KernelIo, open_kernel
@@ -524,7 +524,7 @@ class KernelDataplane:
         return draw(
             state,
             settings=self._settings,
-            links={link.name for link in self._netlink.links()},
+            links=self._netlink.link_names(),
             zones=self._tables.zones,
             drops=self._tables.limit_drops(),
             evpn=self._frr.status() if self._settings.evpn else None,
@@ -532,7 +532,7 @@ class KernelDataplane:
             tracing=self._traces.tracing,
             guest=lambda vnic: self.attachment(vnic).path,
             fast_path=self._fast_status,
-            forwarded=self._forwarded,
+            forwarded=partial(self._forwarded, self._fast.served() if self._fast else {}),
         )
 
     # watching (butterfly.daemon.drift)
@@ -616,8 +616,7 @@ class KernelDataplane:
             port_index=self._port_index,
             remade=remade,
         )
-        served = fast.served()
-        before = {vnic_id: served.get(vnic_id) for vnic_id in wanted}
+        before = {vnic_id: fast.port(vnic_id) for vnic_id in wanted}
         step(j, "fast path maps", partial(fast.set, wanted), partial(fast.set, before))
 
     def _port_index(self, vnic_id: str) -> int | None:
@@ -625,9 +624,10 @@ class KernelDataplane:
         link = self._netlink.link(tap_name(vnic_id), fresh=True)
         return link.index if link is not None else None
 
-    def _forwarded(self, vnic: Vnic) -> str:
-        """What the fast path forwarded from ``vnic`` ("": it does not serve it)."""
-        port = self._fast.served().get(vnic.id) if self._fast is not None else None
+    def _forwarded(self, served: Mapping[str, FastPort], vnic: Vnic) -> str:
+        """What the fast path forwarded from ``vnic`` ("": it does not serve it);
+        ``served``: what it serves (asked once per graph, not once per vnic)."""
+        port = served.get(vnic.id)
         if self._fast is None or port is None:
             return ""
         frames, octets = self._fast.forwarded(port.ifindex)

@@ -166,6 +166,12 @@ class Netlink:
         with _translated("netlink: listing links"):
             return [_link(raw) for raw in self._reader.dump()]
 
+    def link_names(self) -> set[str]:
+        """The names of the links, from the kernel (a snapshot's dump decodes
+        every link; this reads only their names)."""
+        with _translated("netlink: listing links"):
+            return set(self._reader.names())
+
     def link(self, name: str, *, fresh: bool = False) -> Link | None:
         """The link ``name``; ``fresh`` asks the kernel even during a snapshot
         (for what changes by itself, as byte counters)."""

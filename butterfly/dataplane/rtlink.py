@@ -179,6 +179,8 @@ _LINK: dict[int, tuple[str, Decoder]] = {
     23: ("IFLA_STATS64", _stats64),
     37: ("IFLA_LINK_NETNSID", _s32),
 }
+_IFNAME_ONLY = frozenset({3})
+"""IFLA_IFNAME."""
 
 
 class FdbEntry(NamedTuple):
@@ -236,6 +238,19 @@ class LinkReader:
                 _RTM_GETLINK, _NLM_F_REQUEST | _NLM_F_DUMP, _link_header(), mask
             )
         ]
+
+    def names(self) -> list[str]:
+        """The name of every link of the namespace: what a dump costs the kernel,
+        without decoding the rest of each link (tens of microseconds each)."""
+        mask = struct.pack("=HHI", 8, _IFLA_EXT_MASK, _RTEXT_FILTER_SKIP_STATS)
+        names = []
+        for data, offset, end in self._request(
+            _RTM_GETLINK, _NLM_F_REQUEST | _NLM_F_DUMP, _link_header(), mask
+        ):
+            for _, value in _attributes(data, offset + _IFINFO.size, end, _IFNAME_ONLY):
+                names.append(_text(value))
+                break
+        return names
 
     def fdb(self, ifindex: int = 0) -> list[FdbEntry]:
         """The forwarding entries of device ``ifindex`` (a bridge port or a VXLAN

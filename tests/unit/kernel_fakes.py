@@ -103,6 +103,9 @@ class FakeNetlink:
     def names(self) -> set[str]:
         return set(self.by_name) - {UNDERLAY.name}
 
+    def link_names(self) -> set[str]:
+        return set(self.by_name)
+
     def put(self, link: Link) -> None:
         """A change made behind the data plane's back (not an event)."""
         for name, old in list(self.by_name.items()):
