@@ -418,7 +418,7 @@ class KernelDataplane:
                 self._vnis.sync_neighbours(j, after.vni, state)
             self._sync_sniffing(j, state, after)
             self._traces.apply(j, after)
-            self._sync_fast_path(j, state, {before.vni, after.vni})
+            self._sync_fast_path(j, state, {before.vni, after.vni}, changed={after.id})
 
     def unplug(self, vnic: Vnic, state: StateView) -> None:
         if not self._settings.has_port(vnic):
@@ -602,9 +602,11 @@ class KernelDataplane:
         vnis: Iterable[int],
         *,
         remade: Collection[str] | None = (),
+        changed: Collection[str] = (),
     ) -> None:
         """Tell the fast path which vnics of ``vnis`` it serves, on which port
-        (``remade``: the vnics whose port may have been made again; None: all)."""
+        (``remade``: the vnics whose port may have been made again, None: all;
+        ``changed``: the vnics whose settings a request changed)."""
         fast = self._fast
         if fast is None:
             return
@@ -615,6 +617,7 @@ class KernelDataplane:
             zones=self._tables.zones,
             port_index=self._port_index,
             remade=remade,
+            changed=changed,
         )
         before = {vnic_id: fast.port(vnic_id) for vnic_id in wanted}
         step(j, "fast path maps", partial(fast.set, wanted), partial(fast.set, before))

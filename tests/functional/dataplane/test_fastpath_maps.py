@@ -1,8 +1,12 @@
 """The fast path's maps through the real bpf(2) calls: what a long-running daemon does to them."""
 
+from dataclasses import replace
+from typing import Any
+
 import pytest
 
 from butterfly.dataplane.fastpath import FastPath, FastPort
+from butterfly.model import State, Vnic, VnicType, make_vnic
 
 from .conftest import Lab
 
@@ -37,5 +41,50 @@ def test_an_updated_vnic_keeps_its_port_and_its_counter(lab: Lab) -> None:
         fast.set({"a": _port(5, check_ip=True)})
         assert fast.served() == {"a": _port(5, check_ip=True)}
         assert fast.forwarded(5) == (0, 0)
+    finally:
+        fast.close()
+
+
+def test_a_request_makes_again_only_the_entries_of_the_vnics_it_names(lab: Lab) -> None:
+    """A VNI holds up to 1,000 vnics: a request's plan makes entries for the
+    vnics it remade or changed; the VNI's others keep theirs, and a vnic that
+    left the VNI loses its."""
+    fast = lab.netns().run(FastPath)
+    state = State()
+    vnics = [
+        make_vnic(
+            Vnic(
+                id=vnic_id,
+                mac=f"52:54:00:00:00:0{n}",
+                vni=7,
+                type=VnicType.TAP,
+                ips=(f"10.0.0.{n}",),
+                ip_anti_spoof=True,
+            )
+        )
+        for n, vnic_id in enumerate("abc", 1)
+    ]
+    for vnic in vnics:
+        state.put_vnic(vnic)
+    indexes = {"a": 11, "b": 12, "c": 13}
+
+    def plan(**names: Any) -> dict[str, FastPort | None]:
+        return fast.plan(
+            state, {7}, ported=lambda vnic: True, zones={7: 3}, port_index=indexes.get, **names
+        )
+
+    try:
+        fast.set(plan(remade=None))
+        served = fast.served()
+        assert served["b"].addresses[0] == "10.0.0.2"
+        state.put_vnic(replace(vnics[1], ips=("10.0.0.8",)))
+        state.remove_vnic("c")
+        wanted = plan(remade=(), changed={"b"})
+        assert wanted["a"] is served["a"]
+        assert wanted["b"] is not None and wanted["b"].addresses[0] == "10.0.0.8"
+        assert wanted["c"] is None
+        fast.set(wanted)
+        assert set(fast.served()) == {"a", "b"}
+        assert plan(remade=None) == {"a": served["a"], "b": wanted["b"]}
     finally:
         fast.close()
