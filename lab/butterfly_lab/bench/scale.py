@@ -16,7 +16,8 @@ VNIs (multicast flooding unless ``--static-peers``). Then, at that size:
   ``nic_list`` from a client waiting before the daemon starts) and the end
   of the start-up reconcile, as ``app_status`` reports it (asked without
   the graph, which reads every link of the host);
-* the resident memory of the daemon and every process it started.
+* the resident memory of the daemon and every process it started, once
+  filled by requests and again after the restart's reconcile.
 
 A Linux bridge holds at most 1,024 ports, so a host of N vnics has at
 least N/1,000 VNIs: "10,000 vnics, 1 VNI" is measured as 10 VNIs.
@@ -119,6 +120,8 @@ class Figures:
     first_answer_s: float
     reconcile_s: float
     memory_mb: float
+    restarted_memory_mb: float
+    """After ``kill -9``, a restart and its reconcile."""
     floor_s: float
     floor_delete_s: float
 
@@ -256,8 +259,9 @@ def _status(client: Client) -> MessageV0.ReconcileStatus:
     return _checked(client, request).app_status.reconcile
 
 
-def _kill_and_restart(host: Host) -> tuple[float, float]:
-    """Seconds to the first answer and to the end of the reconcile, after kill -9."""
+def _kill_and_restart(host: Host) -> tuple[float, float, float]:
+    """Seconds to the first answer and to the end of the reconcile, after kill -9,
+    and then the memory (MB) of the daemon and its processes."""
     host.kill()
     with Client(endpoint=host.endpoint, timeout_ms=120_000) as client:
         started = time.monotonic()
@@ -271,7 +275,8 @@ def _kill_and_restart(host: Host) -> tuple[float, float]:
             time.sleep(0.2)
         if status.problems:
             raise BenchError(f"the reconcile after kill -9 failed: {status.problems}")
-    return first, time.monotonic() - started
+    reconciled = time.monotonic() - started
+    return first, reconciled, tree_rss_kib(host.daemon.pid) * 1024 / 1e6
 
 
 def _floor(lab: Lab, size: Size, v6: bool) -> tuple[float, float]:
@@ -352,10 +357,21 @@ def _measure_in(lab: Lab, size: Size, args: argparse.Namespace) -> Figures:
     _latencies(timer, size, args.samples)
     cpu = {name: total / len(timer.samples[name]) for name, total in timer.cpu_ms.items()}
     memory = tree_rss_kib(host.daemon.pid) * 1024 / 1e6
-    first, reconcile = _kill_and_restart(host)
+    first, reconcile, restarted_memory = _kill_and_restart(host)
     print(f"{size.label}: measured", flush=True)
     floor, floor_delete = _floor(lab, size, args.v6)
-    return Figures(size, timer.samples, cpu, fill, first, reconcile, memory, floor, floor_delete)
+    return Figures(
+        size=size,
+        latencies_ms=timer.samples,
+        cpu_ms=cpu,
+        fill_s=fill,
+        first_answer_s=first,
+        reconcile_s=reconcile,
+        memory_mb=memory,
+        restarted_memory_mb=restarted_memory,
+        floor_s=floor,
+        floor_delete_s=floor_delete,
+    )
 
 
 def _verdict(value: float, target: float) -> str:
@@ -406,6 +422,12 @@ def render(results: list[Figures], samples: int, busy: float, mode: str) -> tupl
             ),
             ("reconcile done after kill -9", result.reconcile_s, MAX_RECONCILE_S, "s"),
             ("memory, daemon and children", result.memory_mb, MAX_MEMORY_MB, "MB"),
+            (
+                "memory after kill -9 and the reconcile",
+                result.restarted_memory_mb,
+                MAX_MEMORY_MB,
+                "MB",
+            ),
         ):
             verdict = _verdict(value, target)
             verdicts.append(verdict)
