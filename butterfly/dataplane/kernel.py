@@ -545,9 +545,10 @@ class KernelDataplane:
         """Notifications of this namespace about butterfly's objects, from now on;
         ``primed_by_reconcile``: the next reconcile tells it the links (from
         its own dump: one dump less before a daemon answers)."""
+        evpn, local_macs = self._settings.evpn, self._ports.local_macs
         if not primed_by_reconcile:
-            return KernelWatch(self._netlink.links(), evpn=self._settings.evpn)
-        watch = KernelWatch(None, evpn=self._settings.evpn)
+            return KernelWatch(self._netlink.links(), evpn=evpn, local_macs=local_macs)
+        watch = KernelWatch(None, evpn=evpn, local_macs=local_macs)
         self._unprimed.append(watch)
         return watch
 
