@@ -420,6 +420,13 @@ class Netlink:
         with _translated(f"netlink: removing neighbour {address} from {self._name(index)}"):
             self._ipr.neigh("del", ifindex=index, dst=address, family=family)
 
+    def remote_by_frr(self, bridge: int, mac: str) -> bool:
+        """Whether bridge ``bridge`` forwards ``mac`` by FRR's word (an
+        ``extern_learn`` entry: with EVPN, another host advertised it)."""
+        with _translated(lambda: f"netlink: looking up {mac} in {self._name(bridge)}"):
+            entry = self._reader.fdb_entry(bridge, mac)
+        return entry is not None and bool(entry.flags & NTF_EXT_LEARNED)
+
     def pin_mac(self, index: int, mac: str) -> None:
         """Pin ``mac`` to bridge port ``index`` (taking it from another port):
         frames to it go there only, and frames from it elsewhere cannot move it

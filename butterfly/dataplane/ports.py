@@ -63,6 +63,9 @@ class Ports:
         self._served: dict[str, int] = {}
         """vnic id -> ifindex of the tap the backend was asked to serve it on."""
         self._deleter = deleter
+        self.local_macs: set[tuple[int, str]] = set()
+        """(VNI, MAC) of the vnics with a port, with EVPN: the watch reports
+        FRR withdrawing one of them (their port then pins it again)."""
 
     def pluggable(self, vnic: Vnic) -> bool:
         """Whether ``vnic`` gets a port; says why not in the log."""
@@ -112,9 +115,11 @@ class Ports:
             step(j, f"turn off offloads of {name}", partial(turn_off_offloads, name))
         if link.alias is None:
             self._netlink.set_link(link.index, alias=vnic_alias(vnic.id))
+        if previous is not None:
+            self.local_macs.discard((previous.vni, previous.mac.lower()))
         # A tap made just now has no reader yet, so no carrier: nothing on its
         # port to read back (the dump walks the whole forwarding database).
-        self._fix_forwarding(j, vnic, known_empty=fresh and vnic.type in TAP_TYPES)
+        self._fix_forwarding(j, vnic, fresh=fresh, known_empty=fresh and vnic.type in TAP_TYPES)
         if vnic.type == VnicType.NETNS:
             configure_peer(j, vnic, previous, mtu=settings.vnic_mtu, offload=settings.offload)
 
@@ -123,7 +128,9 @@ class Ports:
         settings = self._settings
         configure_peer(j, vnic, previous, mtu=settings.vnic_mtu, offload=settings.offload)
 
-    def _fix_forwarding(self, j: Journal | None, vnic: Vnic, *, known_empty: bool) -> None:
+    def _fix_forwarding(
+        self, j: Journal | None, vnic: Vnic, *, fresh: bool, known_empty: bool
+    ) -> None:
         """A filtered vnic's port holds its MAC pinned and is locked to it (MAC
         anti-spoofing in the bridge itself), learns no address and gets no
         flooded unicast, so the only unicast frames reaching it are those to
@@ -133,6 +140,13 @@ class Ports:
         suppresses neighbour discovery: the kernel answers a request for a
         proxy only when it comes in on a port that does not (see the VXLAN
         port's flags in :meth:`butterfly.dataplane.vni.Vnis.ensure`).
+
+        With EVPN, a MAC that FRR took from an existing port is not pinned
+        back: another host advertised it since (a live migration's new host),
+        and taking it back would bump its sequence number and make the two
+        hosts take it from each other until FRR declares it duplicate. FRR
+        withdrawing it gives it back (the watch reports that; see
+        :attr:`local_macs`). A port made now claims its MAC at once.
         ``known_empty``: the port has no forwarding entry (not asked)."""
         name = tap_name(vnic.id)
         filtered = self._settings.filtered(vnic)
@@ -160,7 +174,14 @@ class Ports:
                 partial(self._netlink.forget_mac, index, other),
                 restore,
             )
+        if self._settings.evpn:
+            self.local_macs.add((vnic.vni, mac))
         if pin and not entries.get(mac, False):
+            if not fresh and self._settings.evpn:
+                bridge = self._netlink.link(bridge_name(vnic.vni))
+                if bridge is not None and self._netlink.remote_by_frr(bridge.index, mac):
+                    log.info("%s: FRR has its MAC at another host; not pinned back", what(vnic))
+                    return
             step(
                 j,
                 f"pin {mac} to {name}",
@@ -209,6 +230,10 @@ class Ports:
                 partial(self.stop_serving, vnic.id),
                 partial(self.serve, None, vnic),
             )
+        j.after_success(
+            f"forget {vnic.mac} in vni {vnic.vni}",
+            partial(self.local_macs.discard, (vnic.vni, vnic.mac.lower())),
+        )
         name = tap_name(vnic.id)
         link = self._netlink.link(name)
         if link is None:

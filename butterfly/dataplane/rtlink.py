@@ -50,6 +50,7 @@ _NETLINK_GET_STRICT_CHK = 12
 _NDMSG = struct.Struct("=B3xiHBB")
 _NDA_DST = 1
 _NDA_LLADDR = 2
+_NDA_MASTER = 9
 _NDA_KINDS = frozenset({_NDA_DST, _NDA_LLADDR})
 _NLMSG_ERROR = 2
 _NLMSG_DONE = 3
@@ -247,6 +248,26 @@ class LinkReader:
                 _RTM_GETNEIGH, _NLM_F_REQUEST | _NLM_F_DUMP, header, b""
             )
         ]
+
+    def fdb_entry(self, bridge: int, mac: str) -> FdbEntry | None:
+        """Bridge ``bridge``'s forwarding entry for ``mac``: one lookup, where a
+        dump walks every entry of every device; None when it has none."""
+        header = _NDMSG.pack(socket.AF_BRIDGE, 0, 0, 0, 0)
+        address = bytes.fromhex(mac.replace(":", ""))
+        attributes = struct.pack("=HHI", 8, _NDA_MASTER, bridge)
+        attributes += struct.pack("=HH", 4 + len(address), _NDA_LLADDR) + address + b"\0\0"
+        try:
+            found = [
+                _fdb_entry(data, offset, end)
+                for data, offset, end in self._request(
+                    _RTM_GETNEIGH, _NLM_F_REQUEST | _NLM_F_ACK, header, attributes
+                )
+            ]
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+        return found[0] if found else None
 
     def get(self, name: str = "", *, index: int = 0) -> RawLink | None:
         """The link called ``name`` (or numbered ``index``), with its counters;

@@ -31,11 +31,17 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, replace
 
 from butterfly.dataplane.kernel_errors import explain
-from butterfly.dataplane.naming import LINK_ALIAS, TABLE, is_butterfly_link
+from butterfly.dataplane.naming import (
+    LINK_ALIAS,
+    TABLE,
+    VXLAN_PREFIX,
+    is_butterfly_link,
+    vni_of,
+)
 from butterfly.dataplane.netlink import Link
 from butterfly.errors import DataplaneError
 
@@ -219,11 +225,19 @@ class KernelWatch:
     """Notifications about butterfly's links, forwarding entries and nftables
     tables, in the network namespace of the thread that builds it."""
 
-    def __init__(self, links: Iterable[Link] | None, *, evpn: bool = False) -> None:
-        """``evpn``: FRR owns the VXLAN devices' flooding entries, so their
-        changes are not drift. ``links`` None: :meth:`prime` comes later (from
-        a reconcile's own dump of every link, seconds on a big host); until
-        then notifications are dropped, since that reconcile covers them."""
+    def __init__(
+        self,
+        links: Iterable[Link] | None,
+        *,
+        evpn: bool = False,
+        local_macs: Container[tuple[int, str]] = frozenset(),
+    ) -> None:
+        """``evpn``: FRR owns the VXLAN devices' entries (flooding and remote
+        MACs), so their changes are not drift, except FRR withdrawing one of
+        ``local_macs`` ((VNI, MAC) of vnics with a port here), which gives
+        that MAC back to its port. ``links`` None: :meth:`prime` comes later
+        (from a reconcile's own dump of every link, seconds on a big host);
+        until then notifications are dropped, since that reconcile covers them."""
         try:
             self._rtnl = _open(_NETLINK_ROUTE, _RTMGRP_LINK | _RTMGRP_NEIGH | _RTMGRP_TC)
             try:
@@ -235,6 +249,7 @@ class KernelWatch:
         except OSError as exc:
             raise DataplaneError(explain("watching the kernel", exc.errno)) from exc
         self._evpn = evpn
+        self._local_macs = local_macs
         self._links: dict[int, LinkState] = {}
         self._pending_nft: list[str] = []
         self._primed = False
@@ -393,15 +408,19 @@ class KernelWatch:
         family, index, state, flags, _type = _NDMSG.unpack_from(body)
         if family != _AF_BRIDGE or index in own or index not in self._links:
             return
-        if flags & _NTF_EXT_LEARNED:
-            return
         attrs = _attrs(body, _NDMSG.size)
         mac = _mac(attrs.get(_NDA_LLADDR))
         port = self._links[index].name
         removed = kind == _RTM_DELNEIGH
+        if self._evpn and port.startswith(VXLAN_PREFIX):
+            # Every entry of a VXLAN device is zebra's (it adds a remote MAC as
+            # a static one, then marks it extern_learn).
+            if removed and _NDA_DST not in attrs and (vni_of(port), mac) in self._local_macs:
+                out.append(_on(FORWARDING_ENTRY, f"{port}: FRR withdrew {mac} (a vnic's)", port))
+            return
+        if flags & _NTF_EXT_LEARNED:
+            return
         if mac == _ZERO_MAC and _NDA_DST in attrs:
-            if self._evpn:
-                return
             peer = _peer(attrs[_NDA_DST])
             out.append(
                 _on(

@@ -95,6 +95,8 @@ class FakeNetlink:
         self.flooding: dict[int, set[str]] = {}
         self.macs: dict[int, dict[str, bool]] = {}
         self.neighbours: dict[int, dict[str, str]] = {}
+        self.frr_remote: set[tuple[int, str]] = set()
+        """(bridge index, MAC) that FRR installed (EVPN: another host has it)."""
         self._next_index = 10
         self.closed = False
 
@@ -161,6 +163,9 @@ class FakeNetlink:
 
     def bridge_entries(self, index: int) -> dict[str, bool]:
         return dict(self.macs.get(index, {}))
+
+    def remote_by_frr(self, bridge: int, mac: str) -> bool:
+        return (bridge, mac) in self.frr_remote
 
     def static_neighbours(self, index: int) -> dict[str, str]:
         return dict(self.neighbours.get(index, {}))

@@ -320,3 +320,25 @@ def test_sessions_move_through_the_zone_of_the_vnics_vni(
     assert kernel.conntrack.zones == {zone: [session]}
     assert dataplane.sessions(vnic) == (session,)
     assert dataplane.sessions(replace(vnic, vni=8)) == (), "another VNI has no zone"
+
+
+def test_with_evpn_a_repair_leaves_a_mac_frr_moved_to_another_host(
+    kernel: FakeKernel, tmp_path: Path
+) -> None:
+    """A live migration's old host: FRR took the vnic's MAC to the VXLAN device;
+    a repair does not pin it back (the hosts would take it from each other),
+    once FRR withdrew it, it does."""
+    dataplane = _dataplane(kernel, tmp_path, evpn=True, static_peers=())
+    state = State()
+    vnic = _vnic("a")
+    _plug(dataplane, state, vnic)
+    assert kernel.events[-1] == f"pin bf-a {vnic.mac}"
+    netlink = kernel.netlink
+    netlink.macs[netlink.by_name["bf-a"].index].pop(vnic.mac)
+    netlink.frr_remote.add((netlink.by_name["bfbr7"].index, vnic.mac))
+    kernel.events.clear()
+    dataplane.repair(state, Scope(links=frozenset({"bfvx7"})))
+    assert f"pin bf-a {vnic.mac}" not in kernel.events
+    netlink.frr_remote.clear()
+    dataplane.repair(state, Scope(links=frozenset({"bfvx7"})))
+    assert f"pin bf-a {vnic.mac}" in kernel.events

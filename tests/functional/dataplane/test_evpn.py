@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from butterfly.dataplane.watch import Scope
 from butterfly.errors import DataplaneError, NotSupported
 from butterfly.model import State, Vnic, VnicType, make_vnic
 
@@ -157,3 +158,36 @@ def test_a_failure_at_any_step_changes_nothing(lab: Lab) -> None:
 
 def _has(host: Host, vni: int) -> bool:
     return bool(host.ip("link", "show", f"bfbr{vni}", check=False).strip())
+
+
+def test_a_mac_frr_moved_to_another_host_is_left_there_until_withdrawn(lab: Lab) -> None:
+    """Live migration: for a while the vnic exists here and at its new host,
+    which advertised its MAC with a higher sequence number, so zebra moved the
+    MAC to the VXLAN device. zebra's entries are not drift, and a repair of the
+    VNI leaves the MAC there: pinning it back would make the two hosts take it
+    from each other until FRR calls it a duplicate. zebra withdrawing it gives
+    it back to the vnic's port (the positive control)."""
+    host, dataplane, state, _ = setup(lab)
+    mac, vxlan = "52:54:00:00:14:01", f"bfvx{VNI}"
+    watch = dataplane.watch()
+    try:
+        watch.drain(dataplane.take_touched())
+        # What zebra does, in its order: static, then extern_learn, then the tunnel.
+        host.exec("bridge", "fdb", "replace", mac, "dev", vxlan, "master", "static", "sticky")
+        host.exec("bridge", "fdb", "replace", mac, "dev", vxlan, "master", "static", "sticky",
+                  "extern_learn")  # fmt: skip
+        host.exec("bridge", "fdb", "add", mac, "dev", vxlan, "dst", "198.51.100.9", "self",
+                  "static")  # fmt: skip
+        assert [change.what for change in watch.drain()] == []
+        dataplane.repair(state, Scope(links=frozenset({vxlan})))
+        assert [entry for entry in fdb(host, "bf-f1") if entry["mac"] == mac] == []
+        watch.drain(dataplane.take_touched())
+        host.exec("bridge", "fdb", "del", mac, "dev", vxlan, "dst", "198.51.100.9", "self")
+        host.exec("bridge", "fdb", "del", mac, "dev", vxlan, "master")
+        changes = watch.drain()
+        assert [change.what for change in changes] == [f"{vxlan}: FRR withdrew {mac} (a vnic's)"]
+        dataplane.repair(state, changes[0].scope)
+        pinned = [entry for entry in fdb(host, "bf-f1") if entry["mac"] == mac]
+        assert pinned and pinned[0].get("state") == "static", pinned
+    finally:
+        watch.close()
