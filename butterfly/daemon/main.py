@@ -129,7 +129,7 @@ WORKERS_NICER = 10
 """How much nicer vhost workers are than the daemon: the API before the packets."""
 
 
-def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
+def _make_dataplane(config: Config, vhost: VhostPorts, vhost_loop: str) -> Dataplane:
     if not config.dataplane:
         return ControlOnlyDataplane(
             socket_dir=config.socket_dir, packet_trace_default=config.packet_trace
@@ -156,6 +156,7 @@ def _make_dataplane(config: Config, vhost: VhostPorts) -> Dataplane:
         evpn=config.underlay == "evpn",
         frr=_frr_reader(config),
         vhost=vhost,
+        vhost_loop=vhost_loop,
         sniff_cross_vni=config.sniff_cross_vni,
         limits=ConnLimits(config.vnic_max_connections, config.vnic_max_new_connections),
         defer_deletes=True,
@@ -348,7 +349,9 @@ def run(config: Config, argv: list[str], notifier: Notifier) -> None:
     try:
         notifier.status("loading the state")
         state = store.load()
-        dataplane = _make_dataplane(config, SupervisedVhostPorts(supervisor))
+        dataplane = _make_dataplane(
+            config, SupervisedVhostPorts(supervisor), supervisor.loop_status
+        )
         metrics = Metrics()
 
         def reconciled() -> None:

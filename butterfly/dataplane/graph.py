@@ -130,14 +130,16 @@ def draw(
     tracing: Callable[[str], str | None],
     guest: Callable[[Vnic], str],
     fast_path: str = "off",
+    vhost_loop: str = "",
     forwarded: Callable[[Vnic], str] = lambda vnic: "",
 ) -> str:
     """The picture of ``state`` on this host: ``links`` the names of the links
     present, ``zones`` each VNI's conntrack zone, ``drops`` the caps' drops by
     (bridge, MAC), ``evpn`` FRR's state, ``peers`` a VNI's flooding peers,
     ``tracing`` a vnic's trace file, ``guest`` where a vnic's guest is,
-    ``fast_path`` whether the eBPF fast path is used and why, ``forwarded``
-    what it forwarded from a vnic."""
+    ``fast_path`` whether the eBPF fast path is used and why, ``vhost_loop``
+    which loop moves vhost-user frames and why ("": no vhost-user backend),
+    ``forwarded`` what it forwarded from a vnic."""
     underlay = settings.underlay
     vnis = []
     for vni in sorted({vnic.vni for vnic in state.vnics()}):
@@ -173,7 +175,10 @@ def draw(
     line = f"{underlay.ifname} {underlay.address} mtu {underlay.mtu}"
     if evpn is not None:
         line += "\n" + evpn.sessions_line()
-    return render(line + "\nfast path: " + fast_path, vnis)
+    line += "\nfast path: " + fast_path
+    if vhost_loop:
+        line += "\nvhost loop: " + vhost_loop
+    return render(line, vnis)
 
 
 def _port_view(

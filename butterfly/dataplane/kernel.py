@@ -100,7 +100,8 @@ class KernelDataplane:
     VNI (vxlan-peers). ``multicast``: flood to the VNI's multicast group
     (default: only when no static peers are configured). ``vhost``: the
     backend that serves VHOST_USER_SERVER vnics' sockets on their taps;
-    without one such vnics are refused as not supported. ``limits``: what a
+    without one such vnics are refused as not supported; ``vhost_loop``
+    which loop it runs and why, for the graph. ``limits``: what a
     filtered vnic may start unless it says otherwise (0: no cap). ``evpn``: FRR
     carries the VNIs (:mod:`butterfly.dataplane.evpn`; neither multicast
     nor static peers), ``frr`` reads its state for the graph. ``fast_path``:
@@ -133,6 +134,7 @@ class KernelDataplane:
         static_peers: tuple[str, ...] = (),
         multicast: bool | None = None,
         vhost: VhostPorts | None = None,
+        vhost_loop: str = "",
         evpn: bool = False,
         frr: FrrReader | None = None,
         limits: ConnLimits = NO_LIMITS,
@@ -188,6 +190,7 @@ class KernelDataplane:
         self._tables = NftablesState(kernel.nft, settings)
         self._fast = fast_path
         self._fast_status = fast_path_status
+        self._vhost_loop = vhost_loop
         self._links = Links(
             kernel.netlink, kernel.guards, fast_path=fast_path.fd if fast_path is not None else None
         )
@@ -532,6 +535,7 @@ class KernelDataplane:
             tracing=self._traces.tracing,
             guest=lambda vnic: self.attachment(vnic).path,
             fast_path=self._fast_status,
+            vhost_loop=self._vhost_loop,
             forwarded=partial(self._forwarded, self._fast.served() if self._fast else {}),
         )
 

@@ -2,7 +2,7 @@
 
 Owns :class:`NftablesState`: the in-memory mirror of the tables (so a
 request sends only the difference for the objects it touches), the ids it
-allocates (a filtered vnic's mark, a VNI's conntrack zone), the bootstrap of
+allocates (a profile's and a limit class's id, a VNI's conntrack zone), the bootstrap of
 the objects nft's JSON cannot declare, the rebuild of an older layout, and
 the counters of dropped connections the graph shows. What the objects are
 is :mod:`butterfly.dataplane.ruleset`'s; this module decides which of them
@@ -20,6 +20,7 @@ from butterfly.dataplane.journal import Journal, step
 from butterfly.dataplane.naming import (
     TABLE,
     bridge_name,
+    limit_names,
     profile_chains,
     tap_name,
     vni_of,
@@ -32,6 +33,7 @@ from butterfly.dataplane.ruleset import (
     DROPS,
     INET,
     MAX_ID,
+    ConnLimits,
     Decl,
     Key,
     Layout,
@@ -40,6 +42,7 @@ from butterfly.dataplane.ruleset import (
     Structural,
     diff,
     parse_listing,
+    profile_elements,
     tables,
 )
 from butterfly.dataplane.settings import KernelSettings
@@ -70,7 +73,10 @@ class NftablesState:
             checks_ips: self._layout.infrastructure(checks_ips) for checks_ips in (False, True)
         }
         self._mirror: dict[Key, Obj] | None = None
-        self._port_ids: dict[str, int] = {}
+        self._profile_ids: dict[str, int] = {}
+        """A profile's inbound chain -> its id in the per-vnic maps."""
+        self._class_ids: dict[str, int] = {}
+        """A limit class's chain -> its id in ``limits``."""
         self.zones: dict[int, int] = {}
         """VNI -> its conntrack zone; replaced or changed a key at a time,
         never left half-made (the metrics' thread copies it)."""
@@ -80,13 +86,15 @@ class NftablesState:
         if self._mirror is None:
             listing = self._listing()
             self._mirror = listing.objects
-            self._port_ids = listing.allocations("port_ids")
+            self._profile_ids = listing.classes("in_profiles")
+            self._class_ids = listing.classes("limit_classes")
             self.zones = {vni_of(br): z for br, z in listing.allocations("zones").items()}
 
     def forget(self) -> None:
         """The tables are gone (cleanup): read them again when next needed."""
         self._mirror = None
-        self._port_ids.clear()
+        self._profile_ids.clear()
+        self._class_ids.clear()
         self.zones.clear()
 
     def _listing(self) -> Listing:
@@ -129,12 +137,11 @@ class NftablesState:
     def reconcile(self, state: StateView, vnics: list[Vnic]) -> None:
         """Read the tables back and make them what ``vnics`` (those with a port) want."""
         listing = self._listing()
-        ports = {tap_name(vnic.id) for vnic in vnics}
         vnis = {vnic.vni for vnic in vnics}
         # Tables another program removed get back the ids they had (known here).
-        port_ids = listing.allocations("port_ids") or self._port_ids
         zones = listing.allocations("zones") or {bridge_name(v): z for v, z in self.zones.items()}
-        self._port_ids = {p: i for p, i in port_ids.items() if p in ports}
+        profile_ids = listing.classes("in_profiles") or self._profile_ids
+        class_ids = listing.classes("limit_classes") or self._class_ids
         self.zones = {
             vni: zone for bridge, zone in zones.items() if (vni := vni_of(bridge)) in vnis
         }
@@ -142,13 +149,19 @@ class NftablesState:
         for vni in sorted(vnis):
             wanted.update(self._vni_objects(None, vni, state))
         profiles = set()
+        classes = {limit_names(*self._settings.vnic_limits(vnic))[0] for vnic in vnics}
+        for vnic in vnics:
+            if self._settings.filtered(vnic):
+                profiles.add(vnic.security_groups)
+        chains = {profile_chains(profile)[0] for profile in profiles}
+        self._profile_ids = {c: i for c, i in profile_ids.items() if c in chains}
+        self._class_ids = {c: i for c, i in class_ids.items() if c in classes}
         for vnic in vnics:
             wanted.update(self._vnic_objects(None, vnic.id, state))
             if self._settings.filtered(vnic):
-                profiles.add(vnic.security_groups)
-                wanted.update(self._limit_objects(vnic))
+                wanted.update(self._limit_objects(None, vnic))
         for profile in sorted(profiles):
-            wanted.update(self._profile_objects(profile, state))
+            wanted.update(self._profile_objects(None, profile, state))
         known = {sg.id for sg in state.sgs()} | referenced_groups(state.sgs())
         for vnic in vnics:
             known.update(vnic.security_groups)
@@ -210,7 +223,6 @@ class NftablesState:
                     port,
                     bridge_name(before.vni),
                     vnic_filter(before, state),
-                    self._port_ids.get(port),
                     settings.vnic_limits(before),
                 ).keys()
                 if settings.filtered(before):
@@ -223,7 +235,7 @@ class NftablesState:
                 touched.add(after.security_groups)
                 # A class no vnic uses any more stays until the next reconcile:
                 # finding its last user would mean scanning every vnic.
-                objects = self._limit_objects(after)
+                objects = self._limit_objects(j, after)
                 keys |= objects.keys()
                 new.update(objects)
         for vni in vnis:
@@ -232,8 +244,13 @@ class NftablesState:
             keys |= objects.keys()
             new.update(objects)
         for profile in touched:
-            keys |= {Key("chain", INET, name) for name in profile_chains(profile)}
-            new.update(self._profile_objects(profile, state))
+            profile_in, profile_out = profile_chains(profile)
+            keys |= {Key("chain", INET, profile_in), Key("chain", INET, profile_out)}
+            if (profile_id := self._profile_ids.get(profile_in)) is not None:
+                keys |= profile_elements(profile_in, profile_out, profile_id).keys()
+            objects = self._profile_objects(j, profile, state)
+            keys |= objects.keys()
+            new.update(objects)
         referenced: set[str] | None = None
         for sg_id, before_sg in (sgs or {}).items():
             keys |= self._layout.sg(sg_filter(sg_id, None), _members(before_sg)).keys()
@@ -272,35 +289,57 @@ class NftablesState:
 
         j.step("nftables", apply, undo)
 
-    def _profile_objects(self, profile: tuple[str, ...], state: StateView) -> dict[Key, Obj]:
-        """A profile's chains, while a filtered vnic uses exactly these groups."""
+    def _profile_objects(
+        self, j: Journal | None, profile: tuple[str, ...], state: StateView
+    ) -> dict[Key, Obj]:
+        """A profile's chains and id, while a filtered vnic uses exactly these
+        groups (its id freed after)."""
+        chain = profile_chains(profile)[0]
         if profile and not any(
             vnic.security_groups == profile and self._settings.filtered(vnic)
             for vnic in state.vnics_using(profile[0])
         ):
+            set_allocation(j, self._profile_ids, chain, None)
             return {}
         restrict = any(has_outbound(state.sg(sg_id)) for sg_id in profile)
-        return self._layout.profile(profile, restrict)
+        return self._layout.profile(profile, restrict, self._profile_id(j, profile))
+
+    def _profile_id(self, j: Journal | None, profile: tuple[str, ...]) -> int:
+        chain = profile_chains(profile)[0]
+        profile_id = self._profile_ids.get(chain) or allocate(
+            self._profile_ids.values(), "security group profile"
+        )
+        set_allocation(j, self._profile_ids, chain, profile_id)
+        return profile_id
 
     def _vnic_objects(self, j: Journal | None, vnic_id: str, state: StateView) -> dict[Key, Obj]:
-        """The vnic's objects, allocating or freeing its mark id as needed."""
+        """The vnic's objects, allocating its profile's and caps' ids as needed."""
         port = tap_name(vnic_id)
         vnic = state.vnic(vnic_id)
         if vnic is None or not self._settings.has_port(vnic):
-            set_allocation(j, self._port_ids, port, None)
             return {}
         filtering = vnic_filter(vnic, state)
-        mark = None
-        if filtering is not None:
-            mark = self._port_ids.get(port) or allocate(self._port_ids.values(), "vnic")
-        set_allocation(j, self._port_ids, port, mark)
+        if filtering is None:
+            return self._layout.vnic(port, bridge_name(vnic.vni), None)
+        limits = self._settings.vnic_limits(vnic)
         return self._layout.vnic(
-            port, bridge_name(vnic.vni), filtering, mark, self._settings.vnic_limits(vnic)
+            port,
+            bridge_name(vnic.vni),
+            filtering,
+            limits,
+            profile_id=self._profile_id(j, filtering.security_groups),
+            class_id=self._class_id(j, limits) if any(limits) else 0,
         )
 
-    def _limit_objects(self, vnic: Vnic) -> dict[Key, Obj]:
+    def _limit_objects(self, j: Journal | None, vnic: Vnic) -> dict[Key, Obj]:
         limits = self._settings.vnic_limits(vnic)
-        return self._layout.limit_class(limits) if any(limits) else {}
+        return self._layout.limit_class(limits, self._class_id(j, limits)) if any(limits) else {}
+
+    def _class_id(self, j: Journal | None, limits: ConnLimits) -> int:
+        chain = limit_names(*limits)[0]
+        class_id = self._class_ids.get(chain) or allocate(self._class_ids.values(), "limit class")
+        set_allocation(j, self._class_ids, chain, class_id)
+        return class_id
 
     def _vni_objects(self, j: Journal | None, vni: int, state: StateView) -> dict[Key, Obj]:
         if not any(self._settings.has_port(vnic) for vnic in state.vnics_in(vni)):

@@ -19,17 +19,23 @@ it. The bridge family does what the inet family cannot, in one hook, with
 the fewest rules for the common frame (each costs about a point of
 throughput). Per-vnic data lives in maps and sets, not chains, so the number
 of chains does not grow with the vnics (nft reads every chain on each
-change)::
+change), and per-vnic maps hold integers, not verdicts: adding a jump or goto
+element makes the kernel validate every verdict map of the tables at commit,
+a walk of all their elements (2 ms of a request at 10,000 vnics). A vnic's
+elements name its profile's (or caps' class's) id; the few ids map to their
+chains in ``in_profiles``, ``out_profiles`` and ``limit_classes`` (the id
+passes through the mark's low 16 bits: ``dispatch`` below). A group frame
+carries its receiver's profile id there from the bridge table::
 
     table bridge butterfly
-      forward  forward -200      group frames: mark := @port_ids[oif] (vnic id,
+      forward  forward -200      group frames: mark := @port_ids[oif] (profile id,
                                  0 for VXLAN and bypass ports; the sender
                                  mark kept); IP/ARP:
-                                 goto @port_in[iif] (only while a vnic has IP
-                                 anti-spoofing on: every port is there, its
-                                 checks or ip_unchecked; a port missing: drop),
-                                 accept; anything else from or to a filtered
-                                 vnic: drop
+                                 a port in @unchecked: goto ip_unchecked, any
+                                 other: goto spoof_ip (only while a vnic has IP
+                                 anti-spoofing on; a port missing from the set
+                                 is checked, and drops), else accept; anything
+                                 else from or to a filtered vnic: drop
       spoof_ip                   by frame type: ARP sender (MAC and IP) and IP
                                  source in @port_macs, @port_ip4, IPv6 source in
                                  @port_ip6, neighbour advertisement target in
@@ -49,13 +55,16 @@ change)::
       raw_out  output raw        own VXLAN packets: notrack
       filter   forward 0         established, related: accept (first: the common
                                  case); not a butterfly bridge, or quiet: accept;
-                                 goto @in_mac[iif . ether daddr]; group frames:
-                                 goto @in_dispatch[mark] (receiver's in_P);
-                                 goto out_check
-      out_check                  jump @limits[iif . ether saddr] (sender's
-                                 lim_C_R, if it has caps); goto @out_mac[iif .
-                                 ether saddr] (sender's out_P); accept (no
-                                 proof: a sender with no out_P has its port's)
+                                 dispatch @in_mac[iif . ether daddr] to
+                                 @in_profiles; group frames: goto
+                                 @in_profiles[mark] (receiver's in_P); goto
+                                 out_check
+      out_check                  dispatch @limits[iif . ether saddr] to
+                                 @limit_classes (a jump to the sender's lim_C_R,
+                                 if it has caps); dispatch @out_mac[iif . ether
+                                 saddr] to @out_profiles (sender's out_P);
+                                 accept (no proof: a sender with no out_P has
+                                 its port's)
       lim_C_R                    new connection (its first packet) over R per
                                  second (meter dyn_rate_C_R) or over C tracked (dyn_conns_C_R,
                                  ct count): goto capped. Only new flows a
@@ -80,7 +89,7 @@ element that another program removes makes frames drop, not pass. The
 IP/ARP accept of ``forward`` sets B (ARP all three), its last rule (other
 frame types between unfiltered ports) B; ``filter`` sets I and O for
 established and quiet traffic, ``si_S`` sets I, ``out_P`` and ``so_S`` set
-O; ``in_dispatch`` is looked up with the mark's low 16 bits. No rule
+O; ``in_profiles`` is looked up with the mark's low 16 bits. No rule
 proves O for a sender without filtering (a bypass vnic, a VXLAN device):
 the port guard's program on that port's ingress marks its frames (U), so
 a filtered vnic whose ``out_mac`` or ``filtered`` element is lost proves
@@ -147,6 +156,7 @@ __all__ = [
     "Verdict",
     "diff",
     "parse_listing",
+    "profile_elements",
     "rule",
     "tables",
 ]
@@ -154,7 +164,7 @@ __all__ = [
 BRIDGE = "bridge"
 INET = "inet"
 MAX_ID = 0xFFFF
-"""Vnic ids and conntrack zones are 16-bit."""
+"""Profile ids and conntrack zones are 16-bit."""
 METER_SIZE = 4 * (MAX_ID + 1)
 """Elements of a set the packets fill (one per sender vnic, with room for churn)."""
 
@@ -309,6 +319,28 @@ def _set_from_map(target: Json, key: Json, name: str) -> Json:
     return {"mangle": {"key": target, "value": {"map": {"key": key, "data": "@" + name}}}}
 
 
+def _dispatch(key: Json, ids: str, verdicts: str, *bits: int) -> tuple[NftRule, ...]:
+    """Go (or jump) to the chain of ``key``'s class: its id from map ``ids``
+    (integers, one element per vnic), then the verdict from ``verdicts`` (one
+    element per class), the id passing through the mark's low 16 bits. Setting
+    the mark from a map replaces all of it, so there is one rule per value
+    the guard's bits may have here (``bits``), each putting them back; a miss
+    changes nothing. A frame with other guard bits is not dispatched (it lacks
+    a bit its port needs anyway)."""
+    mask = 0
+    for value in bits:
+        mask |= value
+    return tuple(
+        rule(
+            _match({"&": [_meta("mark"), mask]}, value),
+            _set_from_map(_meta("mark"), key, ids),
+            _prove(value),
+            _vmap({"&": [_meta("mark"), MAX_ID]}, verdicts),
+        )
+        for value in bits
+    )
+
+
 _ACCEPT: Json = {"accept": None}
 _DROP: Json = {"drop": None}
 
@@ -354,7 +386,7 @@ _IP_OR_ARP_ACCEPT = (
 )
 """IP frames proven by the bridge table; ARP (no group looks at it) by all."""
 _UNCHECKED = "ip_unchecked"
-"""The port_in verdict of a port without IP anti-spoofing."""
+"""The chain of IP and ARP from a port in the ``unchecked`` set (no IP anti-spoofing)."""
 
 
 def _icmpv6_types(types: list[str], *statements: Json) -> NftRule:
@@ -475,7 +507,7 @@ class Layout:
         ip = "ip6" if ip_version(self.underlay_ip) == 6 else "ip"
         bridge_decls = {
             "port_ids": ("ifname", "mark"),
-            "port_in": ("ifname", "verdict"),
+            "unchecked": ("ifname",),
             "filtered": ("ifname",),
             "port_macs": ("ifname", "ether_addr"),
             "port_ip4": ("ifname", "ipv4_addr"),
@@ -483,10 +515,12 @@ class Layout:
         }
         inet_decls = {
             "quiet": ("ifname",),
-            "in_mac": ("ifname", "ether_addr", "verdict"),
-            "out_mac": ("ifname", "ether_addr", "verdict"),
-            "limits": ("ifname", "ether_addr", "verdict"),
-            "in_dispatch": ("mark", "verdict"),
+            "in_mac": ("ifname", "ether_addr", "mark"),
+            "out_mac": ("ifname", "ether_addr", "mark"),
+            "limits": ("ifname", "ether_addr", "mark"),
+            "in_profiles": ("mark", "verdict"),
+            "out_profiles": ("mark", "verdict"),
+            "limit_classes": ("mark", "verdict"),
         }
         objects: dict[Key, Obj] = {
             Key("table", BRIDGE): Decl(bootstrapped=True),
@@ -517,11 +551,11 @@ class Layout:
                         _set_from_map(_meta("mark"), _meta("oifname"), "port_ids"),
                     ),
                     *(
-                        # Every port is in port_in: one missing (a flushed map)
-                        # drops rather than skips anti-spoofing.
+                        # A port missing from unchecked (a flushed set) is
+                        # checked: its frames drop rather than skip anti-spoofing.
                         (
-                            rule(_IP_OR_ARP, _vmap(_IIF, "port_in")),
-                            rule(_IP_OR_ARP, *_drop("drop_spoof_ip")),
+                            rule(_IP_OR_ARP, _match(_IIF, "@unchecked"), _goto(_UNCHECKED)),
+                            rule(_IP_OR_ARP, _goto("spoof_ip")),
                         )
                         if check_ips
                         else _IP_OR_ARP_ACCEPT
@@ -579,8 +613,15 @@ class Layout:
                     ),
                     rule(_match(_IIF, BRIDGE_WILDCARD, "!="), _ACCEPT),
                     rule(_match(_IIF, "@quiet"), _prove(INBOUND_OK | OUTBOUND_OK), _ACCEPT),
-                    rule(_vmap(_concat(_IIF, _payload("ether", "daddr")), "in_mac")),
-                    rule(_GROUP_FRAME, _vmap({"&": [_meta("mark"), MAX_ID]}, "in_dispatch")),
+                    # The bridge table proved B; a sender without filtering has U.
+                    *_dispatch(
+                        _concat(_IIF, _payload("ether", "daddr")),
+                        "in_mac",
+                        "in_profiles",
+                        BRIDGE_OK | SENDER_OPEN,
+                        BRIDGE_OK,
+                    ),
+                    rule(_GROUP_FRAME, _vmap({"&": [_meta("mark"), MAX_ID]}, "in_profiles")),
                     rule(_goto("out_check")),
                 ),
                 Base("filter", "forward", 0),
@@ -594,8 +635,14 @@ class Layout:
             ),
             (INET, "out_check"): Chain(
                 (
-                    rule(_vmap(_SENDER, "limits")),
-                    rule(_vmap(_SENDER, "out_mac")),
+                    # A filtered sender (no U), its receiver's groups passed or
+                    # not needed (I or not).
+                    *_dispatch(
+                        _SENDER, "limits", "limit_classes", BRIDGE_OK | INBOUND_OK, BRIDGE_OK
+                    ),
+                    *_dispatch(
+                        _SENDER, "out_mac", "out_profiles", BRIDGE_OK | INBOUND_OK, BRIDGE_OK
+                    ),
                     # No proof: a sender without filtering has its port's own.
                     rule(_ACCEPT),
                 )
@@ -618,7 +665,7 @@ class Layout:
         objects: dict[Key, Obj] = {
             Key("element", INET, "zones", bridge): zone,
             Key("element", BRIDGE, "port_ids", vxlan): 0,
-            Key("element", BRIDGE, "port_in", vxlan): Verdict(_UNCHECKED),
+            Key("element", BRIDGE, "unchecked", vxlan): PRESENT,
         }
         if quiet:
             objects[Key("element", INET, "quiet", bridge)] = PRESENT
@@ -629,36 +676,36 @@ class Layout:
         port: str,
         bridge: str,
         vnic_filter: VnicFilter | None,
-        vnic_id: int | None,
         limits: ConnLimits = NO_LIMITS,
+        *,
+        profile_id: int = 0,
+        class_id: int = 0,
     ) -> dict[Key, Obj]:
-        """A vnic's id, anti-spoofing data, dispatch to its profile and caps
-        (the objects of :meth:`limit_class` must be there too).
+        """A vnic's anti-spoofing data and the ids of its profile (also the mark
+        of group frames towards it) and of its caps' class (whose objects
+        :meth:`profile` and :meth:`limit_class` make). The ids may be 0 where
+        only the keys matter (what a vnic had).
 
-        A vnic that bypasses filtering only gets its id reset (the mark of
-        group frames towards it) and no IP check.
+        A vnic that bypasses filtering only gets its mark reset (0: no
+        profile) and no IP check.
         """
-        if vnic_filter is None or vnic_id is None:
+        if vnic_filter is None:
             return {
                 Key("element", BRIDGE, "port_ids", port): 0,
-                Key("element", BRIDGE, "port_in", port): Verdict(_UNCHECKED),
+                Key("element", BRIDGE, "unchecked", port): PRESENT,
             }
         spoof = vnic_filter.anti_spoof
-        profile_in, profile_out = profile_chains(vnic_filter.security_groups)
         objects: dict[Key, Obj] = {
-            Key("element", BRIDGE, "port_ids", port): vnic_id,
+            Key("element", BRIDGE, "port_ids", port): profile_id,
             Key("element", BRIDGE, "filtered", port): PRESENT,
-            Key("element", INET, "in_mac", (bridge, spoof.mac)): Verdict(profile_in),
-            Key("element", INET, "out_mac", (bridge, spoof.mac)): Verdict(profile_out),
-            Key("element", INET, "in_dispatch", vnic_id): Verdict(profile_in),
-            Key("element", BRIDGE, "port_in", port): Verdict(_UNCHECKED),
+            Key("element", INET, "in_mac", (bridge, spoof.mac)): profile_id,
+            Key("element", INET, "out_mac", (bridge, spoof.mac)): profile_id,
         }
         if any(limits):
-            objects[Key("element", INET, "limits", (bridge, spoof.mac))] = Verdict(
-                limit_names(*limits)[0], jump=True
-            )
-        if spoof.check_ip:
-            objects[Key("element", BRIDGE, "port_in", port)] = Verdict("spoof_ip")
+            objects[Key("element", INET, "limits", (bridge, spoof.mac))] = class_id
+        if not spoof.check_ip:
+            objects[Key("element", BRIDGE, "unchecked", port)] = PRESENT
+        else:
             objects[Key("element", BRIDGE, "port_macs", (port, spoof.mac))] = PRESENT
             for ip in spoof.ipv4:
                 objects[Key("element", BRIDGE, "port_ip4", (port, ip))] = PRESENT
@@ -667,13 +714,16 @@ class Layout:
                 objects[Key("element", BRIDGE, "port_nd", (port, _hex128(ip)))] = PRESENT
         return objects
 
-    def limit_class(self, limits: ConnLimits) -> dict[Key, Obj]:
+    def limit_class(self, limits: ConnLimits, class_id: int) -> dict[Key, Obj]:
         """The chain and meters of the vnics with these caps, which drop (and count
-        in @dyn_drops, by sender) a new connection over them. A meter must be
-        made in the transaction that makes its chain (nft marks it dynamic then)."""
+        in @dyn_drops, by sender) a new connection over them, and the class's id
+        in ``limit_classes``. A meter must be made in the transaction that makes
+        its chain (nft marks it dynamic then)."""
         chain, rate_set, count_set = limit_names(*limits)
         rules: list[NftRule] = []
-        objects: dict[Key, Obj] = {}
+        objects: dict[Key, Obj] = {
+            Key("element", INET, "limit_classes", class_id): Verdict(chain, jump=True)
+        }
         capped = _goto("capped")
         if limits.per_second:
             limit = {"rate": limits.per_second, "burst": limits.per_second, "per": "second"}
@@ -691,8 +741,11 @@ class Layout:
         objects[Key("chain", INET, chain)] = Chain(tuple(rules))
         return objects
 
-    def profile(self, sg_ids: Sequence[str], restrict_outbound: bool) -> dict[Key, Obj]:
-        """The chains of the vnics using exactly these security groups."""
+    def profile(
+        self, sg_ids: Sequence[str], restrict_outbound: bool, profile_id: int
+    ) -> dict[Key, Obj]:
+        """The chains of the vnics using exactly these security groups, and the
+        profile's id in ``in_profiles`` and ``out_profiles``."""
         profile_in, profile_out = profile_chains(sg_ids)
         outbound: tuple[NftRule, ...] = (*_no_server_rules(), rule(_prove(OUTBOUND_OK), _ACCEPT))
         if restrict_outbound:
@@ -710,6 +763,7 @@ class Layout:
         return {
             Key("chain", INET, profile_in): Chain(inbound),
             Key("chain", INET, profile_out): Chain(outbound),
+            **profile_elements(profile_in, profile_out, profile_id),
         }
 
     def sg(self, sg_filter: SgFilter, members: Iterable[str]) -> dict[Key, Obj]:
@@ -741,6 +795,14 @@ _NEW = _match({"ct": {"key": "state"}}, "new", "in")
 # Conntrack calls every packet of a UDP flow "new" until a reply, so the rate
 # of new connections counts only this one (a fast one-way stream is one flow).
 _UNCONFIRMED = _match({"&": [{"ct": {"key": "status"}}, "confirmed"]}, 0)
+
+
+def profile_elements(profile_in: str, profile_out: str, profile_id: int) -> dict[Key, Obj]:
+    """A profile's id: its elements in the verdict maps of the dispatch."""
+    return {
+        Key("element", INET, "in_profiles", profile_id): Verdict(profile_in),
+        Key("element", INET, "out_profiles", profile_id): Verdict(profile_out),
+    }
 
 
 def _meter(op: str, name: str, statement: Json) -> Json:
@@ -922,11 +984,22 @@ class Listing:
     objects: dict[Key, Obj] = field(default_factory=dict)
 
     def allocations(self, name: str) -> dict[str, int]:
-        """Port name -> vnic id (``port_ids``), or bridge -> zone (``zones``)."""
+        """Bridge -> zone (``zones``)."""
         return {
             str(key.element): value
             for key, value in self.objects.items()
             if key.kind == "element" and key.name == name and type(value) is int and value
+        }
+
+    def classes(self, name: str) -> dict[str, int]:
+        """Chain -> its id, from a verdict map of ids (``in_profiles``, ``limit_classes``)."""
+        return {
+            value.chain: key.element
+            for key, value in self.objects.items()
+            if key.kind == "element"
+            and key.name == name
+            and isinstance(value, Verdict)
+            and type(key.element) is int
         }
 
 

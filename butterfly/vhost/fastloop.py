@@ -19,19 +19,20 @@ from butterfly.errors import ConfigError, ProtocolError
 from .memory import GuestMemory
 from .virtqueue import Virtqueue
 
-__all__ = ["LOOPS", "Burst", "receive", "resolve", "transmit"]
+__all__ = ["LOOPS", "Burst", "describe", "receive", "resolve", "transmit"]
 
 LOOPS = ("auto", "c", "python")
 
 
-def _extension() -> ModuleType | None:
+def _extension() -> tuple[ModuleType | None, str]:
+    """The C loop, or None and why it does not import (for ``butterfly status``)."""
     try:
-        return importlib.import_module("butterfly.vhost._fastloop")
-    except ImportError:
-        return None
+        return importlib.import_module("butterfly.vhost._fastloop"), ""
+    except ImportError as e:
+        return None, str(e)
 
 
-_fastloop = _extension()
+_fastloop, _not_built = _extension()
 
 
 def resolve(choice: str) -> str:
@@ -51,6 +52,17 @@ def resolve(choice: str) -> str:
             )
         return "python"
     return "c"
+
+
+def describe(choice: str) -> str:
+    """The loop ``choice`` runs here and why, for an operator: "c", or
+    "python" with the reason the C loop does not run."""
+    loop = resolve(choice)
+    if loop == "c":
+        return "c"
+    if choice == "python":
+        return "python (--vhost-loop python)"
+    return f"python (C extension not built: {_not_built})"
 
 
 @dataclass(frozen=True, slots=True)

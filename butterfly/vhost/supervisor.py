@@ -264,6 +264,8 @@ class VhostSupervisor:
         self._offload = offload
         self.loop = fastloop.resolve(loop)
         """The loop the workers run: "c" or "python"."""
+        self.loop_status = fastloop.describe(loop)
+        """That loop and why, for ``butterfly status``."""
         self._workers: list[_WorkerProcess] = []
         self._where: dict[str, _WorkerProcess] = {}
         self._lock = threading.RLock()

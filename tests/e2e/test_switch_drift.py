@@ -175,7 +175,8 @@ CHANGES = {
     "flush dispatch map": f"nft flush map inet {TABLE} in_mac",
     "flush port ids": f"nft flush map bridge {TABLE} port_ids",
     "flush filtered set": f"nft flush set bridge {TABLE} filtered",
-    "flush anti-spoofing map": f"nft flush map bridge {TABLE} port_in",
+    "flush anti-spoofing set": f"nft flush set bridge {TABLE} unchecked",
+    "flush profile map": f"nft flush map inet {TABLE} in_profiles",
     "delete port": "ip link del bf-srv",
     "port down": "ip link set bf-srv down",
     "port off bridge": "ip link set bf-srv nomaster",
@@ -420,6 +421,7 @@ def sender_probes(senders: Senders) -> Iterator[None]:
 
 SENDER_CHANGES = {
     "flush outbound map": f"nft flush map inet {TABLE} out_mac",
+    "flush outbound profiles": f"nft flush map inet {TABLE} out_profiles",
     "sender's outbound element": f"nft delete element inet {TABLE} out_mac"
     f" {{ bfbr{VNI} . {SENDER_MAC} }}",
     "sender's filtered element": f"nft delete element bridge {TABLE} filtered {{ bf-snd }}",

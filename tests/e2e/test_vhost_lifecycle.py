@@ -101,6 +101,12 @@ def setup(lab: Lab, guest_image: GuestImage, vhost_loop: str) -> Iterator[Setup]
         yield made
 
 
+def test_status_names_the_loop(setup: Setup, vhost_loop: str) -> None:
+    """The loop is shown where the fast path is, not only in the log."""
+    expected = {"c": "vhost loop: c", "python": "vhost loop: python (--vhost-loop python)"}
+    assert expected[vhost_loop] in setup.host.cli("status")
+
+
 def test_a_guest_reboot_keeps_its_vnic(setup: Setup) -> None:
     setup.guest.reboot()
     _serve_ports(setup.guest)

@@ -117,32 +117,37 @@ def test_a_vnic_is_elements_and_a_shared_profile() -> None:
         )
     )
     state.put_vnic(vnic)
-    objects = LAYOUT.vnic("bf-v", "bfbr1", vnic_filter(vnic, state), 7)
+    objects = LAYOUT.vnic("bf-v", "bfbr1", vnic_filter(vnic, state), profile_id=3)
     assert {key.kind for key in objects} == {"element"}
-    assert objects[Key("element", BRIDGE, "port_ids", "bf-v")] == 7
+    assert not any(isinstance(value, Verdict) for value in objects.values()), (
+        "a jump or goto element makes the kernel validate every verdict map"
+    )
+    assert objects[Key("element", BRIDGE, "port_ids", "bf-v")] == 3, "group frames' dispatch"
     assert objects[Key("element", BRIDGE, "filtered", "bf-v")] is PRESENT
     assert objects[Key("element", BRIDGE, "port_ip4", ("bf-v", "10.0.0.1"))] is PRESENT
-    assert objects[Key("element", BRIDGE, "port_in", "bf-v")] == Verdict("spoof_ip")
-    profile_in, profile_out = profile_chains(("web",))
+    assert Key("element", BRIDGE, "unchecked", "bf-v") not in objects, "its IPs are checked"
     named = ("bfbr1", "52:54:00:00:00:01")
-    assert objects[Key("element", INET, "in_mac", named)] == Verdict(profile_in)
-    assert objects[Key("element", INET, "out_mac", named)] == Verdict(profile_out)
-    assert objects[Key("element", INET, "in_dispatch", 7)] == Verdict(profile_in)
-    bypass = LAYOUT.vnic("bf-v", "bfbr1", None, None)
+    assert objects[Key("element", INET, "in_mac", named)] == 3
+    assert objects[Key("element", INET, "out_mac", named)] == 3
+    profile_in, profile_out = profile_chains(("web",))
+    profile = LAYOUT.profile(("web",), restrict_outbound=False, profile_id=3)
+    assert profile[Key("element", INET, "in_profiles", 3)] == Verdict(profile_in)
+    assert profile[Key("element", INET, "out_profiles", 3)] == Verdict(profile_out)
+    bypass = LAYOUT.vnic("bf-v", "bfbr1", None)
     assert bypass == {
         Key("element", BRIDGE, "port_ids", "bf-v"): 0,
-        Key("element", BRIDGE, "port_in", "bf-v"): Verdict("ip_unchecked"),
+        Key("element", BRIDGE, "unchecked", "bf-v"): PRESENT,
     }
 
 
 def test_a_profile_restricts_outbound_only_when_asked() -> None:
     profile_in, profile_out = profile_chains(("a", "b"))
-    open_profile = LAYOUT.profile(("a", "b"), restrict_outbound=False)
+    open_profile = LAYOUT.profile(("a", "b"), restrict_outbound=False, profile_id=1)
     unrestricted = open_profile[Key("chain", INET, profile_out)]
     assert isinstance(unrestricted, Chain)
     assert len(unrestricted.rules) == 3  # router messages, DHCP servers, accept (proving it)
     assert json.loads(unrestricted.rules[-1].statements)[-1] == {"accept": None}
-    restricted = LAYOUT.profile(("a", "b"), restrict_outbound=True)
+    restricted = LAYOUT.profile(("a", "b"), restrict_outbound=True, profile_id=1)
     out = restricted[Key("chain", INET, profile_out)]
     assert isinstance(out, Chain) and len(out.rules) == 6  # the same two, ND, a, b, drop
     assert out.rules[:2] == unrestricted.rules[:2]
@@ -154,7 +159,7 @@ def test_a_profile_restricts_outbound_only_when_asked() -> None:
 
 
 def test_removal_order_lets_the_kernel_release_references() -> None:
-    old = {**_web("10.0.0.1"), **LAYOUT.profile(("web",), restrict_outbound=False)}
+    old = {**_web("10.0.0.1"), **LAYOUT.profile(("web",), restrict_outbound=False, profile_id=1)}
     commands = diff(old, {})
     verbs = [(verb, next(iter(target))) for c in commands for verb, target in c.items()]
     flushes = [i for i, v in enumerate(verbs) if v[0] == "flush"]
@@ -222,9 +227,16 @@ def test_a_listing_read_back_equals_what_was_wanted() -> None:
             if not (isinstance(v, Decl) and v.bootstrapped)
         },
         **_web("10.0.0.9", "2001:db8::9"),
-        **LAYOUT.vnic("bf-v", "bfbr1", vnic_filter(vnic, state), 3, ConnLimits(100, 10)),
-        **LAYOUT.limit_class(ConnLimits(100, 10)),
-        **LAYOUT.profile(("web",), restrict_outbound=False),
+        **LAYOUT.vnic(
+            "bf-v",
+            "bfbr1",
+            vnic_filter(vnic, state),
+            ConnLimits(100, 10),
+            profile_id=1,
+            class_id=1,
+        ),
+        **LAYOUT.limit_class(ConnLimits(100, 10), 1),
+        **LAYOUT.profile(("web",), restrict_outbound=False, profile_id=1),
         **LAYOUT.vni("bfbr1", "bfvx1", 5),
     }
     bootstrapped_sets = ("zones", "port_nd")
@@ -241,11 +253,15 @@ def test_a_vnic_with_caps_jumps_to_its_class_and_one_without_has_none() -> None:
     state = State()
     vnic = make_vnic(Vnic(id="v", mac="52:54:00:00:00:01", vni=1, type=VnicType.TAP))
     state.put_vnic(vnic)
-    capped = LAYOUT.vnic("bf-v", "bfbr1", vnic_filter(vnic, state), 3, ConnLimits(100, 0))
+    filtering = vnic_filter(vnic, state)
+    capped = LAYOUT.vnic("bf-v", "bfbr1", filtering, ConnLimits(100, 0), class_id=2)
     element = Key("element", INET, "limits", ("bfbr1", "52:54:00:00:00:01"))
-    assert capped[element] == Verdict(limit_names(100, 0)[0], jump=True)
-    assert element not in LAYOUT.vnic("bf-v", "bfbr1", vnic_filter(vnic, state), 3)
-    only_count = LAYOUT.limit_class(ConnLimits(100, 0))
+    assert capped[element] == 2
+    assert element not in LAYOUT.vnic("bf-v", "bfbr1", filtering)
+    only_count = LAYOUT.limit_class(ConnLimits(100, 0), 2)
+    assert only_count[Key("element", INET, "limit_classes", 2)] == Verdict(
+        limit_names(100, 0)[0], jump=True
+    )
     assert Key("set", INET, limit_names(100, 0)[2]) in only_count
     assert Key("set", INET, limit_names(100, 0)[1]) not in only_count
     chain = only_count[Key("chain", INET, limit_names(100, 0)[0])]

@@ -115,6 +115,19 @@ def test_the_extension_is_built_and_chosen_by_auto() -> None:
         fastloop.resolve("fast")
 
 
+def test_the_loop_is_described_with_why_the_c_one_does_not_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert fastloop.describe("auto") == "c"
+    assert fastloop.describe("python") == "python (--vhost-loop python)"
+    monkeypatch.setattr(fastloop, "_fastloop", None)
+    monkeypatch.setattr(fastloop, "_not_built", "No module named 'butterfly.vhost._fastloop'")
+    expected = "python (C extension not built: No module named 'butterfly.vhost._fastloop')"
+    assert fastloop.describe("auto") == expected
+    with pytest.raises(ConfigError, match="vhost-loop: c asked for"):
+        fastloop.describe("c")
+
+
 def test_a_burst_of_chains_is_written_frame_by_frame_and_called_once(ring: Ring) -> None:
     header = bytes(HEADER)
     ring.view[DATA : DATA + HEADER + 4] = header + b"abcd"
