@@ -529,20 +529,14 @@ class Netlink:
         self._touched.add(index)
         with _translated(lambda: f"netlink: attaching the fast path to {self._name(index)}"):
             try:
-                self._ipr.tc("add", "clsact", index)
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
+                self._reader.change(rtchange.clsact(index))
+            except OSError as exc:
+                if exc.errno != errno.EEXIST:
                     raise
-            self._ipr.tc(
-                "replace-filter",
-                "bpf",
-                index,
-                parent=_TC_INGRESS,
-                prio=_FAST_PATH_PRIO,
-                handle=1,
-                fd=fd,
-                name=name,
-                direct_action=True,
+            self._reader.change(
+                rtchange.bpf_filter(
+                    index, parent=_TC_INGRESS, prio=_FAST_PATH_PRIO, handle=1, fd=fd, name=name
+                )
             )
 
     def remove_ingress_program(self, index: int) -> None:
@@ -550,9 +544,13 @@ class Netlink:
         self._touched.add(index)
         with _translated(lambda: f"netlink: detaching the fast path from {self._name(index)}"):
             try:
-                self._ipr.tc("del-filter", "bpf", index, parent=_TC_INGRESS, prio=_FAST_PATH_PRIO)
-            except NetlinkError as exc:
-                if exc.code not in (errno.ENOENT, errno.EINVAL):
+                self._reader.change(
+                    rtchange.delete_filter(
+                        index, parent=_TC_INGRESS, prio=_FAST_PATH_PRIO, handle=1
+                    )
+                )
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.EINVAL):
                     raise
 
     def add_address(self, index: int, address: str, prefixlen: int) -> None:
