@@ -95,16 +95,19 @@ def _answers(site: Site) -> bool:
 
 
 def _workers(daemon_pid: int) -> list[int]:
-    """The daemon's child processes (its vhost-user workers)."""
+    """The daemon's vhost-user workers (not the short-lived children it forks
+    to read the nftables listing, which keep the daemon's affinity)."""
     children = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat", encoding="ascii") as stat:
                     fields = stat.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    command = cmdline.read()
             except (FileNotFoundError, ProcessLookupError):
                 continue
-            if int(fields[1]) == daemon_pid:
+            if int(fields[1]) == daemon_pid and b"butterfly.vhost.worker" in command:
                 children.append(int(entry))
     return children
 
