@@ -430,7 +430,7 @@ class Netlink:
         """Whether bridge ``bridge`` forwards ``mac`` by FRR's word (an
         ``extern_learn`` entry: with EVPN, another host advertised it)."""
         with _translated(lambda: f"netlink: looking up {mac} in {self._name(bridge)}"):
-            entry = self._reader.fdb_entry(bridge, mac)
+            entry = self._reader.fdb_entry(rtchange.fdb_lookup(bridge, mac))
         return entry is not None and bool(entry.flags & NTF_EXT_LEARNED)
 
     def pin_mac(self, index: int, mac: str) -> None:

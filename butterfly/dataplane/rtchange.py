@@ -30,6 +30,7 @@ __all__ = [
 
 _RTM_NEWLINK = 16
 _RTM_NEWNEIGH = 28
+_RTM_GETNEIGH = 30
 _RTM_DELNEIGH = 29
 _RTM_NEWQDISC = 36
 _RTM_NEWTFILTER = 44
@@ -72,6 +73,7 @@ _IFLA_VXLAN_PORT = 15
 _IFLA_VXLAN_GROUP6 = 16
 _IFLA_VXLAN_LOCAL6 = 17
 _NDA_LLADDR = 2
+_NDA_MASTER = 9
 _NUD_NOARP = 0x40
 _NTF_MASTER = 0x04
 _NTF_STICKY = 0x40
@@ -272,6 +274,14 @@ def delete_filter(index: int, *, parent: int, prio: int, handle: int) -> Message
     info = (prio << 16) | socket.htons(_ETH_P_ALL)
     header = _TCMSG.pack(socket.AF_UNSPEC, index, handle, parent, info)
     return Message(_RTM_DELTFILTER, _NLM_F_REQUEST | _NLM_F_ACK, header + _text(_TCA_KIND, "bpf"))
+
+
+def fdb_lookup(bridge: int, mac: str) -> Message:
+    """A lookup of bridge ``bridge``'s forwarding entry for ``mac`` (``bridge fdb
+    get``): one entry, where a dump walks every entry of every device."""
+    header = _NDMSG.pack(socket.AF_BRIDGE, 0, 0, 0, 0)
+    attributes = _u32(_NDA_MASTER, bridge) + _attr(_NDA_LLADDR, _mac(mac))
+    return Message(_RTM_GETNEIGH, _NLM_F_REQUEST | _NLM_F_ACK, header + attributes)
 
 
 def filters(index: int, parent: int) -> Message:

@@ -50,7 +50,6 @@ _NETLINK_GET_STRICT_CHK = 12
 _NDMSG = struct.Struct("=B3xiHBB")
 _NDA_DST = 1
 _NDA_LLADDR = 2
-_NDA_MASTER = 9
 _NDA_KINDS = frozenset({_NDA_DST, _NDA_LLADDR})
 _NLMSG_ERROR = 2
 _NLMSG_DONE = 3
@@ -264,25 +263,11 @@ class LinkReader:
             )
         ]
 
-    def fdb_entry(self, bridge: int, mac: str) -> FdbEntry | None:
-        """Bridge ``bridge``'s forwarding entry for ``mac``: one lookup, where a
-        dump walks every entry of every device; None when it has none."""
-        header = _NDMSG.pack(socket.AF_BRIDGE, 0, 0, 0, 0)
-        address = bytes.fromhex(mac.replace(":", ""))
-        attributes = struct.pack("=HHI", 8, _NDA_MASTER, bridge)
-        attributes += struct.pack("=HH", 4 + len(address), _NDA_LLADDR) + address + b"\0\0"
-        try:
-            found = [
-                _fdb_entry(data, offset, end)
-                for data, offset, end in self._request(
-                    _RTM_GETNEIGH, _NLM_F_REQUEST | _NLM_F_ACK, header, attributes
-                )
-            ]
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return None
-            raise
-        return found[0] if found else None
+    def fdb_entry(self, message: Message) -> FdbEntry | None:
+        """The forwarding entry ``message`` looks up
+        (:func:`~butterfly.dataplane.rtchange.fdb_lookup`); None when there is none."""
+        found = self._one(message.kind, message.flags, message.body, b"", errno.ENOENT)
+        return _fdb_entry(*found) if found else None
 
     def get(self, name: str = "", *, index: int = 0) -> RawLink | None:
         """The link called ``name`` (or numbered ``index``), with its counters;
@@ -293,15 +278,19 @@ class LinkReader:
             attribute = struct.pack("=HH", 4 + len(encoded), 3) + encoded
             attribute += b"\0" * (-len(attribute) % 4)
         header = _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0)
+        flags = _NLM_F_REQUEST | _NLM_F_ACK
+        found = self._one(_RTM_GETLINK, flags, header, attribute, errno.ENODEV)
+        return _decode(*found) if found else None
+
+    def _one(
+        self, kind: int, flags: int, header: bytes, attributes: bytes, missing: int
+    ) -> tuple[bytes, int, int] | None:
+        """The first answer of a request for one object; None when the kernel
+        answers ``missing`` (its errno for "no such object")."""
         try:
-            found = [
-                _decode(data, offset, end)
-                for data, offset, end in self._request(
-                    _RTM_GETLINK, _NLM_F_REQUEST | _NLM_F_ACK, header, attribute
-                )
-            ]
+            found = list(self._request(kind, flags, header, attributes))
         except OSError as exc:
-            if exc.errno == errno.ENODEV:
+            if exc.errno == missing:
                 return None
             raise
         return found[0] if found else None
