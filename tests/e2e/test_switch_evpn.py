@@ -330,6 +330,12 @@ def test_vm_added_at_its_new_host_before_leaving_the_old_one(evpn: Evpn) -> None
     old, new = evpn.hosts[0], evpn.hosts[2]
     watcher = evpn.vm(1, "w14b", vni=VNI, mac="52:54:00:14:00:91", ip="10.14.0.91")
     evpn.vm(0, "mv14b", vni=VNI, mac=mac, ip=ip)
+    # The new host must know the VM at its old host, as in a real migration: a MAC
+    # claimed at both hosts before either heard of the other has no winner (both
+    # advertise sequence number 0), and a ping can cross by flooding before that.
+    wait_for(
+        lambda: evpn.learned_everywhere(mac, VNI, old.address, 0), "the VM learned at its old host"
+    )
     assert watcher.reaches("icmp", ip)
     evpn.vm(2, "mv14b", vni=VNI, mac=mac, ip=ip)
     wait_for(lambda: _fdb_vtep(old, VNI, mac) == new.address, "the old host forwarding to the new")
