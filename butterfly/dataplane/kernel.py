@@ -46,6 +46,7 @@ that built the data plane.
 
 import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from functools import partial
 
 from butterfly.dataplane.base import Attachment, Counters, Progress, SgChange, VhostPorts
@@ -109,7 +110,8 @@ class KernelDataplane:
     (:mod:`butterfly.dataplane.fastpath`; None: bridge + nftables only),
     ``fast_path_status`` why it is (not) used, for the graph.
     ``defer_deletes``: a thread deletes the links a request no longer needs
-    (removed ports, a VNI's devices) after its reply. ``fault_hook``: tests
+    (removed ports, a VNI's devices) after its reply, once no request has
+    run for a while (:mod:`.deleter`). ``fault_hook``: tests
     only, see :mod:`butterfly.dataplane.journal`.
 
     ``kernel``: the kernel interfaces to work through (:func:`open_kernel`
@@ -378,7 +380,7 @@ class KernelDataplane:
             raise NotSupported(f"{what(vnic)}: type {vnic.type.name} is not supported")
         self._sniffer.check(vnic, state)
         previous = replaced if replaced is not None and self._settings.has_port(replaced) else None
-        with journal(what(vnic), self._fault_hook) as j:
+        with self._journal(what(vnic)) as j:
             self._tables.load()
             if previous is not None and not self._ports.reusable(previous, vnic):
                 self._traces.stop(previous)
@@ -391,6 +393,7 @@ class KernelDataplane:
                 sgs=_current(state, [*vnic.security_groups, *_groups(previous)]),
             )
             self._vnis.ensure(j, vnic.vni, state)
+            self._ports.make_room(vnic.vni, state)
             self._ports.ensure(j, vnic, previous)
             self._vnis.sync_neighbours(j, vnic.vni, state)
             self._ports.serve(j, vnic)
@@ -406,7 +409,7 @@ class KernelDataplane:
     def update(self, before: Vnic, after: Vnic, state: StateView) -> None:
         if not self._settings.has_port(after):
             return
-        with journal(what(after), self._fault_hook) as j:
+        with self._journal(what(after)) as j:
             self._tables.load()
             self._tables.commit(
                 j,
@@ -426,7 +429,7 @@ class KernelDataplane:
     def unplug(self, vnic: Vnic, state: StateView) -> None:
         if not self._settings.has_port(vnic):
             return
-        with journal(what(vnic), self._fault_hook) as j:
+        with self._journal(what(vnic)) as j:
             self._tables.load()
             self._ports.remove(j, vnic)
             self._tables.commit(
@@ -459,7 +462,7 @@ class KernelDataplane:
         sgs = _current(state, referenced - set(changes))
         sgs.update((sg_id, change.before) for sg_id, change in changes.items())
         label = "security group " + ", ".join(repr(sg_id) for sg_id in sorted(changes))
-        with journal(label, self._fault_hook) as j:
+        with self._journal(label) as j:
             self._tables.commit(j, state, sgs=sgs, profiles=profiles)
 
     def update_peers(self, vni: int, state: StateView) -> None:
@@ -470,7 +473,7 @@ class KernelDataplane:
             )
         self._tables.load()
         wanted = self._vnis.peers(vni, state)
-        with journal(f"vni {vni}", self._fault_hook) as j:
+        with self._journal(f"vni {vni}") as j:
             vxlan = self._netlink.link(vxlan_name(vni))
             if vxlan is not None:
                 self._vnis.sync_peers(j, vxlan, wanted)
@@ -587,6 +590,14 @@ class KernelDataplane:
         self._traces.close()
 
     # sniffing
+
+    @contextmanager
+    def _journal(self, what: str) -> Iterator[Journal]:
+        """A request's journal; the deletion thread waits until the API is
+        quiet again (a link's deletion holds the RTNL lock ~25 ms)."""
+        busy = self._deleter.busy() if self._deleter is not None else nullcontext()
+        with busy, journal(what, self._fault_hook) as j:
+            yield j
 
     def _sync_sniffing(self, j: Journal, state: StateView, *vnics: Vnic | None) -> None:
         """Mirror rules after a change of ``vnics`` (most requests: nothing to do)."""

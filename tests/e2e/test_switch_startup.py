@@ -13,6 +13,9 @@ makes it: a further restart changes nothing.
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 from switch_helpers import open_sg
 
@@ -150,3 +153,37 @@ def test_links_a_request_left_unused_are_deleted_after_its_reply(lab: Lab) -> No
     shown = host.ip("-o", "link", "show", tap_name("d2"))
     assert f"master {bridge_name(4501)} " in shown and "state" in shown
     assert "bfvx4501" in host.ip("-o", "link", "show", "master", bridge_name(4501))
+
+
+def _links(host: Host) -> set[str]:
+    return {line.split(": ")[1].split("@")[0] for line in host.ip("-o", "link").splitlines()}
+
+
+def test_deletions_pending_at_a_kill_9_are_done_by_the_restart(lab: Lab) -> None:
+    """Removed links wait for a quiet API before they are deleted (a deletion holds
+    the kernel's RTNL lock ~25 ms, which every request's netlink work needs): a
+    daemon killed while some still wait leaves them to the restart's reconcile.
+    The daemon is frozen (SIGSTOP) as soon as nic_del answers, before its quiet
+    delay ends; an attempt whose deletion already ran is made again."""
+    host = lab.host()
+    pending: set[str] = set()
+    for n in range(5):
+        vni = 4600 + n
+        host.add_vnic(f"k{n}", mac=f"52:54:00:46:00:0{n}", vni=vni)
+        host.delete_vnic(f"k{n}")
+        os.kill(host.daemon.pid, signal.SIGSTOP)
+        pending = {
+            name
+            for name in _links(host)
+            if name.startswith("bfz") or name in (bridge_name(vni), f"bfvx{vni}")
+        }
+        if pending:
+            break
+        os.kill(host.daemon.pid, signal.SIGCONT)
+    assert pending, "every deletion ran before the daemon could be frozen"
+    host.kill()
+    assert pending <= _links(host)
+    host.start()
+    _wait_reconciled(host)
+    assert not pending & _links(host)
+    assert not any(name.startswith("bfz") for name in _links(host))

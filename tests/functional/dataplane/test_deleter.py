@@ -1,10 +1,14 @@
 """The deletion thread, in a test host's namespace: links queued back to back are
-deleted together (one group deletion), and none but them."""
+deleted together (one group deletion), and none but them; deletions wait for a
+quiet API, unless waited for or queued too long."""
+
+import time
 
 import pytest
 
 from butterfly.dataplane.deleter import LinkDeleter
 from butterfly.dataplane.rtlink import LinkReader
+from butterfly_lab.lab import wait_for
 
 from .conftest import Lab
 
@@ -38,3 +42,56 @@ def test_links_queued_together_are_deleted_and_no_other(lab: Lab) -> None:
     shown = host.ip("-o", "link", "show")
     assert "keep0" in shown
     assert not any(f"{name}:" in shown for name in names)
+
+
+def _indexes(names: list[str]) -> dict[str, int]:
+    reader = LinkReader()
+    try:
+        indexes = {}
+        for name in names:
+            link = reader.get(name)
+            assert link is not None
+            indexes[name] = link["index"]
+        return indexes
+    finally:
+        reader.close()
+
+
+def test_deletions_wait_for_a_quiet_api_unless_someone_waits_for_them(lab: Lab) -> None:
+    """A link's deletion holds the RTNL lock that requests need: none starts while a
+    request runs, nor until the API has been quiet a while; a request that needs
+    the links gone has them deleted at once; the oldest waits at most max_delay."""
+    host = lab.host()
+    names = ["qa0", "qb0", "qc0"]
+    for name in names:
+        host.ip("link", "add", name, "type", "bridge")
+
+    def exists(name: str) -> bool:
+        return f"{name}:" in host.ip("-o", "link", "show")
+
+    def scenario() -> None:
+        indexes = _indexes(names)
+        deleter = LinkDeleter(idle=0.3, max_delay=3600.0)
+        try:
+            with deleter.busy():
+                deleter.delete("qa0", indexes["qa0"])
+                time.sleep(0.6)
+                assert deleter.pending([indexes["qa0"]]) and exists("qa0")
+            time.sleep(0.05)
+            assert deleter.pending([indexes["qa0"]]) and exists("qa0")
+            wait_for(lambda: not exists("qa0"), "the deletion once the API is quiet")
+            with deleter.busy():
+                deleter.delete("qb0", indexes["qb0"])
+                assert deleter.wait([indexes["qb0"]])
+                assert not exists("qb0")
+        finally:
+            deleter.close()
+        hurried = LinkDeleter(idle=3600.0, max_delay=0.3)
+        try:
+            with hurried.busy():
+                hurried.delete("qc0", indexes["qc0"])
+                wait_for(lambda: not exists("qc0"), "the deletion after max_delay")
+        finally:
+            hurried.close()
+
+    host.run(scenario)
