@@ -1,13 +1,15 @@
 """Deleting links in a thread, while no request is being answered.
 
-The kernel takes ~25 ms to delete a link, nearly all of it waiting for the
-packet path's readers to let go (an RCU grace period), and it holds the
-RTNL lock meanwhile: every netlink request of the daemon's own requests
-(a link's creation, even a link's lookup, a tap's ``TUNSETPERSIST``)
-waits behind a deletion under way (measured with ``strace -T`` at 10
-vnics: a ``nic_add`` after a ``nic_del`` spent 10-24 ms in such waits, the
-``nic_add`` p50 16.5 ms for 7.1 ms of CPU). Two kinds of links come here,
-once the request that left them unused has succeeded:
+Deleting a link holds the kernel's RTNL lock for ~5 ms on this 2-vCPU VM,
+mostly waiting for RCU grace periods taken link by link, even within one
+group deletion (perf, sched_switch: ``synchronize_rcu_expedited`` in
+``tun_net_uninit`` per tap and in ``del_nbp`` per bridge port,
+``rcu_barrier`` in ``br_multicast_dev_del`` per bridge). Every netlink call
+of a request (a link's creation or lookup, a tap's ``TUNSETPERSIST``) waits
+behind it: with deletions right after each request, ``strace -T`` at 10
+vnics showed a ``nic_add`` after a ``nic_del`` spend 10-24 ms in such waits
+(its p50 16.5 ms for 7.1 ms of CPU). Two kinds of links come here, once the
+request that left them unused has succeeded:
 
 * a removed port, already down, off its bridge and renamed aside
   (:func:`~butterfly.dataplane.naming.retired_name`): nothing will ever
@@ -17,15 +19,14 @@ once the request that left them unused has succeeded:
   (:meth:`wait`), which then starts at once, then makes them anew.
 
 A thread of its own deletes them on its own netlink socket (opened by the
-creator, in the creator's namespace) once the API has been quiet for
-:data:`IDLE_SECONDS` (the data plane's requests run inside :meth:`busy`),
-or once the oldest has waited :data:`MAX_DELAY_SECONDS` (a request
-arriving then waits for that one deletion), or at once when someone waits
-for them. It takes every link queued meanwhile at once: each is put in a
-group of its own (:data:`DOOMED_GROUP`), and one deletion of that group
-waits for the readers once for all (300 taps with their clsact qdisc: 87
-ms). A deletion a crash or ``kill -9`` leaves undone is a leftover that the
-next reconcile removes (the links are butterfly's, unwanted by the state).
+creator, in the creator's namespace), never while a request is being
+applied (the data plane applies them inside :meth:`busy`): once the API has
+been quiet for :data:`IDLE_SECONDS`, or when a request ends after the
+oldest has waited :data:`MAX_DELAY_SECONDS` (the next request then waits
+for that deletion, ~5 ms a link queued, whatever its kind), or at once for what a caller waits
+for. Each batch is one group deletion (:data:`DOOMED_GROUP`). A deletion a
+crash or ``kill -9`` leaves undone is a leftover that the next reconcile
+removes (the links are butterfly's, unwanted by the state).
 """
 
 import errno
@@ -73,14 +74,15 @@ class LinkDeleter:
         self._clock = clock
         self._thread: threading.Thread | None = None
         self._lock = threading.Condition()
-        self._queued: list[tuple[str, int]] = []
-        self._oldest = 0.0
-        """When the first of ``_queued`` was queued."""
+        self._queued: list[tuple[str, int, float]] = []
+        """Name, index and when queued, oldest first."""
         self._busy = 0
         self._quiet_since = clock()
-        self._urgent = 0
-        """How many callers wait for deletions (or 1 while closing)."""
+        self._awaited: list[set[int] | None] = []
+        """What callers wait for (None: every link queued)."""
         self._stopping = False
+        self._overdue = False
+        """The queued links are deleted now, between two requests or not."""
         self._deleting: set[int] = set()
         self._deleted: set[int] = set()
 
@@ -95,7 +97,10 @@ class LinkDeleter:
         finally:
             with self._lock:
                 self._busy -= 1
-                self._quiet_since = self._clock()
+                self._quiet_since = now = self._clock()
+                if self._queued and self._queued[0][2] + self._max_delay <= now:
+                    # Decided here: the thread may only run once the next request has begun.
+                    self._overdue = True
                 self._lock.notify_all()
 
     def take_deleted(self) -> set[int]:
@@ -113,9 +118,7 @@ class LinkDeleter:
             self._thread = threading.Thread(target=self._run, name="butterfly-delete", daemon=True)
             self._thread.start()
         with self._lock:
-            if not self._queued:
-                self._oldest = self._clock()
-            self._queued.append((name, index))
+            self._queued.append((name, index, self._clock()))
             self._deleting.add(index)
             self._lock.notify_all()
 
@@ -135,23 +138,44 @@ class LinkDeleter:
         with self._lock:
             if done():
                 return True
-            self._urgent += 1
+            self._awaited.append(wanted)
             self._lock.notify_all()
             try:
                 return self._lock.wait_for(done, _WAIT_SECONDS)
             finally:
-                self._urgent -= 1
+                self._awaited.remove(wanted)
+
+    def _urgent(self) -> list[tuple[str, int, float]]:
+        """The queued links a caller waits for (all of them while closing)."""
+        if self._stopping or None in self._awaited:
+            return self._queued
+        wanted = set().union(*(indexes for indexes in self._awaited if indexes is not None))
+        return [item for item in self._queued if item[1] in wanted]
 
     def _due_in(self) -> float | None:
-        """Seconds until the queued links are due (0: now; None: nothing queued)."""
+        """Seconds until queued links are due (0: now; None: not before a
+        change, such as a queued link, the end of a request or a waiter)."""
         if not self._queued:
             return None
-        if self._urgent or self._stopping:
+        if self._urgent() or self._overdue:
             return 0.0
-        due = self._oldest + self._max_delay
-        if not self._busy:
-            due = min(due, self._quiet_since + self._idle)
+        if self._busy:
+            return None
+        due = min(self._queued[0][2] + self._max_delay, self._quiet_since + self._idle)
         return max(0.0, due - self._clock())
+
+    def _take(self) -> list[tuple[str, int]]:
+        """The links to delete now: only those callers wait for, if any (a
+        request wanting a VNI again waits for its two devices, not for every
+        port removed meanwhile), else all."""
+        chosen = self._urgent() or self._queued
+        self._overdue = False
+        if chosen is self._queued:
+            self._queued = []
+        else:
+            taken = {index for _, index, _ in chosen}
+            self._queued = [item for item in self._queued if item[1] not in taken]
+        return [(name, index) for name, index, _ in chosen]
 
     def _run(self) -> None:
         while True:
@@ -160,7 +184,7 @@ class LinkDeleter:
                     if due is None and self._stopping:
                         return
                     self._lock.wait(due)
-                batch, self._queued = self._queued, []
+                batch = self._take()
             try:
                 self._delete(batch)
             finally:

@@ -393,7 +393,6 @@ class KernelDataplane:
                 sgs=_current(state, [*vnic.security_groups, *_groups(previous)]),
             )
             self._vnis.ensure(j, vnic.vni, state)
-            self._ports.make_room(vnic.vni, state)
             self._ports.ensure(j, vnic, previous)
             self._vnis.sync_neighbours(j, vnic.vni, state)
             self._ports.serve(j, vnic)

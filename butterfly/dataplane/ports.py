@@ -34,14 +34,11 @@ from butterfly.dataplane.peer import configure_peer
 from butterfly.dataplane.settings import TAP_TYPES, KernelSettings, what
 from butterfly.dataplane.tracing import VnicTraces
 from butterfly.errors import DataplaneError
-from butterfly.model import StateView, Vnic, VnicType
+from butterfly.model import Vnic, VnicType
 
-__all__ = ["BRIDGE_PORTS", "Ports"]
+__all__ = ["Ports"]
 
 log = logging.getLogger(__name__)
-
-BRIDGE_PORTS = 1023
-"""The ports a Linux bridge holds at most (port numbers 1-1023; EXFULL beyond)."""
 
 
 class Ports:
@@ -66,9 +63,6 @@ class Ports:
         self._served: dict[str, int] = {}
         """vnic id -> ifindex of the tap the backend was asked to serve it on."""
         self._deleter = deleter
-        self._retiring: dict[int, set[int]] = {}
-        """VNI -> ifindexes of removed ports waiting for the deletion thread:
-        still ports of the VNI's bridge, down."""
         self.local_macs: set[tuple[int, str]] = set()
         """(VNI, MAC) of the vnics with a port, with EVPN: the watch reports
         FRR withdrawing one of them (their port then pins it again)."""
@@ -259,36 +253,22 @@ class Ports:
             partial(self._netlink.rename_link, index, name),
         )
         retired = replace(link, name=retired_name(index))
-        j.after_success(f"delete {name}", partial(self._delete_retired, retired, vnic.vni))
+        j.after_success(f"delete {name}", partial(self._delete_retired, retired))
 
-    def _delete_retired(self, link: Link, vni: int) -> None:
+    def _delete_retired(self, link: Link) -> None:
         """A removed port, renamed aside: nobody will want it again, so with
         a deleter the deletion thread deletes it (see
-        :mod:`butterfly.dataplane.deleter`)."""
-        deleter = self._deleter
-        if deleter is None:
+        :mod:`butterfly.dataplane.deleter`), once off its bridge: it may wait
+        there for seconds, and a bridge holds at most 1,023 ports."""
+        if self._deleter is None:
             self._netlink.delete_link(link.index)
             return
-        for old in [v for v, gone in self._retiring.items() if not deleter.pending(gone)]:
-            del self._retiring[old]
+        try:
+            self._netlink.set_link(link.index, nomaster=True)
+        except DataplaneError as exc:
+            log.error("%s: %s; deleted anyway", link.name, exc)
         self._netlink.forget(link.name)
-        self._retiring.setdefault(vni, set()).add(link.index)
-        deleter.delete(link.name, link.index)
-
-    def make_room(self, vni: int, state: StateView) -> None:
-        """Before a new port joins the VNI's bridge: the removed ports still on
-        it deleted first if the bridge would be full with them."""
-        retiring = self._retiring.get(vni)
-        if not retiring or self._deleter is None:
-            return
-        ports = 1 + sum(1 for vnic in state.vnics_in(vni) if self._settings.has_port(vnic))
-        if ports + len(retiring) <= BRIDGE_PORTS:
-            return
-        if not self._deleter.wait(retiring):
-            raise DataplaneError(
-                f"vni {vni}: its bridge is full of removed ports still being deleted; try again"
-            )
-        del self._retiring[vni]
+        self._deleter.delete(link.name, link.index)
 
     def serve(self, j: Journal | None, vnic: Vnic) -> None:
         """Have the backend serve a vhost-user vnic's socket on its tap.
