@@ -51,8 +51,9 @@ IDLE_SECONDS = 0.1
 """How long no request must have run before the thread deletes: longer than
 the gap between an orchestrator's requests sent back to back."""
 MAX_DELAY_SECONDS = 5.0
-"""How long a link waits at most, however busy the API (bounds the links
-left in the kernel, and so one group deletion's length)."""
+"""How long a link waits for a quiet API at most: then it is deleted from the
+end of the next request, however busy the API (bounds the links left in the
+kernel, and so one group deletion's length)."""
 
 
 class LinkDeleter:
@@ -149,6 +150,8 @@ class LinkDeleter:
         """The queued links a caller waits for (all of them while closing)."""
         if self._stopping or None in self._awaited:
             return self._queued
+        if not self._awaited:
+            return []
         wanted = set().union(*(indexes for indexes in self._awaited if indexes is not None))
         return [item for item in self._queued if item[1] in wanted]
 
