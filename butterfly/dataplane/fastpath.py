@@ -17,6 +17,12 @@ everything else about a frame is decided in the kernel:
   conntrack holds as established in the VNI's zone; it refreshes the entry
   and sets the mark bits the port guard (:mod:`.guard`) wants, as the
   tables would;
+- the original direction of a UDP flow conntrack holds unreplied too, but
+  only between the pair of ports the tables last delivered one of its
+  frames for (a second program, on every port's egress ahead of the guard,
+  records them) and only until the daemon calls :meth:`FastPath.narrowed`
+  (after any change that may narrow what a vnic accepts): the tables judge
+  each frame of such a flow by its own sender and receiver;
 - every other frame (new flows, other TCP, ICMP, ARP, ND, broadcast, other
   hosts, fragments, VLAN tags, sniffed VNIs, bypassing vnics) returns to the
   bridge + nftables path unchanged, which also creates and advances the
@@ -44,6 +50,7 @@ from butterfly.model import StateView, Vnic
 from butterfly.model.firewall import link_local
 
 __all__ = [
+    "ADMISSION_FILTER",
     "FILTER_NAME",
     "OBJECT",
     "FastPath",
@@ -58,7 +65,11 @@ OBJECT = Path(__file__).parent / "bpf" / "build" / "fastpath.bpf.o"
 """Where tools/setup (tools/build-bpf) puts the compiled program (ignored by git)."""
 FILTER_NAME = "bf-fastpath"
 """The tc filter's name on a port's ingress."""
+ADMISSION_FILTER = "bf-admitted"
+"""The tc filter's name on a port's egress, ahead of the port guard: it records
+which pair of ports the tables admitted an unreplied UDP flow for."""
 _PROGRAM = b"fastpath"
+_ADMISSION = b"admitted"
 _NETFILTER = "/proc/sys/net/netfilter/"
 _BPF_ANY = 0
 _BTF_KIND_STRUCT = 4
@@ -189,13 +200,16 @@ class FastPath:
                 raise _error("the kernel refused the program (details on stderr)", code)
             program = self._bpf.bpf_object__find_program_by_name(self._obj, _PROGRAM)
             self.fd = int(self._bpf.bpf_program__fd(program))
+            admission = self._bpf.bpf_object__find_program_by_name(self._obj, _ADMISSION)
+            self.admission_fd = int(self._bpf.bpf_program__fd(admission))
             self._maps = {
                 name: int(self._bpf.bpf_object__find_map_fd_by_name(self._obj, name.encode()))
                 for name in ("ports", "dests", "addrs", "forwarded", "settings")
             }
             self._cpus = int(self._bpf.libbpf_num_possible_cpus())
-            settings, self.tcp = _settings()
-            self._update("settings", struct.pack("<I", 0), settings)
+            self._timeouts, self.tcp = _settings()
+            self._generation = 0
+            self._update("settings", struct.pack("<I", 0), self._config())
         except BaseException:
             self.close()
             raise
@@ -208,6 +222,18 @@ class FastPath:
         if self._obj:
             self._bpf.bpf_object__close(self._obj)
             self._obj = None
+
+    def narrowed(self) -> None:
+        """Void every admission of an unreplied flow: called after each change
+        that may narrow what a vnic accepts (groups, their rules and members,
+        a vnic's settings, a vnic gone), so the next frame of each such flow
+        meets the tables again, as it did before the fast path took them.
+        One map update, whatever the number of flows."""
+        self._generation = (self._generation + 1) & 0xFFFFFFFF
+        self._update("settings", struct.pack("<I", 0), self._config())
+
+    def _config(self) -> bytes:
+        return struct.pack("<IIII", *self._timeouts, self._generation)
 
     def served(self) -> dict[str, FastPort]:
         return dict(self._ports)
@@ -340,7 +366,7 @@ def _sysctl(name: str) -> int:
         raise DataplaneError(f"fast path: reading {_NETFILTER}{name}: {exc}") from exc
 
 
-def _settings() -> tuple[bytes, bool]:
+def _settings() -> tuple[tuple[int, int, int], bool]:
     """conntrack's timeouts of this namespace, in ms (the program refreshes an
     entry as conntrack would: the frames it forwards skip conntrack), and
     whether TCP may take the fast path: only when conntrack does not check
@@ -349,7 +375,7 @@ def _settings() -> tuple[bytes, bool]:
     stream = _sysctl("nf_conntrack_udp_timeout_stream") * 1000
     tcp = _sysctl("nf_conntrack_tcp_be_liberal") == 1
     established = _sysctl("nf_conntrack_tcp_timeout_established") * 1000 if tcp else 0
-    return struct.pack("<III", udp, stream, min(established, 0xFFFFFFFF)), tcp
+    return (udp, stream, min(established, 0xFFFFFFFF)), tcp
 
 
 def choose(
@@ -375,4 +401,4 @@ def choose(
             raise ConfigError(f"--fast-path ebpf: {exc}") from exc
         return None, f"off (auto: {exc})"
     tcp = "UDP and TCP (conntrack is liberal)" if fast.tcp else "UDP"
-    return fast, f"ebpf: established {tcp} between local vnics"
+    return fast, f"ebpf: established {tcp} and admitted one-way UDP between local vnics"

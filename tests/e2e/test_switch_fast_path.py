@@ -483,3 +483,43 @@ def test_an_unreplied_flow_admitted_by_one_vnic_does_not_open_another(one_way: S
     }
     last = _udp(CLI_MAC, CLI4, 6043, OTH_MAC, OTH4)
     assert switch.seen("cli", "oth", replayed, last) == set()
+
+
+def test_an_admitted_one_way_flow_takes_the_fast_path(one_way: Switch) -> None:
+    """After its first datagram (judged by the tables), an unreplied flow's next
+    ones skip the bridge with ebpf (the program's counter); all arrive on both
+    paths. The first frame of the reply direction still takes the bridge, so
+    conntrack sees it: the entry is no longer unreplied."""
+    switch = one_way
+    assert _one_way_batch(switch, 6051, "first") == {f"first-{i}" for i in range(5)}
+    before = switch.forwarded("cli"), switch.forwarded("srv")
+    frames = {
+        f"next-{i}": Ether(src=CLI_MAC, dst=SRV_MAC)
+        / IP(src=CLI4, dst=SRV4)
+        / UDP(sport=6051, dport=ONE_WAY_PORT)
+        for i in range(30)
+    }
+    last = _udp(CLI_MAC, CLI4, 6052, SRV_MAC, SRV4)
+    assert switch.seen("cli", "srv", frames, last) == set(frames)
+    forwarded = switch.forwarded("cli") - before[0]
+    if switch.fast:
+        assert forwarded >= 30, forwarded
+    else:
+        assert forwarded == 0
+    assert "UNREPLIED" in _unreplied(switch, 6051)
+    assert _one_way_batch(switch, 6053, "other") == {f"other-{i}" for i in range(5)}
+    time.sleep(0.5)  # srv's echoes of the batches' last datagrams are through
+    before_replies = switch.forwarded("srv")
+
+    def reply(sport: int) -> Ether:
+        return (
+            Ether(src=SRV_MAC, dst=CLI_MAC)
+            / IP(src=SRV4, dst=CLI4)
+            / UDP(sport=ONE_WAY_PORT, dport=sport)
+        )
+
+    assert switch.seen("srv", "cli", {"reply": reply(6051)}, reply(6053)) == {"reply"}
+    assert switch.forwarded("srv") == before_replies, "first replies take the bridge"
+    for sport in (6051, 6053):
+        entry = _unreplied(switch, sport)
+        assert "UNREPLIED" not in entry and "udp" in entry, entry
