@@ -38,8 +38,11 @@ on every port at reconcile (or removes it, with ``off``).
 import ctypes
 import ctypes.util
 import ipaddress
+import logging
 import os
 import struct
+import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -61,6 +64,8 @@ __all__ = [
     "sniffed",
 ]
 
+log = logging.getLogger(__name__)
+
 OBJECT = Path(__file__).parent / "bpf" / "build" / "fastpath.bpf.o"
 """Where tools/setup (tools/build-bpf) puts the compiled program (ignored by git)."""
 FILTER_NAME = "bf-fastpath"
@@ -75,6 +80,12 @@ _BPF_ANY = 0
 _BTF_KIND_STRUCT = 4
 _CT_OPTS_WITH_ZONE = 16
 _ENOENT = 2
+_SYS_MEMBARRIER = 324
+"""x86-64's membarrier(2)."""
+_MEMBARRIER_CMD_GLOBAL = 1
+_GRACE_FALLBACK = 0.1
+"""Seconds to wait when membarrier cannot (a nohz_full kernel): far more than
+a frame spends between the tables and its port."""
 
 
 class FastPathMode(Enum):
@@ -213,24 +224,56 @@ class FastPath:
         except BaseException:
             self.close()
             raise
+        self._lock = threading.Lock()
+        self._late = threading.Event()
+        self._closing = False
+        self._revoker = threading.Thread(
+            target=self._revoke_late, name="fast-path-revoker", daemon=True
+        )
+        self._revoker.start()
         self._ports: dict[str, FastPort] = {}
         self._by_vni: dict[int, set[str]] = {}
         """The vnics of :attr:`_ports` by VNI: a request looks at its VNIs only."""
 
     def close(self) -> None:
         """The program stays on the ports it is attached to, with its maps."""
+        if hasattr(self, "_revoker"):
+            self._closing = True
+            self._late.set()
+            self._revoker.join()
         if self._obj:
             self._bpf.bpf_object__close(self._obj)
             self._obj = None
 
     def narrowed(self) -> None:
         """Void every admission of an unreplied flow: called after each change
-        that may narrow what a vnic accepts (groups, their rules and members,
-        a vnic's settings, a vnic gone), so the next frame of each such flow
-        meets the tables again, as it did before the fast path took them.
-        One map update, whatever the number of flows."""
-        self._generation = (self._generation + 1) & 0xFFFFFFFF
-        self._update("settings", struct.pack("<I", 0), self._config())
+        of the tables (groups, their rules and members, a vnic's settings, a
+        vnic gone), so the next frame of each such flow meets them again, as
+        it did before the fast path took them. One map update, whatever the
+        number of flows; and once more from a thread after an RCU grace
+        period: a frame the previous tables admitted may still be on its way
+        to its port's egress (and record its pair with the new generation)
+        until every CPU has left the section it was in."""
+        self._bump()
+        self._late.set()
+
+    def _bump(self) -> None:
+        with self._lock:
+            if self._obj:
+                self._generation = (self._generation + 1) & 0xFFFFFFFF
+                self._update("settings", struct.pack("<I", 0), self._config())
+
+    def _revoke_late(self) -> None:
+        while True:
+            self._late.wait()
+            if self._closing:
+                return
+            self._late.clear()
+            _grace_period()
+            try:
+                self._bump()
+            except DataplaneError as exc:
+                log.warning("%s (the request's own revocation went through)", exc)
 
     def _config(self) -> bytes:
         return struct.pack("<IIII", *self._timeouts, self._generation)
@@ -356,6 +399,15 @@ def _address_keys(port: FastPort) -> list[bytes]:
         ip = ipaddress.ip_address(address)
         keys.append(struct.pack("<II16s", port.ifindex, ip.version, ip.packed))
     return keys
+
+
+def _grace_period() -> None:
+    """Wait until every CPU has left the RCU read-side sections it was in
+    (membarrier's global command is synchronize_rcu): the bridge, the tables
+    and a port's egress programs handle a frame within one such section."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_SYS_MEMBARRIER, _MEMBARRIER_CMD_GLOBAL, 0, 0) != 0:
+        time.sleep(_GRACE_FALLBACK)
 
 
 def _sysctl(name: str) -> int:
