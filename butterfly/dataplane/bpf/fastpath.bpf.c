@@ -130,7 +130,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 65536); /* the least recent go back to the bridge path */
 	__type(key, struct bf_flow);
 	__type(value, struct bf_admission);
 } admissions SEC(".maps");
