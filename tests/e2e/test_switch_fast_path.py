@@ -523,3 +523,39 @@ def test_an_admitted_one_way_flow_takes_the_fast_path(one_way: Switch) -> None:
     for sport in (6051, 6053):
         entry = _unreplied(switch, sport)
         assert "UNREPLIED" not in entry and "udp" in entry, entry
+
+
+def test_an_unreplied_flow_admitted_from_one_vnic_does_not_free_another(one_way: Switch) -> None:
+    """oth (no IP anti-spoofing, no OUTBOUND rules) sends a flow with cli's address
+    to srv, which admits it. cli's OUTBOUND rules allow only UDP 7000: the
+    very same 5-tuple from cli must still meet them and be dropped."""
+    switch = one_way
+    host = switch.host
+    host.cli(
+        "sg", "add", "out7000",
+        "+", "sg", "rule", "add", "out7000", "--dir", "out", "--ip-proto", "udp",
+        "--port", str(PORT), "--cidr", "0.0.0.0/0",
+    )  # fmt: skip
+    host.cli("nic", "sg", "set", "cli", "out7000")
+    try:
+        switch.vms["oth"].ip("neigh", "replace", CLI4, "lladdr", CLI_MAC, "dev", tap_name("oth"))
+        spoofed = {
+            f"from-oth-{i}": Ether(src=OTH_MAC, dst=SRV_MAC)
+            / IP(src=CLI4, dst=SRV4)
+            / UDP(sport=6061, dport=ONE_WAY_PORT)
+            for i in range(3)
+        }
+        last = _udp(OTH_MAC, OTH4, 6062, SRV_MAC, SRV4)
+        assert switch.seen("oth", "srv", spoofed, last) == set(spoofed), "positive control"
+        assert "UNREPLIED" in _unreplied(switch, 6061)
+        replayed = {
+            f"from-cli-{i}": Ether(src=CLI_MAC, dst=SRV_MAC)
+            / IP(src=CLI4, dst=SRV4)
+            / UDP(sport=6061, dport=ONE_WAY_PORT)
+            for i in range(5)
+        }
+        last = _udp(CLI_MAC, CLI4, 6063, SRV_MAC, SRV4)
+        assert switch.seen("cli", "srv", replayed, last) == set()
+    finally:
+        host.cli("nic", "sg", "set", "cli")
+        host.cli("sg", "del", "out7000")
