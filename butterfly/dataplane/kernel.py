@@ -193,9 +193,8 @@ class KernelDataplane:
         self._fast = fast_path
         self._fast_status = fast_path_status
         self._vhost_loop = vhost_loop
-        self._links = Links(
-            kernel.netlink, kernel.guards, fast_path=fast_path.fd if fast_path is not None else None
-        )
+        programs = (fast_path.fd, fast_path.admission_fd) if fast_path is not None else None
+        self._links = Links(kernel.netlink, kernel.guards, fast_path=programs)
         self._deleter = LinkDeleter() if defer_deletes else None
         self._vnis = Vnis(
             self._netlink,
@@ -274,6 +273,7 @@ class KernelDataplane:
                 )
             yield (progress := progress.next())
         self._tables.reconcile(state, self._ported(state))
+        self._revoke_admissions(None)
         if self._settings.multicast:
             # Left-over devices still hold their groups until the end.
             devices = {vxlan_name(vni) for vni in wanted_vnis}
@@ -337,6 +337,7 @@ class KernelDataplane:
         vnics = self._ported(state)
         if scope.tables:
             best_effort(problems, "nftables", partial(self._tables.reconcile, state, vnics))
+            self._revoke_admissions(None)
         self._links.rename_strays(problems, scope.links)
         vnis = {vnic.vni for vnic in vnics if _names_vni(scope.links, vnic.vni)}
         if vnis:
@@ -392,6 +393,7 @@ class KernelDataplane:
                 vnis={vnic.vni} | ({previous.vni} if previous else set()),
                 sgs=_current(state, [*vnic.security_groups, *_groups(previous)]),
             )
+            self._revoke_admissions(j)
             self._vnis.ensure(j, vnic.vni, state)
             self._ports.ensure(j, vnic, previous)
             self._vnis.sync_neighbours(j, vnic.vni, state)
@@ -417,6 +419,7 @@ class KernelDataplane:
                 vnis={after.vni},
                 sgs=_current(state, [*before.security_groups, *after.security_groups]),
             )
+            self._revoke_admissions(j)
             if after.type == VnicType.NETNS and before.ips != after.ips:
                 self._ports.configure_peer(j, after, before)
             if before.ips != after.ips:
@@ -438,6 +441,7 @@ class KernelDataplane:
                 vnis={vnic.vni},
                 sgs=_current(state, vnic.security_groups),
             )
+            self._revoke_admissions(j)
             self._vnis.remove_if_unused(j, vnic.vni, state)
             self._vnis.sync_neighbours(j, vnic.vni, state)
             self._sync_sniffing(j, state, vnic)
@@ -463,6 +467,7 @@ class KernelDataplane:
         label = "security group " + ", ".join(repr(sg_id) for sg_id in sorted(changes))
         with self._journal(label) as j:
             self._tables.commit(j, state, sgs=sgs, profiles=profiles)
+            self._revoke_admissions(j)
 
     def update_peers(self, vni: int, state: StateView) -> None:
         if self._settings.evpn:
@@ -609,6 +614,12 @@ class KernelDataplane:
         )
 
     # the fast path
+
+    def _revoke_admissions(self, j: Journal | None) -> None:
+        """After the tables changed: the next frame of every unreplied flow meets
+        them again (:meth:`FastPath.narrowed`; harmless when they widened)."""
+        if self._fast is not None:
+            step(j, "fast path admissions revoked", self._fast.narrowed)
 
     def _sync_fast_path(
         self,
