@@ -52,7 +52,7 @@ from butterfly.dataplane.base import Attachment, Counters, Progress, SgChange, V
 from butterfly.dataplane.cleanup import cleanup
 from butterfly.dataplane.deleter import LinkDeleter
 from butterfly.dataplane.evpn import FrrReader
-from butterfly.dataplane.fastpath import FastPath, FastPort
+from butterfly.dataplane.fastpath import FastPath, FastPort, PendingFastPath
 from butterfly.dataplane.graph import draw
 from butterfly.dataplane.journal import FaultHook, Journal, best_effort, journal, step
 from butterfly.dataplane.kernel_io import KernelIo, open_kernel
@@ -106,7 +106,10 @@ class KernelDataplane:
     carries the VNIs (:mod:`butterfly.dataplane.evpn`; neither multicast
     nor static peers), ``frr`` reads its state for the graph. ``fast_path``:
     the eBPF fast path to attach to every port and keep told of the vnics
-    (:mod:`butterfly.dataplane.fastpath`; None: bridge + nftables only),
+    (:mod:`butterfly.dataplane.fastpath`; None: bridge + nftables only); a
+    :class:`PendingFastPath` is loaded by the first reconcile, as its first
+    step (a daemon serves before it: the kernel's verifier takes 0.1-0.25 s),
+    and until that reconcile has attached it everywhere status says so.
     ``fast_path_status`` why it is (not) used, for the graph.
     ``defer_deletes``: a thread deletes the links a request no longer needs
     (removed ports, a VNI's devices) after its reply. ``fault_hook``: tests
@@ -141,7 +144,7 @@ class KernelDataplane:
         defer_deletes: bool = False,
         fault_hook: FaultHook | None = None,
         sniff_cross_vni: bool = False,
-        fast_path: FastPath | None = None,
+        fast_path: FastPath | PendingFastPath | None = None,
         fast_path_status: str = "off",
     ) -> None:
         try:
@@ -188,11 +191,12 @@ class KernelDataplane:
             vhost=vhost is not None,
         )
         self._tables = NftablesState(kernel.nft, settings)
-        self._fast = fast_path
+        self._pending_fast = fast_path if isinstance(fast_path, PendingFastPath) else None
+        self._fast = fast_path if isinstance(fast_path, FastPath) else None
         self._fast_status = fast_path_status
         self._vhost_loop = vhost_loop
         self._links = Links(
-            kernel.netlink, kernel.guards, fast_path=fast_path.fd if fast_path is not None else None
+            kernel.netlink, kernel.guards, fast_path=self._fast.fd if self._fast else None
         )
         self._deleter = LinkDeleter() if defer_deletes else None
         self._vnis = Vnis(
@@ -233,6 +237,9 @@ class KernelDataplane:
         could not be repaired, after repairing all the rest.
         """
         problems: list[str] = []
+        ready_status = self._load_fast_path(problems)
+        if ready_status is not None:
+            yield Progress(0, 0)  # requests waiting go before the link dump
         self._vnis.forget_flooding()
         # What the deletion thread is deleting would look like leftovers to delete.
         self._vnis.settle_deletions()
@@ -241,6 +248,8 @@ class KernelDataplane:
                 watch.prime(self._netlink.links())
             self._unprimed.clear()
             yield from self._reconcile(state, problems)
+        if ready_status is not None:
+            self._fast_status = ready_status  # on every port, the maps filled
         if problems:
             raise DataplaneError("reconcile: " + "; ".join(problems))
 
@@ -599,6 +608,26 @@ class KernelDataplane:
         )
 
     # the fast path
+
+    def _load_fast_path(self, problems: list[str]) -> str | None:
+        """Load a :class:`PendingFastPath` (once): from now on every port made or
+        repaired gets the program, and :meth:`_sync_fast_path` fills its maps.
+        Its status once the reconcile has done so (None: nothing was pending)."""
+        pending, self._pending_fast = self._pending_fast, None
+        if pending is None:
+            return None
+        self._fast, status = pending.load()
+        self._links.use_fast_path(self._fast.fd if self._fast is not None else None)
+        if self._fast is not None:
+            log.info("fast path loaded; the reconcile attaches it to every port")
+            return status
+        self._fast_status = status  # the bridge path stays: no program to wait for
+        if pending.required:
+            log.error("fast path: %s", status)
+            problems.append(f"fast path: {status}")
+        else:
+            log.info("fast path: %s", status)
+        return status
 
     def _sync_fast_path(
         self,

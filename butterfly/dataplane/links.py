@@ -45,6 +45,11 @@ class Links:
         self._fast_path = fast_path
         """The eBPF fast path's program (:mod:`.fastpath`), None when it is off."""
 
+    def use_fast_path(self, fast_path: int | None) -> None:
+        """The fast path's program, once loaded after the daemon began serving
+        (None: the kernel refused it; a reconcile then removes old ones)."""
+        self._fast_path = fast_path
+
     def owned(self) -> dict[str, Link]:
         return {
             link.name: link
