@@ -192,6 +192,8 @@ class KernelDataplane:
         )
         self._tables = NftablesState(kernel.nft, settings)
         self._pending_fast = fast_path if isinstance(fast_path, PendingFastPath) else None
+        self._fast_attached: str | None = None
+        """The status of a fast path loaded, once a reconcile has attached it everywhere."""
         self._fast = fast_path if isinstance(fast_path, FastPath) else None
         self._fast_status = fast_path_status
         self._vhost_loop = vhost_loop
@@ -237,8 +239,7 @@ class KernelDataplane:
         could not be repaired, after repairing all the rest.
         """
         problems: list[str] = []
-        ready_status = self._load_fast_path(problems)
-        if ready_status is not None:
+        if self._load_fast_path(problems):
             yield Progress(0, 0)  # requests waiting go before the link dump
         self._vnis.forget_flooding()
         # What the deletion thread is deleting would look like leftovers to delete.
@@ -248,8 +249,8 @@ class KernelDataplane:
                 watch.prime(self._netlink.links())
             self._unprimed.clear()
             yield from self._reconcile(state, problems)
-        if ready_status is not None:
-            self._fast_status = ready_status  # on every port, the maps filled
+        if self._fast_attached is not None:  # on every port now, its maps filled
+            self._fast_status, self._fast_attached = self._fast_attached, None
         if problems:
             raise DataplaneError("reconcile: " + "; ".join(problems))
 
@@ -609,25 +610,26 @@ class KernelDataplane:
 
     # the fast path
 
-    def _load_fast_path(self, problems: list[str]) -> str | None:
-        """Load a :class:`PendingFastPath` (once): from now on every port made or
-        repaired gets the program, and :meth:`_sync_fast_path` fills its maps.
-        Its status once the reconcile has done so (None: nothing was pending)."""
+    def _load_fast_path(self, problems: list[str]) -> bool:
+        """Load a :class:`PendingFastPath` (once; whether it was pending): from
+        now on every port made or repaired gets the program, and
+        :meth:`_sync_fast_path` fills its maps."""
         pending, self._pending_fast = self._pending_fast, None
         if pending is None:
-            return None
+            return False
         self._fast, status = pending.load()
         self._links.use_fast_path(self._fast.fd if self._fast is not None else None)
         if self._fast is not None:
             log.info("fast path loaded; the reconcile attaches it to every port")
-            return status
+            self._fast_attached = status
+            return True
         self._fast_status = status  # the bridge path stays: no program to wait for
         if pending.required:
             log.error("fast path: %s", status)
             problems.append(f"fast path: {status}")
         else:
             log.info("fast path: %s", status)
-        return status
+        return True
 
     def _sync_fast_path(
         self,
