@@ -142,7 +142,7 @@ def _make_dataplane(config: Config, vhost: VhostPorts, vhost_loop: str) -> Datap
         config.vnic_max_new_connections or "any number",
     )
     mode = FastPathMode(config.fast_path)
-    # Loaded by the start-up reconcile, once the API serves (0.1-0.25 s of verifier).
+    # Loaded by the start-up reconcile, once the API serves (0.1-0.35 s of verifier).
     fast_path, fast_path_status = prepare(mode, repaired=not config.report_drift_only)
     log.info("fast path: %s", fast_path_status)
     return KernelDataplane(

@@ -29,7 +29,7 @@ forwarding as they were; the next one loads a new program and replaces it
 on every port at reconcile (or removes it, with ``off``). The daemon checks
 what the program needs before it serves (:func:`prepare`: milliseconds) and
 loads it after (:meth:`PendingFastPath.load`: the kernel's verifier takes
-0.1-0.25 s), as the start-up reconcile's first step.
+0.1-0.35 s), as the start-up reconcile's first step.
 """
 
 import ctypes

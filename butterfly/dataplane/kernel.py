@@ -108,7 +108,7 @@ class KernelDataplane:
     the eBPF fast path to attach to every port and keep told of the vnics
     (:mod:`butterfly.dataplane.fastpath`; None: bridge + nftables only); a
     :class:`PendingFastPath` is loaded by the first reconcile, as its first
-    step (a daemon serves before it: the kernel's verifier takes 0.1-0.25 s),
+    step (a daemon serves before it: the kernel's verifier takes 0.1-0.35 s),
     and until that reconcile has attached it everywhere status says so.
     ``fast_path_status`` why it is (not) used, for the graph.
     ``defer_deletes``: a thread deletes the links a request no longer needs
