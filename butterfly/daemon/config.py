@@ -192,9 +192,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fast-path",
         choices=FAST_PATHS,
-        help="established flows between local vnics through an eBPF program instead of the"
-        f" bridge and nftables: auto (when built and the kernel loads it), ebpf, off"
-        f" (default {DEFAULT_FAST_PATH})",
+        help="established (and admitted one-way UDP) flows between local vnics through an eBPF"
+        " program instead of the bridge and nftables: auto (when built and the kernel loads"
+        f" it), ebpf, off (default {DEFAULT_FAST_PATH})",
     )
     parser.add_argument(
         "--sniff-cross-vni",

@@ -17,6 +17,12 @@ everything else about a frame is decided in the kernel:
   conntrack holds as established in the VNI's zone; it refreshes the entry
   and sets the mark bits the port guard (:mod:`.guard`) wants, as the
   tables would;
+- the original direction of a UDP flow conntrack holds unreplied too, but
+  only between the pair of ports the tables last delivered one of its
+  frames for (a second program, on every port's egress ahead of the guard,
+  records them) and only until the daemon calls :meth:`FastPath.narrowed`
+  (after any change that may narrow what a vnic accepts): the tables judge
+  each frame of such a flow by its own sender and receiver;
 - every other frame (new flows, other TCP, ICMP, ARP, ND, broadcast, other
   hosts, fragments, VLAN tags, sniffed VNIs, bypassing vnics) returns to the
   bridge + nftables path unchanged, which also creates and advances the
@@ -35,8 +41,11 @@ loads it after (:meth:`PendingFastPath.load`: the kernel's verifier takes
 import ctypes
 import ctypes.util
 import ipaddress
+import logging
 import os
 import struct
+import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -47,6 +56,7 @@ from butterfly.model import StateView, Vnic
 from butterfly.model.firewall import link_local
 
 __all__ = [
+    "ADMISSION_FILTER",
     "FILTER_NAME",
     "OBJECT",
     "FastPath",
@@ -59,16 +69,28 @@ __all__ = [
     "sniffed",
 ]
 
+log = logging.getLogger(__name__)
+
 OBJECT = Path(__file__).parent / "bpf" / "build" / "fastpath.bpf.o"
 """Where tools/setup (tools/build-bpf) puts the compiled program (ignored by git)."""
 FILTER_NAME = "bf-fastpath"
 """The tc filter's name on a port's ingress."""
+ADMISSION_FILTER = "bf-admitted"
+"""The tc filter's name on a port's egress, ahead of the port guard: it records
+which pair of ports the tables admitted an unreplied UDP flow for."""
 _PROGRAM = b"fastpath"
+_ADMISSION = b"admitted"
 _NETFILTER = "/proc/sys/net/netfilter/"
 _BPF_ANY = 0
 _BTF_KIND_STRUCT = 4
 _CT_OPTS_WITH_ZONE = 16
 _ENOENT = 2
+_SYS_MEMBARRIER = 324
+"""x86-64's membarrier(2)."""
+_MEMBARRIER_CMD_GLOBAL = 1
+_GRACE_FALLBACK = 0.1
+"""Seconds to wait when membarrier cannot (a nohz_full kernel): far more than
+a frame spends between the tables and its port."""
 
 
 class FastPathMode(Enum):
@@ -200,25 +222,72 @@ class FastPath:
                 raise _error("the kernel refused the program (details on stderr)", code)
             program = self._bpf.bpf_object__find_program_by_name(self._obj, _PROGRAM)
             self.fd = int(self._bpf.bpf_program__fd(program))
+            admission = self._bpf.bpf_object__find_program_by_name(self._obj, _ADMISSION)
+            self.admission_fd = int(self._bpf.bpf_program__fd(admission))
             self._maps = {
                 name: int(self._bpf.bpf_object__find_map_fd_by_name(self._obj, name.encode()))
                 for name in ("ports", "dests", "addrs", "forwarded", "settings")
             }
             self._cpus = int(self._bpf.libbpf_num_possible_cpus())
-            settings, self.tcp = _settings()
-            self._update("settings", struct.pack("<I", 0), settings)
+            self._timeouts, self.tcp = _settings()
+            self._generation = 0
+            self._update("settings", struct.pack("<I", 0), self._config())
         except BaseException:
             self.close()
             raise
+        self._lock = threading.Lock()
+        self._late = threading.Event()
+        self._closing = False
+        self._revoker = threading.Thread(
+            target=self._revoke_late, name="fast-path-revoker", daemon=True
+        )
+        self._revoker.start()
         self._ports: dict[str, FastPort] = {}
         self._by_vni: dict[int, set[str]] = {}
         """The vnics of :attr:`_ports` by VNI: a request looks at its VNIs only."""
 
     def close(self) -> None:
         """The program stays on the ports it is attached to, with its maps."""
+        if hasattr(self, "_revoker"):
+            self._closing = True
+            self._late.set()
+            self._revoker.join()
         if self._obj:
             self._bpf.bpf_object__close(self._obj)
             self._obj = None
+
+    def narrowed(self) -> None:
+        """Void every admission of an unreplied flow: called after each change
+        of the tables (groups, their rules and members, a vnic's settings, a
+        vnic gone), so the next frame of each such flow meets them again, as
+        it did before the fast path took them. One map update, whatever the
+        number of flows; and once more from a thread after an RCU grace
+        period: a frame the previous tables admitted may still be on its way
+        to its port's egress (and record its pair with the new generation)
+        until every CPU has left the section it was in."""
+        self._bump()
+        self._late.set()
+
+    def _bump(self) -> None:
+        with self._lock:
+            if self._obj:
+                self._generation = (self._generation + 1) & 0xFFFFFFFF
+                self._update("settings", struct.pack("<I", 0), self._config())
+
+    def _revoke_late(self) -> None:
+        while True:
+            self._late.wait()
+            if self._closing:
+                return
+            self._late.clear()
+            _grace_period()
+            try:
+                self._bump()
+            except DataplaneError as exc:
+                log.warning("%s (the request's own revocation went through)", exc)
+
+    def _config(self) -> bytes:
+        return struct.pack("<IIII", *self._timeouts, self._generation)
 
     def served(self) -> dict[str, FastPort]:
         return dict(self._ports)
@@ -343,6 +412,15 @@ def _address_keys(port: FastPort) -> list[bytes]:
     return keys
 
 
+def _grace_period() -> None:
+    """Wait until every CPU has left the RCU read-side sections it was in
+    (membarrier's global command is synchronize_rcu): the bridge, the tables
+    and a port's egress programs handle a frame within one such section."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_SYS_MEMBARRIER, _MEMBARRIER_CMD_GLOBAL, 0, 0) != 0:
+        time.sleep(_GRACE_FALLBACK)
+
+
 def _sysctl(name: str) -> int:
     try:
         with open(_NETFILTER + name) as file:
@@ -351,7 +429,7 @@ def _sysctl(name: str) -> int:
         raise DataplaneError(f"fast path: reading {_NETFILTER}{name}: {exc}") from exc
 
 
-def _settings() -> tuple[bytes, bool]:
+def _settings() -> tuple[tuple[int, int, int], bool]:
     """conntrack's timeouts of this namespace, in ms (the program refreshes an
     entry as conntrack would: the frames it forwards skip conntrack), and
     whether TCP may take the fast path: only when conntrack does not check
@@ -360,7 +438,7 @@ def _settings() -> tuple[bytes, bool]:
     stream = _sysctl("nf_conntrack_udp_timeout_stream") * 1000
     tcp = _sysctl("nf_conntrack_tcp_be_liberal") == 1
     established = _sysctl("nf_conntrack_tcp_timeout_established") * 1000 if tcp else 0
-    return struct.pack("<III", udp, stream, min(established, 0xFFFFFFFF)), tcp
+    return (udp, stream, min(established, 0xFFFFFFFF)), tcp
 
 
 LOADING = (
@@ -437,4 +515,4 @@ def choose(
 
 def _loaded(fast: FastPath) -> str:
     tcp = "UDP and TCP (conntrack is liberal)" if fast.tcp else "UDP"
-    return f"ebpf: established {tcp} between local vnics"
+    return f"ebpf: established {tcp} and admitted one-way UDP between local vnics"

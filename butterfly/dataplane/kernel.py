@@ -197,9 +197,7 @@ class KernelDataplane:
         self._fast = fast_path if isinstance(fast_path, FastPath) else None
         self._fast_status = fast_path_status
         self._vhost_loop = vhost_loop
-        self._links = Links(
-            kernel.netlink, kernel.guards, fast_path=self._fast.fd if self._fast else None
-        )
+        self._links = Links(kernel.netlink, kernel.guards, fast_path=_programs(self._fast))
         self._deleter = LinkDeleter() if defer_deletes else None
         self._vnis = Vnis(
             self._netlink,
@@ -282,6 +280,7 @@ class KernelDataplane:
                 )
             yield (progress := progress.next())
         self._tables.reconcile(state, self._ported(state))
+        self._revoke_admissions(None)
         if self._settings.multicast:
             # Left-over devices still hold their groups until the end.
             devices = {vxlan_name(vni) for vni in wanted_vnis}
@@ -345,6 +344,7 @@ class KernelDataplane:
         vnics = self._ported(state)
         if scope.tables:
             best_effort(problems, "nftables", partial(self._tables.reconcile, state, vnics))
+            self._revoke_admissions(None)
         self._links.rename_strays(problems, scope.links)
         vnis = {vnic.vni for vnic in vnics if _names_vni(scope.links, vnic.vni)}
         if vnis:
@@ -400,6 +400,7 @@ class KernelDataplane:
                 vnis={vnic.vni} | ({previous.vni} if previous else set()),
                 sgs=_current(state, [*vnic.security_groups, *_groups(previous)]),
             )
+            self._revoke_admissions(j)
             self._vnis.ensure(j, vnic.vni, state)
             self._ports.ensure(j, vnic, previous)
             self._vnis.sync_neighbours(j, vnic.vni, state)
@@ -425,6 +426,7 @@ class KernelDataplane:
                 vnis={after.vni},
                 sgs=_current(state, [*before.security_groups, *after.security_groups]),
             )
+            self._revoke_admissions(j)
             if after.type == VnicType.NETNS and before.ips != after.ips:
                 self._ports.configure_peer(j, after, before)
             if before.ips != after.ips:
@@ -446,6 +448,7 @@ class KernelDataplane:
                 vnis={vnic.vni},
                 sgs=_current(state, vnic.security_groups),
             )
+            self._revoke_admissions(j)
             self._vnis.remove_if_unused(j, vnic.vni, state)
             self._vnis.sync_neighbours(j, vnic.vni, state)
             self._sync_sniffing(j, state, vnic)
@@ -471,6 +474,7 @@ class KernelDataplane:
         label = "security group " + ", ".join(repr(sg_id) for sg_id in sorted(changes))
         with journal(label, self._fault_hook) as j:
             self._tables.commit(j, state, sgs=sgs, profiles=profiles)
+            self._revoke_admissions(j)
 
     def update_peers(self, vni: int, state: StateView) -> None:
         if self._settings.evpn:
@@ -618,7 +622,7 @@ class KernelDataplane:
         if pending is None:
             return False
         self._fast, status = pending.load()
-        self._links.use_fast_path(self._fast.fd if self._fast is not None else None)
+        self._links.use_fast_path(_programs(self._fast))
         if self._fast is not None:
             log.info("fast path loaded; the reconcile attaches it to every port")
             self._fast_attached = status
@@ -630,6 +634,12 @@ class KernelDataplane:
         else:
             log.info("fast path: %s", status)
         return True
+
+    def _revoke_admissions(self, j: Journal | None) -> None:
+        """After the tables changed: the next frame of every unreplied flow meets
+        them again (:meth:`FastPath.narrowed`; harmless when they widened)."""
+        if self._fast is not None:
+            step(j, "fast path admissions revoked", self._fast.narrowed)
 
     def _sync_fast_path(
         self,
@@ -671,6 +681,11 @@ class KernelDataplane:
             return ""
         frames, octets = self._fast.forwarded(port.ifindex)
         return f"{frames} frames, {octets} bytes forwarded"
+
+
+def _programs(fast: FastPath | None) -> tuple[int, int] | None:
+    """The fast path's programs for the ports (ingress, egress), None when it is off."""
+    return (fast.fd, fast.admission_fd) if fast is not None else None
 
 
 def _names_vni(names: frozenset[str], vni: int) -> bool:

@@ -88,6 +88,10 @@ class LinksNetlink(LinkNetlink, Protocol):
 
     def remove_ingress_program(self, index: int) -> None: ...
 
+    def set_egress_program(self, index: int, fd: int, name: str) -> None: ...
+
+    def remove_egress_program(self, index: int) -> None: ...
+
     def set_bridge_port(
         self,
         index: int,

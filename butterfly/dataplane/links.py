@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import NamedTuple
 
+from butterfly.dataplane.fastpath import ADMISSION_FILTER
 from butterfly.dataplane.fastpath import FILTER_NAME as FAST_PATH_FILTER
 from butterfly.dataplane.guard import SENDER_MARK, GuardKind
 from butterfly.dataplane.journal import Journal, best_effort, step
@@ -38,16 +39,21 @@ class Links:
     """Butterfly's links in the namespace ``netlink`` talks to."""
 
     def __init__(
-        self, netlink: LinksNetlink, guards: GuardApi, *, fast_path: int | None = None
+        self,
+        netlink: LinksNetlink,
+        guards: GuardApi,
+        *,
+        fast_path: tuple[int, int] | None = None,
     ) -> None:
         self._netlink = netlink
         self._guards = guards
         self._fast_path = fast_path
-        """The eBPF fast path's program (:mod:`.fastpath`), None when it is off."""
+        """The eBPF fast path's programs (:mod:`.fastpath`: ingress, egress), None
+        when it is off."""
 
-    def use_fast_path(self, fast_path: int | None) -> None:
-        """The fast path's program, once loaded after the daemon began serving
-        (None: the kernel refused it; a reconcile then removes old ones)."""
+    def use_fast_path(self, fast_path: tuple[int, int] | None) -> None:
+        """The fast path's programs, once loaded after the daemon began serving
+        (None: the kernel refused them; a reconcile then removes old ones)."""
         self._fast_path = fast_path
 
     def owned(self) -> dict[str, Link]:
@@ -130,12 +136,16 @@ class Links:
         say which vnics it serves); with the fast path off, a reconcile
         (``j`` None) removes one a previous daemon left."""
         if self._fast_path is not None:
+            ingress, egress = self._fast_path
             attach = partial(
-                self._netlink.set_ingress_program, link.index, self._fast_path, FAST_PATH_FILTER
+                self._netlink.set_ingress_program, link.index, ingress, FAST_PATH_FILTER
             )
             step(j, f"fast path on {link.name}", attach)
+            admit = partial(self._netlink.set_egress_program, link.index, egress, ADMISSION_FILTER)
+            step(j, f"fast path admissions on {link.name}", admit)
         elif j is None:
             self._netlink.remove_ingress_program(link.index)
+            self._netlink.remove_egress_program(link.index)
 
     def fix(
         self,

@@ -25,6 +25,7 @@ from pyroute2.netlink.rtnl import RTM_GETLINK
 from pyroute2.netlink.rtnl.ndmsg import NTF_EXT_LEARNED, NTF_SELF, NTF_STICKY
 
 from butterfly.dataplane import rtchange
+from butterfly.dataplane.fastpath import ADMISSION_FILTER
 from butterfly.dataplane.kernel_errors import code_of, explain
 from butterfly.dataplane.rtlink import FdbEntry, LinkReader, RawLink
 from butterfly.errors import DataplaneError
@@ -43,6 +44,8 @@ _TC_INGRESS = 0xFFFFFFF2
 sender mark (prio 1), then the fast path's program (prio 2)."""
 _GUARD_PRIO = 1
 _FAST_PATH_PRIO = 2
+_ADMISSION_HANDLE = 2
+"""The fast path's egress program: the guard's priority, another handle."""
 
 LLDP_FORWARD_MASK = 1 << 0x0E
 """A bridge hands frames to 01:80:c2:00:00:0e (LLDP) to the receiving port's own
@@ -490,6 +493,7 @@ class Netlink:
                 if exc.errno == errno.EINVAL:
                     return None  # no clsact qdisc
                 raise
+        names = [name for name in names if name != ADMISSION_FILTER]
         return names[0] if names else None
 
     def set_guard(self, index: int, fd: int, name: str, *, ingress: bool = False) -> None:
@@ -538,6 +542,39 @@ class Netlink:
                     index, parent=_TC_INGRESS, prio=_FAST_PATH_PRIO, handle=1, fd=fd, name=name
                 )
             )
+
+    def set_egress_program(self, index: int, fd: int, name: str) -> None:
+        """Put the eBPF program ``fd`` on link ``index``'s egress ahead of the
+        guard (the fast path's admissions): beside it at its priority, where
+        the kernel runs the filter added last first. It returns "unspecified",
+        so the guard still decides; one the guard was put back in front of
+        after it (a repair) never runs, which only keeps flows on the bridge."""
+        self._touched.add(index)
+        with _translated(lambda: f"netlink: attaching the fast path to {self._name(index)}"):
+            self._reader.change(
+                rtchange.bpf_filter(
+                    index,
+                    parent=_TC_EGRESS,
+                    prio=_GUARD_PRIO,
+                    handle=_ADMISSION_HANDLE,
+                    fd=fd,
+                    name=name,
+                )
+            )
+
+    def remove_egress_program(self, index: int) -> None:
+        """Remove link ``index``'s egress program (not its guard), if it has one."""
+        self._touched.add(index)
+        with _translated(lambda: f"netlink: detaching the fast path from {self._name(index)}"):
+            try:
+                self._reader.change(
+                    rtchange.delete_filter(
+                        index, parent=_TC_EGRESS, prio=_GUARD_PRIO, handle=_ADMISSION_HANDLE
+                    )
+                )
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.EINVAL):
+                    raise
 
     def remove_ingress_program(self, index: int) -> None:
         """Remove link ``index``'s ingress program, if it has one."""

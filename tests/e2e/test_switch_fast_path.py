@@ -419,3 +419,185 @@ def test_tcp_takes_the_fast_path_when_conntrack_is_liberal(lab: Lab) -> None:
     entries = host.exec("conntrack", "-L", "-p", "tcp", "--dport", str(TCP_PORT), check=False)
     assert "TIME_WAIT" in entries, entries
     assert cli.blocked("tcp", SRV4, TCP_PORT + 1)
+
+
+ONE_WAY_PORT = 7100
+"""Opened to srv only by the tests below (group ``oneway``); nothing listens, so
+flows to it stay unreplied in conntrack (the ICMP errors srv answers with are
+related, not replies)."""
+
+
+@pytest.fixture
+def one_way(switch: Switch) -> Iterator[Switch]:
+    """srv also uses group ``oneway``: UDP ONE_WAY_PORT in from group ``clients``
+    (whose member is cli's address); taken away after the test."""
+    host = switch.host
+    host.cli(
+        "sg", "add", "oneway", "clients",
+        "+", "sg", "member", "add", "clients", CLI4,
+        "+", "sg", "rule", "add", "oneway", "--ip-proto", "udp", "--port", str(ONE_WAY_PORT),
+        "--sg-members", "clients",
+    )  # fmt: skip
+    host.cli("nic", "sg", "set", "srv", "udp", "oneway")
+    try:
+        yield switch
+    finally:
+        host.cli("nic", "sg", "set", "srv", "udp")
+        host.cli("nic", "sg", "set", "oth")
+        host.cli("sg", "del", "oneway", "clients")
+
+
+def _one_way_batch(switch: Switch, sport: int, tag: str) -> set[str]:
+    """Which of 5 datagrams of one unreplied flow (cli -> SRV4:ONE_WAY_PORT) reach
+    srv; a datagram of cli's to srv's open port 7000 closes the window."""
+    frames = {
+        f"{tag}-{i}": Ether(src=CLI_MAC, dst=SRV_MAC)
+        / IP(src=CLI4, dst=SRV4)
+        / UDP(sport=sport, dport=ONE_WAY_PORT)
+        for i in range(5)
+    }
+    return switch.seen("cli", "srv", frames, _udp(CLI_MAC, CLI4, sport + 1, SRV_MAC, SRV4))
+
+
+def _unreplied(switch: Switch, sport: int) -> str:
+    """conntrack's entry of cli's flow from ``sport`` to ONE_WAY_PORT ("" if none)."""
+    return switch.host.exec(
+        "conntrack", "-L", "-p", "udp", "--sport", str(sport), "--dport", str(ONE_WAY_PORT),
+        check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("narrowing", ["rule removed", "group detached", "member removed"])
+def test_a_narrowing_change_stops_an_unreplied_flow(one_way: Switch, narrowing: str) -> None:
+    """A one-way flow the groups allow passes, and conntrack holds it unreplied;
+    once the change takes its permission away, its very next datagrams are
+    dropped, as the tables drop every frame of a flow never answered."""
+    switch = one_way
+    sport = {"rule removed": 6001, "group detached": 6011, "member removed": 6021}[narrowing]
+    expected = {f"before-{i}" for i in range(5)}
+    assert _one_way_batch(switch, sport, "before") == expected, "positive control"
+    assert "UNREPLIED" in _unreplied(switch, sport)
+    if narrowing == "rule removed":
+        switch.host.cli(
+            "sg", "rule", "del", "oneway", "--ip-proto", "udp", "--port", str(ONE_WAY_PORT),
+            "--sg-members", "clients",
+        )  # fmt: skip
+    elif narrowing == "group detached":
+        switch.host.cli("nic", "sg", "set", "srv", "udp")
+    else:
+        switch.host.cli("sg", "member", "del", "clients", CLI4)
+    assert _one_way_batch(switch, sport, "after") == set()
+
+
+def test_a_flow_the_groups_never_allowed_never_passes(one_way: Switch) -> None:
+    """One port up from the open one: every datagram of the flow dropped, however many."""
+    switch = one_way
+    frames = {
+        f"closed-{i}": Ether(src=CLI_MAC, dst=SRV_MAC)
+        / IP(src=CLI4, dst=SRV4)
+        / UDP(sport=6031, dport=ONE_WAY_PORT + 1)
+        for i in range(20)
+    }
+    assert switch.seen("cli", "srv", frames, _udp(CLI_MAC, CLI4, 6032, SRV_MAC, SRV4)) == set()
+
+
+def test_an_unreplied_flow_admitted_by_one_vnic_does_not_open_another(one_way: Switch) -> None:
+    """cli sends a datagram to srv's MAC but oth's address: srv's groups admit it, so
+    conntrack holds the flow (unreplied, in the VNI's zone). The same 5-tuple sent
+    to oth's MAC must still meet oth's groups (which let only port 7000 in): an
+    unreplied entry proves a verdict for the frame's receiver, not for the flow."""
+    switch = one_way
+    switch.host.cli("nic", "sg", "set", "oth", "udp")
+    admitted = {
+        "to-srv": Ether(src=CLI_MAC, dst=SRV_MAC)
+        / IP(src=CLI4, dst=OTH4)
+        / UDP(sport=6041, dport=ONE_WAY_PORT)
+    }
+    assert switch.seen("cli", "srv", admitted, _udp(CLI_MAC, CLI4, 6042, SRV_MAC, SRV4)) == {
+        "to-srv"
+    }, "positive control"
+    assert "UNREPLIED" in _unreplied(switch, 6041)
+    replayed = {
+        f"to-oth-{i}": Ether(src=CLI_MAC, dst=OTH_MAC)
+        / IP(src=CLI4, dst=OTH4)
+        / UDP(sport=6041, dport=ONE_WAY_PORT)
+        for i in range(5)
+    }
+    last = _udp(CLI_MAC, CLI4, 6043, OTH_MAC, OTH4)
+    assert switch.seen("cli", "oth", replayed, last) == set()
+
+
+def test_an_admitted_one_way_flow_takes_the_fast_path(one_way: Switch) -> None:
+    """After its first datagram (judged by the tables), an unreplied flow's next
+    ones skip the bridge with ebpf (the program's counter); all arrive on both
+    paths. The first frame of the reply direction still takes the bridge, so
+    conntrack sees it: the entry is no longer unreplied."""
+    switch = one_way
+    assert _one_way_batch(switch, 6051, "first") == {f"first-{i}" for i in range(5)}
+    before = switch.forwarded("cli"), switch.forwarded("srv")
+    frames = {
+        f"next-{i}": Ether(src=CLI_MAC, dst=SRV_MAC)
+        / IP(src=CLI4, dst=SRV4)
+        / UDP(sport=6051, dport=ONE_WAY_PORT)
+        for i in range(30)
+    }
+    last = _udp(CLI_MAC, CLI4, 6052, SRV_MAC, SRV4)
+    assert switch.seen("cli", "srv", frames, last) == set(frames)
+    forwarded = switch.forwarded("cli") - before[0]
+    if switch.fast:
+        assert forwarded >= 30, forwarded
+    else:
+        assert forwarded == 0
+    assert "UNREPLIED" in _unreplied(switch, 6051)
+    assert _one_way_batch(switch, 6053, "other") == {f"other-{i}" for i in range(5)}
+    time.sleep(0.5)  # srv's echoes of the batches' last datagrams are through
+    before_replies = switch.forwarded("srv")
+
+    def reply(sport: int) -> Ether:
+        return (
+            Ether(src=SRV_MAC, dst=CLI_MAC)
+            / IP(src=SRV4, dst=CLI4)
+            / UDP(sport=ONE_WAY_PORT, dport=sport)
+        )
+
+    assert switch.seen("srv", "cli", {"reply": reply(6051)}, reply(6053)) == {"reply"}
+    assert switch.forwarded("srv") == before_replies, "first replies take the bridge"
+    for sport in (6051, 6053):
+        entry = _unreplied(switch, sport)
+        assert "UNREPLIED" not in entry and "udp" in entry, entry
+
+
+def test_an_unreplied_flow_admitted_from_one_vnic_does_not_free_another(one_way: Switch) -> None:
+    """oth (no IP anti-spoofing, no OUTBOUND rules) sends a flow with cli's address
+    to srv, which admits it. cli's OUTBOUND rules allow only UDP 7000: the
+    very same 5-tuple from cli must still meet them and be dropped."""
+    switch = one_way
+    host = switch.host
+    host.cli(
+        "sg", "add", "out7000",
+        "+", "sg", "rule", "add", "out7000", "--dir", "out", "--ip-proto", "udp",
+        "--port", str(PORT), "--cidr", "0.0.0.0/0",
+    )  # fmt: skip
+    host.cli("nic", "sg", "set", "cli", "out7000")
+    try:
+        switch.vms["oth"].ip("neigh", "replace", CLI4, "lladdr", CLI_MAC, "dev", tap_name("oth"))
+        spoofed = {
+            f"from-oth-{i}": Ether(src=OTH_MAC, dst=SRV_MAC)
+            / IP(src=CLI4, dst=SRV4)
+            / UDP(sport=6061, dport=ONE_WAY_PORT)
+            for i in range(3)
+        }
+        last = _udp(OTH_MAC, OTH4, 6062, SRV_MAC, SRV4)
+        assert switch.seen("oth", "srv", spoofed, last) == set(spoofed), "positive control"
+        assert "UNREPLIED" in _unreplied(switch, 6061)
+        replayed = {
+            f"from-cli-{i}": Ether(src=CLI_MAC, dst=SRV_MAC)
+            / IP(src=CLI4, dst=SRV4)
+            / UDP(sport=6061, dport=ONE_WAY_PORT)
+            for i in range(5)
+        }
+        last = _udp(CLI_MAC, CLI4, 6063, SRV_MAC, SRV4)
+        assert switch.seen("cli", "srv", replayed, last) == set()
+    finally:
+        host.cli("nic", "sg", "set", "cli")
+        host.cli("sg", "del", "out7000")

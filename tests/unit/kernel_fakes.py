@@ -92,6 +92,7 @@ class FakeNetlink:
         self.guards: dict[int, str] = {}
         self.ingress_guards: dict[int, str] = {}
         self.ingress: dict[int, str] = {}
+        self.egress: dict[int, str] = {}
         self.flooding: dict[int, set[str]] = {}
         self.macs: dict[int, dict[str, bool]] = {}
         self.neighbours: dict[int, dict[str, str]] = {}
@@ -288,6 +289,7 @@ class FakeNetlink:
             self.guards,
             self.ingress_guards,
             self.ingress,
+            self.egress,
             self.flooding,
             self.macs,
             self.neighbours,
@@ -311,6 +313,14 @@ class FakeNetlink:
     def remove_ingress_program(self, index: int) -> None:
         if self.ingress.pop(index, None) is not None:
             self._log.record(f"no ingress {self._name_of(index)}")
+
+    def set_egress_program(self, index: int, fd: int, name: str) -> None:
+        self._log.record(f"egress {self._name_of(index)} {name}")
+        self.egress[index] = name
+
+    def remove_egress_program(self, index: int) -> None:
+        if self.egress.pop(index, None) is not None:
+            self._log.record(f"no egress {self._name_of(index)}")
 
     def fdb_append(self, index: int, dst: str) -> None:
         self._log.record(f"flood {self._name_of(index)} {dst}")

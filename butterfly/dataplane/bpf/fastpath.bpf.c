@@ -11,6 +11,19 @@
  * advances every conntrack entry (so new flows, connection caps and the
  * security groups stay where they are evaluated today).
  *
+ * One-way UDP too: conntrack calls a flow new until its first reply, so the
+ * tables judge each of its frames again, by the frame's own sender and
+ * receiver. An unreplied entry proves only that some pair was admitted for
+ * its 5-tuple; so admitted() below, on the egress of a receiving port (ahead
+ * of the port guard), records for each frame the tables delivered there
+ * (all guard bits, not forwarded here) the (sender port, receiver port) of
+ * its unreplied entry with the current generation, and the fast path
+ * forwards the original direction of an unreplied entry only for that pair
+ * and generation. The daemon bumps the generation at every change that may
+ * narrow what a vnic accepts, so the next frame of every unreplied flow
+ * meets the tables again. The reply direction always takes the bridge path:
+ * conntrack must see the first reply.
+ *
  * TCP takes it only when conntrack does not check TCP windows in this
  * namespace (net.netfilter.nf_conntrack_tcp_be_liberal = 1, read by the
  * daemon at start-up: tcp_timeout_ms is 0 otherwise): segments conntrack does
@@ -38,6 +51,8 @@
 #define IP_FRAGMENTS 0x3FFF /* more fragments, offset */
 #define ALL_OK 0x70000000   /* guard.py's BRIDGE_OK | INBOUND_OK | OUTBOUND_OK */
 #define ZONE_BOTH_DIRECTIONS 3
+#define FORWARDED_HERE 0x04000000 /* a mark bit: admitted() must not record it */
+#define TC_ACT_UNSPEC (-1)	  /* the next filter (the port guard) decides */
 
 struct bf_port {
 	__u32 vni;
@@ -69,6 +84,20 @@ struct bf_config {
 	__u32 udp_timeout_ms;
 	__u32 udp_stream_timeout_ms;
 	__u32 tcp_timeout_ms; /* established; 0: TCP stays on the slow path */
+	__u32 generation;     /* bumped by the daemon: older admissions are void */
+};
+
+struct bf_flow {
+	__u16 zone;
+	__u8 proto;
+	__u8 pad;
+	struct bpf_sock_tuple tuple; /* the original direction, zero-padded */
+};
+
+struct bf_admission {
+	__u32 from; /* the sender's port */
+	__u32 to;   /* the receiver's port */
+	__u32 generation;
 };
 
 struct {
@@ -98,6 +127,13 @@ struct {
 	__type(key, __u32); /* the sending port's ifindex */
 	__type(value, struct bf_counter);
 } forwarded SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536); /* the least recent go back to the bridge path */
+	__type(key, struct bf_flow);
+	__type(value, struct bf_admission);
+} admissions SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -172,7 +208,7 @@ static __always_inline int ports_of(void *l4, void *end, __u8 proto, const struc
  * (or TCP, see above). */
 static __always_inline __u32 flow_tuple(struct __sk_buff *skb, struct bpf_sock_tuple *tuple,
 					__u8 *proto, const struct bf_port *src,
-					const struct bf_config *cfg)
+					const struct bf_config *cfg, int sending)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
@@ -190,7 +226,7 @@ static __always_inline __u32 flow_tuple(struct __sk_buff *skb, struct bpf_sock_t
 		*proto = ip->protocol;
 		if (!ports_of(ip + 1, end, *proto, cfg, &tuple->ipv4.sport, &tuple->ipv4.dport))
 			return 0;
-		if (src->check_ip && !own_address(skb->ifindex, 4, &ip->saddr, 4))
+		if (sending && src->check_ip && !own_address(skb->ifindex, 4, &ip->saddr, 4))
 			return 0;
 		tuple->ipv4.saddr = ip->saddr;
 		tuple->ipv4.daddr = ip->daddr;
@@ -204,7 +240,7 @@ static __always_inline __u32 flow_tuple(struct __sk_buff *skb, struct bpf_sock_t
 		*proto = ip6->nexthdr;
 		if (!ports_of(ip6 + 1, end, *proto, cfg, &tuple->ipv6.sport, &tuple->ipv6.dport))
 			return 0;
-		if (src->check_ip && !own_address(skb->ifindex, 6, &ip6->saddr, 16))
+		if (sending && src->check_ip && !own_address(skb->ifindex, 6, &ip6->saddr, 16))
 			return 0;
 		__builtin_memcpy(tuple->ipv6.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(tuple->ipv6.daddr, &ip6->daddr, 16);
@@ -213,10 +249,26 @@ static __always_inline __u32 flow_tuple(struct __sk_buff *skb, struct bpf_sock_t
 	return 0;
 }
 
+/* Whether the tables delivered a frame of this unreplied flow from port
+ * from to port to since the last narrowing change (see the header). */
+static __always_inline int admitted_pair(const struct bpf_sock_tuple *tuple, __u8 proto,
+					 __u16 zone, __u32 from, __u32 to,
+					 const struct bf_config *cfg)
+{
+	struct bf_flow key = {.zone = zone, .proto = proto};
+	struct bf_admission *seen;
+
+	__builtin_memcpy(&key.tuple, tuple, sizeof(key.tuple));
+	seen = bpf_map_lookup_elem(&admissions, &key);
+	return seen && seen->from == from && seen->to == to && seen->generation == cfg->generation;
+}
+
 /* True when conntrack holds the flow as established (a reply was seen) in
- * the zone; refreshes the entry's timeout as conntrack would have. */
+ * the zone, or, for UDP in its original direction, unreplied but admitted
+ * for this pair of ports; refreshes the entry's timeout as conntrack would
+ * have. */
 static __always_inline int established(struct __sk_buff *skb, struct bpf_sock_tuple *tuple,
-				       __u32 tuple_len, __u8 proto, __u16 zone,
+				       __u32 tuple_len, __u8 proto, __u16 zone, __u32 to,
 				       const struct bf_config *cfg)
 {
 	struct bpf_ct_opts___zoned opts = {
@@ -237,7 +289,13 @@ static __always_inline int established(struct __sk_buff *skb, struct bpf_sock_tu
 		timeout = ct->proto.tcp.state == TCP_CONNTRACK_ESTABLISHED ? cfg->tcp_timeout_ms : 0;
 	else
 		timeout = (status & IPS_ASSURED) ? cfg->udp_stream_timeout_ms : cfg->udp_timeout_ms;
-	if (!(status & IPS_SEEN_REPLY) || !timeout) {
+	if (!(status & IPS_SEEN_REPLY)) {
+		if (proto != PROTO_UDP || opts.dir != IP_CT_DIR_ORIGINAL ||
+		    !(status & IPS_CONFIRMED) ||
+		    !admitted_pair(tuple, proto, zone, skb->ifindex, to, cfg))
+			timeout = 0;
+	}
+	if (!timeout) {
 		bpf_ct_release(ct);
 		return 0;
 	}
@@ -276,8 +334,8 @@ int fastpath(struct __sk_buff *skb)
 	cfg = bpf_map_lookup_elem(&settings, &zero);
 	if (!cfg)
 		return TC_ACT_OK;
-	tuple_len = flow_tuple(skb, &tuple, &proto, src, cfg);
-	if (!tuple_len || !established(skb, &tuple, tuple_len, proto, src->zone, cfg))
+	tuple_len = flow_tuple(skb, &tuple, &proto, src, cfg, 1);
+	if (!tuple_len || !established(skb, &tuple, tuple_len, proto, src->zone, *out, cfg))
 		return TC_ACT_OK;
 	/* Too big for the receiver's port: the bridge drops it, let it. */
 	if (bpf_check_mtu(skb, *out, &mtu, 0, 0))
@@ -287,8 +345,63 @@ int fastpath(struct __sk_buff *skb)
 		counter->packets++;
 		counter->bytes += skb->len;
 	}
-	skb->mark |= ALL_OK;
+	skb->mark |= ALL_OK | FORWARDED_HERE;
 	return bpf_redirect(*out, 0);
+}
+
+/* On the egress of every port, ahead of the port guard: records the pair of
+ * ports of each frame the tables delivered to a served port, of a UDP flow
+ * conntrack holds unreplied in its original direction (see the header). */
+SEC("tc")
+int admitted(struct __sk_buff *skb)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct bf_admission seen = {};
+	struct bf_flow key = {};
+	struct bf_port *dst, *src;
+	__u32 ifindex = skb->ifindex, from = skb->ingress_ifindex, zero = 0;
+	struct bf_config *cfg;
+	__u32 mark = skb->mark, tuple_len;
+	__u8 proto = 0;
+
+	if (mark & FORWARDED_HERE) {
+		skb->mark = mark & ~FORWARDED_HERE;
+		return TC_ACT_UNSPEC;
+	}
+	if ((mark & ALL_OK) != ALL_OK || skb->vlan_present)
+		return TC_ACT_UNSPEC;
+	dst = bpf_map_lookup_elem(&ports, &ifindex);
+	src = bpf_map_lookup_elem(&ports, &from);
+	cfg = bpf_map_lookup_elem(&settings, &zero);
+	if (!dst || !src || !cfg || src->vni != dst->vni || from == ifindex)
+		return TC_ACT_UNSPEC;
+	tuple_len = flow_tuple(skb, &tuple, &proto, src, cfg, 0);
+	if (!tuple_len || proto != PROTO_UDP)
+		return TC_ACT_UNSPEC;
+
+	struct bpf_ct_opts___zoned opts = {
+		.netns_id = BPF_F_CURRENT_NETNS,
+		.l4proto = proto,
+		.ct_zone_id = dst->zone,
+		.ct_zone_dir = ZONE_BOTH_DIRECTIONS,
+	};
+	struct nf_conn *ct = bpf_skb_ct_lookup(skb, &tuple, tuple_len, &opts, sizeof(opts));
+	unsigned long status;
+
+	if (!ct)
+		return TC_ACT_UNSPEC;
+	status = ct->status;
+	bpf_ct_release(ct);
+	if ((status & IPS_SEEN_REPLY) || opts.dir != IP_CT_DIR_ORIGINAL)
+		return TC_ACT_UNSPEC;
+	key.zone = dst->zone;
+	key.proto = proto;
+	__builtin_memcpy(&key.tuple, &tuple, sizeof(key.tuple));
+	seen.from = from;
+	seen.to = ifindex;
+	seen.generation = cfg->generation;
+	bpf_map_update_elem(&admissions, &key, &seen, BPF_ANY);
+	return TC_ACT_UNSPEC;
 }
 
 char LICENSE[] SEC("license") = "GPL";
