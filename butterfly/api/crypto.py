@@ -13,10 +13,12 @@ import binascii
 import hashlib
 import hmac
 import os
-
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from typing import TYPE_CHECKING
 
 from butterfly.errors import ConfigError, ProtocolError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers import CipherContext
 
 __all__ = ["KEY_SIZE", "load_key", "seal", "unseal"]
 
@@ -44,12 +46,22 @@ def load_key(path: str) -> bytes:
     return key
 
 
+def _aes_cbc(key: bytes, iv: bytes, *, decrypt: bool) -> "CipherContext":
+    """Imports cryptography on the first encrypted frame: most daemons and
+    clients talk in clear text, and its import (16-60 ms) would otherwise come
+    before a restarted daemon's first answer."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: PLC0415
+
+    cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
+    return cipher.decryptor() if decrypt else cipher.encryptor()
+
+
 def seal(content: bytes, key: bytes, iv: bytes | None = None) -> bytes:
     """The ``aes256cbc_sha512`` blob carrying ``content``."""
     iv = os.urandom(_IV_SIZE) if iv is None else iv
     pad = _BLOCK - (_DIGEST_SIZE + len(content)) % _BLOCK
     plain = hashlib.sha512(content).digest() + content + bytes([pad]) * pad
-    transform = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+    transform = _aes_cbc(key, iv, decrypt=True)
     return iv + transform.update(plain) + transform.finalize()
 
 
@@ -58,7 +70,7 @@ def unseal(blob: bytes, key: bytes) -> bytes:
     if len(blob) < _IV_SIZE + _DIGEST_SIZE + _BLOCK or len(blob) % _BLOCK:
         raise ProtocolError(f"encrypted blob of {len(blob)} bytes is not a whole number of blocks")
     iv, body = blob[:_IV_SIZE], blob[_IV_SIZE:]
-    transform = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    transform = _aes_cbc(key, iv, decrypt=False)
     plain = transform.update(body) + transform.finalize()
     pad = plain[-1]
     if not 1 <= pad <= _BLOCK or plain[-pad:] != bytes([pad]) * pad:

@@ -32,7 +32,10 @@ So the security groups, connection caps and anti-spoofing keep one
 implementation, and a map that lags behind only sends frames the slow way.
 The maps live as long as the program: a daemon killed leaves the ports
 forwarding as they were; the next one loads a new program and replaces it
-on every port at reconcile (or removes it, with ``off``).
+on every port at reconcile (or removes it, with ``off``). The daemon checks
+what the program needs before it serves (:func:`prepare`: milliseconds) and
+loads it after (:meth:`PendingFastPath.load`: the kernel's verifier takes
+0.1-0.35 s), as the start-up reconcile's first step.
 """
 
 import ctypes
@@ -59,8 +62,10 @@ __all__ = [
     "FastPath",
     "FastPathMode",
     "FastPort",
+    "PendingFastPath",
     "choose",
     "fast_port",
+    "prepare",
     "sniffed",
 ]
 
@@ -189,6 +194,15 @@ class _Libbpf:
             self.lib.btf__free(btf)
 
 
+def _checked(path: Path) -> _Libbpf:
+    """libbpf, once the program is built and the kernel has what it needs."""
+    if not path.exists():
+        raise DataplaneError(f"fast path: {path} is not built (tools/setup builds it)")
+    libbpf = _Libbpf()
+    libbpf.check_kernel()
+    return libbpf
+
+
 def _error(what: str, code: int) -> DataplaneError:
     return DataplaneError(f"fast path: {what}: {os.strerror(abs(code))}")
 
@@ -196,12 +210,9 @@ def _error(what: str, code: int) -> DataplaneError:
 class FastPath:
     """The loaded program and its maps (one per daemon)."""
 
-    def __init__(self, path: Path = OBJECT) -> None:
-        if not path.exists():
-            raise DataplaneError(f"fast path: {path} is not built (tools/setup builds it)")
-        libbpf = _Libbpf()
-        libbpf.check_kernel()
-        self._bpf = libbpf.lib
+    def __init__(self, path: Path = OBJECT, libbpf: _Libbpf | None = None) -> None:
+        """``libbpf``: :func:`_checked`'s, when the checks were made already."""
+        self._bpf = (libbpf or _checked(path)).lib
         self._obj = self._bpf.bpf_object__open(str(path).encode())
         if not self._obj:
             raise _error(f"opening {path}", ctypes.get_errno())
@@ -430,27 +441,78 @@ def _settings() -> tuple[tuple[int, int, int], bool]:
     return (udp, stream, min(established, 0xFFFFFFFF)), tcp
 
 
-def choose(
-    mode: FastPathMode, path: Path = OBJECT, *, repaired: bool = True
-) -> tuple[FastPath | None, str]:
-    """The fast path ``mode`` asks for, and why it is (not) used, for status.
+LOADING = (
+    "ebpf, loading: the start-up reconcile loads it and attaches it to every port; "
+    "until then the bridge + nftables path carries every frame (and the previous "
+    "daemon's program established flows, on the ports it was left on)"
+)
+"""What status says of a fast path prepared and not yet loaded and attached."""
 
-    ``ebpf`` fails (ConfigError) when the program cannot be loaded; ``auto``
-    falls back to the bridge + nftables path then, saying why. ``auto`` also
-    stays off when drift is not ``repaired`` (--report-drift-only): while
-    butterfly's tables are gone, established flows would go on through the
-    fast path, and an operator debugging the tables by hand should see only
-    what they do.
+
+class PendingFastPath:
+    """A fast path whose prerequisites are met (:func:`prepare`) and whose
+    program is not loaded yet: the data plane loads it once the API serves."""
+
+    def __init__(self, mode: FastPathMode, path: Path, libbpf: _Libbpf) -> None:
+        self.mode = mode
+        self._path = path
+        self._libbpf = libbpf
+
+    @property
+    def required(self) -> bool:
+        """Whether the operator asked for eBPF (``ebpf``): a failure is a problem
+        to report, not the fallback ``auto`` chooses."""
+        return self.mode is FastPathMode.EBPF
+
+    def load(self, *, strict: bool = False) -> tuple[FastPath | None, str]:
+        """The loaded program and its status; None and why, when the kernel
+        refuses it (the bridge + nftables path carries everything then), or
+        with ``strict`` ConfigError when ``ebpf`` was asked."""
+        try:
+            fast = FastPath(self._path, self._libbpf)
+        except DataplaneError as exc:
+            if strict and self.required:
+                raise ConfigError(f"--fast-path ebpf: {exc}") from exc
+            return None, f"off ({self.mode.value}: {exc})"
+        return fast, _loaded(fast)
+
+
+def prepare(
+    mode: FastPathMode, path: Path = OBJECT, *, repaired: bool = True
+) -> tuple[PendingFastPath | None, str]:
+    """The fast path ``mode`` asks for, to load later, or None and why not, for status.
+
+    ``ebpf`` fails (ConfigError) when the program is not built or the kernel
+    lacks what it needs; ``auto`` falls back to the bridge + nftables path
+    then, saying why. ``auto`` also stays off when drift is not ``repaired``
+    (--report-drift-only): while butterfly's tables are gone, established
+    flows would go on through the fast path, and an operator debugging the
+    tables by hand should see only what they do.
     """
     if mode is FastPathMode.OFF:
         return None, "off (--fast-path off)"
     if mode is FastPathMode.AUTO and not repaired:
         return None, "off (auto, --report-drift-only: only the tables decide)"
     try:
-        fast = FastPath(path)
+        libbpf = _checked(path)
     except DataplaneError as exc:
         if mode is FastPathMode.EBPF:
             raise ConfigError(f"--fast-path ebpf: {exc}") from exc
         return None, f"off (auto: {exc})"
+    return PendingFastPath(mode, path, libbpf), LOADING
+
+
+def choose(
+    mode: FastPathMode, path: Path = OBJECT, *, repaired: bool = True
+) -> tuple[FastPath | None, str]:
+    """:func:`prepare` and load at once (for data planes made before they
+    serve); ``ebpf`` fails (ConfigError) when the kernel refuses the program."""
+    pending, status = prepare(mode, path, repaired=repaired)
+    if pending is None:
+        return None, status
+    return pending.load(strict=True)
+
+
+def _loaded(fast: FastPath) -> str:
     tcp = "UDP and TCP (conntrack is liberal)" if fast.tcp else "UDP"
-    return fast, f"ebpf: established {tcp} and admitted one-way UDP between local vnics"
+    return f"ebpf: established {tcp} and admitted one-way UDP between local vnics"

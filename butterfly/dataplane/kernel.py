@@ -53,7 +53,7 @@ from butterfly.dataplane.base import Attachment, Counters, Progress, SgChange, V
 from butterfly.dataplane.cleanup import cleanup
 from butterfly.dataplane.deleter import LinkDeleter
 from butterfly.dataplane.evpn import FrrReader
-from butterfly.dataplane.fastpath import FastPath, FastPort
+from butterfly.dataplane.fastpath import FastPath, FastPort, PendingFastPath
 from butterfly.dataplane.graph import draw
 from butterfly.dataplane.journal import FaultHook, Journal, best_effort, journal, step
 from butterfly.dataplane.kernel_io import KernelIo, open_kernel
@@ -107,7 +107,10 @@ class KernelDataplane:
     carries the VNIs (:mod:`butterfly.dataplane.evpn`; neither multicast
     nor static peers), ``frr`` reads its state for the graph. ``fast_path``:
     the eBPF fast path to attach to every port and keep told of the vnics
-    (:mod:`butterfly.dataplane.fastpath`; None: bridge + nftables only),
+    (:mod:`butterfly.dataplane.fastpath`; None: bridge + nftables only); a
+    :class:`PendingFastPath` is loaded by the first reconcile, as its first
+    step (a daemon serves before it: the kernel's verifier takes 0.1-0.35 s),
+    and until that reconcile has attached it everywhere status says so.
     ``fast_path_status`` why it is (not) used, for the graph.
     ``defer_deletes``: a thread deletes the links a request no longer needs
     (removed ports, a VNI's devices) after its reply, once no request has
@@ -143,7 +146,7 @@ class KernelDataplane:
         defer_deletes: bool = False,
         fault_hook: FaultHook | None = None,
         sniff_cross_vni: bool = False,
-        fast_path: FastPath | None = None,
+        fast_path: FastPath | PendingFastPath | None = None,
         fast_path_status: str = "off",
     ) -> None:
         try:
@@ -190,11 +193,13 @@ class KernelDataplane:
             vhost=vhost is not None,
         )
         self._tables = NftablesState(kernel.nft, settings)
-        self._fast = fast_path
+        self._pending_fast = fast_path if isinstance(fast_path, PendingFastPath) else None
+        self._fast_attached: str | None = None
+        """The status of a fast path loaded, once a reconcile has attached it everywhere."""
+        self._fast = fast_path if isinstance(fast_path, FastPath) else None
         self._fast_status = fast_path_status
         self._vhost_loop = vhost_loop
-        programs = (fast_path.fd, fast_path.admission_fd) if fast_path is not None else None
-        self._links = Links(kernel.netlink, kernel.guards, fast_path=programs)
+        self._links = Links(kernel.netlink, kernel.guards, fast_path=_programs(self._fast))
         self._deleter = LinkDeleter() if defer_deletes else None
         self._vnis = Vnis(
             self._netlink,
@@ -234,6 +239,8 @@ class KernelDataplane:
         could not be repaired, after repairing all the rest.
         """
         problems: list[str] = []
+        if self._load_fast_path(problems):
+            yield Progress(0, 0)  # requests waiting go before the link dump
         self._vnis.forget_flooding()
         # What the deletion thread is deleting would look like leftovers to delete.
         self._vnis.settle_deletions()
@@ -242,6 +249,8 @@ class KernelDataplane:
                 watch.prime(self._netlink.links())
             self._unprimed.clear()
             yield from self._reconcile(state, problems)
+        if self._fast_attached is not None:  # on every port now, its maps filled
+            self._fast_status, self._fast_attached = self._fast_attached, None
         if problems:
             raise DataplaneError("reconcile: " + "; ".join(problems))
 
@@ -615,6 +624,27 @@ class KernelDataplane:
 
     # the fast path
 
+    def _load_fast_path(self, problems: list[str]) -> bool:
+        """Load a :class:`PendingFastPath` (once; whether it was pending): from
+        now on every port made or repaired gets the program, and
+        :meth:`_sync_fast_path` fills its maps."""
+        pending, self._pending_fast = self._pending_fast, None
+        if pending is None:
+            return False
+        self._fast, status = pending.load()
+        self._links.use_fast_path(_programs(self._fast))
+        if self._fast is not None:
+            log.info("fast path loaded; the reconcile attaches it to every port")
+            self._fast_attached = status
+            return True
+        self._fast_status = status  # the bridge path stays: no program to wait for
+        if pending.required:
+            log.error("fast path: %s", status)
+            problems.append(f"fast path: {status}")
+        else:
+            log.info("fast path: %s", status)
+        return True
+
     def _revoke_admissions(self, j: Journal | None) -> None:
         """After the tables changed: the next frame of every unreplied flow meets
         them again (:meth:`FastPath.narrowed`; harmless when they widened)."""
@@ -661,6 +691,11 @@ class KernelDataplane:
             return ""
         frames, octets = self._fast.forwarded(port.ifindex)
         return f"{frames} frames, {octets} bytes forwarded"
+
+
+def _programs(fast: FastPath | None) -> tuple[int, int] | None:
+    """The fast path's programs for the ports (ingress, egress), None when it is off."""
+    return (fast.fd, fast.admission_fd) if fast is not None else None
 
 
 def _names_vni(names: frozenset[str], vni: int) -> bool:

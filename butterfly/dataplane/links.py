@@ -51,6 +51,11 @@ class Links:
         """The eBPF fast path's programs (:mod:`.fastpath`: ingress, egress), None
         when it is off."""
 
+    def use_fast_path(self, fast_path: tuple[int, int] | None) -> None:
+        """The fast path's programs, once loaded after the daemon began serving
+        (None: the kernel refused them; a reconcile then removes old ones)."""
+        self._fast_path = fast_path
+
     def owned(self) -> dict[str, Link]:
         return {
             link.name: link

@@ -23,6 +23,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
+from butterfly.api.client import Client
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.dataplane.fastpath import FILTER_NAME
 from butterfly.dataplane.naming import tap_name
@@ -352,6 +353,47 @@ def test_restarts_keep_the_flow_and_off_takes_the_program_away(lab: Lab) -> None
     wait_for(lambda: "bpf" not in programs(), "the start-up reconcile removing the programs")
     assert switch.flow("cli", CLI4, 5009, SRV4, 5) == 5
     assert "fast path: off (--fast-path off)" in host.cli("status")
+
+
+def test_a_restart_answers_before_the_program_loads_and_a_vnic_added_then_takes_it(
+    lab: Lab,
+) -> None:
+    """kill -9 and a restart: the first request, sent while the daemon starts, is
+    answered while the fast path is still loading (status says so: the kernel's
+    verifier runs after the API serves); a vnic added then is served by the new
+    program once the start-up reconcile has attached it, as one added later is."""
+    host = lab.host(extra_args=["--fast-path", "ebpf"])
+    srv, cli = lab.vm(), lab.vm()
+    host.cli(
+        "sg", "add", "udp", "+", "sg", "rule", "add", "udp", "--ip-proto", "udp",
+        "--port", str(PORT), "--cidr", "0.0.0.0/0",
+    )  # fmt: skip
+    host.add_vnic("srv", vm=srv, mac=SRV_MAC, vni=VNI, ips=(SRV4,), security_groups=("udp",))
+    srv.listen("udp", PORT, 4)
+    host.kill()
+    add = MessageV0.Request()
+    add.nic_add.id = "cli"
+    add.nic_add.mac = CLI_MAC
+    add.nic_add.vni = VNI
+    add.nic_add.ip.append(CLI4)
+    add.nic_add.type = MessageV0.Nic.NETNS
+    add.nic_add.path = cli.name
+    with Client(endpoint=host.endpoint, timeout_ms=20_000) as early:
+        host.spawn()
+        status = MessageV0.Request(app_status=True, app_status_reconcile=True)
+        first = early.call(status).response
+        added = early.call(add).response
+    assert first.status.status and added.status.status, (first, added)
+    assert "fast path: ebpf, loading" in first.app_status.graph_dot
+    assert first.app_status.reconcile.running
+    wait_for(
+        lambda: "fast path: ebpf: established UDP" in host.cli("status"),
+        "the start-up reconcile attaching the fast path",
+    )
+    switch = Switch("ebpf", host, {"srv": srv, "cli": cli})
+    assert switch.flow("cli", CLI4, 5011, SRV4, 20) == 20
+    assert switch.forwarded("cli") >= 19, "the vnic added during the start-up takes the fast path"
+    assert switch.forwarded("srv") >= 19
 
 
 def test_tcp_takes_the_fast_path_when_conntrack_is_liberal(lab: Lab) -> None:

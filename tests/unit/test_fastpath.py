@@ -6,7 +6,15 @@ from pathlib import Path
 import pytest
 
 from butterfly.dataplane import fastpath
-from butterfly.dataplane.fastpath import FastPathMode, FastPort, choose, fast_port, sniffed
+from butterfly.dataplane.fastpath import (
+    LOADING,
+    FastPathMode,
+    FastPort,
+    choose,
+    fast_port,
+    prepare,
+    sniffed,
+)
 from butterfly.errors import ConfigError
 from butterfly.model import Vnic
 
@@ -78,3 +86,33 @@ def test_auto_stays_off_when_drift_is_only_reported(tmp_path: Path) -> None:
         None,
         "off (auto, --report-drift-only: only the tables decide)",
     )
+
+
+def test_prepare_checks_what_is_cheap_and_leaves_the_loading_for_later(tmp_path: Path) -> None:
+    """What keeps ``ebpf`` from starting is found before the daemon serves;
+    ``off`` and ``auto`` without the program say why, as ``choose`` does."""
+    missing = tmp_path / "missing.o"
+    assert prepare(FastPathMode.OFF, missing) == (None, "off (--fast-path off)")
+    pending, status = prepare(FastPathMode.AUTO, missing)
+    assert pending is None and status.startswith("off (auto: fast path: ")
+    with pytest.raises(ConfigError, match=r"--fast-path ebpf: fast path: .* is not built"):
+        prepare(FastPathMode.EBPF, missing)
+
+
+@pytest.mark.needs("ebpf-fast-path")
+@pytest.mark.parametrize("mode", [FastPathMode.AUTO, FastPathMode.EBPF])
+def test_a_program_the_kernel_refuses_later_leaves_the_bridge_path(
+    tmp_path: Path, mode: FastPathMode
+) -> None:
+    """Prepared (built, libbpf, BTF), then refused at loading: no program, and why;
+    only ``choose`` (loading before serving) refuses to start with ``ebpf``."""
+    broken = tmp_path / "broken.o"
+    broken.write_bytes(b"not an ELF object")
+    pending, status = prepare(mode, broken)
+    assert pending is not None and status == LOADING
+    assert pending.required == (mode is FastPathMode.EBPF)
+    fast, status = pending.load()
+    assert fast is None and status.startswith(f"off ({mode.value}: fast path: opening {broken}")
+    if mode is FastPathMode.EBPF:
+        with pytest.raises(ConfigError, match=r"--fast-path ebpf: fast path: opening"):
+            choose(mode, broken)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from kernel_fakes import UNDERLAY, UNDERLAY_IP, FakeKernel
 
+from butterfly.dataplane.fastpath import LOADING, FastPathMode, prepare
 from butterfly.dataplane.kernel import KernelDataplane
 from butterfly.dataplane.naming import bridge_name, retired_name, tap_name, vxlan_name
 from butterfly.dataplane.watch import Scope
@@ -342,3 +343,27 @@ def test_with_evpn_a_repair_leaves_a_mac_frr_moved_to_another_host(
     netlink.frr_remote.clear()
     dataplane.repair(state, Scope(links=frozenset({"bfvx7"})))
     assert f"pin bf-a {vnic.mac}" in kernel.events
+
+
+@pytest.mark.needs("ebpf-fast-path")
+@pytest.mark.parametrize("mode", [FastPathMode.AUTO, FastPathMode.EBPF])
+def test_a_fast_path_loaded_after_serving_and_refused_leaves_the_bridge_path(
+    kernel: FakeKernel, tmp_path: Path, mode: FastPathMode
+) -> None:
+    """The program is loaded by the first reconcile: until then status says it is
+    loading; refused then, the ports carry no program and status says why
+    (a problem of the reconcile only when ``ebpf`` was asked for)."""
+    broken = tmp_path / "broken.o"
+    broken.write_bytes(b"not an ELF object")
+    pending, status = prepare(mode, broken)
+    dataplane = _dataplane(kernel, tmp_path, fast_path=pending, fast_path_status=status)
+    state = State()
+    _plug(dataplane, state, _vnic("a"))
+    assert f"fast path: {LOADING}" in dataplane.graph(state)
+    if mode is FastPathMode.EBPF:
+        with pytest.raises(DataplaneError, match=r"reconcile: fast path: off \(ebpf: fast path"):
+            dataplane.reconcile(state)
+    else:
+        dataplane.reconcile(state)
+    assert f"fast path: off ({mode.value}: fast path: opening {broken}" in dataplane.graph(state)
+    assert not kernel.netlink.ingress

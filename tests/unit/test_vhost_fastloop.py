@@ -273,6 +273,8 @@ def test_any_descriptor_table_gets_what_the_python_walk_gives(
         for index, (addr, length, flags, next_) in enumerate(table):
             ring.desc(index, addr, length, flags, next_)
         ring.offer(head)
+        # As a burst does first: a chain may cover the used ring's flags.
+        ring.queue.suppress_kicks()
         try:
             buffers, _ = ring.queue.readable(head)
             expected: bytes | str = b"".join(buffers)

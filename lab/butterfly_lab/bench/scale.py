@@ -12,10 +12,11 @@ VNIs (multicast flooding unless ``--static-peers``). Then, at that size:
 * the same ``nic_add``/``nic_del`` when the vnic brings (and takes away) its
   own VNI: the bridge and VXLAN device are made and removed too;
 * ``sg_member_add`` to the groups the vnics use;
-* ``kill -9`` of the daemon and a restart: the first answer (to a
-  ``nic_list`` from a client waiting before the daemon starts) and the end
-  of the start-up reconcile, as ``app_status`` reports it (asked without
-  the graph, which reads every link of the host);
+* ``kill -9`` of the daemon and a restart (``--restarts`` times, each
+  after the previous reconcile ended): the first answer (to a ``nic_list``
+  from a client waiting before the daemon starts; p50 and maximum) and the
+  end of the last start-up reconcile, as ``app_status`` reports it (asked
+  without the graph, which reads every link of the host);
 * the resident memory of the daemon and every process it started, once
   filled by requests and again after the restart's reconcile.
 
@@ -90,6 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"samples per latency figure (default {MIN_SAMPLES_FOR_P99})",
     )
+    parser.add_argument(
+        "--restarts",
+        type=int,
+        default=1,
+        metavar="N",
+        help="kill -9 and restarts per size, for the first answer (default 1)",
+    )
     parser.add_argument("--v6", action="store_true", help="an IPv6 underlay")
     parser.add_argument(
         "--static-peers", action="store_true", help="flood to a static peer instead of multicast"
@@ -117,7 +125,8 @@ class Figures:
     cpu_ms: dict[str, float]
     """The daemon's CPU time per request, on average."""
     fill_s: float
-    first_answer_s: float
+    first_answers_s: list[float]
+    """One per restart."""
     reconcile_s: float
     memory_mb: float
     restarted_memory_mb: float
@@ -357,7 +366,8 @@ def _measure_in(lab: Lab, size: Size, args: argparse.Namespace) -> Figures:
     _latencies(timer, size, args.samples)
     cpu = {name: total / len(timer.samples[name]) for name, total in timer.cpu_ms.items()}
     memory = tree_rss_kib(host.daemon.pid) * 1024 / 1e6
-    first, reconcile, restarted_memory = _kill_and_restart(host)
+    restarts = [_kill_and_restart(host) for _ in range(max(1, args.restarts))]
+    _, reconcile, restarted_memory = restarts[-1]
     print(f"{size.label}: measured", flush=True)
     floor, floor_delete = _floor(lab, size, args.v6)
     return Figures(
@@ -365,7 +375,7 @@ def _measure_in(lab: Lab, size: Size, args: argparse.Namespace) -> Figures:
         latencies_ms=timer.samples,
         cpu_ms=cpu,
         fill_s=fill,
-        first_answer_s=first,
+        first_answers_s=[first for first, _, _ in restarts],
         reconcile_s=reconcile,
         memory_mb=memory,
         restarted_memory_mb=restarted_memory,
@@ -413,13 +423,22 @@ def render(results: list[Figures], samples: int, busy: float, mode: str) -> tupl
                     verdict,
                 )
             )
-        for name, value, target, unit in (
+        firsts = result.first_answers_s
+        verdict = _verdict(max(firsts), MAX_FIRST_ANSWER_S)
+        verdicts.append(verdict)
+        rows.append(
             (
+                label,
                 "first answer after kill -9 (nic_list)",
-                result.first_answer_s,
-                MAX_FIRST_ANSWER_S,
-                "s",
-            ),
+                str(len(firsts)),
+                f"{percentile(firsts, 0.5) * 1000:.0f}",
+                f"{max(firsts):.2f} s",
+                "-",
+                f"< {MAX_FIRST_ANSWER_S:g} s",
+                verdict,
+            )
+        )
+        for name, value, target, unit in (
             ("reconcile done after kill -9", result.reconcile_s, MAX_RECONCILE_S, "s"),
             ("memory, daemon and children", result.memory_mb, MAX_MEMORY_MB, "MB"),
             (
