@@ -63,9 +63,6 @@ class Ports:
         self._served: dict[str, int] = {}
         """vnic id -> ifindex of the tap the backend was asked to serve it on."""
         self._deleter = deleter
-        self._retired_veths: set[int] = set()
-        """Removed veths the deletion thread has yet to delete: their other
-        ends keep their names and addresses in the vnics' namespaces."""
         self.local_macs: set[tuple[int, str]] = set()
         """(VNI, MAC) of the vnics with a port, with EVPN: the watch reports
         FRR withdrawing one of them (their port then pins it again)."""
@@ -97,8 +94,6 @@ class Ports:
             link = None
         fresh = link is None
         if link is None:
-            if vnic.type == VnicType.NETNS:
-                self._await_retired_veths(label)
             step(
                 j,
                 f"create {name}",
@@ -262,10 +257,13 @@ class Ports:
 
     def _delete_retired(self, link: Link) -> None:
         """A removed port, renamed aside: nobody will want it again, so with
-        a deleter the deletion thread deletes it (see
+        a deleter the deletion thread deletes a tap (see
         :mod:`butterfly.dataplane.deleter`), once off its bridge: it may wait
-        there for seconds, and a bridge holds at most 1,023 ports."""
-        if self._deleter is None:
+        there for seconds, and a bridge holds at most 1,023 ports. A veth
+        goes at once: its other end is in the container's namespace, where
+        the container or another host's daemon may want its name and MAC as
+        soon as ``nic_del`` answers."""
+        if self._deleter is None or link.kind == "veth":
             self._netlink.delete_link(link.index)
             return
         try:
@@ -273,23 +271,7 @@ class Ports:
         except DataplaneError as exc:
             log.error("%s: %s; deleted anyway", link.name, exc)
         self._netlink.forget(link.name)
-        if link.kind == "veth":
-            self._retired_veths.add(link.index)
         self._deleter.delete(link.name, link.index)
-
-    def _await_retired_veths(self, label: str) -> None:
-        """Before a NETNS vnic's veth is created: the removed veths deleted, if
-        any is waiting (the vnic made again, or another in the same namespace,
-        would meet the other end's name or MAC there: EEXIST)."""
-        deleter = self._deleter
-        if deleter is None or not self._retired_veths:
-            return
-        if not deleter.pending(self._retired_veths):
-            self._retired_veths.clear()
-            return
-        if not deleter.wait(self._retired_veths):
-            raise DataplaneError(f"{label}: removed veths are still being deleted; try again")
-        self._retired_veths.clear()
 
     def serve(self, j: Journal | None, vnic: Vnic) -> None:
         """Have the backend serve a vhost-user vnic's socket on its tap.
