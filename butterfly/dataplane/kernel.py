@@ -413,7 +413,7 @@ class KernelDataplane:
             self._sync_sniffing(j, state, vnic, replaced)
             self._traces.apply(j, vnic)
             vnis = {vnic.vni} | ({replaced.vni} if replaced else set())
-            self._sync_fast_path(j, state, vnis, remade={vnic.id})
+            self._sync_fast_path(j, state, vnis, remade={vnic.id}, named={vnic.id})
         return self.attachment(vnic)
 
     def update(self, before: Vnic, after: Vnic, state: StateView) -> None:
@@ -435,7 +435,8 @@ class KernelDataplane:
                 self._vnis.sync_neighbours(j, after.vni, state)
             self._sync_sniffing(j, state, after)
             self._traces.apply(j, after)
-            self._sync_fast_path(j, state, {before.vni, after.vni}, changed={after.id})
+            vnis = {before.vni, after.vni}
+            self._sync_fast_path(j, state, vnis, changed={after.id}, named={after.id})
 
     def unplug(self, vnic: Vnic, state: StateView) -> None:
         if not self._settings.has_port(vnic):
@@ -454,7 +455,7 @@ class KernelDataplane:
             self._vnis.remove_if_unused(j, vnic.vni, state)
             self._vnis.sync_neighbours(j, vnic.vni, state)
             self._sync_sniffing(j, state, vnic)
-            self._sync_fast_path(j, state, {vnic.vni})
+            self._sync_fast_path(j, state, {vnic.vni}, named={vnic.id})
         self._traces.stop(vnic)
 
     def update_security_groups(self, changes: Mapping[str, SgChange], state: StateView) -> None:
@@ -659,10 +660,12 @@ class KernelDataplane:
         *,
         remade: Collection[str] | None = (),
         changed: Collection[str] = (),
+        named: Collection[str] | None = None,
     ) -> None:
         """Tell the fast path which vnics of ``vnis`` it serves, on which port
         (``remade``: the vnics whose port may have been made again, None: all;
-        ``changed``: the vnics whose settings a request changed)."""
+        ``changed``: the vnics whose settings a request changed; ``named``: the
+        only vnics a request changed, None: any; see :meth:`FastPath.plan`)."""
         fast = self._fast
         if fast is None:
             return
@@ -674,6 +677,7 @@ class KernelDataplane:
             port_index=self._port_index,
             remade=remade,
             changed=changed,
+            named=named,
         )
         before = {vnic_id: fast.port(vnic_id) for vnic_id in wanted}
         step(j, "fast path maps", partial(fast.set, wanted), partial(fast.set, before))

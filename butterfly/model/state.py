@@ -25,6 +25,7 @@ class StateView(Protocol):
     def sgs(self) -> Iterator[SecurityGroup]: ...
     def vnics_using(self, sg_id: str) -> list[Vnic]: ...
     def vnics_in(self, vni: int) -> list[Vnic]: ...
+    def sniffers_in(self, vni: int) -> list[Vnic]: ...
     def peers(self, vni: int) -> tuple[str, ...]: ...
     def checks_ips(self) -> bool: ...
     def vnic_with_mac(self, vni: int, mac: str) -> Vnic | None: ...
@@ -41,6 +42,8 @@ class State:
         self._peers: dict[int, tuple[str, ...]] = {}
         self._ip_checked: set[str] = set()
         self._by_mac: dict[tuple[int, str], str] = {}
+        self._sniffers: dict[int, set[str]] = {}
+        """VNI -> its vnics that copy their frames to another (sniff_target_nic_id)."""
 
     def vnic(self, vnic_id: str) -> Vnic | None:
         return self._vnics.get(vnic_id)
@@ -63,6 +66,10 @@ class State:
 
     def vnics_in(self, vni: int) -> list[Vnic]:
         return [self._vnics[v] for v in sorted(self._by_vni.get(vni, ()))]
+
+    def sniffers_in(self, vni: int) -> list[Vnic]:
+        """The vnics of ``vni`` that copy their frames to another, in id order."""
+        return [self._vnics[v] for v in sorted(self._sniffers.get(vni, ()))]
 
     def peers(self, vni: int) -> tuple[str, ...]:
         """Static VXLAN flooding peers (underlay addresses) of ``vni``."""
@@ -97,6 +104,8 @@ class State:
         if vnic.ip_anti_spoof and not vnic.bypass_filtering:
             self._ip_checked.add(vnic.id)
         self._by_mac[(vnic.vni, vnic.mac.lower())] = vnic.id
+        if vnic.sniff_target_nic_id:
+            self._sniffers.setdefault(vnic.vni, set()).add(vnic.id)
         return old
 
     def remove_vnic(self, vnic_id: str) -> Vnic | None:
@@ -105,6 +114,7 @@ class State:
             for sg_id in old.security_groups:
                 _discard(self._by_sg, sg_id, old.id)
             _discard(self._by_vni, old.vni, old.id)
+            _discard(self._sniffers, old.vni, old.id)
             self._ip_checked.discard(old.id)
             if self._by_mac.get(mac := (old.vni, old.mac.lower())) == old.id:
                 del self._by_mac[mac]

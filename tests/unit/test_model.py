@@ -440,6 +440,27 @@ def test_state_indexes_follow_replacements() -> None:
     assert state.remove_vnic("missing") is None
 
 
+def test_state_knows_each_vnis_sniffers_through_replacements_and_removals() -> None:
+    """The fast path asks whether a VNI is sniffed on every request: from this
+    index, not by reading the VNI's vnics."""
+    state = State()
+    state.put_vnic(make_vnic(vnic(id="a", vni=1)))
+    state.put_vnic(make_vnic(vnic(id="b", vni=1, sniff_target_nic_id="a")))
+    state.put_vnic(make_vnic(vnic(id="c", vni=2, sniff_target_nic_id="d")))
+    assert [v.id for v in state.sniffers_in(1)] == ["b"]
+    assert [v.id for v in state.sniffers_in(2)] == ["c"]
+    state.put_vnic(make_vnic(vnic(id="b", vni=2, sniff_target_nic_id="c")))  # moved
+    assert state.sniffers_in(1) == []
+    assert [v.id for v in state.sniffers_in(2)] == ["b", "c"]
+    state.put_vnic(make_vnic(vnic(id="c", vni=2)))  # stops sniffing
+    assert [v.id for v in state.sniffers_in(2)] == ["b"]
+    state.remove_vnic("b")
+    assert state.sniffers_in(2) == []
+    # A request failing puts the previous version back (the service's undo).
+    state.put_vnic(make_vnic(vnic(id="b", vni=2, sniff_target_nic_id="c")))
+    assert [v.id for v in state.sniffers_in(2)] == ["b"]
+
+
 def test_state_finds_a_vnic_by_mac_within_its_vni() -> None:
     state = State()
     state.put_vnic(make_vnic(vnic(id="a", vni=1, mac="52:54:00:00:00:AA")))

@@ -5,10 +5,11 @@ from typing import Any
 
 import pytest
 
-from butterfly.dataplane.fastpath import FastPath, FastPort
+from butterfly.dataplane.fastpath import FastPath, FastPathMode, FastPort, choose
+from butterfly.errors import DataplaneError
 from butterfly.model import State, Vnic, VnicType, make_vnic
 
-from .conftest import Lab
+from .conftest import Lab, open_sg, plug
 
 pytestmark = [pytest.mark.root, pytest.mark.needs("ebpf-fast-path")]
 
@@ -88,3 +89,86 @@ def test_a_request_makes_again_only_the_entries_of_the_vnics_it_names(lab: Lab) 
         assert plan(remade=None) == {"a": served["a"], "b": wanted["b"]}
     finally:
         fast.close()
+
+
+class _FailAt:
+    """Fails the named step of the next request, once."""
+
+    def __init__(self) -> None:
+        self.step: str | None = None
+
+    def __call__(self, step: str) -> None:
+        if step == self.step:
+            self.step = None
+            raise DataplaneError(f"injected failure at {step}")
+
+
+def test_requests_keep_the_maps_as_a_full_reconcile_would_make_them(lab: Lab) -> None:
+    """A request looks at its own vnics only, while its VNI's zone and sniffing
+    stay; through adds, updates, moves, sniffing, a VNI emptied and a failed
+    request, the maps hold what a reconcile, looking at every vnic, makes."""
+    host = lab.host()
+    fast, status = host.run(lambda: choose(FastPathMode.EBPF))
+    faults = _FailAt()
+    dataplane = host.dataplane(fast_path=fast, fast_path_status=status, fault_hook=faults)
+    state = State()
+    open_sg(dataplane, state)
+    assert fast is not None
+
+    def tap(vnic_id: str, vni: int, n: int, **fields: Any) -> Vnic:
+        return make_vnic(
+            Vnic(
+                id=vnic_id,
+                mac=f"52:54:00:00:01:{n:02x}",
+                vni=vni,
+                type=VnicType.TAP,
+                ips=(f"10.0.1.{n}",),
+                ip_anti_spoof=True,
+                security_groups=("open",),
+                **fields,
+            )
+        )
+
+    def served_as_reconciled(*expected: str) -> None:
+        served = fast.served()
+        assert set(served) == set(expected)
+        dataplane.reconcile(state)
+        assert fast.served() == served
+
+    def update(after: Vnic) -> None:
+        before = state.put_vnic(after)
+        assert before is not None
+        dataplane.update(before, after, state)
+
+    def unplug(vnic_id: str) -> None:
+        vnic = state.remove_vnic(vnic_id)
+        assert vnic is not None
+        dataplane.unplug(vnic, state)
+
+    for n, vnic_id in enumerate("abc", 1):
+        plug(dataplane, state, tap(vnic_id, 7, n))
+    plug(dataplane, state, tap("d", 8, 4))
+    served_as_reconciled("a", "b", "c", "d")
+    update(tap("b", 7, 9))
+    assert fast.served()["b"].addresses[0] == "10.0.1.9"
+    served_as_reconciled("a", "b", "c", "d")
+    plug(dataplane, state, tap("c", 8, 3))  # moved to VNI 8
+    assert fast.served()["c"].vni == 8
+    served_as_reconciled("a", "b", "c", "d")
+    update(tap("a", 7, 1, bypass_filtering=True))
+    served_as_reconciled("b", "c", "d")
+    plug(dataplane, state, tap("e", 7, 5, sniff_target_nic_id="b"))  # VNI 7 sniffed
+    served_as_reconciled("c", "d")
+    unplug("e")
+    served_as_reconciled("b", "c", "d")
+    unplug("c")
+    served_as_reconciled("b", "d")
+    unplug("d")  # VNI 8 empty: its zone is freed
+    served_as_reconciled("b")
+    plug(dataplane, state, tap("d", 8, 4))
+    served_as_reconciled("b", "d")
+    faults.step = "fast path maps"
+    with pytest.raises(DataplaneError, match="injected failure"):
+        plug(dataplane, state, tap("f", 8, 6))
+    state.remove_vnic("f")  # the service's undo
+    served_as_reconciled("b", "d")
