@@ -332,9 +332,6 @@ class KernelDataplane:
         vnic = state.vnic(vnic_id)
         return vnic is None or not self._settings.has_port(vnic) or tap_name(vnic.id) != link.name
 
-    def _vni_used(self, vni: int, state: StateView) -> bool:
-        return any(self._settings.has_port(vnic) for vnic in state.vnics_in(vni))
-
     def repair(self, state: StateView, scope: Scope) -> None:
         """Put back what another program changed, looking only at what ``scope``
         names (a reconcile reads every link and port: seconds with thousands of

@@ -342,12 +342,12 @@ class NftablesState:
         return class_id
 
     def _vni_objects(self, j: Journal | None, vni: int, state: StateView) -> dict[Key, Obj]:
-        if not any(self._settings.has_port(vnic) for vnic in state.vnics_in(vni)):
+        if not state.any_in(vni, self._settings.has_port):
             set_allocation(j, self.zones, vni, None)
             return {}
         zone = self.zones.get(vni) or allocate(self.zones.values(), "conntrack zone")
         set_allocation(j, self.zones, vni, zone)
-        quiet = not any(self._settings.filtered(vnic) for vnic in state.vnics_in(vni))
+        quiet = not state.any_in(vni, self._settings.filtered)
         return self._layout.vni(bridge_name(vni), vxlan_name(vni), zone, quiet)
 
     def limit_drops(self) -> dict[tuple[str, str], int]:

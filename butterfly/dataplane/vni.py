@@ -61,7 +61,7 @@ class Vnis:
 
     def used(self, vni: int, state: StateView) -> bool:
         """Whether a vnic of ``vni`` has a port here (so the VNI needs its devices)."""
-        return any(self._settings.has_port(vnic) for vnic in state.vnics_in(vni))
+        return state.any_in(vni, self._settings.has_port)
 
     def peers(self, vni: int, state: StateView) -> tuple[str, ...]:
         return tuple(dict.fromkeys([*self._settings.static_peers, *state.peers(vni)]))

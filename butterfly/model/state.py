@@ -5,7 +5,7 @@ hands it (read-only, as :class:`StateView`) to the data plane, which needs to
 ask "which vnics use this security group" without scanning 10,000 vnics.
 """
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Protocol, TypeVar
 
 from butterfly.model.security_group import SecurityGroup
@@ -25,6 +25,7 @@ class StateView(Protocol):
     def sgs(self) -> Iterator[SecurityGroup]: ...
     def vnics_using(self, sg_id: str) -> list[Vnic]: ...
     def vnics_in(self, vni: int) -> list[Vnic]: ...
+    def any_in(self, vni: int, test: Callable[[Vnic], bool]) -> bool: ...
     def sniffers_in(self, vni: int) -> list[Vnic]: ...
     def peers(self, vni: int) -> tuple[str, ...]: ...
     def checks_ips(self) -> bool: ...
@@ -66,6 +67,11 @@ class State:
 
     def vnics_in(self, vni: int) -> list[Vnic]:
         return [self._vnics[v] for v in sorted(self._by_vni.get(vni, ()))]
+
+    def any_in(self, vni: int, test: Callable[[Vnic], bool]) -> bool:
+        """Whether a vnic of ``vni`` passes ``test``: in no order, stopping at
+        the first (a request asks it of VNIs of up to 10,000 vnics)."""
+        return any(test(self._vnics[v]) for v in self._by_vni.get(vni, ()))
 
     def sniffers_in(self, vni: int) -> list[Vnic]:
         """The vnics of ``vni`` that copy their frames to another, in id order."""

@@ -461,6 +461,23 @@ def test_state_knows_each_vnis_sniffers_through_replacements_and_removals() -> N
     assert [v.id for v in state.sniffers_in(2)] == ["b"]
 
 
+def test_state_asks_a_vni_until_a_vnic_passes() -> None:
+    state = State()
+    for vnic_id in "abc":
+        state.put_vnic(make_vnic(vnic(id=vnic_id, vni=1, bypass_filtering=vnic_id == "b")))
+    asked: list[str] = []
+
+    def bypassing(one: Vnic) -> bool:
+        asked.append(one.id)
+        return one.bypass_filtering
+
+    assert state.any_in(1, bypassing)
+    assert asked[-1] == "b" and len(asked) <= 3
+    assert not state.any_in(2, bypassing)
+    state.remove_vnic("b")
+    assert not state.any_in(1, bypassing)
+
+
 def test_state_finds_a_vnic_by_mac_within_its_vni() -> None:
     state = State()
     state.put_vnic(make_vnic(vnic(id="a", vni=1, mac="52:54:00:00:00:AA")))
