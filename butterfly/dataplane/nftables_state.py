@@ -295,10 +295,7 @@ class NftablesState:
         """A profile's chains and id, while a filtered vnic uses exactly these
         groups (its id freed after)."""
         chain = profile_chains(profile)[0]
-        if profile and not any(
-            vnic.security_groups == profile and self._settings.filtered(vnic)
-            for vnic in state.vnics_using(profile[0])
-        ):
+        if profile and not state.any_with_groups(profile, self._settings.filtered):
             set_allocation(j, self._profile_ids, chain, None)
             return {}
         restrict = any(has_outbound(state.sg(sg_id)) for sg_id in profile)

@@ -27,6 +27,7 @@ class StateView(Protocol):
     def vnics_in(self, vni: int) -> list[Vnic]: ...
     def any_in(self, vni: int, test: Callable[[Vnic], bool]) -> bool: ...
     def sniffers_in(self, vni: int) -> list[Vnic]: ...
+    def any_with_groups(self, groups: tuple[str, ...], test: Callable[[Vnic], bool]) -> bool: ...
     def peers(self, vni: int) -> tuple[str, ...]: ...
     def checks_ips(self) -> bool: ...
     def vnic_with_mac(self, vni: int, mac: str) -> Vnic | None: ...
@@ -43,6 +44,8 @@ class State:
         self._peers: dict[int, tuple[str, ...]] = {}
         self._ip_checked: set[str] = set()
         self._by_mac: dict[tuple[int, str], str] = {}
+        self._by_groups: dict[tuple[str, ...], set[str]] = {}
+        """Security groups (in a vnic's order) -> the vnics with exactly those."""
         self._sniffers: dict[int, set[str]] = {}
         """VNI -> its vnics that copy their frames to another (sniff_target_nic_id)."""
 
@@ -72,6 +75,11 @@ class State:
         """Whether a vnic of ``vni`` passes ``test``: in no order, stopping at
         the first (a request asks it of VNIs of up to 10,000 vnics)."""
         return any(test(self._vnics[v]) for v in self._by_vni.get(vni, ()))
+
+    def any_with_groups(self, groups: tuple[str, ...], test: Callable[[Vnic], bool]) -> bool:
+        """Whether a vnic with exactly these security groups, in this order,
+        passes ``test`` (as :meth:`any_in`: a group may have 10,000 users)."""
+        return any(test(self._vnics[v]) for v in self._by_groups.get(groups, ()))
 
     def sniffers_in(self, vni: int) -> list[Vnic]:
         """The vnics of ``vni`` that copy their frames to another, in id order."""
@@ -107,6 +115,7 @@ class State:
         for sg_id in vnic.security_groups:
             self._by_sg.setdefault(sg_id, set()).add(vnic.id)
         self._by_vni.setdefault(vnic.vni, set()).add(vnic.id)
+        self._by_groups.setdefault(vnic.security_groups, set()).add(vnic.id)
         if vnic.ip_anti_spoof and not vnic.bypass_filtering:
             self._ip_checked.add(vnic.id)
         self._by_mac[(vnic.vni, vnic.mac.lower())] = vnic.id
@@ -120,6 +129,7 @@ class State:
             for sg_id in old.security_groups:
                 _discard(self._by_sg, sg_id, old.id)
             _discard(self._by_vni, old.vni, old.id)
+            _discard(self._by_groups, old.security_groups, old.id)
             _discard(self._sniffers, old.vni, old.id)
             self._ip_checked.discard(old.id)
             if self._by_mac.get(mac := (old.vni, old.mac.lower())) == old.id:

@@ -478,6 +478,32 @@ def test_state_asks_a_vni_until_a_vnic_passes() -> None:
     assert not state.any_in(1, bypassing)
 
 
+def test_state_knows_the_vnics_of_each_exact_list_of_groups() -> None:
+    """A profile's chains stay while a filtered vnic has exactly its groups:
+    asked of this index on every request, not of all the first group's users."""
+    state = State()
+    state.put_vnic(make_vnic(vnic(id="a", security_groups=("s1", "s2"))))
+    state.put_vnic(make_vnic(vnic(id="b", security_groups=("s2", "s1"))))
+    state.put_vnic(make_vnic(vnic(id="c", security_groups=("s1", "s2"), bypass_filtering=True)))
+
+    def filtered(one: Vnic) -> bool:
+        return not one.bypass_filtering
+
+    assert state.any_with_groups(("s1", "s2"), filtered)
+    assert state.any_with_groups(("s2", "s1"), filtered)
+    assert not state.any_with_groups(("s1",), filtered)
+    old = state.put_vnic(make_vnic(vnic(id="a", security_groups=("s1",))))  # an update
+    assert not state.any_with_groups(("s1", "s2"), filtered), "only c, which bypasses"
+    assert state.any_with_groups(("s1",), filtered)
+    assert old is not None
+    state.put_vnic(old)  # a failed request's undo
+    assert state.any_with_groups(("s1", "s2"), filtered)
+    assert not state.any_with_groups(("s1",), filtered)
+    state.remove_vnic("a")
+    state.remove_vnic("c")
+    assert not state.any_with_groups(("s1", "s2"), bool)
+
+
 def test_state_finds_a_vnic_by_mac_within_its_vni() -> None:
     state = State()
     state.put_vnic(make_vnic(vnic(id="a", vni=1, mac="52:54:00:00:00:AA")))
