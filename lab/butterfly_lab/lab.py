@@ -230,9 +230,37 @@ def kernel_snapshot(netns: "Netns") -> dict[str, Any]:
 
 
 def comparable_ruleset(listing: str) -> str:
-    """``nft list ruleset`` without what packets change: the elements of
-    butterfly's dyn_ sets and what the named drop counters counted."""
-    return _COUNTED.sub("packets - bytes -", _without_dynamic_elements(listing))
+    """``nft list ruleset`` without what packets change (the elements of
+    butterfly's dyn_ sets, what the named drop counters counted) and with
+    each table's sets, maps, counters and chains in name order: the listing
+    follows creation order, so a chain deleted and made again by a rollback
+    is listed last although the tables mean the same (a chain's rules keep
+    their order: that one is meaningful)."""
+    counted = _COUNTED.sub("packets - bytes -", _without_dynamic_elements(listing))
+    return _objects_sorted(counted)
+
+
+def _objects_sorted(listing: str) -> str:
+    """Each table's top-level objects (a block from a line at one tab's
+    depth to its closing ``\t}``) sorted; the rest of the text as it is."""
+    out: list[str] = []
+    blocks: list[list[str]] = []
+    block: list[str] | None = None
+    for line in listing.splitlines():
+        if block is not None:
+            block.append(line)
+            if line == "\t}":
+                blocks.append(block)
+                block = None
+        elif line.startswith("\t") and not line.startswith("\t\t") and line.endswith("{"):
+            block = [line]
+        elif line == "}" and blocks:
+            out.extend("\n".join(b) for b in sorted(blocks))
+            blocks = []
+            out.append(line)
+        elif line or not blocks:
+            out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def _without_dynamic_elements(ruleset: str) -> str:
