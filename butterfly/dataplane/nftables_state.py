@@ -21,6 +21,7 @@ from butterfly.dataplane.naming import (
     TABLE,
     bridge_name,
     limit_names,
+    member_set,
     profile_chains,
     tap_name,
     vni_of,
@@ -253,14 +254,26 @@ class NftablesState:
             new.update(objects)
         referenced: set[str] | None = None
         for sg_id, before_sg in (sgs or {}).items():
-            keys |= self._layout.sg(sg_filter(sg_id, None), _members(before_sg)).keys()
             sg = state.sg(sg_id)
+            laid_out = True
             if sg is None and not state.vnics_using(sg_id):
                 if referenced is None:
                     referenced = referenced_groups(state.sgs())
-                if sg_id not in referenced:
-                    continue
-            objects = self._layout.sg(sg_filter(sg_id, sg), _members(sg))
+                laid_out = sg_id in referenced
+            # A member in the group before and after keeps its element (when
+            # the group is in the tables already): leaving it out of both sides
+            # makes a member change cost its own element, not the group's thousands.
+            before_members = _members(before_sg)
+            after_members = _members(sg) if laid_out else ()
+            kept: set[str] = set()
+            if Key("set", INET, member_set(sg_id, 4)) in mirror:
+                kept = set(before_members).intersection(after_members)
+            before_only = [m for m in before_members if m not in kept]
+            keys |= self._layout.sg(sg_filter(sg_id, None), before_only).keys()
+            if not laid_out:
+                continue
+            after_only = [m for m in after_members if m not in kept]
+            objects = self._layout.sg(sg_filter(sg_id, sg), after_only)
             keys |= objects.keys()
             new.update(objects)
         self._bootstrap(j, mirror)

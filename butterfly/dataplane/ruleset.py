@@ -785,8 +785,9 @@ class Layout:
             Key("set", INET, member_set(sg_id, 4)): Decl(("ipv4_addr",)),
             Key("set", INET, member_set(sg_id, 6)): Decl(("ipv6_addr",)),
         }
+        sets = {4: member_set(sg_id, 4), 6: member_set(sg_id, 6)}
         for ip in members:
-            objects[Key("element", INET, member_set(sg_id, ip_version(ip)), ip)] = PRESENT
+            objects[Key("element", INET, sets[ip_version(ip)], ip)] = PRESENT
         return objects
 
 

@@ -16,12 +16,19 @@ from typing import Any
 import pytest
 from kernel_fakes import UNDERLAY, UNDERLAY_IP, FakeKernel
 
+from butterfly.dataplane.base import SgChange
 from butterfly.dataplane.fastpath import LOADING, FastPathMode, prepare
 from butterfly.dataplane.kernel import KernelDataplane
-from butterfly.dataplane.naming import bridge_name, retired_name, tap_name, vxlan_name
+from butterfly.dataplane.naming import (
+    bridge_name,
+    member_set,
+    retired_name,
+    tap_name,
+    vxlan_name,
+)
 from butterfly.dataplane.watch import Scope
 from butterfly.errors import ConfigError, DataplaneError, NotSupported
-from butterfly.model import State, Vnic, VnicType, make_vnic
+from butterfly.model import State, Vnic, VnicType, make_security_group, make_vnic
 from butterfly.model.sessions import FlowTuple, Session
 
 PEER = "192.0.2.9"
@@ -367,3 +374,40 @@ def test_a_fast_path_loaded_after_serving_and_refused_leaves_the_bridge_path(
         dataplane.reconcile(state)
     assert f"fast path: off ({mode.value}: fast path: opening {broken}" in dataplane.graph(state)
     assert not kernel.netlink.ingress
+
+
+def _elements(transaction: list[Any]) -> list[tuple[str, str]]:
+    """(command, member) of each security group member a transaction adds or deletes."""
+    found = []
+    for command in transaction:
+        for verb in ("add", "delete"):
+            element = command.get(verb, {}).get("element")
+            if element is not None and element["name"] in (
+                member_set("web", 4),
+                member_set("web", 6),
+            ):
+                found += [(verb, str(item)) for item in element["elem"]]
+    return found
+
+
+def test_a_member_change_sends_its_own_element_not_the_groups(
+    dataplane: KernelDataplane, kernel: FakeKernel
+) -> None:
+    state = State()
+    members = [f"10.9.0.{n}" for n in range(1, 51)]
+    web = make_security_group("web", members=members, rules=[])
+    state.put_sg(web)
+    _plug(dataplane, state, _vnic("a", security_groups=("web",)))
+    first = [e for t in kernel.nft.transactions for e in _elements(t)]
+    assert {("add", m) for m in members} <= set(first), "the group's members are in its set"
+    kernel.nft.transactions.clear()
+    grown = web.with_member("10.9.1.1")
+    state.put_sg(grown)
+    dataplane.update_security_groups({"web": SgChange(web, grown)}, state)
+    shrunk = grown.without_member("10.9.0.7")
+    state.put_sg(shrunk)
+    dataplane.update_security_groups({"web": SgChange(grown, shrunk)}, state)
+    assert [_elements(t) for t in kernel.nft.transactions] == [
+        [("add", "10.9.1.1")],
+        [("delete", "10.9.0.7")],
+    ]

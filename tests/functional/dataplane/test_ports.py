@@ -51,6 +51,30 @@ def test_a_vni_has_a_bridge_and_vxlan_from_its_first_vnic_to_its_last(lab: Lab) 
     assert not [name for name in links if name.startswith("bf")]
 
 
+def test_butterflys_links_carry_no_ipv6_of_the_host(lab: Lab) -> None:
+    """No route of the host's IPv6 per link: every link event and MTU change
+    of the namespace walks them all (8,192 at 4,096 VNIs)."""
+    host = lab.host()
+    guest = lab.guest()
+    dataplane = host.dataplane()
+    state = State()
+    plug(
+        dataplane,
+        state,
+        make_vnic(Vnic(id="t1", mac="52:54:00:00:00:01", vni=7, type=VnicType.TAP)),
+    )
+    plug(dataplane, state, netns_vnic("n1", guest, "52:54:00:aa:00:01", ("2001:db8:1::1",)))
+    names = (bridge_name(7), vxlan_name(7), tap_name("t1"), tap_name("n1"))
+    for name in names:
+        disabled = host.exec("cat", f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6")
+        assert disabled.strip() == "1", name
+    routes = host.ip("-6", "route", "show", "table", "all")
+    assert not [line for line in routes.splitlines() if any(f"dev {n} " in line for n in names)]
+    assert "ff00::/8" in routes, "the control: the underlay keeps its own IPv6 routes"
+    inside = json.loads(guest.ip("-j", "-6", "addr", "show", tap_name("n1")))[0]
+    assert "2001:db8:1::1" in {a["local"] for a in inside["addr_info"]}, "the vnic keeps its IPv6"
+
+
 def test_a_netns_vnic_gets_a_veth_with_its_mac_ips_and_mtu(lab: Lab) -> None:
     host = lab.host()
     guest = lab.guest()
