@@ -292,12 +292,16 @@ class KernelDataplane:
         for vni in sorted(wanted_vnis):
             if self._vnis.used(vni, state):
                 best_effort(problems, f"vni {vni}", partial(self._vnis.ensure, None, vni, state))
+                self._ipv6_off(
+                    problems, f"vni {vni}", bridge_name(vni), vxlan_name(vni), owned=owned
+                )
             yield (progress := progress.next())
         for vnic_id in [vnic.id for vnic in vnics]:
             vnic = state.vnic(vnic_id)
             if vnic is not None and self._settings.has_port(vnic):
                 best_effort(problems, what(vnic), partial(self._ports.ensure, None, vnic, None))
                 best_effort(problems, what(vnic), partial(self._ports.serve, None, vnic))
+                self._ipv6_off(problems, what(vnic), tap_name(vnic.id), owned=owned)
             yield (progress := progress.next())
         for vni in sorted(wanted_vnis):
             # A bridge made again has lost its neighbour entries (EVPN).
@@ -315,6 +319,16 @@ class KernelDataplane:
         sync = partial(self._sync_fast_path, None, state, wanted_vnis, remade=None)
         best_effort(problems, "fast path", sync)
         yield progress.next()
+
+    def _ipv6_off(
+        self, problems: list[str], label: str, *names: str, owned: Mapping[str, Link]
+    ) -> None:
+        """IPv6 off on links found at the reconcile's start (one made since has
+        it off already): earlier versions of butterfly left it on, and each
+        such link's route slows every link change of the host."""
+        for name in names:
+            if name in owned:
+                best_effort(problems, label, partial(self._netlink.disable_ipv6, name))
 
     def _ported(self, state: StateView) -> list[Vnic]:
         """The vnics of ``state`` that have a port here."""

@@ -173,13 +173,16 @@ class UnderlayNetlink(Protocol):
 
 class KernelNetlink(LinksNetlink, VniNetlink, PortNetlink, UnderlayNetlink, Protocol):
     """All of the above, and what the data plane itself adds: one snapshot for
-    a reconcile, its own changes for the drift watch, closing."""
+    a reconcile, its own changes for the drift watch, IPv6 off on links an
+    older version made, closing."""
 
     def snapshot(self) -> AbstractContextManager[None]: ...
 
     def link_names(self) -> set[str]: ...
 
     def take_touched(self) -> set[int]: ...
+
+    def disable_ipv6(self, name: str) -> None: ...
 
     def close(self) -> None: ...
 

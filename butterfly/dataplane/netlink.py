@@ -654,6 +654,12 @@ class Netlink:
             self._reader.change(rtchange.set_link(index, alias=alias, no_addrgen=True, mtu=mtu))
         self._changed(name)
 
+    def disable_ipv6(self, name: str) -> None:
+        """IPv6 off on link ``name`` (see :meth:`_configure_new`), for links made
+        before butterfly did so."""
+        with _translated(f"netlink: turning IPv6 off on {name}"):
+            self._disable_ipv6(name)
+
     def _disable_ipv6(self, name: str) -> None:
         """Where ``/proc/sys`` is read-only (a container) the link keeps its
         route: slower requests on a big host, said once, not a failure."""

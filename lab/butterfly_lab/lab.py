@@ -305,7 +305,9 @@ class Netns:
         self.path = f"/run/netns/{name}"
         self._pool: ThreadPoolExecutor | None = None
         self._processes: list[subprocess.Popen[Any]] = []
-        sh("ip", "netns", "add", name)
+        # A namespace is made only once the kernel has finished dismantling the
+        # ones deleted before: minutes after a lab host of 10,000 vnics.
+        sh("ip", "netns", "add", name, timeout=900)
         self._set_up(lambda: self.ip("link", "set", "lo", "up"))
 
     def _set_up(self, steps: Callable[[], object]) -> None:

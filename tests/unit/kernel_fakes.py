@@ -358,6 +358,9 @@ class FakeNetlink:
     def take_touched(self) -> set[int]:
         return set()
 
+    def disable_ipv6(self, name: str) -> None:
+        self._log.record(f"ipv6 off {name}")
+
     def close(self) -> None:
         self.closed = True
 

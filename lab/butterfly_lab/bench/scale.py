@@ -24,9 +24,10 @@ A Linux bridge holds at most 1,024 ports, so a host of N vnics has at
 least N/1,000 VNIs: "10,000 vnics, 1 VNI" is measured as 10 VNIs.
 
 A floor row per size: the same kernel objects (bridges, VXLAN devices,
-locked taps with their MAC pinned, a chain of three group jumps per vnic)
-made without butterfly by ``ip -batch``, ``bridge -batch`` and ``nft -f``
-in a namespace of their own: the kernel's own cost, per vnic.
+locked taps with their MAC pinned, IPv6 off on each, a clsact qdisc on
+each tap and VXLAN device, a chain of three group jumps per vnic) made
+without butterfly by ``ip -batch``, ``bridge -batch``, ``tc -batch`` and
+``nft -f`` in a namespace of their own: the kernel's own cost, per vnic.
 
 Latency figures are p99 of ``--samples`` samples (1,000 by default; fewer
 is printed as a maximum, not a p99). Targets apply at every size.
@@ -289,7 +290,7 @@ def _kill_and_restart(host: Host) -> tuple[float, float, float]:
 
 
 def _floor(lab: Lab, size: Size, v6: bool) -> tuple[float, float]:
-    """Seconds for ip/bridge -batch and nft -f to make the same kernel objects,
+    """Seconds for ip/bridge/tc -batch and nft -f to make the same kernel objects,
     and for ip -batch to delete the taps."""
     netns = lab.netns("z")
     netns.ip("link", "add", "ful0", "type", "veth", "peer", "name", "ful1")
@@ -298,7 +299,9 @@ def _floor(lab: Lab, size: Size, v6: bool) -> tuple[float, float]:
     netns.ip("link", "set", "ful0", "up")
     netns.exec("sysctl", "-qw", f"net.ipv4.igmp_max_memberships={size.vnis + 1024}")
     netns.exec("sysctl", "-qw", f"net.core.optmem_max={(size.vnis + 1024) * 64 + 131072}")
-    links, fdb = [], []
+    # As butterfly's links: no IPv6 of the host's, a clsact qdisc for the guard.
+    netns.exec("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
+    links, fdb, qdiscs = [], [], []
     for vni in range(1, size.vnis + 1):
         group = flood_group(vni, 6 if v6 else 4)
         bridge, vxlan = bridge_name(vni), vxlan_name(vni)
@@ -309,6 +312,7 @@ def _floor(lab: Lab, size: Size, v6: bool) -> tuple[float, float]:
             f"link set {vxlan} master {bridge} up",
             f"link set {bridge} up",
         ]
+        qdiscs.append(f"qdisc add dev {vxlan} clsact")
     rules = ["table inet floor {"]
     for sg in range(SGS):
         rules.append(f"  chain sg{sg:02} {{ tcp dport 22 ip saddr 10.0.0.0/8 accept; }}")
@@ -321,6 +325,7 @@ def _floor(lab: Lab, size: Size, v6: bool) -> tuple[float, float]:
             f"link set {tap} type bridge_slave learning off flood off locked on",
         ]
         fdb.append(f"fdb replace {_mac(index + 1)} dev {tap} master static sticky")
+        qdiscs.append(f"qdisc add dev {tap} clsact")
         jumps = "; ".join(f"jump sg{g[3:]}" for g in _groups(index))
         rules.append(f"  chain p{index} {{ {jumps}; drop; }}")
     rules.append("}")
@@ -329,7 +334,7 @@ def _floor(lab: Lab, size: Size, v6: bool) -> tuple[float, float]:
         for index in range(size.vnics)
     ]
     started = time.monotonic()
-    for tool, text in (("ip", links), ("bridge", fdb)):
+    for tool, text in (("ip", links), ("bridge", fdb), ("tc", qdiscs)):
         netns.exec(tool, "-batch", "-", input="\n".join(text) + "\n", timeout=3600)
     netns.exec("nft", "-f", "-", input="\n".join(rules) + "\n", timeout=3600)
     made = time.monotonic() - started
@@ -457,7 +462,7 @@ def render(results: list[Figures], samples: int, busy: float, mode: str) -> tupl
         rows.append(
             (
                 label,
-                f"floor: ip/bridge -batch + nft -f ({result.floor_s:.2f} s in all)",
+                f"floor: ip/bridge/tc -batch + nft -f ({result.floor_s:.2f} s in all)",
                 "1",
                 "-",
                 f"{per_vnic:.2f} per vnic",

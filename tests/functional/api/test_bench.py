@@ -88,7 +88,7 @@ def test_bench_scale_prints_every_figure_with_its_target() -> None:
         ("first answer after kill -9 (nic_list)", "< 1 s"),
         ("reconcile done after kill -9", "< 30 s"),
         ("memory, daemon and children", "< 150 MB"),
-        ("floor: ip/bridge -batch + nft -f", "baseline"),
+        ("floor: ip/bridge/tc -batch + nft -f", "baseline"),
         ("floor: ip -batch link del of the taps", "baseline"),
     ):
         assert re.search(

@@ -73,6 +73,12 @@ def test_butterflys_links_carry_no_ipv6_of_the_host(lab: Lab) -> None:
     assert "ff00::/8" in routes, "the control: the underlay keeps its own IPv6 routes"
     inside = json.loads(guest.ip("-j", "-6", "addr", "show", tap_name("n1")))[0]
     assert "2001:db8:1::1" in {a["local"] for a in inside["addr_info"]}, "the vnic keeps its IPv6"
+    for name in names:  # as an earlier version left them
+        host.exec("sysctl", "-qw", f"net.ipv6.conf.{name}.disable_ipv6=0")
+    dataplane.reconcile(state)
+    for name in names:
+        disabled = host.exec("cat", f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6")
+        assert disabled.strip() == "1", f"{name} after the reconcile"
 
 
 def test_a_netns_vnic_gets_a_veth_with_its_mac_ips_and_mtu(lab: Lab) -> None:
