@@ -22,9 +22,9 @@ A thread of its own deletes them on its own netlink socket (opened by the
 creator, in the creator's namespace), never while a request is being
 applied (the data plane applies them inside :meth:`busy`): once the API has
 been quiet for :data:`IDLE_SECONDS`, or when a request ends after the
-oldest has waited :data:`MAX_DELAY_SECONDS` (only the links that old: the
-next request waits for them, ~5 ms a link, whatever its kind), or at once
-for what a caller waits for. Each batch is one group deletion (:data:`DOOMED_GROUP`). A deletion a
+oldest has waited :data:`MAX_DELAY_SECONDS` (the next request then waits
+for that deletion, ~5 ms a link queued, whatever its kind), or at once for what a caller waits
+for. Each batch is one group deletion (:data:`DOOMED_GROUP`). A deletion a
 crash or ``kill -9`` leaves undone is a leftover that the next reconcile
 removes (the links are butterfly's, unwanted by the state).
 """
@@ -170,14 +170,8 @@ class LinkDeleter:
     def _take(self) -> list[tuple[str, int]]:
         """The links to delete now: only those callers wait for, if any (a
         request wanting a VNI again waits for its two devices, not for every
-        port removed meanwhile); at the end of a request, only the overdue
-        ones (the next request waits for those alone: a few, not the hundreds
-        queued over the last seconds of a busy API); else all."""
-        chosen = self._urgent()
-        if not chosen:
-            late = self._clock() - self._max_delay
-            overdue = [item for item in self._queued if item[2] <= late]
-            chosen = overdue if self._overdue and overdue else self._queued
+        port removed meanwhile), else all."""
+        chosen = self._urgent() or self._queued
         self._overdue = False
         if chosen is self._queued:
             self._queued = []
