@@ -292,9 +292,13 @@ class KernelDataplane:
         for vni in sorted(wanted_vnis):
             if self._vnis.used(vni, state):
                 best_effort(problems, f"vni {vni}", partial(self._vnis.ensure, None, vni, state))
-                self._ipv6_off(
-                    problems, f"vni {vni}", bridge_name(vni), vxlan_name(vni), owned=owned
+                # EVPN's IPv6 neighbour entries live on the bridge.
+                links = (
+                    (vxlan_name(vni),)
+                    if self._settings.evpn
+                    else (bridge_name(vni), vxlan_name(vni))
                 )
+                self._ipv6_off(problems, f"vni {vni}", *links, owned=owned)
             yield (progress := progress.next())
         for vnic_id in [vnic.id for vnic in vnics]:
             vnic = state.vnic(vnic_id)

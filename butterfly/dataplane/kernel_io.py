@@ -107,7 +107,7 @@ class VniNetlink(LinkNetlink, Protocol):
     """What :class:`~butterfly.dataplane.vni.Vnis` adds: bridges, VXLAN devices,
     their flooding peers and neighbour entries."""
 
-    def add_bridge(self, name: str, *, mtu: int, alias: str) -> None: ...
+    def add_bridge(self, name: str, *, mtu: int, alias: str, ipv6: bool = False) -> None: ...
 
     def add_vxlan(
         self,

@@ -86,7 +86,9 @@ class Vnis:
             step(
                 j,
                 f"create bridge {name}",
-                lambda: self._netlink.add_bridge(name, mtu=settings.vnic_mtu, alias=vni_alias(vni)),
+                lambda: self._netlink.add_bridge(
+                    name, mtu=settings.vnic_mtu, alias=vni_alias(vni), ipv6=settings.evpn
+                ),
                 partial(self._links.delete, name),
             )
             bridge = self._netlink.link(name)

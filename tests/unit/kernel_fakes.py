@@ -182,7 +182,7 @@ class FakeNetlink:
 
     # changing
 
-    def add_bridge(self, name: str, *, mtu: int, alias: str) -> None:
+    def add_bridge(self, name: str, *, mtu: int, alias: str, ipv6: bool = False) -> None:
         self._add(name, "bridge", f"add bridge {name}", mtu=mtu, alias=alias)
         self.by_name[name] = replace(self.by_name[name], info=dict(BRIDGE_OPTIONS))
 
