@@ -665,10 +665,18 @@ class Netlink:
             self._disable_ipv6(name)
 
     def _disable_ipv6(self, name: str) -> None:
-        """Where ``/proc/sys`` is read-only (a container) the link keeps its
-        route: slower requests on a big host, said once, not a failure."""
+        """Through the ``/proc`` file, the only interface (netlink sets no
+        ``disable_ipv6``). A kernel without IPv6 has nothing to turn off; where
+        ``/proc/sys`` is read-only (a container) the link keeps its route:
+        slower requests on a big host, said once, not a failure."""
         try:
-            _disable_ipv6(name)
+            with open(
+                f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w", encoding="ascii"
+            ) as conf:
+                conf.write("1")
+        except FileNotFoundError:
+            if os.path.exists("/proc/sys/net/ipv6/conf/all"):
+                raise
         except OSError as exc:
             if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise
@@ -698,17 +706,6 @@ class Netlink:
         except NetlinkError:
             return f"#{index}"
         return str(messages[0].get_attr("IFLA_IFNAME")) if messages else f"#{index}"
-
-
-def _disable_ipv6(name: str) -> None:
-    """No IPv6 on link ``name`` (a kernel without IPv6 has nothing to turn off).
-    The ``/proc`` file is the only interface: netlink sets no ``disable_ipv6``."""
-    try:
-        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w", encoding="ascii") as conf:
-            conf.write("1")
-    except FileNotFoundError:
-        if os.path.exists("/proc/sys/net/ipv6/conf/all"):
-            raise
 
 
 @contextmanager

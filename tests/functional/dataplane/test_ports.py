@@ -66,8 +66,7 @@ def test_butterflys_links_carry_no_ipv6_of_the_host(lab: Lab) -> None:
     plug(dataplane, state, netns_vnic("n1", guest, "52:54:00:aa:00:01", ("2001:db8:1::1",)))
     names = (bridge_name(7), vxlan_name(7), tap_name("t1"), tap_name("n1"))
     for name in names:
-        disabled = host.exec("cat", f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6")
-        assert disabled.strip() == "1", name
+        assert _ipv6_disabled(host, name), name
     routes = host.ip("-6", "route", "show", "table", "all")
     assert not [line for line in routes.splitlines() if any(f"dev {n} " in line for n in names)]
     assert "ff00::/8" in routes, "the control: the underlay keeps its own IPv6 routes"
@@ -77,8 +76,11 @@ def test_butterflys_links_carry_no_ipv6_of_the_host(lab: Lab) -> None:
         host.exec("sysctl", "-qw", f"net.ipv6.conf.{name}.disable_ipv6=0")
     dataplane.reconcile(state)
     for name in names:
-        disabled = host.exec("cat", f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6")
-        assert disabled.strip() == "1", f"{name} after the reconcile"
+        assert _ipv6_disabled(host, name), f"{name} after the reconcile"
+
+
+def _ipv6_disabled(host: Any, name: str) -> bool:
+    return host.exec("cat", f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").strip() == "1"
 
 
 def test_a_netns_vnic_gets_a_veth_with_its_mac_ips_and_mtu(lab: Lab) -> None:
