@@ -28,6 +28,16 @@ here as bytecode so no compiler is needed; it also clears the bits, so the
 mark a VXLAN device routes its packet with is the one it had before.
 Loading needs CAP_BPF (root). The mark cannot come from a tenant: a tap's
 frames start with none, and a veth clears it between namespaces.
+
+Ports do not carry these programs one by one: every port of a kind is bound
+to the same two shared tc blocks (:attr:`GuardKind.blocks`, one for its
+ingress, one for its egress), which hold the programs (the fast path's too,
+when it is on). A port's own blocks cost the kernel a walk over every block
+of the host each time one is bound or unbound (``flow_indr_dev_setup_offload``,
+5 ms per new port at 10,000 vnics); a shared block is one entry. A block
+lives while a link is bound to it, so a persistent tap per kind that never
+goes up (:attr:`GuardKind.anchor`) keeps both blocks and their programs
+while no port of that kind exists, and across restarts.
 """
 
 import ctypes
@@ -35,16 +45,23 @@ import errno
 import os
 import struct
 from enum import Enum
+from typing import NamedTuple
 
 from butterfly.errors import DataplaneError
 
 __all__ = [
+    "ADMISSION_PRIO",
     "ALL_OK",
+    "ANCHORS",
     "BRIDGE_OK",
+    "FAST_PATH_PRIO",
+    "GUARD_PRIO",
     "INBOUND_OK",
     "OUTBOUND_OK",
     "SENDER_MARK",
     "SENDER_OPEN",
+    "SENDER_PRIO",
+    "Blocks",
     "GuardKind",
     "GuardPrograms",
 ]
@@ -64,11 +81,37 @@ SENDER_MARK = "bf-sender-open"
 """The tc filter name of the ingress program that sets :data:`SENDER_OPEN`."""
 
 
+SENDER_PRIO = 1
+"""Where the sender mark sits in a port's ingress block, before the fast path."""
+FAST_PATH_PRIO = 2
+ADMISSION_PRIO = 1
+"""Where the fast path's admissions sit in a port's egress block: before the
+guard, which clears the bits they read."""
+GUARD_PRIO = 2
+
+
+class Blocks(NamedTuple):
+    """The numbers of a port's shared tc blocks (``tc qdisc show`` prints them)."""
+
+    ingress: int
+    egress: int
+
+
 class GuardKind(Enum):
     """Which bits a port needs; the value is the tc filter's name."""
 
     FILTERED = "bf-guard-filtered"
     OPEN = "bf-guard-open"
+
+    @property
+    def blocks(self) -> Blocks:
+        """The shared tc blocks of this kind's ports."""
+        return _BLOCKS[self]
+
+    @property
+    def anchor(self) -> str:
+        """The tap that keeps :attr:`blocks` alive (see the module's docstring)."""
+        return f"bfg-{self.name.lower()}"
 
     @property
     def mask(self) -> int:
@@ -81,6 +124,13 @@ class GuardKind(Enum):
         """The port's ingress carries the sender mark program (no filtering)."""
         return self is GuardKind.OPEN
 
+
+_BLOCKS = {
+    GuardKind.FILTERED: Blocks(0xBF000001, 0xBF000002),
+    GuardKind.OPEN: Blocks(0xBF000003, 0xBF000004),
+}
+"""Numbers no other tool of the host is likely to pick (3204448257 to 3204448260)."""
+ANCHORS = frozenset(kind.anchor for kind in GuardKind)
 
 _SYS_BPF = 321
 """x86-64's bpf(2) (the only architecture this project runs on)."""

@@ -109,7 +109,7 @@ def step(
         j.step(name, do, undo)
 
 
-def best_effort(problems: list[str], what: str, work: Callable[[], None]) -> None:
+def best_effort(problems: list[str], what: str, work: Callable[[], object]) -> None:
     """``work()``, its DataplaneError logged and added to ``problems`` naming
     ``what``: a reconcile repairs all it can before it reports."""
     try:

@@ -55,6 +55,7 @@ from butterfly.dataplane.deleter import LinkDeleter
 from butterfly.dataplane.evpn import FrrReader
 from butterfly.dataplane.fastpath import FastPath, FastPort, PendingFastPath
 from butterfly.dataplane.graph import draw
+from butterfly.dataplane.guard import ANCHORS
 from butterfly.dataplane.journal import FaultHook, Journal, best_effort, journal, step
 from butterfly.dataplane.kernel_io import KernelIo, open_kernel
 from butterfly.dataplane.links import Links
@@ -256,6 +257,7 @@ class KernelDataplane:
 
     def _reconcile(self, state: StateView, problems: list[str]) -> Iterator[Progress]:
         self._links.rename_strays(problems)
+        best_effort(problems, "port guard", partial(self._links.ensure_blocks, refresh=True))
         vnics = [vnic for vnic in state.vnics() if self._ports.pluggable(vnic)]
         wanted_ports = {tap_name(vnic.id) for vnic in vnics}
         wanted_vnis = {vnic.vni for vnic in vnics}
@@ -266,7 +268,7 @@ class KernelDataplane:
         stale_ports = [
             link
             for name, link in owned.items()
-            if link.kind in ("tun", "veth") and name not in wanted_ports
+            if link.kind in ("tun", "veth") and name not in wanted_ports | ANCHORS
         ]
         stale_vnis = [
             link
@@ -363,6 +365,9 @@ class KernelDataplane:
             best_effort(problems, "nftables", partial(self._tables.reconcile, state, vnics))
             self._revoke_admissions(None)
         self._links.rename_strays(problems, scope.links)
+        # A block's programs are shared: a change seen on any port is theirs.
+        blocks = partial(self._links.ensure_blocks, fast_path=self._pending_fast is None)
+        best_effort(problems, "port guard", blocks)
         vnis = {vnic.vni for vnic in vnics if _names_vni(scope.links, vnic.vni)}
         if vnis:
             self._vnis.forget_flooding()

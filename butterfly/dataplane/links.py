@@ -2,12 +2,12 @@
 
 Owns :class:`Links`, the operations shared by a VNI's devices (:mod:`.vni`)
 and a vnic's port (:mod:`.ports`): refusing a link of that name that is not
-butterfly's, setting MTU, master and up state where they differ, the port
-guard (:mod:`.guard`, and on ports without filtering its sender mark)
-before a link joins its bridge, the fast path's program (:mod:`.fastpath`)
-on a port's ingress after it, a bridge port's forwarding flags, and giving
-back their names to links another program renamed. Each change is a
-journaled step with its undo.
+butterfly's, setting MTU, master and up state where they differ, binding
+a port to the shared tc blocks of its guard (:mod:`.guard`, which also
+hold the fast path's programs, :mod:`.fastpath`) before it joins its
+bridge, the blocks' programs themselves, a bridge port's forwarding flags,
+and giving back their names to links another program renamed. Each change
+of a request is a journaled step with its undo.
 """
 
 from collections.abc import Iterable, Mapping
@@ -16,14 +16,24 @@ from typing import NamedTuple
 
 from butterfly.dataplane.fastpath import ADMISSION_FILTER
 from butterfly.dataplane.fastpath import FILTER_NAME as FAST_PATH_FILTER
-from butterfly.dataplane.guard import SENDER_MARK, GuardKind
+from butterfly.dataplane.guard import (
+    ADMISSION_PRIO,
+    FAST_PATH_PRIO,
+    GUARD_PRIO,
+    SENDER_MARK,
+    SENDER_PRIO,
+    GuardKind,
+)
 from butterfly.dataplane.journal import Journal, best_effort, step
 from butterfly.dataplane.kernel_io import GuardApi, LinksNetlink
-from butterfly.dataplane.naming import is_butterfly_link, name_from_alias
+from butterfly.dataplane.naming import anchor_alias, is_butterfly_link, name_from_alias
 from butterfly.dataplane.netlink import Link
 from butterfly.errors import DataplaneError
 
 __all__ = ["Links", "PortFlags"]
+
+_ANCHOR_MTU = 1500
+"""Any: an anchor never goes up."""
 
 
 class PortFlags(NamedTuple):
@@ -50,6 +60,7 @@ class Links:
         self._fast_path = fast_path
         """The eBPF fast path's programs (:mod:`.fastpath`: ingress, egress), None
         when it is off."""
+        self._blocks_checked = False
 
     def use_fast_path(self, fast_path: tuple[int, int] | None) -> None:
         """The fast path's programs, once loaded after the daemon began serving
@@ -101,51 +112,85 @@ class Links:
         if link is not None:
             self._netlink.delete_link(link.index)
 
+    def ensure_blocks(self, *, fast_path: bool = True, refresh: bool = False) -> list[str]:
+        """The shared tc blocks of the port guard (:mod:`.guard`) with exactly
+        their programs, and the anchors that keep them: before the first port
+        is bound, in every reconcile and repair (a few messages), never per
+        port. ``fast_path`` False: leave the fast path's programs as they are
+        (before start-up has loaded it). ``refresh``: put every program back
+        even where the names match (a reconcile: a new daemon may have loaded
+        a newer build). Returns the anchors it made."""
+        self._blocks_checked = True
+        made = []
+        for kind in GuardKind:
+            anchor = self.own(kind.anchor, "port guard")
+            if anchor is None:
+                self._netlink.add_tap(kind.anchor, mtu=_ANCHOR_MTU, alias=anchor_alias(kind.anchor))
+                made.append(kind.anchor)
+                anchor = self._netlink.link(kind.anchor, fresh=True)
+                if anchor is None:
+                    raise DataplaneError(f"port guard: tap {kind.anchor} vanished")
+            if self._netlink.guard_block(anchor.index) != kind.blocks.egress:
+                self._netlink.bind_blocks(anchor.index, kind.blocks)
+            for block, (programs, fast_prio) in self._programs(kind).items():
+                present = self._netlink.block_filters(block)
+                if not fast_path:
+                    programs.pop(fast_prio, None)
+                    present.pop(fast_prio, None)
+                for prio in present.keys() - programs.keys():
+                    self._netlink.delete_block_filter(block, prio)
+                for prio, (fd, name) in sorted(programs.items()):
+                    if refresh or present.get(prio) != name:
+                        self._netlink.set_block_filter(block, prio, fd, name)
+        return made
+
+    def _unmake(self, anchors: list[str]) -> None:
+        """Undo the first :meth:`ensure_blocks` of a request that failed: the
+        anchors it made go (their blocks with them, no port being bound)."""
+        self._blocks_checked = False
+        for name in anchors:
+            self.delete(name)
+
+    def _programs(self, kind: GuardKind) -> dict[int, tuple[dict[int, tuple[int, str]], int]]:
+        """What each block of ``kind`` holds (priority -> program and filter
+        name), and the fast path's priority there."""
+        ingress: dict[int, tuple[int, str]] = {}
+        if kind.marks_senders:
+            ingress[SENDER_PRIO] = (self._guards.sender_fd(), SENDER_MARK)
+        egress = {GUARD_PRIO: (self._guards.fd(kind), kind.value)}
+        if self._fast_path is not None:
+            ingress[FAST_PATH_PRIO] = (self._fast_path[0], FAST_PATH_FILTER)
+            egress[ADMISSION_PRIO] = (self._fast_path[1], ADMISSION_FILTER)
+        return {
+            kind.blocks.ingress: (ingress, FAST_PATH_PRIO),
+            kind.blocks.egress: (egress, ADMISSION_PRIO),
+        }
+
     def ensure_guard(
         self, j: Journal | None, link: Link, kind: GuardKind, *, fresh: bool = False
     ) -> None:
-        """The port guard ``kind`` on ``link``'s egress, and the sender mark on
-        its ingress exactly when ``kind`` wants it, before the link joins its
-        bridge (``fresh``: just created, so it has none and is not asked)."""
-        current = None if fresh else self._netlink.guard(link.index)
-        if current != kind.value:
-            previous = next((k for k in GuardKind if k.value == current), None)
-            undo = None
-            if previous is not None:
-                undo = partial(
-                    self._netlink.set_guard, link.index, self._guards.fd(previous), previous.value
-                )
+        """``link`` bound to the blocks of guard ``kind`` (which hold the fast
+        path's programs too), before it joins its bridge (``fresh``: just
+        created, so it has none and is not asked)."""
+        if not self._blocks_checked:
+            made: list[str] = []
             step(
                 j,
-                f"guard {link.name}",
-                partial(self._netlink.set_guard, link.index, self._guards.fd(kind), kind.value),
-                undo,
+                "port guard blocks",
+                lambda: made.extend(self.ensure_blocks(fast_path=False)),
+                lambda: self._unmake(made),
             )
-        marked = not fresh and self._netlink.guard(link.index, ingress=True) == SENDER_MARK
-        mark = partial(
-            self._netlink.set_guard, link.index, self._guards.sender_fd(), SENDER_MARK, ingress=True
-        )
-        unmark = partial(self._netlink.remove_guard, link.index, ingress=True)
-        if kind.marks_senders and not marked:
-            step(j, f"mark what enters {link.name} as unfiltered", mark, unmark)
-        elif marked and not kind.marks_senders:
-            step(j, f"stop marking what enters {link.name} as unfiltered", unmark, mark)
-
-    def ensure_fast_path(self, j: Journal | None, link: Link) -> None:
-        """The fast path's program on a port's ingress (on every port: its maps
-        say which vnics it serves); with the fast path off, a reconcile
-        (``j`` None) removes one a previous daemon left."""
-        if self._fast_path is not None:
-            ingress, egress = self._fast_path
-            attach = partial(
-                self._netlink.set_ingress_program, link.index, ingress, FAST_PATH_FILTER
-            )
-            step(j, f"fast path on {link.name}", attach)
-            admit = partial(self._netlink.set_egress_program, link.index, egress, ADMISSION_FILTER)
-            step(j, f"fast path admissions on {link.name}", admit)
-        elif j is None:
-            self._netlink.remove_ingress_program(link.index)
-            self._netlink.remove_egress_program(link.index)
+        bound = None if fresh else self._netlink.guard_block(link.index)
+        if bound == kind.blocks.egress:
+            return
+        previous = next((k for k in GuardKind if k.blocks.egress == bound), None)
+        undo = None
+        if bound is None:
+            undo = partial(self._netlink.unbind_blocks, link.index)
+        elif previous is not None:
+            undo = partial(self._netlink.bind_blocks, link.index, previous.blocks)
+        bind = partial(self._netlink.bind_blocks, link.index, kind.blocks)
+        step(j, f"guard {link.name} ({kind.value})", bind, undo)
 
     def fix(
         self,

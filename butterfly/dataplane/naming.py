@@ -25,8 +25,10 @@ __all__ = [
     "PREFIX",
     "TABLE",
     "VXLAN_PREFIX",
+    "anchor_alias",
     "bridge_name",
     "is_butterfly_link",
+    "is_butterfly_name",
     "limit_names",
     "member_set",
     "name_from_alias",
@@ -50,6 +52,7 @@ IFNAMSIZ = 15
 _READABLE = re.compile(r"[A-Za-z0-9_.-]{1,12}")
 _LINK = re.compile(
     r"bfbr[0-9]{1,8}|bfvx[0-9]{1,8}|bf-[A-Za-z0-9_.-]{1,12}|bfh[0-9a-f]{12}|bfz[0-9a-f]{1,8}"
+    r"|bfg-(?:filtered|open)"
 )
 VXLAN_PREFIX = f"{PREFIX}vx"
 """What every :func:`vxlan_name` starts with."""
@@ -104,6 +107,11 @@ def vni_alias(vni: int) -> str:
     return f"{LINK_ALIAS} vni {vni}"
 
 
+def anchor_alias(anchor: str) -> str:
+    """The alias of a port guard's anchor (``bfg-open`` -> ``butterfly guard open``)."""
+    return f"{LINK_ALIAS} guard {anchor.removeprefix(f'{PREFIX}g-')}"
+
+
 def vnic_alias(vnic_id: str) -> str:
     return f"{LINK_ALIAS} vnic {vnic_id}"
 
@@ -116,6 +124,8 @@ def name_from_alias(alias: str | None, kind: str) -> str | None:
         return None
     if words[1] == "vnic":
         return tap_name(words[2])
+    if words[1] == "guard" and words[2] in ("filtered", "open") and kind == "tun":
+        return f"{PREFIX}g-{words[2]}"
     if words[1] == "vni" and words[2].isdigit() and kind in ("bridge", "vxlan"):
         vni = int(words[2])
         return bridge_name(vni) if kind == "bridge" else vxlan_name(vni)
@@ -124,7 +134,12 @@ def name_from_alias(alias: str | None, kind: str) -> str | None:
 
 def is_butterfly_link(name: str, alias: str | None) -> bool:
     """True for a link butterfly created: its name's pattern and its alias agree."""
-    return _LINK.fullmatch(name) is not None and (alias or "").startswith(LINK_ALIAS + " ")
+    return is_butterfly_name(name) and (alias or "").startswith(LINK_ALIAS + " ")
+
+
+def is_butterfly_name(name: str) -> bool:
+    """True for a name of butterfly's pattern (the alias comes in a second change)."""
+    return _LINK.fullmatch(name) is not None
 
 
 def _digest(text: str) -> str:

@@ -30,7 +30,6 @@ from pyroute2.netlink.rtnl.ifinfmsg import IFT_NO_PI, IFT_TAP, tuntap
 from pyroute2.netlink.rtnl.ndmsg import NTF_EXT_LEARNED, NTF_SELF, NTF_STICKY
 
 from butterfly.dataplane import rtchange
-from butterfly.dataplane.fastpath import ADMISSION_FILTER
 from butterfly.dataplane.kernel_errors import code_of, explain
 from butterfly.dataplane.rtlink import FdbEntry, LinkReader, RawLink
 from butterfly.errors import DataplaneError
@@ -46,13 +45,6 @@ _RT_TABLE_MAIN = 254
 _IFF_UP = 0x1
 _TC_EGRESS = 0xFFFFFFF3
 """The clsact qdisc's egress hook (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS))."""
-_TC_INGRESS = 0xFFFFFFF2
-"""The clsact qdisc's ingress hook (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)): the
-sender mark (prio 1), then the fast path's program (prio 2)."""
-_GUARD_PRIO = 1
-_FAST_PATH_PRIO = 2
-_ADMISSION_HANDLE = 2
-"""The fast path's egress program: the guard's priority, another handle."""
 
 LLDP_FORWARD_MASK = 1 << 0x0E
 """A bridge hands frames to 01:80:c2:00:00:0e (LLDP) to the receiving port's own
@@ -140,7 +132,9 @@ class Netlink:
 
     def take_touched(self) -> set[int]:
         """The indexes of the links changed through this object since the last
-        call: the kernel's notifications about them are butterfly's own echo."""
+        call (:data:`~butterfly.dataplane.rtchange.BLOCK` for the filters of
+        butterfly's tc blocks): the kernel's notifications about them are
+        butterfly's own echo."""
         touched, self._touched = self._touched, set()
         return touched
 
@@ -503,111 +497,76 @@ class Netlink:
         ):
             self._ipr.fdb("del", ifindex=index, lladdr=_ZERO_MAC, dst=dst)
 
-    def guard(self, index: int, *, ingress: bool = False) -> str | None:
-        """The name of the guard program on link ``index``'s egress (or ingress), if any."""
+    def guard_block(self, index: int) -> int | None:
+        """The shared tc block on link ``index``'s egress (0: filters of its own;
+        None: no filter there). The kernel answers no query for a clsact
+        qdisc, but a dump of a port's filters names their shared block."""
         with _translated(lambda: f"netlink: listing the tc filters of {self._name(index)}"):
             try:
-                parent = _TC_INGRESS if ingress else _TC_EGRESS
-                names = self._reader.bpf_filters(rtchange.filters(index, parent))
+                return self._reader.filter_block(rtchange.filters(index, _TC_EGRESS))
             except OSError as exc:
                 if exc.errno == errno.EINVAL:
                     return None  # no clsact qdisc
                 raise
-        names = [name for name in names if name != ADMISSION_FILTER]
-        return names[0] if names else None
 
-    def set_guard(self, index: int, fd: int, name: str, *, ingress: bool = False) -> None:
-        """Put the eBPF program ``fd`` on link ``index``'s egress (or ingress), in
-        place of the one there (one filter, replaced in one operation: never none)."""
+    def bind_blocks(self, index: int, blocks: tuple[int, int]) -> None:
+        """Give link ``index`` a clsact qdisc bound to the shared tc blocks
+        ``blocks`` (ingress, egress): their filters apply to it at once. A
+        qdisc there already goes first (the kernel rebinds none, so for that
+        instant the link has no filter)."""
         self._touched.add(index)
         with _translated(lambda: f"netlink: guarding {self._name(index)}"):
             try:
-                self._reader.change(rtchange.clsact(index))
+                self._reader.change(rtchange.clsact(index, blocks))
             except OSError as exc:
                 if exc.errno != errno.EEXIST:
                     raise
-            self._reader.change(
-                rtchange.bpf_filter(
-                    index,
-                    parent=_TC_INGRESS if ingress else _TC_EGRESS,
-                    prio=_GUARD_PRIO,
-                    handle=1,
-                    fd=fd,
-                    name=name,
-                )
-            )
+                self._unbind(index)
+                self._reader.change(rtchange.clsact(index, blocks))
 
-    def remove_guard(self, index: int, *, ingress: bool = False) -> None:
-        """Take the program off link ``index``'s egress (or ingress)."""
+    def unbind_blocks(self, index: int) -> None:
+        """Remove link ``index``'s clsact qdisc, if it has one."""
         self._touched.add(index)
         with _translated(lambda: f"netlink: unguarding {self._name(index)}"):
-            self._reader.change(
-                rtchange.delete_filter(
-                    index, parent=_TC_INGRESS if ingress else _TC_EGRESS, prio=_GUARD_PRIO, handle=1
-                )
-            )
+            self._unbind(index)
 
-    def set_ingress_program(self, index: int, fd: int, name: str) -> None:
-        """Put the eBPF program ``fd`` on link ``index``'s ingress (the fast
-        path), in place of the one there."""
-        self._touched.add(index)
-        with _translated(lambda: f"netlink: attaching the fast path to {self._name(index)}"):
+    def _unbind(self, index: int) -> None:
+        try:
+            self._reader.change(rtchange.delete_clsact(index))
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.EINVAL):
+                raise
+
+    def block_filters(self, block: int) -> dict[int, str]:
+        """The filters of shared tc block ``block`` by priority: the name of the
+        eBPF program there ("" for another kind of filter)."""
+        with _translated(f"netlink: listing the filters of tc block {block}"):
             try:
-                self._reader.change(rtchange.clsact(index))
+                return self._reader.filters(rtchange.filters(rtchange.BLOCK, block))
             except OSError as exc:
-                if exc.errno != errno.EEXIST:
-                    raise
-            self._reader.change(
-                rtchange.bpf_filter(
-                    index, parent=_TC_INGRESS, prio=_FAST_PATH_PRIO, handle=1, fd=fd, name=name
-                )
-            )
+                if exc.errno == errno.EINVAL:
+                    return {}  # no such block: no link is bound to it
+                raise
 
-    def set_egress_program(self, index: int, fd: int, name: str) -> None:
-        """Put the eBPF program ``fd`` on link ``index``'s egress ahead of the
-        guard (the fast path's admissions): beside it at its priority, where
-        the kernel runs the filter added last first. It returns "unspecified",
-        so the guard still decides; one the guard was put back in front of
-        after it (a repair) never runs, which only keeps flows on the bridge."""
-        self._touched.add(index)
-        with _translated(lambda: f"netlink: attaching the fast path to {self._name(index)}"):
+    def set_block_filter(self, block: int, prio: int, fd: int, name: str) -> None:
+        """Put eBPF program ``fd`` at ``prio`` of shared tc block ``block``, in
+        place of the one there (replaced in one operation: never none)."""
+        self._touched.add(rtchange.BLOCK)
+        with _translated(f"netlink: putting {name} in tc block {block}"):
             self._reader.change(
                 rtchange.bpf_filter(
-                    index,
-                    parent=_TC_EGRESS,
-                    prio=_GUARD_PRIO,
-                    handle=_ADMISSION_HANDLE,
-                    fd=fd,
-                    name=name,
+                    rtchange.BLOCK, parent=block, prio=prio, handle=1, fd=fd, name=name
                 )
             )
 
-    def remove_egress_program(self, index: int) -> None:
-        """Remove link ``index``'s egress program (not its guard), if it has one."""
-        self._touched.add(index)
-        with _translated(lambda: f"netlink: detaching the fast path from {self._name(index)}"):
+    def delete_block_filter(self, block: int, prio: int) -> None:
+        """Remove the filters at ``prio`` of shared tc block ``block``."""
+        self._touched.add(rtchange.BLOCK)
+        with _translated(f"netlink: removing the filter at {prio} of tc block {block}"):
             try:
-                self._reader.change(
-                    rtchange.delete_filter(
-                        index, parent=_TC_EGRESS, prio=_GUARD_PRIO, handle=_ADMISSION_HANDLE
-                    )
-                )
+                self._reader.change(rtchange.delete_prio(rtchange.BLOCK, parent=block, prio=prio))
             except OSError as exc:
-                if exc.errno not in (errno.ENOENT, errno.EINVAL):
-                    raise
-
-    def remove_ingress_program(self, index: int) -> None:
-        """Remove link ``index``'s ingress program, if it has one."""
-        self._touched.add(index)
-        with _translated(lambda: f"netlink: detaching the fast path from {self._name(index)}"):
-            try:
-                self._reader.change(
-                    rtchange.delete_filter(
-                        index, parent=_TC_INGRESS, prio=_FAST_PATH_PRIO, handle=1
-                    )
-                )
-            except OSError as exc:
-                if exc.errno not in (errno.ENOENT, errno.EINVAL):
+                if exc.errno != errno.ENOENT:
                     raise
 
     def add_address(self, index: int, address: str, prefixlen: int) -> None:

@@ -106,7 +106,6 @@ class Ports:
             previous = None
         kind = GuardKind.FILTERED if settings.filtered(vnic) else GuardKind.OPEN
         self._links.ensure_guard(j, link, kind, fresh=fresh)
-        self._links.ensure_fast_path(j, link)
         bridge = self._netlink.link(bridge_name(vnic.vni))
         if bridge is None:
             raise DataplaneError(f"{label}: bridge {bridge_name(vnic.vni)} is missing")

@@ -14,14 +14,16 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 __all__ = [
+    "BLOCK",
     "Message",
     "add_bridge",
     "add_vxlan",
     "bpf_filter",
     "bridge_port",
     "clsact",
-    "delete_filter",
+    "delete_clsact",
     "delete_group",
+    "delete_prio",
     "fdb_forget",
     "fdb_pin",
     "filters",
@@ -33,6 +35,7 @@ _RTM_NEWNEIGH = 28
 _RTM_GETNEIGH = 30
 _RTM_DELNEIGH = 29
 _RTM_NEWQDISC = 36
+_RTM_DELQDISC = 37
 _RTM_NEWTFILTER = 44
 _RTM_DELTFILTER = 45
 _RTM_GETTFILTER = 46
@@ -79,6 +82,8 @@ _NTF_MASTER = 0x04
 _NTF_STICKY = 0x40
 _TCA_KIND = 1
 _TCA_OPTIONS = 2
+_TCA_INGRESS_BLOCK = 13
+_TCA_EGRESS_BLOCK = 14
 _TCA_BPF_FD = 6
 _TCA_BPF_NAME = 7
 _TCA_BPF_FLAGS = 8
@@ -87,6 +92,11 @@ _TC_H_CLSACT = 0xFFFFFFF1
 _CLSACT_HANDLE = 0xFFFF0000
 _ETH_P_ALL = 0x0003
 _IN6_ADDR_GEN_MODE_NONE = 1
+
+
+BLOCK = -1
+"""The link index that names a shared tc block (TCM_IFINDEX_MAGIC_BLOCK) in a
+filter's message, whose parent field then holds the block's number."""
 
 
 class Message(NamedTuple):
@@ -247,11 +257,24 @@ def fdb_forget(index: int, mac: str) -> Message:
     )
 
 
-def clsact(index: int) -> Message:
-    """The clsact qdisc of link ``index`` (EEXIST when it has one)."""
+def clsact(index: int, blocks: tuple[int, int]) -> Message:
+    """The clsact qdisc of link ``index`` bound to the shared tc blocks
+    ``blocks`` (ingress, egress); EEXIST when the link has one."""
     header = _TCMSG.pack(socket.AF_UNSPEC, index, _CLSACT_HANDLE, _TC_H_CLSACT, 0)
     flags = _NLM_F_REQUEST | _NLM_F_ACK | _NLM_F_EXCL | _NLM_F_CREATE
-    return Message(_RTM_NEWQDISC, flags, header + _text(_TCA_KIND, "clsact"))
+    attributes = (
+        _text(_TCA_KIND, "clsact")
+        + _u32(_TCA_INGRESS_BLOCK, blocks[0])
+        + _u32(_TCA_EGRESS_BLOCK, blocks[1])
+    )
+    return Message(_RTM_NEWQDISC, flags, header + attributes)
+
+
+def delete_clsact(index: int) -> Message:
+    """Remove link ``index``'s clsact (or ingress) qdisc, with the filters of its
+    own blocks; ENOENT or EINVAL when it has none."""
+    header = _TCMSG.pack(socket.AF_UNSPEC, index, _CLSACT_HANDLE, _TC_H_CLSACT, 0)
+    return Message(_RTM_DELQDISC, _NLM_F_REQUEST | _NLM_F_ACK, header)
 
 
 def bpf_filter(index: int, *, parent: int, prio: int, handle: int, fd: int, name: str) -> Message:
@@ -269,19 +292,19 @@ def bpf_filter(index: int, *, parent: int, prio: int, handle: int, fd: int, name
     )
 
 
-def delete_filter(index: int, *, parent: int, prio: int, handle: int) -> Message:
-    """Remove the eBPF filter at ``prio``/``handle`` (ENOENT when there is none)."""
-    info = (prio << 16) | socket.htons(_ETH_P_ALL)
-    header = _TCMSG.pack(socket.AF_UNSPEC, index, handle, parent, info)
-    return Message(_RTM_DELTFILTER, _NLM_F_REQUEST | _NLM_F_ACK, header + _text(_TCA_KIND, "bpf"))
-
-
 def fdb_lookup(bridge: int, mac: str) -> Message:
     """A lookup of bridge ``bridge``'s forwarding entry for ``mac`` (``bridge fdb
     get``): one entry, where a dump walks every entry of every device."""
     header = _NDMSG.pack(socket.AF_BRIDGE, 0, 0, 0, 0)
     attributes = _u32(_NDA_MASTER, bridge) + _attr(_NDA_LLADDR, _mac(mac))
     return Message(_RTM_GETNEIGH, _NLM_F_REQUEST | _NLM_F_ACK, header + attributes)
+
+
+def delete_prio(index: int, *, parent: int, prio: int) -> Message:
+    """Remove every filter at ``prio``, whatever its kind (ENOENT when there is none)."""
+    info = (prio << 16) | socket.htons(_ETH_P_ALL)
+    header = _TCMSG.pack(socket.AF_UNSPEC, index, 0, parent, info)
+    return Message(_RTM_DELTFILTER, _NLM_F_REQUEST | _NLM_F_ACK, header)
 
 
 def filters(index: int, parent: int) -> Message:

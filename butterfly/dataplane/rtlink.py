@@ -42,6 +42,12 @@ _ANSWERS = {
     _RTM_GETTFILTER: _RTM_NEWTFILTER,
 }
 _TCMSG_SIZE = 20
+_TCMSG_LINK = struct.Struct("=i4xI")
+"""tcm_ifindex and tcm_parent (for :data:`_BLOCK`: the block's number)."""
+_BLOCK = -1
+"""TCM_IFINDEX_MAGIC_BLOCK: filters of a shared block."""
+_TCMSG_INFO = struct.Struct("=I")
+"""tcm_info, the last field of a tcmsg: the filter's priority in its upper half."""
 _TCA_KIND = 1
 _TCA_OPTIONS = 2
 _TCA_BPF_NAME = 7
@@ -307,18 +313,34 @@ class LinkReader:
         for _ in self._request(message.kind, message.flags, message.body, b""):
             pass
 
-    def bpf_filters(self, message: Message) -> list[str]:
-        """The names of the eBPF programs among the filters ``message`` dumps
-        (:func:`~butterfly.dataplane.rtchange.filters`)."""
-        names = []
+    def filter_block(self, message: Message) -> int | None:
+        """The shared block whose filters ``message`` dumps through a link
+        (:func:`~butterfly.dataplane.rtchange.filters`): its number, 0 when the
+        filters are the link's own, None when there are none."""
+        block = None
+        for data, offset, _ in self._request(message.kind, message.flags, message.body, b""):
+            index, parent = _TCMSG_LINK.unpack_from(data, offset + 4)
+            block = parent if index == _BLOCK else 0
+        return block
+
+    def filters(self, message: Message) -> dict[int, str]:
+        """The filters ``message`` dumps (:func:`~butterfly.dataplane.rtchange.filters`),
+        by priority: the name of an eBPF program there, "" for any other filter."""
+        found: dict[int, str] = {}
         for data, offset, end in self._request(message.kind, message.flags, message.body, b""):
-            found = dict(_attributes(data, offset + _TCMSG_SIZE, end, (_TCA_KIND, _TCA_OPTIONS)))
-            if _text(found.get(_TCA_KIND, b"")) != "bpf" or _TCA_OPTIONS not in found:
-                continue
-            options = found[_TCA_OPTIONS]
-            for _, name in _attributes(options, 0, len(options), (_TCA_BPF_NAME,)):
-                names.append(_text(name))
-        return names
+            prio = _TCMSG_INFO.unpack_from(data, offset + _TCMSG_SIZE - 4)[0] >> 16
+            attributes = dict(
+                _attributes(data, offset + _TCMSG_SIZE, end, (_TCA_KIND, _TCA_OPTIONS))
+            )
+            options = attributes.get(_TCA_OPTIONS, b"")
+            names = [
+                _text(name)
+                for _, name in _attributes(options, 0, len(options), (_TCA_BPF_NAME,))
+                if _text(attributes.get(_TCA_KIND, b"")) == "bpf"
+            ]
+            if names or prio not in found:
+                found[prio] = names[0] if names else ""
+        return found
 
     def _request(
         self, kind: int, flags: int, header: bytes, attributes: bytes

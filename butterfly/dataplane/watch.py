@@ -14,7 +14,7 @@ Telling butterfly's own changes from the others':
 
 - nftables: every transaction ends with a NEWGEN notification naming the
   thread that committed it; one of this process's threads is butterfly.
-- links, forwarding entries and the port guard's tc filter: the kernel
+- links, forwarding entries, a port's qdisc and the guard's tc blocks: the kernel
   sends a change's notifications before it acknowledges the request, so
   once a data plane call returned, its echo is already queued; the caller
   drains then and names the links its own calls touched
@@ -34,15 +34,18 @@ import struct
 from collections.abc import Container, Iterable
 from dataclasses import dataclass, replace
 
+from butterfly.dataplane.guard import ANCHORS, GuardKind
 from butterfly.dataplane.kernel_errors import explain
 from butterfly.dataplane.naming import (
     LINK_ALIAS,
     TABLE,
     VXLAN_PREFIX,
     is_butterfly_link,
+    is_butterfly_name,
     vni_of,
 )
 from butterfly.dataplane.netlink import Link
+from butterfly.dataplane.rtchange import BLOCK
 from butterfly.errors import DataplaneError
 
 __all__ = ["Change", "KernelWatch", "LinkState", "Scope"]
@@ -61,11 +64,14 @@ _NLMSG_HDR = struct.Struct("=IHHII")
 _NLA_HDR = struct.Struct("=HH")
 _IFINFO = struct.Struct("=BxHiII")
 _NDMSG = struct.Struct("=BxxxiHBB")
-_TCMSG = struct.Struct("=Bxxxi")
+_TCMSG = struct.Struct("=Bxxxi4xI")
+"""A tcmsg's family, link index and parent (a shared block's number, for :data:`BLOCK`)."""
 _NLMSG_ERROR = 2
 _RTM_NEWLINK, _RTM_DELLINK, _RTM_NEWNEIGH, _RTM_DELNEIGH = 16, 17, 28, 29
 _RTM_TC = {37: "qdisc deleted", 44: "tc filter added", 45: "tc filter deleted"}
-"""Changes of the port guard's qdisc and filter (a new clsact is harmless)."""
+"""Changes of a port's qdisc (its binding to the guard's blocks) and of the
+blocks' filters (a new clsact is harmless)."""
+_GUARD_BLOCKS = frozenset(number for kind in GuardKind for number in kind.blocks)
 _AF_BRIDGE = 7
 _IFF_UP = 0x1
 _IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
@@ -324,8 +330,10 @@ class KernelWatch:
         elif kind in (_RTM_NEWNEIGH, _RTM_DELNEIGH) and len(body) >= _NDMSG.size:
             self._neigh_message(kind, body, own, out)
         elif kind in _RTM_TC and len(body) >= _TCMSG.size:
-            index = _TCMSG.unpack_from(body)[1]
-            if index in self._links and index not in own:
+            _family, index, parent = _TCMSG.unpack_from(body)
+            if index == BLOCK and parent in _GUARD_BLOCKS and BLOCK not in own:
+                out.append(_on(PORT_GUARD, f"tc block {parent}: {_RTM_TC[kind]}", *ANCHORS))
+            elif index in self._links and index not in own:
                 name = self._links[index].name
                 out.append(_on(PORT_GUARD, f"{name}: {_RTM_TC[kind]}", name))
 
@@ -337,8 +345,12 @@ class KernelWatch:
         known = self._links.get(index)
         name = _text(attrs.get(_IFLA_IFNAME)) or (known.name if known else f"#{index}")
         alias = _text(attrs.get(_IFLA_IFALIAS))
+        # A link butterfly just made: its alias comes in a second change, which the
+        # kernel announces only for a link that is up (not the guard's anchors).
         if known is None and not (
-            is_butterfly_link(name, alias) or (alias or "").startswith(LINK_ALIAS + " ")
+            is_butterfly_link(name, alias)
+            or (alias or "").startswith(LINK_ALIAS + " ")
+            or (index in own and is_butterfly_name(name))
         ):
             return
         if family == _AF_BRIDGE:

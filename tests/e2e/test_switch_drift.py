@@ -23,6 +23,7 @@ import pytest
 from switch_helpers import BackgroundPing
 
 from butterfly.api.proto.message0_pb2 import MessageV0
+from butterfly.dataplane.guard import GUARD_PRIO, SENDER_PRIO, GuardKind
 from butterfly.dataplane.naming import TABLE, sg_in_chain
 from butterfly.dataplane.ruleset import BRIDGE, INET, Key, Obj, parse_listing
 from butterfly_lab.lab import UNDERLAY_V4, Host, Lab, Vm, wait_for
@@ -187,7 +188,13 @@ CHANGES = {
     "port flooding": "bridge link set dev bf-srv flood on",
     "pinned address removed": f"bridge fdb del {SERVER_MAC} dev bf-srv master",
     "guard removed": "tc qdisc del dev bf-srv clsact",
-    "sender mark removed": f"tc filter del dev bfvx{VNI} ingress",
+    "sender mark removed": (
+        f"tc filter del block {GuardKind.OPEN.blocks.ingress} pref {SENDER_PRIO}"
+    ),
+    "guard program removed": (
+        f"tc filter del block {GuardKind.FILTERED.blocks.egress} pref {GUARD_PRIO}"
+    ),
+    "guard anchor deleted": f"ip link del {GuardKind.FILTERED.anchor}",
     "bridge down": f"ip link set bfbr{VNI} down",
     "bridge deleted": f"ip link del bfbr{VNI}",
     "vxlan deleted": f"ip link del bfvx{VNI}",

@@ -26,6 +26,7 @@ from scapy.packet import Raw
 from butterfly.api.client import Client
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.dataplane.fastpath import FILTER_NAME
+from butterfly.dataplane.guard import FAST_PATH_PRIO, GuardKind
 from butterfly.dataplane.naming import tap_name
 from butterfly_lab.lab import Host, Lab, Vm, wait_for
 
@@ -301,8 +302,9 @@ def test_tcp_stays_on_the_bridge_path_while_conntrack_checks_windows(switch: Swi
 
 
 def test_a_program_removed_by_hand_is_put_back(switch: Switch) -> None:
-    """Drift repair: another program deletes the fast path's filter from a port; the
-    daemon attaches it again within a second, and the flow takes it again."""
+    """Drift repair: another program deletes the fast path's filter from the ports'
+    shared blocks; the daemon puts it back within a second, and the flow takes
+    it again."""
 
     def programs() -> str:
         return switch.host.exec("tc", "filter", "show", "dev", tap_name("cli"), "ingress")
@@ -311,7 +313,9 @@ def test_a_program_removed_by_hand_is_put_back(switch: Switch) -> None:
         assert "bpf" not in programs()
         return
     assert FILTER_NAME in programs()
-    switch.host.exec("tc", "filter", "del", "dev", tap_name("cli"), "ingress")
+    for kind in GuardKind:
+        block = str(kind.blocks.ingress)
+        switch.host.exec("tc", "filter", "del", "block", block, "pref", str(FAST_PATH_PRIO))
     wait_for(lambda: FILTER_NAME in programs(), "the daemon putting the fast path back")
     before = switch.forwarded("cli")
     assert switch.flow("cli", CLI4, 5010, SRV4, 20) == 20

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from butterfly.dataplane.guard import GuardKind
+from butterfly.dataplane.guard import ANCHORS, GuardKind
 from butterfly.dataplane.kernel_io import KernelIo
 from butterfly.dataplane.netlink import BRIDGE_OPTIONS, Address, Link, Route
 from butterfly.dataplane.nft import Json
@@ -89,10 +89,10 @@ class FakeNetlink:
     def __init__(self, log: Refusing) -> None:
         self._log = log
         self.by_name: dict[str, Link] = {UNDERLAY.name: UNDERLAY}
-        self.guards: dict[int, str] = {}
-        self.ingress_guards: dict[int, str] = {}
-        self.ingress: dict[int, str] = {}
-        self.egress: dict[int, str] = {}
+        self.bound: dict[int, tuple[int, int]] = {}
+        """Link index -> the tc blocks its clsact qdisc is bound to."""
+        self.blocks: dict[int, dict[int, str]] = {}
+        """Block -> priority -> the filter's name."""
         self.flooding: dict[int, set[str]] = {}
         self.macs: dict[int, dict[str, bool]] = {}
         self.neighbours: dict[int, dict[str, str]] = {}
@@ -104,7 +104,8 @@ class FakeNetlink:
     # test helpers
 
     def names(self) -> set[str]:
-        return set(self.by_name) - {UNDERLAY.name}
+        """The links of vnics and VNIs (not the underlay, nor the guard's anchors)."""
+        return set(self.by_name) - {UNDERLAY.name} - ANCHORS
 
     def link_names(self) -> set[str]:
         return set(self.by_name)
@@ -177,8 +178,12 @@ class FakeNetlink:
     def netnsid(self, fd: int) -> int | None:
         return None
 
-    def guard(self, index: int, *, ingress: bool = False) -> str | None:
-        return (self.ingress_guards if ingress else self.guards).get(index)
+    def guard_block(self, index: int) -> int | None:
+        blocks = self.bound.get(index)
+        return blocks[1] if blocks is not None else None
+
+    def block_filters(self, block: int) -> dict[int, str]:
+        return dict(self.blocks.get(block, {}))
 
     # changing
 
@@ -286,41 +291,29 @@ class FakeNetlink:
             if other.master == index:
                 self.put(replace(other, master=None))
         for table in (
-            self.guards,
-            self.ingress_guards,
-            self.ingress,
-            self.egress,
+            self.bound,
             self.flooding,
             self.macs,
             self.neighbours,
         ):
             table.pop(index, None)
 
-    def set_guard(self, index: int, fd: int, name: str, *, ingress: bool = False) -> None:
-        side = " ingress" if ingress else ""
-        self._log.record(f"guard{side} {self._name_of(index)} {name}")
-        (self.ingress_guards if ingress else self.guards)[index] = name
+    def bind_blocks(self, index: int, blocks: tuple[int, int]) -> None:
+        kind = next((kind.value for kind in GuardKind if kind.blocks == blocks), blocks)
+        self._log.record(f"guard {self._name_of(index)} {kind}")
+        self.bound[index] = blocks
 
-    def remove_guard(self, index: int, *, ingress: bool = False) -> None:
-        side = " ingress" if ingress else ""
-        self._log.record(f"no guard{side} {self._name_of(index)}")
-        (self.ingress_guards if ingress else self.guards).pop(index, None)
+    def unbind_blocks(self, index: int) -> None:
+        self._log.record(f"no guard {self._name_of(index)}")
+        self.bound.pop(index, None)
 
-    def set_ingress_program(self, index: int, fd: int, name: str) -> None:
-        self._log.record(f"ingress {self._name_of(index)} {name}")
-        self.ingress[index] = name
+    def set_block_filter(self, block: int, prio: int, fd: int, name: str) -> None:
+        self._log.record(f"block {block:x} {prio} {name}")
+        self.blocks.setdefault(block, {})[prio] = name
 
-    def remove_ingress_program(self, index: int) -> None:
-        if self.ingress.pop(index, None) is not None:
-            self._log.record(f"no ingress {self._name_of(index)}")
-
-    def set_egress_program(self, index: int, fd: int, name: str) -> None:
-        self._log.record(f"egress {self._name_of(index)} {name}")
-        self.egress[index] = name
-
-    def remove_egress_program(self, index: int) -> None:
-        if self.egress.pop(index, None) is not None:
-            self._log.record(f"no egress {self._name_of(index)}")
+    def delete_block_filter(self, block: int, prio: int) -> None:
+        self._log.record(f"block {block:x} {prio} -")
+        self.blocks.get(block, {}).pop(prio, None)
 
     def fdb_append(self, index: int, dst: str) -> None:
         self._log.record(f"flood {self._name_of(index)} {dst}")

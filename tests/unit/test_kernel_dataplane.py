@@ -18,6 +18,7 @@ from kernel_fakes import UNDERLAY, UNDERLAY_IP, FakeKernel
 
 from butterfly.dataplane.base import SgChange
 from butterfly.dataplane.fastpath import LOADING, FastPathMode, prepare
+from butterfly.dataplane.guard import GUARD_PRIO, SENDER_MARK, SENDER_PRIO, GuardKind
 from butterfly.dataplane.kernel import KernelDataplane
 from butterfly.dataplane.naming import (
     bridge_name,
@@ -33,6 +34,7 @@ from butterfly.model.sessions import FlowTuple, Session
 
 PEER = "192.0.2.9"
 GUARD_FILTERED = "bf-guard-filtered"
+FAST_PATH_FILTER = "bf-fastpath"
 
 
 @pytest.fixture
@@ -97,10 +99,74 @@ def test_a_second_vnic_of_the_vni_reuses_its_devices(
         "nft",
         "add tap bf-bb",
         "guard bf-bb bf-guard-open",
-        "guard ingress bf-bb bf-sender-open",
         "set bf-bb master=bfbr7",
         "set bf-bb up=True",
     ], "an unfiltered port keeps the bridge's defaults and pins nothing"
+
+
+def test_the_guards_blocks_and_their_anchors_come_before_the_first_port(
+    dataplane: KernelDataplane, kernel: FakeKernel
+) -> None:
+    """Ports carry no program of their own: each is bound to the two shared
+    blocks of its kind, which hold the programs from before the first port."""
+    state = State()
+    _plug(dataplane, state, _vnic("a"))
+    _plug(dataplane, state, _vnic("bb", bypass_filtering=True))
+    events, netlink = kernel.events, kernel.netlink
+    first_port = _position(events, "guard bfvx7 bf-guard-open")
+    for kind in GuardKind:
+        anchor = netlink.by_name[kind.anchor]
+        assert _position(events, f"add tap {kind.anchor}") < first_port
+        assert netlink.bound[anchor.index] == kind.blocks and not anchor.up
+        assert netlink.blocks[kind.blocks.egress] == {GUARD_PRIO: kind.value}
+        assert _position(events, f"block {kind.blocks.egress:x} 2 {kind.value}") < first_port
+    assert netlink.blocks[GuardKind.OPEN.blocks.ingress] == {SENDER_PRIO: SENDER_MARK}
+    assert netlink.blocks.get(GuardKind.FILTERED.blocks.ingress, {}) == {}
+    bound = {name: netlink.bound.get(netlink.by_name[name].index) for name in netlink.names()}
+    open_, filtered = GuardKind.OPEN.blocks, GuardKind.FILTERED.blocks
+    assert bound == {"bfbr7": None, "bfvx7": open_, "bf-a": filtered, "bf-bb": open_}
+
+
+def test_turning_filtering_off_and_on_rebinds_the_port_and_a_failure_binds_it_back(
+    dataplane: KernelDataplane, kernel: FakeKernel
+) -> None:
+    state = State()
+    _plug(dataplane, state, _vnic("a"))
+    index = kernel.netlink.by_name["bf-a"].index
+    kernel.events.clear()
+    _plug(dataplane, state, _vnic("a", bypass_filtering=True))
+    assert "guard bf-a bf-guard-open" in kernel.events
+    assert kernel.netlink.bound[index] == GuardKind.OPEN.blocks
+    kernel.events.clear()
+    kernel.log.fail_on = "set port bf-a locked=True"
+    with pytest.raises(DataplaneError, match="refused"):
+        _plug(dataplane, state, _vnic("a"))
+    assert kernel.events[:2] == ["nft", "guard bf-a bf-guard-filtered"]
+    assert "guard bf-a bf-guard-open" in kernel.events, "bound back"
+    assert kernel.netlink.bound[index] == GuardKind.OPEN.blocks
+    kernel.log.fail_on = None
+    _plug(dataplane, state, _vnic("a"))
+    assert kernel.netlink.bound[index] == GuardKind.FILTERED.blocks
+
+
+def test_a_reconcile_gives_the_blocks_exactly_their_programs_and_a_repair_what_is_missing(
+    dataplane: KernelDataplane, kernel: FakeKernel
+) -> None:
+    state = State()
+    _plug(dataplane, state, _vnic("a"))
+    netlink = kernel.netlink
+    wanted = {block: dict(filters) for block, filters in netlink.blocks.items()}
+    filtered = GuardKind.FILTERED.blocks.egress
+    del netlink.blocks[filtered][GUARD_PRIO]
+    kernel.events.clear()
+    dataplane.repair(state, Scope(links=frozenset({"bf-a"})))
+    assert kernel.events == [f"block {filtered:x} 2 {GUARD_FILTERED}"], "only what is missing"
+    netlink.blocks[GuardKind.OPEN.blocks.ingress][7] = "someone's"
+    netlink.delete_link(netlink.by_name[GuardKind.OPEN.anchor].index)
+    dataplane.reconcile(state)
+    assert netlink.blocks == wanted
+    anchor = netlink.by_name[GuardKind.OPEN.anchor]
+    assert netlink.bound[anchor.index] == GuardKind.OPEN.blocks, "a deleted anchor is made again"
 
 
 def test_a_failed_plug_takes_back_every_step_in_reverse(
@@ -117,17 +183,20 @@ def test_a_failed_plug_takes_back_every_step_in_reverse(
         "set port bf-a locked=False",
         "set bf-a up=False",
         "set bf-a master=-",
+        "no guard bf-a",
         "delete bf-a",
         "unflood bfvx7 192.0.2.9",
         "set bfvx7 up=False",
         "set bfvx7 master=-",
-        "no guard ingress bfvx7",
+        "no guard bfvx7",
+        "delete bfg-filtered",
+        "delete bfg-open",
         "delete bfvx7",
         "set bfbr7 up=False",
         "delete bfbr7",
         "nft",
         "nft",
-    ], "the links in reverse, then the rules, then the tables themselves"
+    ], "the links in reverse (the guard's anchors too), then the rules, then the tables"
     assert kernel.netlink.names() == set()
     assert dataplane.conntrack_zones() == {}
     kernel.events.clear()
@@ -373,7 +442,9 @@ def test_a_fast_path_loaded_after_serving_and_refused_leaves_the_bridge_path(
     else:
         dataplane.reconcile(state)
     assert f"fast path: off ({mode.value}: fast path: opening {broken}" in dataplane.graph(state)
-    assert not kernel.netlink.ingress
+    assert FAST_PATH_FILTER not in {
+        name for filters in kernel.netlink.blocks.values() for name in filters.values()
+    }
 
 
 def _elements(transaction: list[Any]) -> list[tuple[str, str]]:

@@ -55,7 +55,7 @@ from dataclasses import dataclass, fields, replace
 from butterfly.api.codec import REVISION
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
-from butterfly.dataplane.guard import SENDER_MARK, GuardKind, GuardPrograms
+from butterfly.dataplane.guard import ANCHORS, GuardKind
 from butterfly.dataplane.naming import PREFIX, TABLE
 from butterfly.dataplane.netlink import Netlink
 from butterfly.errors import ClientError
@@ -287,41 +287,38 @@ def measure_rounds(paths: Sequence[Path], settings: Settings, cpus: Cpus) -> dic
     return {name: median(taken) for name, taken in samples.items()}
 
 
-def _guarded(host: Host) -> dict[str, tuple[str, bool]]:
-    """The host's guarded links: name -> (guard: its tc filter's name, whether
-    its ingress carries the sender mark)."""
+def _guarded(host: Host) -> dict[str, GuardKind]:
+    """The host's guarded ports: name -> the guard whose blocks they are bound to."""
+    kinds = {kind.blocks.egress: kind for kind in GuardKind}
 
-    def read() -> dict[str, tuple[str, bool]]:
+    def read() -> dict[str, GuardKind]:
         with Netlink() as netlink:
             return {
-                link.name: (guard, netlink.guard(link.index, ingress=True) == SENDER_MARK)
+                link.name: kinds[block]
                 for link in netlink.links()
-                if link.name.startswith(PREFIX) and (guard := netlink.guard(link.index))
+                if link.name.startswith(PREFIX)
+                and link.name not in ANCHORS
+                and (block := netlink.guard_block(link.index)) in kinds
             }
 
     return host.run(read)
 
 
-def _set_guards(
-    host: Host, guards: dict[str, tuple[str, bool]] | None, programs: GuardPrograms
-) -> None:
-    """Put ``guards`` back (None: remove every guard), as tc, outside the daemon."""
+def _set_guards(host: Host, guards: dict[str, GuardKind] | None) -> None:
+    """Bind ``guards`` back to their blocks (None: unbind every port), as tc,
+    outside the daemon; the blocks and their programs stay (the anchors)."""
     if guards is None:
         for link in json.loads(host.ip("-j", "link", "show")):
-            if link["ifname"].startswith(PREFIX):
+            if link["ifname"].startswith(PREFIX) and link["ifname"] not in ANCHORS:
                 host.exec("tc", "qdisc", "del", "dev", link["ifname"], "clsact", check=False)
         return
 
     def put() -> None:
         with Netlink() as netlink:
-            for name, (guard, marked) in guards.items():
+            for name, kind in guards.items():
                 link = netlink.link(name)
                 if link is not None:
-                    netlink.set_guard(link.index, programs.fd(GuardKind(guard)), guard)
-                    if marked:
-                        netlink.set_guard(
-                            link.index, programs.sender_fd(), SENDER_MARK, ingress=True
-                        )
+                    netlink.bind_blocks(link.index, kind.blocks)
 
     host.run(put)
 
@@ -334,17 +331,15 @@ def guard_cost(host: Host, filtered: Path, settings: Settings, cpus: Cpus) -> tu
     guards = _guarded(host)
     if not guards:
         raise BenchError(f"host {host.name} has no port guard to measure")
-    programs = GuardPrograms()
     on: list[Sample] = []
     off: list[Sample] = []
     try:
         for round_ in range(settings.rounds):
             for state in (True, False) if round_ % 2 == 0 else (False, True):
-                _set_guards(host, guards if state else None, programs)
+                _set_guards(host, guards if state else None)
                 (on if state else off).append(measure(filtered, settings.seconds, cpus))
     finally:
-        _set_guards(host, guards, programs)
-        programs.close()
+        _set_guards(host, guards)
     return median(on), median(off)
 
 

@@ -24,8 +24,9 @@ A Linux bridge holds at most 1,024 ports, so a host of N vnics has at
 least N/1,000 VNIs: "10,000 vnics, 1 VNI" is measured as 10 VNIs.
 
 A floor row per size: the same kernel objects (bridges, VXLAN devices,
-locked taps with their MAC pinned, IPv6 off on each, a clsact qdisc on
-each tap and VXLAN device, a chain of three group jumps per vnic) made
+locked taps with their MAC pinned, IPv6 off on each, a clsact qdisc bound
+to the guard's shared tc blocks on each tap and VXLAN device, a chain of
+three group jumps per vnic) made
 without butterfly by ``ip -batch``, ``bridge -batch``, ``tc -batch`` and
 ``nft -f`` in a namespace of their own: the kernel's own cost, per vnic.
 
@@ -43,6 +44,7 @@ from butterfly.api.client import Client
 from butterfly.api.codec import REVISION
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.api.proto.message_pb2 import Messages
+from butterfly.dataplane.guard import GuardKind
 from butterfly.dataplane.naming import bridge_name, tap_name, vxlan_name
 from butterfly.dataplane.underlay import flood_group
 from butterfly.errors import ClientError
@@ -161,6 +163,10 @@ def tree_rss_kib(pid: int) -> int:
         except OSError:
             continue
     return total
+
+
+def _blocks(kind: GuardKind) -> str:
+    return f"ingress_block {kind.blocks.ingress} egress_block {kind.blocks.egress}"
 
 
 def _mac(index: int) -> str:
@@ -299,7 +305,7 @@ def _floor(lab: Lab, size: Size, v6: bool) -> tuple[float, float]:
     netns.ip("link", "set", "ful0", "up")
     netns.exec("sysctl", "-qw", f"net.ipv4.igmp_max_memberships={size.vnis + 1024}")
     netns.exec("sysctl", "-qw", f"net.core.optmem_max={(size.vnis + 1024) * 64 + 131072}")
-    # As butterfly's links: no IPv6 of the host's, a clsact qdisc for the guard.
+    # As butterfly's links: no IPv6 of the host's, a clsact qdisc bound to the guard's blocks.
     netns.exec("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
     links, fdb, qdiscs = [], [], []
     for vni in range(1, size.vnis + 1):
@@ -312,7 +318,7 @@ def _floor(lab: Lab, size: Size, v6: bool) -> tuple[float, float]:
             f"link set {vxlan} master {bridge} up",
             f"link set {bridge} up",
         ]
-        qdiscs.append(f"qdisc add dev {vxlan} clsact")
+        qdiscs.append(f"qdisc add dev {vxlan} {_blocks(GuardKind.OPEN)} clsact")
     rules = ["table inet floor {"]
     for sg in range(SGS):
         rules.append(f"  chain sg{sg:02} {{ tcp dport 22 ip saddr 10.0.0.0/8 accept; }}")
@@ -325,7 +331,7 @@ def _floor(lab: Lab, size: Size, v6: bool) -> tuple[float, float]:
             f"link set {tap} type bridge_slave learning off flood off locked on",
         ]
         fdb.append(f"fdb replace {_mac(index + 1)} dev {tap} master static sticky")
-        qdiscs.append(f"qdisc add dev {tap} clsact")
+        qdiscs.append(f"qdisc add dev {tap} {_blocks(GuardKind.FILTERED)} clsact")
         jumps = "; ".join(f"jump sg{g[3:]}" for g in _groups(index))
         rules.append(f"  chain p{index} {{ {jumps}; drop; }}")
     rules.append("}")

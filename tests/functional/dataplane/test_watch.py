@@ -8,9 +8,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from butterfly.dataplane.guard import ANCHORS, GUARD_PRIO, GuardKind
 from butterfly.dataplane.naming import TABLE
 from butterfly.dataplane.watch import Change, KernelWatch, Scope
 from butterfly.model import State
+from butterfly_lab.lab import LabError
 
 from .conftest import Dataplane, Host, Lab, netns_vnic, open_sg, plug
 
@@ -59,6 +61,7 @@ def lines(changes: list[Change]) -> list[str]:
         (f"bridge fdb del {MAC} dev bf-a master", [f"bf-a: static entry {MAC} removed"]),
         ("tc qdisc del dev bf-a clsact", ["bf-a: qdisc deleted"]),
         ("ip link del bfvx42", ["bfvx42: deleted"]),
+        ("ip link del bfg-filtered", ["bfg-filtered: deleted"]),
     ],
 )
 def test_a_foreign_change_is_one_line(watched: Watched, command: str, expected: list[str]) -> None:
@@ -74,6 +77,30 @@ def test_a_foreign_change_is_one_line(watched: Watched, command: str, expected: 
     assert own(dataplane, watch) == [], "the repair's own echo is not drift"
     host.exec("sh", "-c", command)
     assert set(expected) <= set(lines(watch.drain())), "the repaired object is still watched"
+
+
+def test_a_change_to_the_guards_shared_blocks_is_seen_and_repaired(watched: Watched) -> None:
+    """A port's guard lives in a tc block shared by every port of its kind: a
+    filter removed from the block is drift of them all (the kernel refuses to
+    remove it through a port), and the repair puts the program back."""
+    host, dataplane, state, watch = watched
+    block = GuardKind.FILTERED.blocks.egress
+
+    def guarded() -> bool:
+        shown = host.exec("tc", "filter", "show", "dev", "bf-a", "egress")
+        return GuardKind.FILTERED.value in shown
+
+    assert guarded()
+    with pytest.raises(LabError, match="shared"):
+        host.exec("tc", "filter", "del", "dev", "bf-a", "egress")
+    host.exec("tc", "filter", "del", "block", str(block), "pref", str(GUARD_PRIO))
+    assert not guarded()
+    changes = watch.drain()
+    assert lines(changes) == [f"tc block {block}: tc filter deleted"]
+    assert changes[0].kind == "port_guard" and changes[0].scope.links == ANCHORS
+    dataplane.repair(state, changes[0].scope)
+    assert own(dataplane, watch) == [], "the repair's own echo is not drift"
+    assert guarded()
 
 
 def test_a_rename_and_a_deletion_name_the_link(watched: Watched) -> None:
