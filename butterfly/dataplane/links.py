@@ -61,6 +61,8 @@ class Links:
         """The eBPF fast path's programs (:mod:`.fastpath`: ingress, egress), None
         when it is off."""
         self._blocks_checked = False
+        self._locking_seen = False
+        """A port was seen locked: the kernel has the flag (older ones ignore it)."""
 
     def use_fast_path(self, fast_path: tuple[int, int] | None) -> None:
         """The fast path's programs, once loaded after the daemon began serving
@@ -247,13 +249,16 @@ class Links:
 
         def lock() -> None:
             self._netlink.set_bridge_port(index, **wanted._asdict())
+            if not wanted.locked or self._locking_seen:
+                return
             changed = self._netlink.link(name)
-            if wanted.locked and (changed is None or not changed.port.get("IFLA_BRPORT_LOCKED")):
+            if changed is None or not changed.port.get("IFLA_BRPORT_LOCKED"):
                 self._netlink.set_bridge_port(index, **flags._asdict())
                 raise DataplaneError(
                     f"{what}: this kernel cannot lock bridge port {name} to the "
                     "vnic's MAC (Linux 5.18 or later is needed for MAC anti-spoofing)"
                 )
+            self._locking_seen = True
 
         step(
             j,

@@ -8,7 +8,6 @@ neighbour entries for the vnics' IPs; deleting a VNI's devices once no vnic
 needs them, at once or in the deletion thread (:mod:`.deleter`).
 """
 
-import errno
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -141,7 +140,7 @@ class Vnis:
             self._links.ensure_guard(j, vxlan, GuardKind.OPEN)
         advice = None
         if settings.multicast and not vxlan.up:  # going up joins the group
-            advice = dict.fromkeys((errno.ENOBUFS, errno.ENOMEM), self.multicast_limits.advice())
+            advice = self.multicast_limits.remedies()
         self._links.fix(j, vxlan, master=bridge.index, mtu=settings.vxlan_mtu, advice=advice)
         if settings.evpn:
             # Remote MACs are FRR's extern_learn entries: the bridge learns

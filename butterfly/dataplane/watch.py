@@ -63,6 +63,8 @@ _RCVBUF = 8 * 1024 * 1024
 _NLMSG_HDR = struct.Struct("=IHHII")
 _NLA_HDR = struct.Struct("=HH")
 _IFINFO = struct.Struct("=BxHiII")
+_LINK_HEADER = struct.Struct(f"={_NLMSG_HDR.size}xBxxxi")
+"""A link message's family and index, read past its netlink header."""
 _NDMSG = struct.Struct("=BxxxiHBB")
 _TCMSG = struct.Struct("=Bxxxi4xI")
 """A tcmsg's family, link index and parent (a shared block's number, for :data:`BLOCK`)."""
@@ -289,9 +291,26 @@ class KernelWatch:
         own = set(own_links)
         own |= {known.master for i in own_links if (known := self._links.get(i)) and known.master}
         changes: list[Change] = []
+        latest: dict[tuple[int, int], bytes] = {}
+        """The last link message of each of butterfly's own links (by family and
+        index): only their final state is learned, and a request announces
+        each of its links five to ten times."""
         for data in self._read(self._rtnl, changes, "links"):
-            if self._primed:
-                self._route_message(data, own, changes)
+            if not self._primed:
+                continue
+            kind = _NLMSG_HDR.unpack_from(data)[1]
+            if kind in (_RTM_NEWLINK, _RTM_DELLINK) and len(data) >= _LINK_HEADER.size:
+                family, index = _LINK_HEADER.unpack_from(data)
+                if index in own and kind == _RTM_NEWLINK:
+                    latest.pop((family, index), None)
+                    latest[(family, index)] = data
+                    continue
+                # What came before a deletion (of the link, or of it as a port) is moot.
+                for stale in (family,) if family == _AF_BRIDGE else (family, _AF_BRIDGE):
+                    latest.pop((stale, index), None)
+            self._route_message(data, own, changes)
+        for data in latest.values():
+            self._route_message(data, own, changes)
         for data in self._read(self._nft, changes, "nftables"):
             if self._primed:
                 self._nft_message(data, changes)
