@@ -103,6 +103,26 @@ def test_option_memory_follows_the_groups_and_is_never_lowered(tmp_path: Path) -
     assert _value(root, "net/core/optmem_max") == 1 << 24
 
 
+def test_the_limits_are_read_again_only_beyond_what_they_were_seen_to_hold(
+    tmp_path: Path,
+) -> None:
+    """Four /proc reads were a tenth of a new VNI's request: once raised for
+    4,096 groups, nothing is read up to 4,096 (a lower value written behind
+    butterfly's back then shows in the kernel's refusal, whose advice reads
+    the files); beyond, they are read and raised again."""
+    root = _proc_sys(tmp_path, optmem=1 << 24)
+    limits = MulticastLimits(4, proc_sys=str(root))
+    limits.ensure(21)
+    (root / "net/ipv4/igmp_max_memberships").write_text("30\n")
+    limits.ensure(4096)
+    assert _value(root, "net/ipv4/igmp_max_memberships") == 30, "not read again"
+    remedies = limits.remedies()
+    assert set(remedies) == {errno.ENOBUFS, errno.ENOMEM} and errno.EPERM not in remedies
+    assert "net.ipv4.igmp_max_memberships = 30" in remedies[errno.ENOBUFS], "read when asked"
+    limits.ensure(4097)
+    assert _value(root, "net/ipv4/igmp_max_memberships") == 5120
+
+
 def test_a_limit_that_cannot_be_raised_is_in_the_advice(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
