@@ -47,6 +47,7 @@ import struct
 from enum import Enum
 from typing import NamedTuple
 
+from butterfly.dataplane.naming import anchor_name
 from butterfly.errors import DataplaneError
 
 __all__ = [
@@ -111,7 +112,7 @@ class GuardKind(Enum):
     @property
     def anchor(self) -> str:
         """The tap that keeps :attr:`blocks` alive (see the module's docstring)."""
-        return f"bfg-{self.name.lower()}"
+        return anchor_name(self.name.lower())
 
     @property
     def mask(self) -> int:

@@ -127,7 +127,8 @@ class Links:
         for kind in GuardKind:
             anchor = self.own(kind.anchor, "port guard")
             if anchor is None:
-                self._netlink.add_tap(kind.anchor, mtu=_ANCHOR_MTU, alias=anchor_alias(kind.anchor))
+                alias = anchor_alias(kind.name.lower())
+                self._netlink.add_tap(kind.anchor, mtu=_ANCHOR_MTU, alias=alias)
                 made.append(kind.anchor)
                 anchor = self._netlink.link(kind.anchor, fresh=True)
                 if anchor is None:

@@ -26,6 +26,7 @@ __all__ = [
     "TABLE",
     "VXLAN_PREFIX",
     "anchor_alias",
+    "anchor_name",
     "bridge_name",
     "is_butterfly_link",
     "is_butterfly_name",
@@ -107,9 +108,14 @@ def vni_alias(vni: int) -> str:
     return f"{LINK_ALIAS} vni {vni}"
 
 
-def anchor_alias(anchor: str) -> str:
-    """The alias of a port guard's anchor (``bfg-open`` -> ``butterfly guard open``)."""
-    return f"{LINK_ALIAS} guard {anchor.removeprefix(f'{PREFIX}g-')}"
+def anchor_name(kind: str) -> str:
+    """The tap that keeps the port guard's blocks of ``kind`` (``filtered``,
+    ``open``) alive (see :mod:`butterfly.dataplane.guard`)."""
+    return f"{PREFIX}g-{kind}"
+
+
+def anchor_alias(kind: str) -> str:
+    return f"{LINK_ALIAS} guard {kind}"
 
 
 def vnic_alias(vnic_id: str) -> str:
@@ -125,7 +131,7 @@ def name_from_alias(alias: str | None, kind: str) -> str | None:
     if words[1] == "vnic":
         return tap_name(words[2])
     if words[1] == "guard" and words[2] in ("filtered", "open") and kind == "tun":
-        return f"{PREFIX}g-{words[2]}"
+        return anchor_name(words[2])
     if words[1] == "vni" and words[2].isdigit() and kind in ("bridge", "vxlan"):
         vni = int(words[2])
         return bridge_name(vni) if kind == "bridge" else vxlan_name(vni)

@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable, Container, Iterator
 from typing import Any, NamedTuple
 
-from butterfly.dataplane.rtchange import Message
+from butterfly.dataplane.rtchange import BLOCK, Message
 
 __all__ = ["FdbEntry", "LinkReader", "RawLink"]
 
@@ -41,13 +41,10 @@ _ANSWERS = {
     _RTM_GETNEIGH: _RTM_NEWNEIGH,
     _RTM_GETTFILTER: _RTM_NEWTFILTER,
 }
-_TCMSG_SIZE = 20
-_TCMSG_LINK = struct.Struct("=i4xI")
-"""tcm_ifindex and tcm_parent (for :data:`_BLOCK`: the block's number)."""
-_BLOCK = -1
-"""TCM_IFINDEX_MAGIC_BLOCK: filters of a shared block."""
-_TCMSG_INFO = struct.Struct("=I")
-"""tcm_info, the last field of a tcmsg: the filter's priority in its upper half."""
+_TCMSG = struct.Struct("=B3xiIII")
+"""A tcmsg: family, link index (:data:`~butterfly.dataplane.rtchange.BLOCK` for a
+shared block's filters), handle, parent (then the block's number), info (the
+filter's priority in its upper half)."""
 _TCA_KIND = 1
 _TCA_OPTIONS = 2
 _TCA_BPF_NAME = 7
@@ -319,8 +316,8 @@ class LinkReader:
         filters are the link's own, None when there are none."""
         block = None
         for data, offset, _ in self._request(message.kind, message.flags, message.body, b""):
-            index, parent = _TCMSG_LINK.unpack_from(data, offset + 4)
-            block = parent if index == _BLOCK else 0
+            _, index, _, parent, _ = _TCMSG.unpack_from(data, offset)
+            block = parent if index == BLOCK else 0
         return block
 
     def filters(self, message: Message) -> dict[int, str]:
@@ -328,18 +325,16 @@ class LinkReader:
         by priority: the name of an eBPF program there, "" for any other filter."""
         found: dict[int, str] = {}
         for data, offset, end in self._request(message.kind, message.flags, message.body, b""):
-            prio = _TCMSG_INFO.unpack_from(data, offset + _TCMSG_SIZE - 4)[0] >> 16
-            attributes = dict(
-                _attributes(data, offset + _TCMSG_SIZE, end, (_TCA_KIND, _TCA_OPTIONS))
+            prio = _TCMSG.unpack_from(data, offset)[4] >> 16
+            wanted = (_TCA_KIND, _TCA_OPTIONS)
+            attributes = dict(_attributes(data, offset + _TCMSG.size, end, wanted))
+            bpf = _text(attributes.get(_TCA_KIND, b"")) == "bpf"
+            options = attributes.get(_TCA_OPTIONS, b"") if bpf else b""
+            name = next(
+                (_text(v) for _, v in _attributes(options, 0, len(options), (_TCA_BPF_NAME,))), ""
             )
-            options = attributes.get(_TCA_OPTIONS, b"")
-            names = [
-                _text(name)
-                for _, name in _attributes(options, 0, len(options), (_TCA_BPF_NAME,))
-                if _text(attributes.get(_TCA_KIND, b"")) == "bpf"
-            ]
-            if names or prio not in found:
-                found[prio] = names[0] if names else ""
+            if name or prio not in found:
+                found[prio] = name
         return found
 
     def _request(
