@@ -31,7 +31,9 @@ without butterfly by ``ip -batch``, ``bridge -batch``, ``tc -batch`` and
 ``nft -f`` in a namespace of their own: the kernel's own cost, per vnic.
 
 Latency figures are p99 of ``--samples`` samples (1,000 by default; fewer
-is printed as a maximum, not a p99). Targets apply at every size.
+is printed as a maximum, not a p99), the maximum beside it: a stream with no
+quiet moment leaves the deletion of removed links to one request every few
+seconds (:mod:`butterfly.dataplane.deleter`). Targets apply at every size.
 """
 
 import argparse
@@ -402,8 +404,16 @@ def _verdict(value: float, target: float) -> str:
 def render(results: list[Figures], samples: int, busy: float, mode: str) -> tuple[str, bool]:
     """The table, and whether every target is met."""
     figure = "p99" if samples >= MIN_SAMPLES_FOR_P99 else "max"
-    header = ("host", "measure", "samples", "p50 ms", f"{figure} ms", "cpu ms", "target", "result")
+    # Beside a p99, the maximum: the rare request that waits for a whole
+    # batch of deferred link deletions (the deleter's docstring) shows there.
+    tails = ("p99 ms", "max ms") if figure == "p99" else ("max ms",)
+    header = ("host", "measure", "samples", "p50 ms", *tails, "cpu ms", "target", "result")
     rows: list[tuple[str, ...]] = []
+
+    def other(label: str, name: str, count: str, p50: str, value: str, *rest: str) -> None:
+        """A row whose figure is not a request's latency (no maximum beside it)."""
+        rows.append((label, name, count, p50, value, *("-",) * (len(tails) - 1), *rest))
+
     verdicts = []
     names = {
         "nic_add": "nic_add, 3 SGs, existing VNI",
@@ -422,13 +432,14 @@ def render(results: list[Figures], samples: int, busy: float, mode: str) -> tupl
             tail = percentile(values, 0.99) if figure == "p99" else max(values)
             verdict = _verdict(tail, TARGETS_MS[key])
             verdicts.append(verdict)
+            shown = (tail, max(values)) if figure == "p99" else (tail,)
             rows.append(
                 (
                     label,
                     name,
                     str(len(values)),
                     f"{percentile(values, 0.5):.1f}",
-                    f"{tail:.1f}",
+                    *(f"{value:.1f}" for value in shown),
                     f"{result.cpu_ms.get(key, 0.0):.1f}",
                     f"< {TARGETS_MS[key]:g} ms",
                     verdict,
@@ -437,17 +448,15 @@ def render(results: list[Figures], samples: int, busy: float, mode: str) -> tupl
         firsts = result.first_answers_s
         verdict = _verdict(max(firsts), MAX_FIRST_ANSWER_S)
         verdicts.append(verdict)
-        rows.append(
-            (
-                label,
-                "first answer after kill -9 (nic_list)",
-                str(len(firsts)),
-                f"{percentile(firsts, 0.5) * 1000:.0f}",
-                f"{max(firsts):.2f} s",
-                "-",
-                f"< {MAX_FIRST_ANSWER_S:g} s",
-                verdict,
-            )
+        other(
+            label,
+            "first answer after kill -9 (nic_list)",
+            str(len(firsts)),
+            f"{percentile(firsts, 0.5) * 1000:.0f}",
+            f"{max(firsts):.2f} s",
+            "-",
+            f"< {MAX_FIRST_ANSWER_S:g} s",
+            verdict,
         )
         for name, value, target, unit in (
             ("reconcile done after kill -9", result.reconcile_s, MAX_RECONCILE_S, "s"),
@@ -461,47 +470,41 @@ def render(results: list[Figures], samples: int, busy: float, mode: str) -> tupl
         ):
             verdict = _verdict(value, target)
             verdicts.append(verdict)
-            rows.append(
-                (label, name, "1", "-", f"{value:.2f} {unit}", "-", f"< {target:g} {unit}", verdict)
+            other(
+                label, name, "1", "-", f"{value:.2f} {unit}", "-", f"< {target:g} {unit}", verdict
             )
         per_vnic = result.floor_s / result.size.vnics * 1000
-        rows.append(
-            (
-                label,
-                f"floor: ip/bridge/tc -batch + nft -f ({result.floor_s:.2f} s in all)",
-                "1",
-                "-",
-                f"{per_vnic:.2f} per vnic",
-                "-",
-                "baseline",
-                "-",
-            )
+        other(
+            label,
+            f"floor: ip/bridge/tc -batch + nft -f ({result.floor_s:.2f} s in all)",
+            "1",
+            "-",
+            f"{per_vnic:.2f} per vnic",
+            "-",
+            "baseline",
+            "-",
         )
         per_delete = f"{result.floor_delete_s / result.size.vnics * 1000:.2f} per vnic"
-        rows.append(
-            (
-                label,
-                "floor: ip -batch link del of the taps",
-                "1",
-                "-",
-                per_delete,
-                "-",
-                "baseline",
-                "-",
-            )
+        other(
+            label,
+            "floor: ip -batch link del of the taps",
+            "1",
+            "-",
+            per_delete,
+            "-",
+            "baseline",
+            "-",
         )
         fill_per_vnic = result.fill_s / result.size.vnics * 1000
-        rows.append(
-            (
-                label,
-                "filling the host through the API",
-                "1",
-                "-",
-                f"{fill_per_vnic:.1f} per vnic",
-                "-",
-                "-",
-                "-",
-            )
+        other(
+            label,
+            "filling the host through the API",
+            "1",
+            "-",
+            f"{fill_per_vnic:.1f} per vnic",
+            "-",
+            "-",
+            "-",
         )
     title = (
         f"butterfly-bench scale: data plane on ({mode}), TAP vnics with 3 SGs and IP "
@@ -509,7 +512,7 @@ def render(results: list[Figures], samples: int, busy: float, mode: str) -> tupl
         "CPU time per request (mean); "
         f"CPUs {busy:.0%} busy with other work before the run"
     )
-    rendered = table(header, rows, right={2, 3, 4, 5})
+    rendered = table(header, rows, right=set(range(2, 5 + len(tails))))
     return f"{title}\n{rendered}", all(v == "PASS" for v in verdicts)
 
 
