@@ -8,7 +8,7 @@ group deletion (perf, sched_switch: ``synchronize_rcu_expedited`` in
 of a request (a link's creation or lookup, a tap's ``TUNSETPERSIST``) waits
 behind it: with deletions right after each request, ``strace -T`` at 10
 vnics showed a ``nic_add`` after a ``nic_del`` spend 10-24 ms in such waits
-(its p50 16.5 ms for 7.1 ms of CPU). Two kinds of links come here, once the
+(its p50 16.5 ms for 7.1 ms of CPU). Three kinds of links come here, once the
 request that left them unused has succeeded:
 
 * a removed port, already down, off its bridge and renamed aside
@@ -16,15 +16,20 @@ request that left them unused has succeeded:
   use it again;
 * a VNI's bridge and VXLAN device (down), under their own names: a later
   request that wants the VNI again first waits for their deletion
-  (:meth:`wait`), which then starts at once, then makes them anew.
+  (:meth:`wait`), which then starts at once, then makes them anew;
+* a spare bridge (:meth:`keep`, see :mod:`butterfly.dataplane.vni`): a new
+  VNI may still take it back (:meth:`reclaim`), so it is deleted only once
+  the API has been quiet :data:`SPARE_IDLE_SECONDS`, never from the end of
+  a request: a host at rest keeps none.
 
 A thread of its own deletes them on its own netlink socket (opened by the
 creator, in the creator's namespace), never while a request is being
 applied (the data plane applies them inside :meth:`busy`): once the API has
 been quiet for :data:`IDLE_SECONDS`, or when a request ends after the
 oldest has waited :data:`MAX_DELAY_SECONDS` (the next request then waits
-for that deletion, ~5 ms a link queued, whatever its kind), or at once for what a caller waits
-for. Each batch is one group deletion (:data:`DOOMED_GROUP`). A deletion a
+for that deletion: ~16 ms a bridge, well under 1 ms a tap or VXLAN device
+in a small namespace, more with thousands of VXLAN devices), or at once for
+what a caller waits for. Each batch is one group deletion (:data:`DOOMED_GROUP`). A deletion a
 crash or ``kill -9`` leaves undone is a leftover that the next reconcile
 removes (the links are butterfly's, unwanted by the state).
 """
@@ -39,7 +44,7 @@ from contextlib import contextmanager
 from butterfly.dataplane import rtchange
 from butterfly.dataplane.rtlink import LinkReader
 
-__all__ = ["IDLE_SECONDS", "MAX_DELAY_SECONDS", "LinkDeleter"]
+__all__ = ["IDLE_SECONDS", "MAX_DELAY_SECONDS", "SPARE_IDLE_SECONDS", "LinkDeleter"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,8 @@ _WAIT_SECONDS = 10.0
 IDLE_SECONDS = 0.1
 """How long no request must have run before the thread deletes: longer than
 the gap between an orchestrator's requests sent back to back."""
+SPARE_IDLE_SECONDS = 1.0
+"""How long the API must have been quiet before the spare bridges go."""
 MAX_DELAY_SECONDS = 5.0
 """How long a link waits for a quiet API at most: then it is deleted from the
 end of the next request, however busy the API (bounds the links left in the
@@ -59,7 +66,8 @@ kernel, and so one group deletion's length)."""
 class LinkDeleter:
     """Deletes links by ifindex, in a daemon thread started on first use.
 
-    ``idle``, ``max_delay``: see :data:`IDLE_SECONDS`, :data:`MAX_DELAY_SECONDS`.
+    ``idle``, ``max_delay``, ``spare_idle``: see :data:`IDLE_SECONDS`,
+    :data:`MAX_DELAY_SECONDS`, :data:`SPARE_IDLE_SECONDS`.
     """
 
     def __init__(
@@ -67,11 +75,15 @@ class LinkDeleter:
         *,
         idle: float = IDLE_SECONDS,
         max_delay: float = MAX_DELAY_SECONDS,
+        spare_idle: float = SPARE_IDLE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._reader = LinkReader()
         self._idle = idle
         self._max_delay = max_delay
+        self._spare_idle = spare_idle
+        self._kept: dict[int, str] = {}
+        """Spare links by index: deleted only after a long quiet (:meth:`keep`)."""
         self._clock = clock
         self._thread: threading.Thread | None = None
         self._lock = threading.Condition()
@@ -115,13 +127,30 @@ class LinkDeleter:
         return taken
 
     def delete(self, name: str, index: int) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="butterfly-delete", daemon=True)
-            self._thread.start()
+        self._start()
         with self._lock:
             self._queued.append((name, index, self._clock()))
             self._deleting.add(index)
             self._lock.notify_all()
+
+    def _start(self) -> None:
+        """The thread, on first use."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="butterfly-delete", daemon=True)
+            self._thread.start()
+
+    def keep(self, name: str, index: int) -> None:
+        """Delete this link once the API has been quiet a long while, unless
+        :meth:`reclaim` takes it back first."""
+        self._start()
+        with self._lock:
+            self._kept[index] = name
+            self._lock.notify_all()
+
+    def reclaim(self, index: int) -> bool:
+        """Take a kept link back: whether it was still waiting (not being deleted)."""
+        with self._lock:
+            return self._kept.pop(index, None) is not None
 
     def pending(self, indexes: Collection[int]) -> bool:
         """Whether any of these links is still queued or being deleted."""
@@ -158,19 +187,29 @@ class LinkDeleter:
     def _due_in(self) -> float | None:
         """Seconds until queued links are due (0: now; None: not before a
         change, such as a queued link, the end of a request or a waiter)."""
-        if not self._queued:
-            return None
-        if self._urgent() or self._overdue:
+        if self._kept and self._all_wanted():
+            return 0.0
+        if self._queued and (self._urgent() or self._overdue):
             return 0.0
         if self._busy:
             return None
-        due = min(self._queued[0][2] + self._max_delay, self._quiet_since + self._idle)
-        return max(0.0, due - self._clock())
+        dues = []
+        if self._queued:
+            dues.append(min(self._queued[0][2] + self._max_delay, self._quiet_since + self._idle))
+        if self._kept:
+            dues.append(self._quiet_since + self._spare_idle)
+        if not dues:
+            return None
+        return max(0.0, min(dues) - self._clock())
+
+    def _all_wanted(self) -> bool:
+        """Everything, kept links too, is to go now: closing, or a caller waits for all."""
+        return self._stopping or None in self._awaited
 
     def _take(self) -> list[tuple[str, int]]:
         """The links to delete now: only those callers wait for, if any (a
         request wanting a VNI again waits for its two devices, not for every
-        port removed meanwhile), else all."""
+        port removed meanwhile), else all; the kept ones after a long quiet."""
         chosen = self._urgent() or self._queued
         self._overdue = False
         if chosen is self._queued:
@@ -178,7 +217,13 @@ class LinkDeleter:
         else:
             taken = {index for _, index, _ in chosen}
             self._queued = [item for item in self._queued if item[1] not in taken]
-        return [(name, index) for name, index, _ in chosen]
+        batch = [(name, index) for name, index, _ in chosen]
+        quiet = not self._busy and self._clock() >= self._quiet_since + self._spare_idle
+        if self._kept and (quiet or self._all_wanted()):
+            batch += [(name, index) for index, name in self._kept.items()]
+            self._deleting.update(self._kept)
+            self._kept = {}
+        return batch
 
     def _run(self) -> None:
         while True:
@@ -188,6 +233,8 @@ class LinkDeleter:
                         return
                     self._lock.wait(due)
                 batch = self._take()
+            if not batch:
+                continue
             try:
                 self._delete(batch)
             finally:

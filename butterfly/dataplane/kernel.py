@@ -61,6 +61,7 @@ from butterfly.dataplane.kernel_io import KernelIo, open_kernel
 from butterfly.dataplane.links import Links
 from butterfly.dataplane.naming import (
     bridge_name,
+    spare_name,
     tap_name,
     vhost_socket_path,
     vni_of,
@@ -265,15 +266,19 @@ class KernelDataplane:
         for vnic_id in sorted(self._ports.served() - served):
             best_effort(problems, f"nic {vnic_id!r}", partial(self._ports.stop_serving, vnic_id))
         owned = self._links.owned()
+        spares = {name for name, link in owned.items() if name == spare_name(link.index)}
         stale_ports = [
             link
             for name, link in owned.items()
-            if link.kind in ("tun", "veth") and name not in wanted_ports | ANCHORS
+            if (link.kind in ("tun", "veth") and name not in wanted_ports | ANCHORS)
+            or name in spares
         ]
         stale_vnis = [
             link
             for name, link in owned.items()
-            if link.kind in ("vxlan", "bridge") and vni_of(name) not in wanted_vnis
+            if link.kind in ("vxlan", "bridge")
+            and name not in spares
+            and vni_of(name) not in wanted_vnis
         ]
         progress = Progress(0, len(stale_ports) + 1 + len(wanted_vnis) + len(vnics) + 1)
         yield progress  # requests already waiting go before the nftables step, the longest
@@ -346,6 +351,8 @@ class KernelDataplane:
         now = self._netlink.link(link.name)
         if now is None or now.index != link.index:
             return False
+        if link.name == spare_name(link.index):
+            return True
         if link.kind in ("vxlan", "bridge"):
             return not self._vnis.used(vni_of(link.name), state)
         vnic_id = (link.alias or "").removeprefix(vnic_alias(""))

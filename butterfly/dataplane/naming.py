@@ -37,6 +37,8 @@ __all__ = [
     "retired_name",
     "sg_in_chain",
     "sg_out_chain",
+    "spare_alias",
+    "spare_name",
     "tap_name",
     "trace_path",
     "trace_pidfile",
@@ -53,7 +55,7 @@ IFNAMSIZ = 15
 _READABLE = re.compile(r"[A-Za-z0-9_.-]{1,12}")
 _LINK = re.compile(
     r"bfbr[0-9]{1,8}|bfvx[0-9]{1,8}|bf-[A-Za-z0-9_.-]{1,12}|bfh[0-9a-f]{12}|bfz[0-9a-f]{1,8}"
-    r"|bfg-(?:filtered|open)"
+    r"|bfg-(?:filtered|open)|bfs[0-9a-f]{1,8}"
 )
 VXLAN_PREFIX = f"{PREFIX}vx"
 """What every :func:`vxlan_name` starts with."""
@@ -83,6 +85,16 @@ def retired_name(ifindex: int) -> str:
     """Where a removed port waits, off its bridge, until its request succeeds
     (then it is deleted; if the request fails it gets its name back)."""
     return f"{PREFIX}z{ifindex:x}"
+
+
+def spare_name(ifindex: int) -> str:
+    """Where an emptied VNI's bridge waits, down and without ports, for the
+    next new VNI (see :class:`butterfly.dataplane.vni.Vnis`)."""
+    return f"{PREFIX}s{ifindex:x}"
+
+
+def spare_alias() -> str:
+    return f"{LINK_ALIAS} spare bridge"
 
 
 def bridge_name(vni: int) -> str:

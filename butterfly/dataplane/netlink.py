@@ -470,10 +470,10 @@ class Netlink:
         if self._fdb is not None:
             self._fdb.get(index, {}).pop(mac, None)
 
-    def rename_link(self, index: int, name: str) -> None:
+    def rename_link(self, index: int, name: str, *, alias: str | None = None) -> None:
         self._touched.add(index)
         with _translated(lambda: f"netlink: renaming link {self._name(index)} to {name}"):
-            self._reader.change(rtchange.set_link(index, name=name))
+            self._reader.change(rtchange.set_link(index, name=name, alias=alias))
         self._changed(index=index)
         self._changed(name)
 

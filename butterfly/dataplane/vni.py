@@ -6,6 +6,16 @@ the VXLAN device's flooding (the VNI's multicast group, static peers kept in
 its forwarding database, or FRR's with EVPN) and, with EVPN, the bridge's
 neighbour entries for the vnics' IPs; deleting a VNI's devices once no vnic
 needs them, at once or in the deletion thread (:mod:`.deleter`).
+
+With the deletion thread, an emptied VNI's bridge is kept instead, down,
+without ports and renamed ``bfs<ifindex>`` (:data:`SPARE_BRIDGES` at most),
+for the next new VNI to take under its own name: deleting a bridge holds the
+kernel's RTNL lock ~16 ms (``rcu_barrier`` in ``br_multicast_dev_del``)
+where a tap or a VXLAN device takes ~0.2 ms, so a stream of VNIs coming and
+going made the thread's batches, and the one request waiting for each,
+seconds long. The thread deletes the spares once the API has been quiet a
+second (a host at rest keeps none), a reconcile at once. Not with EVPN,
+whose bridges hold neighbour entries and a MAC of their VNI.
 """
 
 import ipaddress
@@ -20,7 +30,14 @@ from butterfly.dataplane.journal import Journal, step
 from butterfly.dataplane.kernel_io import VniNetlink
 from butterfly.dataplane.limits import MulticastLimits
 from butterfly.dataplane.links import Links, PortFlags
-from butterfly.dataplane.naming import bridge_name, vni_alias, vni_of, vxlan_name
+from butterfly.dataplane.naming import (
+    bridge_name,
+    spare_alias,
+    spare_name,
+    vni_alias,
+    vni_of,
+    vxlan_name,
+)
 from butterfly.dataplane.netlink import BRIDGE_OPTIONS, Link
 from butterfly.dataplane.settings import KernelSettings
 from butterfly.dataplane.underlay import flood_group
@@ -28,9 +45,12 @@ from butterfly.errors import DataplaneError
 from butterfly.model import StateView
 from butterfly.model.addresses import ip_version
 
-__all__ = ["Vnis"]
+__all__ = ["SPARE_BRIDGES", "Vnis"]
 
 log = logging.getLogger(__name__)
+
+SPARE_BRIDGES = 16
+"""Emptied VNIs' bridges kept for new VNIs, at most (each is a few KB of the kernel's)."""
 
 
 class Vnis:
@@ -57,6 +77,8 @@ class Vnis:
         self._deleter = deleter
         self._deletions: dict[int, set[int]] = {}
         """VNI -> ifindexes of its bridge and VXLAN device the thread is deleting."""
+        self._spares: list[int] = []
+        """Ifindexes of the spare bridges, the newest last."""
 
     def used(self, vni: int, state: StateView) -> bool:
         """Whether a vnic of ``vni`` has a port here (so the VNI needs its devices)."""
@@ -82,14 +104,15 @@ class Vnis:
             bridge = None
         if bridge is None:
             name = bridge_name(vni)
-            step(
-                j,
-                f"create bridge {name}",
-                lambda: self._netlink.add_bridge(
-                    name, mtu=settings.vnic_mtu, alias=vni_alias(vni), ipv6=settings.evpn
-                ),
-                partial(self._links.delete, name),
-            )
+            if not self._take_spare(j, vni):
+                step(
+                    j,
+                    f"create bridge {name}",
+                    lambda: self._netlink.add_bridge(
+                        name, mtu=settings.vnic_mtu, alias=vni_alias(vni), ipv6=settings.evpn
+                    ),
+                    partial(self._links.delete, name),
+                )
             bridge = self._netlink.link(name)
             assert bridge is not None
         elif any(bridge.info.get(k) != v for k, v in BRIDGE_OPTIONS.items()):
@@ -155,6 +178,34 @@ class Vnis:
             )
         else:
             self.sync_peers(j, vxlan, self.peers(vni, state))
+
+    def _take_spare(self, j: Journal | None, vni: int) -> bool:
+        """A spare bridge renamed for ``vni``: whether there was one. A spare
+        another program set up or enslaved is deleted, one it renamed is left
+        to the reconcile."""
+        while self._spares and self._deleter is not None:
+            index = self._spares.pop()
+            if not self._deleter.reclaim(index):
+                continue  # being deleted
+            spare = self._netlink.link_by_index(index)
+            if spare is None or spare.kind != "bridge" or spare.name != spare_name(index):
+                continue
+            if spare.up or spare.master is not None:
+                self._deleter.delete(spare.name, index)
+                continue
+
+            def undo(index: int = index) -> None:
+                self._netlink.rename_link(index, spare_name(index), alias=spare_alias())
+                self._keep(index)
+
+            step(
+                j,
+                f"take spare bridge {spare.name} for vni {vni}",
+                partial(self._netlink.rename_link, index, bridge_name(vni), alias=vni_alias(vni)),
+                undo,
+            )
+            return True
+        return False
 
     def _vxlan_fits(self, vxlan: Link, vni: int) -> bool:
         settings = self._settings
@@ -257,7 +308,40 @@ class Vnis:
             if link is not None:
                 # Only once the request has succeeded: a bridge re-created by
                 # an undo would come back with another MAC and bridge id.
-                j.after_success(f"delete {name}", partial(self._delete_link, vni, link))
+                if link.kind == "bridge" and self._keeps_spares():
+                    j.after_success(f"keep {name} spare", partial(self._spare, vni, link))
+                else:
+                    j.after_success(f"delete {name}", partial(self._delete_link, vni, link))
+
+    def _keeps_spares(self) -> bool:
+        return (
+            self._deleter is not None
+            and not self._settings.evpn
+            and len(self._spares) < SPARE_BRIDGES
+        )
+
+    def _keep(self, index: int) -> None:
+        assert self._deleter is not None
+        self._spares.append(index)
+        self._deleter.keep(spare_name(index), index)
+
+    def _spare(self, vni: int, bridge: Link) -> None:
+        """The emptied bridge down and renamed aside, for a new VNI (its VXLAN
+        device left it just before, in :meth:`_delete_link`)."""
+        index = bridge.index
+        if len(self._spares) >= SPARE_BRIDGES:
+            self._delete_link(vni, bridge)
+            return
+        try:
+            if bridge.up:
+                self._netlink.set_link(index, up=False)
+            self._netlink.rename_link(index, spare_name(index), alias=spare_alias())
+        except DataplaneError as exc:
+            log.error("vni %d: keeping %s spare: %s; deleted instead", vni, bridge.name, exc)
+            self._delete_link(vni, bridge)
+            return
+        self._netlink.forget(bridge.name)
+        self._keep(index)
 
     def _delete_link(self, vni: int, link: Link) -> None:
         """Delete a VNI's device and forget its flooding peers (ifindexes are not
@@ -272,12 +356,13 @@ class Vnis:
             return
         for old in [v for v, gone in self._deletions.items() if not deleter.pending(gone)]:
             del self._deletions[old]
-        if link.kind == "vxlan" and link.up:
+        if link.kind == "vxlan" and (link.up or link.master is not None):
             # Down, it leaves its multicast group at once: the groups of
             # devices waiting for the thread count against the namespace's
-            # limit (igmp_max_memberships) otherwise.
+            # limit (igmp_max_memberships) otherwise. Off its bridge, which
+            # may become a spare for another VNI.
             try:
-                self._netlink.set_link(link.index, up=False)
+                self._netlink.set_link(link.index, up=False, nomaster=True)
             except DataplaneError as exc:
                 log.error("vni %d: %s; deleted anyway", vni, exc)
         self._netlink.forget(link.name)
@@ -297,6 +382,12 @@ class Vnis:
         del self._deletions[vni]
 
     def settle_deletions(self) -> None:
-        """Wait for every deletion under way (a reconcile is about to list the links)."""
-        if self._deleter is not None and self._deleter.wait():
+        """Wait for every deletion under way (a reconcile is about to list the
+        links), and leave the spare bridges to the reconcile, which deletes them."""
+        if self._deleter is None:
+            return
+        for index in self._spares:
+            self._deleter.reclaim(index)
+        self._spares.clear()
+        if self._deleter.wait():
             self._deletions.clear()

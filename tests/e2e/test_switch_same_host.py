@@ -7,11 +7,13 @@ are identical, and a deleted vnic stops talking until it is added again.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from switch_helpers import neighbour_mac, open_sg
 
-from butterfly.dataplane.naming import tap_name
-from butterfly_lab.lab import Host, Lab, Vm
+from butterfly.dataplane.naming import bridge_name, spare_name, tap_name, vxlan_name
+from butterfly_lab.lab import Host, Lab, Vm, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -107,3 +109,61 @@ def test_deleted_vnic_stops_and_readded_vnic_talks_again(
     assert vms["vnic_3"].reaches("icmp", "42.0.0.3")
     result = vms["vnic_4"].ping("42.0.0.2")
     assert result.received == result.transmitted == 3, result.output
+
+
+def _link(host: Host, name: str) -> dict[str, object] | None:
+    shown = host.ip("-j", "link", "show", "dev", name, check=False).strip()
+    links: list[dict[str, object]] = json.loads(shown) if shown else []
+    return links[0] if links else None
+
+
+def test_an_emptied_vnis_bridge_serves_the_next_new_vni_and_only_it(lab: Lab) -> None:
+    """A VNI's last vnic deleted, its bridge waits as a spare (down, no port,
+    renamed); the next new VNI takes it: its vnics talk (the positive control),
+    while the old VNI, back on a bridge made anew, reaches none of them. Once
+    the API has been quiet a second, no spare is left."""
+    host = lab.host()
+    open_sg(host)
+    first, second, third = lab.vm(), lab.vm(), lab.vm()
+
+    def add_vnic(vnic_id: str, vm: Vm, ip: str, vni: int, mac_address: str) -> None:
+        host.add_vnic(vnic_id, mac=mac_address, vni=vni, ips=[ip], vm=vm, security_groups=["open"])
+
+    add_vnic("old_1", first, "42.0.0.1", 60, "52:54:00:60:00:01")
+    add_vnic("old_2", second, "42.0.0.2", 60, "52:54:00:60:00:02")
+    assert first.reaches("icmp", "42.0.0.2")
+    bridge = _link(host, bridge_name(60))
+    assert bridge is not None
+    index = int(str(bridge["ifindex"]))
+    host.delete_vnic("old_1")
+    host.delete_vnic("old_2")
+    spare = _link(host, spare_name(index))
+    assert spare is not None and spare["ifalias"] == "butterfly spare bridge"
+    flags = spare["flags"]
+    assert isinstance(flags, list) and "UP" not in flags
+    assert host.ip("-o", "link", "show", "master", spare_name(index)).strip() == ""
+    assert _link(host, bridge_name(60)) is None
+    vxlan = _link(host, vxlan_name(60))  # gone, or off the bridge until the API is quiet
+    assert vxlan is None or "master" not in vxlan
+
+    add_vnic("new_1", first, "42.0.0.1", 61, "52:54:00:61:00:01")
+    add_vnic("new_2", second, "42.0.0.2", 61, "52:54:00:61:00:02")
+    taken = _link(host, bridge_name(61))
+    assert taken is not None and taken["ifindex"] == index
+    assert taken["ifalias"] == "butterfly vni 61"
+    assert first.reaches("icmp", "42.0.0.2")
+    assert second.reaches("icmp", "42.0.0.1")
+
+    add_vnic("old_3", third, "42.0.0.3", 60, "52:54:00:60:00:03")
+    remade = _link(host, bridge_name(60))
+    assert remade is not None and remade["ifindex"] != index
+    assert third.blocked("icmp", "42.0.0.1")
+    assert third.blocked("icmp", "42.0.0.2")
+    assert neighbour_mac(third, "42.0.0.1") is None
+
+    host.delete_vnic("old_3")
+    assert _link(host, spare_name(int(str(remade["ifindex"])))) is not None
+    wait_for(
+        lambda: not [n for n in host.ip("-o", "link", "show").split() if n.startswith("bfs")],
+        "the spare bridge to go once the API is quiet",
+    )

@@ -276,12 +276,14 @@ class FakeNetlink:
         self._log.record(f"set port {link.name} locked={locked}")
         self.put(replace(link, port=port))
 
-    def rename_link(self, index: int, name: str) -> None:
+    def rename_link(self, index: int, name: str, *, alias: str | None = None) -> None:
         link = self._by_index(index)
         if name in self.by_name:
             raise DataplaneError(f"{name} exists")
+        if link.up:
+            raise DataplaneError(f"renaming {link.name}: it is up")
         self._log.record(f"rename {link.name} {name}")
-        self.put(replace(link, name=name))
+        self.put(replace(link, name=name, alias=link.alias if alias is None else alias))
 
     def delete_link(self, index: int) -> None:
         link = self._by_index(index)

@@ -99,3 +99,43 @@ def test_deletions_wait_for_a_quiet_api_unless_someone_waits_for_them(lab: Lab) 
             hurried.close()
 
     host.run(scenario)
+
+
+def test_a_kept_link_waits_for_a_long_quiet_and_can_be_taken_back(lab: Lab) -> None:
+    """A spare bridge is kept through short pauses and overdue batches (a new VNI
+    may take it back), deleted once the API has been quiet ``spare_idle``, and
+    at once when the thread closes."""
+    host = lab.host()
+    names = ["ka0", "kb0", "kc0", "kd0"]
+    for name in names:
+        host.ip("link", "add", name, "type", "bridge")
+
+    def exists(name: str) -> bool:
+        return f"{name}:" in host.ip("-o", "link", "show")
+
+    def scenario() -> None:
+        indexes = _indexes(names)
+        deleter = LinkDeleter(idle=0.05, max_delay=0.1, spare_idle=1.0)
+        try:
+            with deleter.busy():
+                deleter.keep("ka0", indexes["ka0"])
+                deleter.keep("kb0", indexes["kb0"])
+                deleter.delete("kc0", indexes["kc0"])
+            time.sleep(0.4)
+            assert not exists("kc0"), "a queued link goes after a short quiet"
+            assert exists("ka0") and exists("kb0"), "kept ones wait longer"
+            for _ in range(3):  # overdue batches leave them too
+                with deleter.busy():
+                    time.sleep(0.2)
+            assert exists("ka0") and exists("kb0")
+            assert deleter.reclaim(indexes["kb0"]) and not deleter.reclaim(indexes["kb0"])
+            wait_for(lambda: not exists("ka0"), "the kept link after a long quiet", timeout=5)
+            assert deleter.take_deleted() >= {indexes["ka0"], indexes["kc0"]}
+            time.sleep(1.2)
+            assert exists("kb0"), "a reclaimed link is the caller's again"
+            deleter.keep("kd0", indexes["kd0"])
+        finally:
+            deleter.close()
+        assert not exists("kd0"), "closing deletes what is kept"
+
+    host.run(scenario)
