@@ -3,6 +3,7 @@ deleted together (one group deletion), and none but them; deletions wait for a
 quiet API, unless waited for or queued too long."""
 
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -10,7 +11,7 @@ from butterfly.dataplane.deleter import LinkDeleter
 from butterfly.dataplane.rtlink import LinkReader
 from butterfly_lab.lab import wait_for
 
-from .conftest import Lab
+from .conftest import Host, Lab
 
 pytestmark = pytest.mark.root
 
@@ -57,6 +58,17 @@ def _indexes(names: list[str]) -> dict[str, int]:
         reader.close()
 
 
+def _bridges(host: Host, names: list[str]) -> Callable[[str], bool]:
+    """Bridges ``names`` made in ``host``, and whether one of them still exists."""
+    for name in names:
+        host.ip("link", "add", name, "type", "bridge")
+
+    def exists(name: str) -> bool:
+        return f"{name}:" in host.ip("-o", "link", "show")
+
+    return exists
+
+
 def test_deletions_wait_for_a_quiet_api_unless_someone_waits_for_them(lab: Lab) -> None:
     """A link's deletion holds the RTNL lock that requests need: none starts while a
     request runs, nor until the API has been quiet a while; a request that needs
@@ -64,11 +76,7 @@ def test_deletions_wait_for_a_quiet_api_unless_someone_waits_for_them(lab: Lab) 
     deleted once a request ends, even if another follows at once."""
     host = lab.host()
     names = ["qa0", "qb0", "qc0"]
-    for name in names:
-        host.ip("link", "add", name, "type", "bridge")
-
-    def exists(name: str) -> bool:
-        return f"{name}:" in host.ip("-o", "link", "show")
+    exists = _bridges(host, names)
 
     def scenario() -> None:
         indexes = _indexes(names)
@@ -107,11 +115,7 @@ def test_a_kept_link_waits_for_a_long_quiet_and_can_be_taken_back(lab: Lab) -> N
     at once when the thread closes."""
     host = lab.host()
     names = ["ka0", "kb0", "kc0", "kd0"]
-    for name in names:
-        host.ip("link", "add", name, "type", "bridge")
-
-    def exists(name: str) -> bool:
-        return f"{name}:" in host.ip("-o", "link", "show")
+    exists = _bridges(host, names)
 
     def scenario() -> None:
         indexes = _indexes(names)
