@@ -314,11 +314,7 @@ class Vnis:
                     j.after_success(f"delete {name}", partial(self._delete_link, vni, link))
 
     def _keeps_spares(self) -> bool:
-        return (
-            self._deleter is not None
-            and not self._settings.evpn
-            and len(self._spares) < SPARE_BRIDGES
-        )
+        return self._deleter is not None and not self._settings.evpn
 
     def _keep(self, index: int) -> None:
         assert self._deleter is not None
@@ -327,7 +323,8 @@ class Vnis:
 
     def _spare(self, vni: int, bridge: Link) -> None:
         """The emptied bridge down and renamed aside, for a new VNI (its VXLAN
-        device left it just before, in :meth:`_delete_link`)."""
+        device left it just before, in :meth:`_delete_link`), or deleted when
+        :data:`SPARE_BRIDGES` wait already."""
         index = bridge.index
         if len(self._spares) >= SPARE_BRIDGES:
             self._delete_link(vni, bridge)

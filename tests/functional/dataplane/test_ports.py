@@ -8,6 +8,7 @@ import pytest
 
 from butterfly.dataplane.guard import ANCHORS
 from butterfly.dataplane.naming import bridge_name, tap_name, vxlan_name
+from butterfly.dataplane.vni import SPARE_BRIDGES
 from butterfly.errors import ConfigError, DataplaneError
 from butterfly.model import State, Vnic, VnicType, make_vnic
 
@@ -222,3 +223,29 @@ def test_a_filtered_vnics_port_is_locked_to_its_pinned_mac_and_learns_nothing(la
     host.exec("bridge", "link", "set", "dev", tap_name("f"), "flood", "on", "locked", "off")
     dataplane.reconcile(state)
     assert _forwarding(host, "f") == (False, False, True, {mac})
+
+
+def test_emptied_bridges_wait_as_spares_up_to_a_cap_and_a_reconcile_deletes_them(
+    lab: Lab,
+) -> None:
+    host = lab.host()
+    dataplane = host.dataplane(defer_deletes=True)
+    state = State()
+    vnics = [
+        make_vnic(Vnic(id=f"s{n}", mac=f"52:54:00:00:05:{n:02x}", vni=500 + n, type=VnicType.TAP))
+        for n in range(SPARE_BRIDGES + 1)
+    ]
+    for vnic in vnics:
+        plug(dataplane, state, vnic)
+    for vnic in vnics:
+        state.remove_vnic(vnic.id)
+        dataplane.unplug(vnic, state)
+
+    def spares() -> list[str]:
+        links = _links(host.ip("-j", "link", "show", "type", "bridge"))
+        return [name for name in links if name.startswith("bfs")]
+
+    assert len(spares()) == SPARE_BRIDGES, "the emptied bridge beyond the cap is deleted"
+    dataplane.reconcile(state)
+    assert spares() == []
+    assert not [name for name in _links(host.ip("-j", "link", "show")) if name.startswith("bfbr")]
