@@ -64,6 +64,7 @@ class LinkNetlink(Protocol):
         up: bool | None = None,
         mac: str | None = None,
         alias: str | None = None,
+        queue: int | None = None,
         advice: Mapping[int, str] | None = None,
     ) -> None: ...
 
@@ -78,7 +79,7 @@ class LinksNetlink(LinkNetlink, Protocol):
     """What :class:`~butterfly.dataplane.links.Links` adds: the guard's shared tc
     blocks, their anchors and programs, and bridge port flags."""
 
-    def add_tap(self, name: str, *, mtu: int, alias: str) -> None: ...
+    def add_tap(self, name: str, *, mtu: int, alias: str, queue: int | None = None) -> None: ...
 
     def guard_block(self, index: int) -> int | None: ...
 
@@ -144,7 +145,7 @@ class PortNetlink(LinkNetlink, Protocol):
     """What :class:`~butterfly.dataplane.ports.Ports` adds: taps, veths and the
     MACs pinned to a bridge port."""
 
-    def add_tap(self, name: str, *, mtu: int, alias: str) -> None: ...
+    def add_tap(self, name: str, *, mtu: int, alias: str, queue: int | None = None) -> None: ...
 
     def add_veth(
         self, name: str, *, mtu: int, alias: str, peer_netns_fd: int, peer_mac: str

@@ -202,16 +202,25 @@ class Links:
         *,
         master: int | None,
         mtu: int,
+        queue: int | None = None,
         advice: Mapping[int, str] | None = None,
     ) -> None:
-        """Set the MTU, master and up state of ``link`` where they differ
-        (``advice``: the remedy for errnos of setting it up)."""
+        """Set the MTU, transmit queue length (None: left as it is), master and
+        up state of ``link`` where they differ (``advice``: the remedy for
+        errnos of setting it up)."""
         if link.mtu != mtu:
             step(
                 j,
                 f"set mtu of {link.name}",
                 lambda: self._netlink.set_link(link.index, mtu=mtu),
                 lambda: self._netlink.set_link(link.index, mtu=link.mtu),
+            )
+        if queue is not None and link.queue != queue:
+            step(
+                j,
+                f"set the queue length of {link.name}",
+                lambda: self._netlink.set_link(link.index, queue=queue),
+                lambda: self._netlink.set_link(link.index, queue=link.queue),
             )
         if master is not None and link.master != master:
             step(

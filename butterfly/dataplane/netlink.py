@@ -92,6 +92,8 @@ class Link:
     """As a bridge port: its attributes (IFLA_INFO_SLAVE_DATA), by netlink name."""
     rx_bytes: int = 0
     tx_bytes: int = 0
+    queue: int = 0
+    """Transmit queue length: for a tap, the frames the kernel holds for its reader."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,14 +338,15 @@ class Netlink:
             self._reader.change(message)
         self._configure_new(name, alias)
 
-    def add_tap(self, name: str, *, mtu: int, alias: str) -> None:
+    def add_tap(self, name: str, *, mtu: int, alias: str, queue: int | None = None) -> None:
         """A persistent tap (single queue, no packet information header, no vnet
         header), as QEMU's ``-netdev tap,ifname=NAME,script=no`` and the
         vhost-user backend expect to find it. The kernel makes one only through
         the ``/dev/net/tun`` ioctls; they are made here, with pyroute2's
         numbers for this machine: its ``link("add", kind="tuntap")`` encodes
         and decodes a whole netlink message around the same two ioctls, which
-        took three quarters of the tap's cost and a fifth of a nic_add's CPU."""
+        took three quarters of the tap's cost and a fifth of a nic_add's CPU.
+        ``queue``: its transmit queue length (None: the kernel's default)."""
         if tuntap.TUNSETIFF is None:
             raise DataplaneError(f"creating tap {name}: no tap ioctls known for this CPU")
         request = struct.pack("16sH22x", name.encode(), IFT_TAP | IFT_NO_PI)
@@ -354,7 +357,7 @@ class Netlink:
                 fcntl.ioctl(tun, tuntap.TUNSETPERSIST, 1)
             finally:
                 os.close(tun)
-        self._configure_new(name, alias, mtu=mtu)
+        self._configure_new(name, alias, mtu=mtu, queue=queue)
 
     def add_veth(
         self, name: str, *, mtu: int, alias: str, peer_netns_fd: int, peer_mac: str
@@ -375,15 +378,18 @@ class Netlink:
         up: bool | None = None,
         mac: str | None = None,
         alias: str | None = None,
+        queue: int | None = None,
         advice: Mapping[int, str] | None = None,
     ) -> None:
         """``advice``: the caller's remedy for errnos it can explain better
         (a VXLAN device that cannot join its multicast group going up)."""
         if nomaster:
             master = 0
-        if (master, mtu, mac, alias, up) == (None,) * 5:
+        if (master, mtu, mac, alias, up, queue) == (None,) * 6:
             return
-        message = rtchange.set_link(index, master=master, mtu=mtu, up=up, mac=mac, alias=alias)
+        message = rtchange.set_link(
+            index, master=master, mtu=mtu, up=up, mac=mac, alias=alias, queue=queue
+        )
         self._touched.add(index)
         with _translated(lambda: f"netlink: changing link {self._name(index)}", advice):
             self._reader.change(message)
@@ -600,7 +606,13 @@ class Netlink:
             self._snapshot[name] = link
 
     def _configure_new(
-        self, name: str, alias: str, *, mtu: int | None = None, ipv6: bool = False
+        self,
+        name: str,
+        alias: str,
+        *,
+        mtu: int | None = None,
+        queue: int | None = None,
+        ipv6: bool = False,
     ) -> None:
         """Mark a new link as butterfly's and keep the host's own IPv6 (link-local
         address, router solicitations, MLD) out of the tenant network; in one
@@ -614,7 +626,9 @@ class Netlink:
         with _translated(f"netlink: configuring link {name}"):
             if not ipv6:
                 self._disable_ipv6(name)
-            self._reader.change(rtchange.set_link(index, alias=alias, no_addrgen=True, mtu=mtu))
+            self._reader.change(
+                rtchange.set_link(index, alias=alias, no_addrgen=True, mtu=mtu, queue=queue)
+            )
         self._changed(name)
 
     def disable_ipv6(self, name: str) -> None:
@@ -700,6 +714,7 @@ def _link(raw: RawLink) -> Link:
         port=info.get("IFLA_INFO_SLAVE_DATA", {}),
         rx_bytes=stats.get("rx_bytes", 0),
         tx_bytes=stats.get("tx_bytes", 0),
+        queue=raw.get("IFLA_TXQLEN", 0),
     )
 
 

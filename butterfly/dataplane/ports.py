@@ -109,7 +109,9 @@ class Ports:
         bridge = self._netlink.link(bridge_name(vnic.vni))
         if bridge is None:
             raise DataplaneError(f"{label}: bridge {bridge_name(vnic.vni)} is missing")
-        self._links.fix(j, link, master=bridge.index, mtu=settings.vnic_mtu)
+        self._links.fix(
+            j, link, master=bridge.index, mtu=settings.vnic_mtu, queue=settings.tap_queue(vnic)
+        )
         if vnic.type == VnicType.NETNS and not settings.offload:
             step(j, f"turn off offloads of {name}", partial(turn_off_offloads, name))
         if link.alias is None:
@@ -203,7 +205,9 @@ class Ports:
         name = tap_name(vnic.id)
         mtu = self._settings.vnic_mtu
         if vnic.type in TAP_TYPES:
-            self._netlink.add_tap(name, mtu=mtu, alias=vnic_alias(vnic.id))
+            self._netlink.add_tap(
+                name, mtu=mtu, alias=vnic_alias(vnic.id), queue=self._settings.tap_queue(vnic)
+            )
             return
         fd = open_netns(vnic.netns, what(vnic))
         try:

@@ -53,6 +53,7 @@ _IFLA_ADDRESS = 1
 _IFLA_IFNAME = 3
 _IFLA_MTU = 4
 _IFLA_MASTER = 10
+_IFLA_TXQLEN = 13
 _IFLA_GROUP = 27
 _RTM_DELLINK = 17
 _IFLA_LINKINFO = 18
@@ -154,6 +155,7 @@ def set_link(
     name: str | None = None,
     no_addrgen: bool = False,
     group: int | None = None,
+    queue: int | None = None,
 ) -> Message:
     """Change link ``index``: ``master`` 0 takes it off its master; ``no_addrgen``
     keeps IPv6 from making it a link-local address (and so from speaking)."""
@@ -173,6 +175,8 @@ def set_link(
         attributes += _text(_IFLA_IFNAME, name)
     if group is not None:
         attributes += _u32(_IFLA_GROUP, group)
+    if queue is not None:
+        attributes += _u32(_IFLA_TXQLEN, queue)
     flags = _IFF_UP if up else 0
     change = 0 if up is None else _IFF_UP
     header = _IFINFO.pack(socket.AF_UNSPEC, 0, index, flags, change)

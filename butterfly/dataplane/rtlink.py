@@ -177,6 +177,7 @@ _LINK: dict[int, tuple[str, Decoder]] = {
     3: ("IFLA_IFNAME", _text),
     4: ("IFLA_MTU", _u32),
     10: ("IFLA_MASTER", _u32),
+    13: ("IFLA_TXQLEN", _u32),
     18: ("IFLA_LINKINFO", _linkinfo),
     20: ("IFLA_IFALIAS", _text),
     23: ("IFLA_STATS64", _stats64),

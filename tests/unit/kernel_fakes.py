@@ -214,8 +214,8 @@ class FakeNetlink:
         }
         self._add(name, "vxlan", f"add vxlan {name}", mtu=mtu, alias=alias, info=info)
 
-    def add_tap(self, name: str, *, mtu: int, alias: str) -> None:
-        self._add(name, "tun", f"add tap {name}", mtu=mtu, alias=alias)
+    def add_tap(self, name: str, *, mtu: int, alias: str, queue: int | None = None) -> None:
+        self._add(name, "tun", f"add tap {name}", mtu=mtu, alias=alias, queue=queue or 1000)
 
     def add_veth(
         self, name: str, *, mtu: int, alias: str, peer_netns_fd: int, peer_mac: str
@@ -232,6 +232,7 @@ class FakeNetlink:
         up: bool | None = None,
         mac: str | None = None,
         alias: str | None = None,
+        queue: int | None = None,
         advice: Mapping[int, str] | None = None,
     ) -> None:
         link = self._by_index(index)
@@ -246,6 +247,8 @@ class FakeNetlink:
             changes["mac"] = mac
         if alias is not None:
             changes["alias"] = alias
+        if queue is not None:
+            changes["queue"] = queue
         shown = {k: self._name_of(v) if k == "master" else v for k, v in changes.items()}
         self._log.record(
             f"set {link.name} " + " ".join(f"{k}={v}" for k, v in sorted(shown.items()))

@@ -76,6 +76,12 @@ def test_a_priority_deletion_has_the_header_of_a_filter_there() -> None:
             "00000000030000000000000001000000",
         ),
         (
+            rtchange.set_link(3, queue=4096),
+            _RTM_NEWLINK,
+            _ACK,
+            "0000000003000000000000000000000008000d0000100000",
+        ),
+        (
             rtchange.bridge_port(
                 3, learning=False, unicast_flood=False, locked=True, neigh_suppress=False
             ),

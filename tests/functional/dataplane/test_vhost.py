@@ -19,6 +19,7 @@ from scapy.packet import Raw
 from butterfly.daemon.main import SupervisedVhostPorts
 from butterfly.dataplane.guard import ANCHORS
 from butterfly.dataplane.naming import bridge_name, tap_name, vhost_socket_path
+from butterfly.dataplane.settings import VHOST_TAP_QUEUE
 from butterfly.errors import DataplaneError, NotSupported
 from butterfly.model import State, Vnic, VnicType, make_vnic
 from butterfly.vhost import VhostSupervisor
@@ -203,6 +204,30 @@ def test_replacing_by_a_tap_vnic_stops_serving_and_back_to_vhost_user_serves_aga
         assert fe.is_connected()
     finally:
         fe.close()
+
+
+def _queue(host: Host, vnic_id: str) -> int:
+    [link] = json.loads(host.ip("-j", "link", "show", tap_name(vnic_id)))
+    return int(link["txqlen"])
+
+
+def test_a_vhost_user_vnics_tap_queues_a_scheduler_slice_of_frames_and_keeps_it(
+    lab: Lab, supervisor: VhostSupervisor
+) -> None:
+    """Its worker may share a CPU with the sender: the tap holds what arrives
+    meanwhile (see VHOST_TAP_QUEUE). A TAP vnic's tap keeps the kernel's length."""
+    host = lab.host()
+    dataplane = served_dataplane(host, supervisor)
+    state = State()
+    plug(dataplane, state, vhost_vnic())
+    plug(dataplane, state, make_vnic(Vnic(id="t", mac=MAC_N, vni=7, type=VnicType.TAP)))
+    assert _queue(host, "v") == VHOST_TAP_QUEUE
+    assert _queue(host, "t") == 1000
+    index = link_index(host, "v")
+    host.ip("link", "set", tap_name("v"), "txqueuelen", "1000")
+    dataplane.reconcile(state)
+    assert (_queue(host, "v"), link_index(host, "v")) == (VHOST_TAP_QUEUE, index)
+    assert _queue(host, "t") == 1000
 
 
 def test_a_restart_serves_every_vnic_again_on_the_same_taps(lab: Lab) -> None:
