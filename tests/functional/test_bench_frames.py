@@ -153,6 +153,16 @@ def test_bench_frames_quick_prints_every_row_with_real_figures() -> None:
         ("butterfly, NETNS vnics, 20 SG rules", "same host: tcp_lat", "us"),
         ("butterfly, NETNS vnics, 20 SG rules", "across hosts: udp_lat", "us"),
         ("plain VXLAN between two namespace hosts", "across hosts: TCP, 1 stream", "Gbit/s"),
+        (
+            "bridge + br_netfilter, veths, conntrack floor (2 rules)",
+            "same host: TCP, 1 stream",
+            "Gbit/s",
+        ),
+        (
+            "plain VXLAN between two namespace hosts, conntrack floor (2 rules)",
+            "across hosts: tcp_lat",
+            "us",
+        ),
         ("butterfly, vhost-user vnic, 20 SG rules", "guest -> switch 64 B, new", "Mpps/core"),
         ("butterfly, vhost-user vnic, 20 SG rules", "guest -> switch 64 B, est", "Mpps/core"),
         ("butterfly, vhost-user vnic, 20 SG rules", "switch -> guest 64 B, new", "Mpps/core"),

@@ -419,22 +419,60 @@ def veth_path(lab: Lab, mtu: int) -> Path:
     return Path("veth", client, server, "10.1.0.2")
 
 
-def bridge_path(lab: Lab, mtu: int) -> Path:
+STATEFUL_FLOOR = """
+table inet bffloor {
+    chain zone {
+        type filter hook prerouting priority raw; policy accept;
+        udp dport 4789 notrack accept
+        iifname "br0" ct zone set 1
+    }
+    chain raw_out {
+        type filter hook output priority raw; policy accept;
+        udp dport 4789 notrack
+    }
+    chain filter {
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        ct state new accept
+    }
+}
+"""
+"""The least a stateful filter of bridged traffic does on this kernel (no
+``nf_conntrack_bridge``): br_netfilter's trip into the inet family, a conntrack
+zone per bridge, established flows accepted first, the underlay's VXLAN packets
+untracked; butterfly's tables have that shape, with the security groups' rules
+behind the first accept. A plain bridge with it is the floor of butterfly's
+bridge path."""
+
+
+def _stateful(netns: Netns) -> None:
+    netns.exec("nft", "-f", "-", input=STATEFUL_FLOOR)
+
+
+def bridge_path(lab: Lab, mtu: int, *, stateful: bool = False) -> Path:
+    """Two VMs on a plain bridge; ``stateful``: with :data:`STATEFUL_FLOOR`."""
     host, client, server = lab.netns("b"), lab.vm(), lab.vm()
     _bridge(host, mtu)
-    _bridge_port(host, client, "p1", "10.2.0.1", mtu)
-    _bridge_port(host, server, "p2", "10.2.0.2", mtu)
-    return Path("bridge", client, server, "10.2.0.2")
+    subnet = 5 if stateful else 2
+    _bridge_port(host, client, "p1", f"10.{subnet}.0.1", mtu)
+    _bridge_port(host, server, "p2", f"10.{subnet}.0.2", mtu)
+    if stateful:
+        _stateful(host)
+    name = "bridge + conntrack" if stateful else "bridge"
+    return Path(name, client, server, f"10.{subnet}.0.2")
 
 
-def vxlan_path(lab: Lab, mtu: int) -> Path:
-    """Two namespace hosts on the lab's fabric (underlay .101 and .102), each with a
+def vxlan_path(lab: Lab, mtu: int, *, stateful: bool = False) -> Path:
+    """Two namespace hosts on the lab's fabric (underlay .101 and .102, or .103 and
+    .104 when ``stateful``: with :data:`STATEFUL_FLOOR` on both), each with a
     bridge holding a VXLAN device (VNI 1, unicast to the other host) and a VM."""
-    addresses = [UNDERLAY_V4.format(101), UNDERLAY_V4.format(102)]
+    first = 103 if stateful else 101
+    addresses = [UNDERLAY_V4.format(first), UNDERLAY_V4.format(first + 1)]
+    subnet = 6 if stateful else 3
     vms = []
     for index, local in enumerate(addresses):
         host, vm = lab.netns("x"), lab.vm()
-        fabric_port = f"px{index}"
+        fabric_port = f"px{first - 101 + index}"
         _veth(host, "ul0", lab.fabric, fabric_port)
         lab.fabric.ip("link", "set", fabric_port, "master", FABRIC_BRIDGE, "up")
         host.ip("addr", "add", f"{local}/24", "dev", "ul0")
@@ -444,9 +482,11 @@ def vxlan_path(lab: Lab, mtu: int) -> Path:
                 "local", local, "remote", addresses[1 - index], "dev", "ul0",
                 "dstport", "4789")  # fmt: skip
         host.ip("link", "set", "vx0", "master", "br0", "up")
-        _bridge_port(host, vm, "p1", f"10.3.0.{index + 1}", mtu)
+        _bridge_port(host, vm, "p1", f"10.{subnet}.0.{index + 1}", mtu)
+        if stateful:
+            _stateful(host)
         vms.append(vm)
-    return Path("vxlan", vms[0], vms[1], "10.3.0.2")
+    return Path("vxlan + conntrack" if stateful else "vxlan", vms[0], vms[1], f"10.{subnet}.0.2")
 
 
 def _rule(

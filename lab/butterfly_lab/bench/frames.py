@@ -30,7 +30,9 @@ receiver answers the first frame), and request/response (ping-pong of one frame
 each way, one outstanding; its latency p50/p99 from every transaction). Then,
 between NETNS vnics of the same daemons, TCP (iperf3, one stream) and
 tcp_lat/udp_lat (qperf) against a plain bridge, on one host and across two over
-VXLAN against a plain VXLAN; and butterfly's vhost-user vnic at 64 bytes both
+VXLAN against a plain VXLAN, each beside the same plain path with the least a
+stateful filter adds there (conntrack in a zone, two rules: the floor of the
+bridge path, no target); and butterfly's vhost-user vnic at 64 bytes both
 ways against the filtered path's C-writer figure on the same kind of flow: guest
 to switch, testpmd ``txonly`` into the vnic's socket and the C reader on the TAP
 vnic (a new flow, and an established one: the reader answers its first frame);
@@ -895,10 +897,16 @@ def _frame_specs(
 
 
 def _traffic_specs(
-    settings: Settings, cpus: Cpus, bridge: Path, vxlan: Path, butterflies: Sequence[Butterfly]
+    settings: Settings,
+    cpus: Cpus,
+    plain: tuple[Path, Path],
+    floors: tuple[Path, Path],
+    butterflies: Sequence[Butterfly],
 ) -> list[Spec]:
     """TCP and latency rows, on one host against the plain bridge, across hosts
-    against the plain VXLAN."""
+    against the plain VXLAN; beside each, the same with the stateful floor
+    (:data:`~butterfly_lab.bench.dataplane.STATEFUL_FLOOR`), no target: what any
+    stateful filter on the bridge path costs here."""
     seconds = settings.tcp_seconds
 
     def tcp(path: Path) -> Series:
@@ -908,15 +916,16 @@ def _traffic_specs(
         return lambda path: Series("us", "", lambda: qperf(path, test, seconds, cpus))
 
     specs: list[Spec] = []
-    for scope, baseline, name in (
-        ("same host", bridge, "bridge"),
-        ("across hosts", vxlan, "vxlan"),
+    for scope, baseline, floor, name in (
+        ("same host", plain[0], floors[0], "bridge"),
+        ("across hosts", plain[1], floors[1], "vxlan"),
     ):
         baseline_label = (
             "bridge + br_netfilter (no rules), veths"
             if name == "bridge"
             else "plain VXLAN between two namespace hosts"
         )
+        floor_label = f"{baseline_label.replace(' (no rules)', '')}, conntrack floor (2 rules)"
         for measure, make, target, digits in (
             (f"{scope}: TCP, 1 stream", tcp, (">=", MIN_TCP_RATIO), 2),
             (f"{scope}: tcp_lat", latency("tcp_lat"), ("<=", MAX_LATENCY_RATIO), 1),
@@ -926,6 +935,7 @@ def _traffic_specs(
                 baseline_label, measure, make(baseline), digits=digits, is_reference=True
             )
             specs.append(reference)
+            specs.append(Spec(floor_label, measure, make(floor), reference, name, None, digits))
             for butterfly in butterflies:
                 specs.append(
                     Spec(
@@ -1011,15 +1021,20 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus, tool: str, folder: str) -> 
             bridge_taps(lab, br_netfilter=True),
         ]
         mtu = vnic_mtu(hosts[0], "n1001-1")
-        bridge, vxlan = bridge_path(lab, mtu), vxlan_path(lab, mtu)
-        traffic_paths = [bridge, vxlan, *(p for b in butterflies for p in (b.same_host, b.across))]
+        plain_paths = bridge_path(lab, mtu), vxlan_path(lab, mtu)
+        floors = bridge_path(lab, mtu, stateful=True), vxlan_path(lab, mtu, stateful=True)
+        traffic_paths = [
+            *plain_paths,
+            *floors,
+            *(p for b in butterflies for p in (b.same_host, b.across)),
+        ]
         for path in traffic_paths:
             start_servers(path.server, cpus)
         for path in traffic_paths:
             check_path(path)
         frames = Frames(tool, cpus, settings)
         frame_specs, filtered = _frame_specs(settings, frames, plain, butterflies)
-        traffic_specs = _traffic_specs(settings, cpus, bridge, vxlan, butterflies)
+        traffic_specs = _traffic_specs(settings, cpus, plain_paths, floors, butterflies)
         vhost_specs = _vhost_specs(settings, Vhost(frames, folder), ends, filtered)
         print(
             f"{len(traffic_paths) + len(plain) + len(butterflies) + len(other_loops)} paths"
