@@ -230,6 +230,39 @@ def test_a_vhost_user_vnics_tap_queues_a_scheduler_slice_of_frames_and_keeps_it(
     assert _queue(host, "t") == 1000
 
 
+def test_a_guest_posting_no_buffers_holds_at_most_its_taps_queue_and_gets_it_later(
+    lab: Lab, supervisor: VhostSupervisor
+) -> None:
+    """A tenant floods its own vhost-user guest, which takes nothing: the kernel
+    holds one tap queue of frames for it (host memory a stalled guest can pin)
+    and drops the rest, counted; once the guest posts buffers it gets exactly
+    the queued frames (backpressure, not loss, for a guest only slow)."""
+    host, guest = lab.host(), lab.guest()
+    dataplane = served_dataplane(host, supervisor)
+    state = State()
+    open_sg(dataplane, state)
+    plug(dataplane, state, vhost_vnic(security_groups=("open",)))
+    plug(
+        dataplane,
+        state,
+        netns_vnic("n", guest, MAC_N, (IP_N,), vni=7, security_groups=("open",)),
+    )
+    sent = VHOST_TAP_QUEUE + 1000
+    fe = Frontend(vhost_socket_path(host.socket_dir, "v"))
+    try:
+        fe.negotiate()
+        flood = frame(MAC_N, MAC_V, IP_N, IP_V, "flood").hex()
+        assert guest.agent.call("send_frames", ifname=tap_name("n"), frames=[flood] * sent)["ok"]
+        [port] = json.loads(host.ip("-s", "-j", "link", "show", tap_name("v")))
+        dropped = port["stats64"]["tx"]["dropped"]
+        assert dropped >= sent - VHOST_TAP_QUEUE - 16, port["stats64"]
+        delivered = sum(chain.endswith(b"flood") for chain in fe.drain_received())
+        # every frame the tap held, a few queued IPv6 frames of the guest aside
+        assert VHOST_TAP_QUEUE - 16 <= delivered <= VHOST_TAP_QUEUE
+    finally:
+        fe.close()
+
+
 def test_a_restart_serves_every_vnic_again_on_the_same_taps(lab: Lab) -> None:
     host = lab.host()
     state = State()

@@ -262,6 +262,28 @@ class Frontend:
             ring.make_available(index)
         ring.notify()
 
+    def drain_received(self, idle: float = 1.0) -> list[bytes]:
+        """Every frame the backend delivers, a ring of buffers at a time, until
+        none comes for ``idle`` seconds; each chain as written."""
+        ring = self.rings[0]
+        chunks: list[bytes] = []
+        waiting = 0
+        deadline = time.monotonic() + idle
+        while time.monotonic() < deadline:
+            if not waiting:
+                self.post_receive_buffers(ring.size)
+                waiting = ring.size
+            used = ring.take_used()
+            for head, length in used:
+                _, offset = self.data_addr(head)
+                chunks.append(bytes(self.memory[offset : offset + length]))
+            if used:
+                waiting -= len(used)
+                deadline = time.monotonic() + idle
+            else:
+                time.sleep(0.005)
+        return chunks
+
     def received(self, count: int, timeout: float = 10.0) -> list[bytes]:
         """``count`` used receive chains, each as written (vnet header included)."""
         chunks = []
