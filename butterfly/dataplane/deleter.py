@@ -147,6 +147,11 @@ class LinkDeleter:
             self._kept[index] = name
             self._lock.notify_all()
 
+    def keeps(self, index: int) -> bool:
+        """Whether a kept link still waits (neither reclaimed nor deleted)."""
+        with self._lock:
+            return index in self._kept
+
     def reclaim(self, index: int) -> bool:
         """Take a kept link back: whether it was still waiting (not being deleted)."""
         with self._lock:

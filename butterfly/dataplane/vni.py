@@ -326,6 +326,9 @@ class Vnis:
         device left it just before, in :meth:`_delete_link`), or deleted when
         :data:`SPARE_BRIDGES` wait already."""
         index = bridge.index
+        assert self._deleter is not None
+        # the thread deletes spares after a quiet second: those no longer count
+        self._spares = [spare for spare in self._spares if self._deleter.keeps(spare)]
         if len(self._spares) >= SPARE_BRIDGES:
             self._delete_link(vni, bridge)
             return

@@ -12,7 +12,7 @@ from butterfly.dataplane.vni import SPARE_BRIDGES
 from butterfly.errors import ConfigError, DataplaneError
 from butterfly.model import State, Vnic, VnicType, make_vnic
 
-from .conftest import Lab, link_index, netns_vnic, plug
+from .conftest import Lab, link_index, netns_vnic, plug, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -241,11 +241,33 @@ def test_emptied_bridges_wait_as_spares_up_to_a_cap_and_a_reconcile_deletes_them
         state.remove_vnic(vnic.id)
         dataplane.unplug(vnic, state)
 
-    def spares() -> list[str]:
-        links = _links(host.ip("-j", "link", "show", "type", "bridge"))
-        return [name for name in links if name.startswith("bfs")]
-
-    assert len(spares()) == SPARE_BRIDGES, "the emptied bridge beyond the cap is deleted"
+    assert len(_spares(host)) == SPARE_BRIDGES, "the emptied bridge beyond the cap is deleted"
     dataplane.reconcile(state)
-    assert spares() == []
+    assert _spares(host) == []
     assert not [name for name in _links(host.ip("-j", "link", "show")) if name.startswith("bfbr")]
+
+
+def _spares(host: Any) -> list[str]:
+    links = _links(host.ip("-j", "link", "show", "type", "bridge"))
+    return [name for name in links if name.startswith("bfs")]
+
+
+def test_spares_the_quiet_deleted_no_longer_count_against_the_cap(lab: Lab) -> None:
+    host = lab.host()
+    dataplane = host.dataplane(defer_deletes=True)
+    state = State()
+    vnics = [
+        make_vnic(Vnic(id=f"q{n}", mac=f"52:54:00:00:06:{n:02x}", vni=600 + n, type=VnicType.TAP))
+        for n in range(SPARE_BRIDGES + 1)
+    ]
+    for vnic in vnics:
+        plug(dataplane, state, vnic)
+    for vnic in vnics[:SPARE_BRIDGES]:
+        state.remove_vnic(vnic.id)
+        dataplane.unplug(vnic, state)
+    assert len(_spares(host)) == SPARE_BRIDGES
+    wait_for(lambda: _spares(host) == [], "the spares to go after a quiet second", 10)
+    last = vnics[-1]
+    state.remove_vnic(last.id)
+    dataplane.unplug(last, state)
+    assert len(_spares(host)) == 1, "an emptied bridge after a quiet spell waits as a spare"
