@@ -472,7 +472,7 @@ def vxlan_path(lab: Lab, mtu: int, *, stateful: bool = False) -> Path:
     vms = []
     for index, local in enumerate(addresses):
         host, vm = lab.netns("x"), lab.vm()
-        fabric_port = f"px{first - 101 + index}"
+        fabric_port = f"px{first + index}"
         _veth(host, "ul0", lab.fabric, fabric_port)
         lab.fabric.ip("link", "set", fabric_port, "master", FABRIC_BRIDGE, "up")
         host.ip("addr", "add", f"{local}/24", "dev", "ul0")
