@@ -33,6 +33,7 @@
 #define MAX_BURST 1024u
 #define MAX_IOV 1024 /* IOV_MAX: what one readv/writev takes */
 #define PREFETCH_AHEAD 4 /* frames: about the time of one tap write */
+#define PREFETCH_BYTES 128 /* of each frame: its header and a small frame, on 2-3 lines */
 #define F_NEXT 1u
 #define F_WRITE 2u
 #define F_INDIRECT 4u
@@ -375,14 +376,24 @@ struct counts {
  * before the tap write that copies them (and for the descriptor itself a few
  * frames earlier still): the guest wrote both from its own CPU, and each write
  * waited for them (guest to switch: 0.77 to 0.84 Mpps per core of the worker).
- * A hint only: nothing read here is trusted (walk() checks it all again), and a
+ * Every line of the frame's first bytes: a guest puts the 12-byte header just
+ * before the frame, so a 64-byte frame spans two lines or three (0.82 to 0.87
+ * Mpps, medians of alternating runs, against the first line alone). A hint
+ * only: nothing read here is trusted (walk() checks it all again), and a
  * prefetch never faults. */
 static void prefetch_chain(const struct ring *r, uint16_t head)
 {
     struct desc d = load_desc(r->desc + ((size_t)head << 4));
     const struct region *g = find_region(r, d.addr);
-    if (g != NULL)
-        __builtin_prefetch(g->host + (d.addr - g->start));
+    if (g == NULL)
+        return;
+    uint64_t offset = d.addr - g->start;
+    uint64_t span = d.len < PREFETCH_BYTES ? d.len : PREFETCH_BYTES;
+    if (span > g->size - offset)
+        span = g->size - offset;
+    uintptr_t first = (uintptr_t)(g->host + offset);
+    for (uintptr_t line = first & ~(uintptr_t)63; line < first + span; line += 64)
+        __builtin_prefetch((const void *)line);
 }
 
 static int transmit_burst(struct ring *r, int tap, uint32_t header, uint32_t budget,
