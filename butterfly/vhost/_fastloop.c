@@ -396,6 +396,15 @@ static void prefetch_chain(const struct ring *r, uint16_t head)
         __builtin_prefetch((const void *)line);
 }
 
+/* A frame in one descriptor (a small frame and its header, as guests post them)
+ * takes write(): writev() would first copy the one-entry iovec array in. */
+static ssize_t write_chain(int tap, const struct chain *c)
+{
+    if (c->n == 1)
+        return write(tap, c->iov[0].iov_base, c->iov[0].iov_len);
+    return writev(tap, c->iov, c->n);
+}
+
 static int transmit_burst(struct ring *r, int tap, uint32_t header, uint32_t budget,
                           struct chain *c, struct counts *out)
 {
@@ -424,7 +433,7 @@ static int transmit_burst(struct ring *r, int tap, uint32_t header, uint32_t bud
                 prefetch_chain(r, batch[i + PREFETCH_AHEAD]);
             if (walk(r, batch[i], 0, MAX_CHAIN_BYTES, c) < 0)
                 return -1;
-            if (!c->truncated && writev(tap, c->iov, c->n) >= 0)
+            if (!c->truncated && write_chain(tap, c) >= 0)
                 octets += c->total;
             else
                 dropped++;
