@@ -152,6 +152,11 @@ def test_bench_frames_quick_prints_every_row_with_real_figures() -> None:
         ("butterfly, NETNS vnics, 20 SG rules", "same host: TCP, 1 stream", "Gbit/s"),
         ("butterfly, NETNS vnics, 20 SG rules", "same host: tcp_lat", "us"),
         ("butterfly, NETNS vnics, 20 SG rules", "across hosts: udp_lat", "us"),
+        (
+            "butterfly, NETNS vnics, 20 SG rules, net.netfilter.nf_conntrack_tcp_be_liberal=1",
+            "same host: TCP, 1 stream",
+            "Gbit/s",
+        ),
         ("plain VXLAN between two namespace hosts", "across hosts: TCP, 1 stream", "Gbit/s"),
         (
             "bridge + br_netfilter, veths, conntrack floor (2 rules)",

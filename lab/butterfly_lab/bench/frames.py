@@ -32,7 +32,9 @@ between NETNS vnics of the same daemons, TCP (iperf3, one stream) and
 tcp_lat/udp_lat (qperf) against a plain bridge, on one host and across two over
 VXLAN against a plain VXLAN, each beside the same plain path with the least a
 stateful filter adds there (conntrack in a zone, two rules: the floor of the
-bridge path, no target); and butterfly's vhost-user vnic at 64 bytes both
+bridge path, no target), and on one host once more with
+``nf_conntrack_tcp_be_liberal`` set, which puts TCP on the ``ebpf`` fast path
+(:func:`liberal_pair`); and butterfly's vhost-user vnic at 64 bytes both
 ways against the filtered path's C-writer figure on the same kind of flow: guest
 to switch, testpmd ``txonly`` into the vnic's socket and the C reader on the TAP
 vnic (a new flow, and an established one: the reader answers its first frame);
@@ -354,22 +356,47 @@ def butterfly_setup(lab: Lab, label: str, index: int, one: Host, two: Host) -> B
     for sg in twenty_rules(CIDR):
         two.call(MessageV0.Request(sg_add=sg))
     same_vni, across_vni = 1000 + 100 * index + 1, 1000 + 100 * index + 2
+    same_host = netns_pair(lab, label, index, same_vni, one=one, far=one)
+    across = netns_pair(lab, label, index, across_vni, one=one, far=two)
+    return Butterfly(label, taps, capped, end, same_host, across)
+
+
+def netns_pair(lab: Lab, label: str, index: int, vni: int, *, one: Host, far: Host) -> Path:
+    """A client VM on ``one`` and a server VM on ``far`` (``one`` again for a
+    same-host pair), NETNS vnics of VNI ``vni`` in the 20-rule groups (added to
+    both daemons beforehand)."""
     subnet = 70 + index
     rules = [sg.id for sg in twenty_rules(CIDR)]
-    paths = []
-    for vni, far in ((same_vni, one), (across_vni, two)):
-        client, server = lab.vm(), lab.vm()
-        for number, (host, vm) in enumerate(((one, client), (far, server)), start=1):
-            host.add_vnic(
-                f"n{vni}-{number}",
-                vm=vm,
-                mac=f"52:54:00:f3:{vni % 256:02x}:{number:02x}",
-                vni=vni,
-                ips=[f"10.{subnet}.{vni % 100}.{number}"],
-                security_groups=rules,
-            )
-        paths.append(Path(f"{label} {vni}", client, server, f"10.{subnet}.{vni % 100}.2"))
-    return Butterfly(label, taps, capped, end, paths[0], paths[1])
+    client, server = lab.vm(), lab.vm()
+    for number, (host, vm) in enumerate(((one, client), (far, server)), start=1):
+        host.add_vnic(
+            f"n{vni}-{number}",
+            vm=vm,
+            mac=f"52:54:00:f3:{vni % 256:02x}:{number:02x}",
+            vni=vni,
+            ips=[f"10.{subnet}.{vni % 100}.{number}"],
+            security_groups=rules,
+        )
+    return Path(f"{label} {vni}", client, server, f"10.{subnet}.{vni % 100}.2")
+
+
+LIBERAL = "net.netfilter.nf_conntrack_tcp_be_liberal"
+"""With it at 1 in its namespace, butterflyd's ``ebpf`` fast path carries
+established TCP too (conntrack then checks no TCP window, so it need not see
+every segment); at 0, the kernel's default, TCP stays on the bridge path."""
+
+
+def liberal_pair(lab: Lab, label: str, index: int, options: Sequence[str]) -> Path:
+    """A same-host NETNS pair on a daemon of its own, started with :data:`LIBERAL`
+    at 1: the same-host TCP rows with TCP on the ``ebpf`` fast path."""
+    host = lab.host(start=False, log_level="warning", extra_args=options)
+    host.exec("sysctl", "-qw", f"{LIBERAL}=1")
+    host.start()
+    if "TCP (conntrack is liberal)" not in host.cli("status"):
+        raise BenchError(f"{host.name}: with {LIBERAL}=1 the fast path does not take TCP")
+    for sg in twenty_rules(CIDR):
+        host.call(MessageV0.Request(sg_add=sg))
+    return netns_pair(lab, label, index, 1000 + 100 * index + 1, one=host, far=host)
 
 
 # ---------------------------------------------------------------- measures
@@ -902,11 +929,14 @@ def _traffic_specs(
     plain: tuple[Path, Path],
     floors: tuple[Path, Path],
     butterflies: Sequence[Butterfly],
+    *,
+    liberal: tuple[str, Path] | None,
 ) -> list[Spec]:
     """TCP and latency rows, on one host against the plain bridge, across hosts
     against the plain VXLAN; beside each, the same with the stateful floor
     (:data:`~butterfly_lab.bench.dataplane.STATEFUL_FLOOR`), no target: what any
-    stateful filter on the bridge path costs here."""
+    stateful filter on the bridge path costs here. ``liberal``: a label and a
+    same-host pair whose TCP takes the fast path (:func:`liberal_pair`)."""
     seconds = settings.tcp_seconds
 
     def tcp(path: Path) -> Series:
@@ -936,18 +966,18 @@ def _traffic_specs(
             )
             specs.append(reference)
             specs.append(Spec(floor_label, measure, make(floor), reference, name, None, digits))
-            for butterfly in butterflies:
-                specs.append(
-                    Spec(
-                        f"{butterfly.label}, NETNS vnics, 20 SG rules",
-                        measure,
-                        make(butterfly.same_host if name == "bridge" else butterfly.across),
-                        reference,
-                        name,
-                        target,
-                        digits,
-                    )
+            rows = [
+                (
+                    f"{butterfly.label}, NETNS vnics, 20 SG rules",
+                    butterfly.same_host if name == "bridge" else butterfly.across,
                 )
+                for butterfly in butterflies
+            ]
+            if liberal is not None and name == "bridge":
+                label, path = liberal
+                rows.append((f"{label}, NETNS vnics, 20 SG rules, {LIBERAL}=1", path))
+            for label, path in rows:
+                specs.append(Spec(label, measure, make(path), reference, name, target, digits))
     return specs
 
 
@@ -1020,6 +1050,12 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus, tool: str, folder: str) -> 
             bridge_taps(lab, br_netfilter=False),
             bridge_taps(lab, br_netfilter=True),
         ]
+        liberal = None
+        if "ebpf" in modes:
+            label = _label("ebpf", main_loop)
+            index = len(modes) + len(other_loops)
+            argv = ["--fast-path", "ebpf", *(["--vhost-loop", main_loop] if main_loop else [])]
+            liberal = label, liberal_pair(lab, label, index, argv)
         mtu = vnic_mtu(hosts[0], "n1001-1")
         plain_paths = bridge_path(lab, mtu), vxlan_path(lab, mtu)
         floors = bridge_path(lab, mtu, stateful=True), vxlan_path(lab, mtu, stateful=True)
@@ -1027,6 +1063,7 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus, tool: str, folder: str) -> 
             *plain_paths,
             *floors,
             *(p for b in butterflies for p in (b.same_host, b.across)),
+            *([liberal[1]] if liberal else []),
         ]
         for path in traffic_paths:
             start_servers(path.server, cpus)
@@ -1034,7 +1071,9 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus, tool: str, folder: str) -> 
             check_path(path)
         frames = Frames(tool, cpus, settings)
         frame_specs, filtered = _frame_specs(settings, frames, plain, butterflies)
-        traffic_specs = _traffic_specs(settings, cpus, plain_paths, floors, butterflies)
+        traffic_specs = _traffic_specs(
+            settings, cpus, plain_paths, floors, butterflies, liberal=liberal
+        )
         vhost_specs = _vhost_specs(settings, Vhost(frames, folder), ends, filtered)
         print(
             f"{len(traffic_paths) + len(plain) + len(butterflies) + len(other_loops)} paths"
