@@ -12,7 +12,7 @@ from butterfly.dataplane.vni import SPARE_BRIDGES
 from butterfly.errors import ConfigError, DataplaneError
 from butterfly.model import State, Vnic, VnicType, make_vnic
 
-from .conftest import Lab, link_index, netns_vnic, plug, wait_for
+from .conftest import Dataplane, Lab, link_index, netns_vnic, plug, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -231,20 +231,38 @@ def test_emptied_bridges_wait_as_spares_up_to_a_cap_and_a_reconcile_deletes_them
     host = lab.host()
     dataplane = host.dataplane(defer_deletes=True)
     state = State()
-    vnics = [
-        make_vnic(Vnic(id=f"s{n}", mac=f"52:54:00:00:05:{n:02x}", vni=500 + n, type=VnicType.TAP))
-        for n in range(SPARE_BRIDGES + 1)
-    ]
-    for vnic in vnics:
-        plug(dataplane, state, vnic)
-    for vnic in vnics:
-        state.remove_vnic(vnic.id)
-        dataplane.unplug(vnic, state)
+    vnics = _alone_in_vnis(dataplane, state, "s", 500)
+    _empty(dataplane, state, vnics)
 
     assert len(_spares(host)) == SPARE_BRIDGES, "the emptied bridge beyond the cap is deleted"
     dataplane.reconcile(state)
     assert _spares(host) == []
     assert not [name for name in _links(host.ip("-j", "link", "show")) if name.startswith("bfbr")]
+
+
+def _alone_in_vnis(dataplane: Dataplane, state: State, tag: str, first_vni: int) -> list[Vnic]:
+    """One more TAP vnic than :data:`SPARE_BRIDGES`, each alone in a VNI of its own."""
+    vnics = [
+        make_vnic(
+            Vnic(
+                id=f"{tag}{n}",
+                mac=f"52:54:00:00:{first_vni // 100:02x}:{n:02x}",
+                vni=first_vni + n,
+                type=VnicType.TAP,
+            )
+        )
+        for n in range(SPARE_BRIDGES + 1)
+    ]
+    for vnic in vnics:
+        plug(dataplane, state, vnic)
+    return vnics
+
+
+def _empty(dataplane: Dataplane, state: State, vnics: list[Vnic]) -> None:
+    """nic_del of each, as the service does it: state first, then the data plane."""
+    for vnic in vnics:
+        state.remove_vnic(vnic.id)
+        dataplane.unplug(vnic, state)
 
 
 def _spares(host: Any) -> list[str]:
@@ -256,18 +274,9 @@ def test_spares_the_quiet_deleted_no_longer_count_against_the_cap(lab: Lab) -> N
     host = lab.host()
     dataplane = host.dataplane(defer_deletes=True)
     state = State()
-    vnics = [
-        make_vnic(Vnic(id=f"q{n}", mac=f"52:54:00:00:06:{n:02x}", vni=600 + n, type=VnicType.TAP))
-        for n in range(SPARE_BRIDGES + 1)
-    ]
-    for vnic in vnics:
-        plug(dataplane, state, vnic)
-    for vnic in vnics[:SPARE_BRIDGES]:
-        state.remove_vnic(vnic.id)
-        dataplane.unplug(vnic, state)
+    vnics = _alone_in_vnis(dataplane, state, "q", 600)
+    _empty(dataplane, state, vnics[:SPARE_BRIDGES])
     assert len(_spares(host)) == SPARE_BRIDGES
     wait_for(lambda: _spares(host) == [], "the spares to go after a quiet second", 10)
-    last = vnics[-1]
-    state.remove_vnic(last.id)
-    dataplane.unplug(last, state)
+    _empty(dataplane, state, vnics[SPARE_BRIDGES:])
     assert len(_spares(host)) == 1, "an emptied bridge after a quiet spell waits as a spare"
