@@ -7,28 +7,27 @@ and ``oth`` are open to nothing but replies. VNI 411 holds twins of ``srv``
 and ``cli`` with the same MACs and addresses. Which path a frame took is told
 by two counters: the program's own (per sending vnic, in ``butterfly
 status``) and an nftables counter of this test in the host's forward hook,
-which only frames crossing the bridge reach.
+which only frames crossing the bridge reach (fast_path_helpers.py). Across
+hosts: test_switch_fast_path_across.py.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import sys
 import time
 from collections.abc import Iterator
 
 import pytest
+from fast_path_helpers import FLOW, PORT, TCP_PORT, Switch, add_probe, udp_frame
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
-from scapy.packet import Raw
 
 from butterfly.api.client import Client
 from butterfly.api.proto.message0_pb2 import MessageV0
 from butterfly.dataplane.fastpath import FILTER_NAME
 from butterfly.dataplane.guard import FAST_PATH_PRIO, GuardKind
 from butterfly.dataplane.naming import tap_name
-from butterfly_lab.lab import Host, Lab, Vm, wait_for
+from butterfly_lab.lab import Lab, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.needs("ebpf-fast-path")]
 
@@ -37,112 +36,6 @@ SRV4, SRV6, SRV_MAC = "10.41.0.10", "fd41::10", "52:54:00:00:41:10"
 CLI4, CLI6, CLI_MAC = "10.41.0.11", "fd41::11", "52:54:00:00:41:11"
 OTH4, OTH_MAC = "10.41.0.12", "52:54:00:00:41:12"
 FORGED_MAC = "52:54:00:00:41:99"
-PORT = 7000
-PROBE_TABLE = "s5fastprobe"
-
-FLOW = """
-import socket, sys, time
-src, dst = sys.argv[1], sys.argv[3]
-sport, dport, count = int(sys.argv[2]), int(sys.argv[4]), int(sys.argv[5])
-pause = float(sys.argv[6]) if len(sys.argv) > 6 else 0
-s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((src, sport))
-s.settimeout(0.3)
-got = 0
-for i in range(count):
-    payload = b"flow %d" % i
-    s.sendto(payload, (dst, dport))
-    try:
-        got += s.recv(100) == payload
-    except OSError:
-        pass
-    time.sleep(pause)
-print(got)
-"""
-"""A UDP flow on one 5-tuple: ``count`` datagrams, each waiting for its echo."""
-
-TCP_FLOW = """
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
-got = 0
-for i in range(int(sys.argv[3])):
-    payload = b"segment %03d" % i
-    s.sendall(payload)
-    answer = b""
-    while len(answer) < len(payload):
-        chunk = s.recv(64)
-        if not chunk:
-            break
-        answer += chunk
-    got += answer == payload
-s.shutdown(socket.SHUT_WR)
-print(got, int(s.recv(64) == b""))
-"""
-"""A TCP connection: ``count`` echoes, then a close that the server's close answers."""
-TCP_PORT = 8080
-
-
-class Switch:
-    def __init__(self, mode: str, host: Host, vms: dict[str, Vm]) -> None:
-        self.mode = mode
-        self.host = host
-        self.vms = vms
-
-    @property
-    def fast(self) -> bool:
-        return self.mode == "ebpf"
-
-    def flow(self, vm: str, src: str, sport: int, dst: str, count: int) -> int:
-        """Echoes ``vm`` got back for ``count`` datagrams from (src, sport) to dst:PORT."""
-        out = self.vms[vm].exec(
-            sys.executable, "-c", FLOW, src, str(sport), dst, str(PORT), str(count)
-        )
-        return int(out.strip())
-
-    def tcp_flow(self, vm: str, dst: str, count: int) -> tuple[int, bool]:
-        """(echoes, closed cleanly) of a TCP connection from ``vm`` to dst:TCP_PORT."""
-        out = self.vms[vm].exec(sys.executable, "-c", TCP_FLOW, dst, str(TCP_PORT), str(count))
-        got, closed = out.split()
-        return int(got), closed == "1"
-
-    def forwarded(self, vnic_id: str) -> int:
-        """Frames the fast path forwarded from ``vnic_id`` (0 when it does not serve it)."""
-        graph = self.host.cli("status")
-        for line in graph.splitlines():
-            if line.strip().startswith(f'"port:{vnic_id}"'):
-                found = re.search(r"fast path: (\d+) frames", line)
-                return int(found.group(1)) if found else 0
-        raise AssertionError(f"no port {vnic_id} in the status graph:\n{graph}")
-
-    def bridged(self) -> int:
-        """Frames to or from UDP port PORT that crossed a bridge (the slow path)."""
-        listing = json.loads(self.host.exec("nft", "-j", "list", "table", "inet", PROBE_TABLE))
-        return sum(
-            item["rule"]["expr"][-1]["counter"]["packets"]
-            for item in listing["nftables"]
-            if "rule" in item
-        )
-
-    def seen(self, sender: str, receiver: str, frames: dict[str, Ether], last: Ether) -> set[str]:
-        """Which of the raw ``frames`` (by marker) ``sender`` sends reach ``receiver``;
-        a legitimate frame ``last``, sent after them, closes the window."""
-        rx = self.vms[receiver]
-        assert rx.agent.call("sniff_start", ifname=tap_name(receiver))["ok"]
-        marked = {name: bytes(frame / Raw(load=name.encode())) for name, frame in frames.items()}
-        wire = [frame.hex() for frame in [*marked.values(), bytes(last / Raw(b"last-frame"))]]
-        self.vms[sender].agent.call("send_frames", ifname=tap_name(sender), frames=wire)
-        capture = rx.agent.call(
-            "sniff_wait", ifname=tap_name(receiver), marker=b"last-frame".hex(), timeout=5
-        )
-        assert capture["ok"], "the legitimate frame never arrived"
-        return {
-            name for name in marked if any(name.encode().hex() in got for got in capture["frames"])
-        }
-
-
-def _udp(src_mac: str, src: str, sport: int, dst_mac: str, dst: str) -> Ether:
-    return Ether(src=src_mac, dst=dst_mac) / IP(src=src, dst=dst) / UDP(sport=sport, dport=PORT)
 
 
 @pytest.fixture(scope="module", params=["ebpf", "off"])
@@ -175,24 +68,7 @@ def switch(request: pytest.FixtureRequest, lab: Lab) -> Iterator[Switch]:
     for name in ("cli", "oth", "tcli"):
         # The guests' neighbour entries, so that raw frames and flows need no ARP first.
         vms[name].ip("neigh", "replace", SRV4, "lladdr", SRV_MAC, "dev", tap_name(name))
-    host.exec("nft", "add", "table", "inet", PROBE_TABLE)
-    host.exec(
-        "nft", "add", "chain", "inet", PROBE_TABLE, "probe",
-        "{ type filter hook forward priority 10; }",
-    )  # fmt: skip
-    for direction in ("dport", "sport"):
-        host.exec(
-            "nft",
-            "add",
-            "rule",
-            "inet",
-            PROBE_TABLE,
-            "probe",
-            "udp",
-            direction,
-            str(PORT),
-            "counter",
-        )
+    add_probe(host)
     yield Switch(mode, host, vms)
     host.stop()
 
@@ -246,10 +122,10 @@ def test_forged_frames_are_dropped(switch: Switch) -> None:
     assert switch.flow("cli", CLI4, 5003, SRV4, 5) == 5
     tagged = Ether(src=CLI_MAC, dst=SRV_MAC) / Dot1Q(vlan=5) / IP(src=CLI4, dst=SRV4)
     forged = {
-        "forged-mac": _udp(FORGED_MAC, CLI4, 5003, SRV_MAC, SRV4),
+        "forged-mac": udp_frame(FORGED_MAC, CLI4, 5003, SRV_MAC, SRV4),
         "vlan-tagged": tagged / UDP(sport=5003, dport=PORT),
     }
-    last = _udp(CLI_MAC, CLI4, 5003, SRV_MAC, SRV4)
+    last = udp_frame(CLI_MAC, CLI4, 5003, SRV_MAC, SRV4)
     assert switch.seen("cli", "srv", forged, last) == set()
 
 
@@ -259,8 +135,8 @@ def test_forged_address_is_dropped_with_ip_anti_spoof(switch: Switch) -> None:
     the flow is established), which shows the frame would match."""
     assert switch.flow("oth", OTH4, 5004, SRV4, 5) == 5
     assert switch.flow("cli", CLI4, 5003, SRV4, 5) == 5
-    forged = {"forged-ip": _udp(CLI_MAC, OTH4, 5004, SRV_MAC, SRV4)}
-    last = _udp(CLI_MAC, CLI4, 5003, SRV_MAC, SRV4)
+    forged = {"forged-ip": udp_frame(CLI_MAC, OTH4, 5004, SRV_MAC, SRV4)}
+    last = udp_frame(CLI_MAC, CLI4, 5003, SRV_MAC, SRV4)
     assert switch.seen("cli", "srv", forged, last) == set()
     switch.host.cli("nic", "update", "--id", "cli", "--enable-antispoof", "false")
     try:
@@ -274,7 +150,7 @@ def test_vnis_stay_apart_with_the_same_macs_and_addresses(switch: Switch) -> Non
     of VNI 411's reaches VNI 411's server only."""
     assert switch.flow("cli", CLI4, 5006, SRV4, 5) == 5
     assert switch.flow("tcli", CLI4, 5006, SRV4, 5) == 5
-    frame = _udp(CLI_MAC, CLI4, 5006, SRV_MAC, SRV4)
+    frame = udp_frame(CLI_MAC, CLI4, 5006, SRV_MAC, SRV4)
     srv = switch.vms["srv"]
     assert srv.agent.call("sniff_start", ifname=tap_name("srv"))["ok"]
     assert switch.seen("tcli", "tsrv", {"twin": frame}, frame) == {"twin"}
@@ -460,7 +336,7 @@ def _one_way_batch(switch: Switch, sport: int, tag: str) -> set[str]:
         / UDP(sport=sport, dport=ONE_WAY_PORT)
         for i in range(5)
     }
-    return switch.seen("cli", "srv", frames, _udp(CLI_MAC, CLI4, sport + 1, SRV_MAC, SRV4))
+    return switch.seen("cli", "srv", frames, udp_frame(CLI_MAC, CLI4, sport + 1, SRV_MAC, SRV4))
 
 
 def _unreplied(switch: Switch, sport: int) -> str:
@@ -502,7 +378,7 @@ def test_a_flow_the_groups_never_allowed_never_passes(one_way: Switch) -> None:
         / UDP(sport=6031, dport=ONE_WAY_PORT + 1)
         for i in range(20)
     }
-    assert switch.seen("cli", "srv", frames, _udp(CLI_MAC, CLI4, 6032, SRV_MAC, SRV4)) == set()
+    assert switch.seen("cli", "srv", frames, udp_frame(CLI_MAC, CLI4, 6032, SRV_MAC, SRV4)) == set()
 
 
 def test_an_unreplied_flow_admitted_by_one_vnic_does_not_open_another(one_way: Switch) -> None:
@@ -517,7 +393,7 @@ def test_an_unreplied_flow_admitted_by_one_vnic_does_not_open_another(one_way: S
         / IP(src=CLI4, dst=OTH4)
         / UDP(sport=6041, dport=ONE_WAY_PORT)
     }
-    assert switch.seen("cli", "srv", admitted, _udp(CLI_MAC, CLI4, 6042, SRV_MAC, SRV4)) == {
+    assert switch.seen("cli", "srv", admitted, udp_frame(CLI_MAC, CLI4, 6042, SRV_MAC, SRV4)) == {
         "to-srv"
     }, "positive control"
     assert "UNREPLIED" in _unreplied(switch, 6041)
@@ -527,7 +403,7 @@ def test_an_unreplied_flow_admitted_by_one_vnic_does_not_open_another(one_way: S
         / UDP(sport=6041, dport=ONE_WAY_PORT)
         for i in range(5)
     }
-    last = _udp(CLI_MAC, CLI4, 6043, OTH_MAC, OTH4)
+    last = udp_frame(CLI_MAC, CLI4, 6043, OTH_MAC, OTH4)
     assert switch.seen("cli", "oth", replayed, last) == set()
 
 
@@ -545,7 +421,7 @@ def test_an_admitted_one_way_flow_takes_the_fast_path(one_way: Switch) -> None:
         / UDP(sport=6051, dport=ONE_WAY_PORT)
         for i in range(30)
     }
-    last = _udp(CLI_MAC, CLI4, 6052, SRV_MAC, SRV4)
+    last = udp_frame(CLI_MAC, CLI4, 6052, SRV_MAC, SRV4)
     assert switch.seen("cli", "srv", frames, last) == set(frames)
     forwarded = switch.forwarded("cli") - before[0]
     if switch.fast:
@@ -591,7 +467,7 @@ def test_an_unreplied_flow_admitted_from_one_vnic_does_not_free_another(one_way:
             / UDP(sport=6061, dport=ONE_WAY_PORT)
             for i in range(3)
         }
-        last = _udp(OTH_MAC, OTH4, 6062, SRV_MAC, SRV4)
+        last = udp_frame(OTH_MAC, OTH4, 6062, SRV_MAC, SRV4)
         assert switch.seen("oth", "srv", spoofed, last) == set(spoofed), "positive control"
         assert "UNREPLIED" in _unreplied(switch, 6061)
         replayed = {
@@ -600,7 +476,7 @@ def test_an_unreplied_flow_admitted_from_one_vnic_does_not_free_another(one_way:
             / UDP(sport=6061, dport=ONE_WAY_PORT)
             for i in range(5)
         }
-        last = _udp(CLI_MAC, CLI4, 6063, SRV_MAC, SRV4)
+        last = udp_frame(CLI_MAC, CLI4, 6063, SRV_MAC, SRV4)
         assert switch.seen("cli", "srv", replayed, last) == set()
     finally:
         host.cli("nic", "sg", "set", "cli")
