@@ -1,4 +1,4 @@
-"""The eBPF fast path: established flows between local filtered vnics, past the bridge.
+"""The eBPF fast path: established flows of filtered vnics, past the bridge.
 
 Owns the choice of the path (``--fast-path auto|ebpf|off``), the loading of
 the compiled program (``bpf/fastpath.bpf.c``; tools/setup builds it into
@@ -23,10 +23,18 @@ everything else about a frame is decided in the kernel:
   records them) and only until the daemon calls :meth:`FastPath.narrowed`
   (after any change that may narrow what a vnic accepts): the tables judge
   each frame of such a flow by its own sender and receiver;
-- every other frame (new flows, other TCP, ICMP, ARP, ND, broadcast, other
-  hosts, fragments, VLAN tags, sniffed VNIs, bypassing vnics) returns to the
-  bridge + nftables path unchanged, which also creates and advances the
-  conntrack entries.
+- across hosts, the same on both ends, each host by its own conntrack, in
+  the VNIs whose every vnic here the fast path serves (a :class:`Tunnel` on
+  the VNI's VXLAN device): the program also runs on the ingress of the VXLAN
+  devices, forwarding what other hosts send to a served vnic as it forwards
+  a local vnic's frames (established, or one-way UDP admitted for the
+  pair); and a vnic's established flow to a MAC of no local vnic goes to the
+  VXLAN device (a MAC in none of the maps is then another host's, where the
+  bridge would send it too);
+- every other frame (new flows, other TCP, ICMP, ARP, ND, broadcast, one-way
+  UDP to other hosts, fragments, VLAN tags, sniffed VNIs, bypassing vnics)
+  returns to the bridge + nftables path unchanged, which also creates and
+  advances the conntrack entries.
 
 So the security groups, connection caps and anti-spoofing keep one
 implementation, and a map that lags behind only sends frames the slow way.
@@ -63,6 +71,7 @@ __all__ = [
     "FastPathMode",
     "FastPort",
     "PendingFastPath",
+    "Tunnel",
     "choose",
     "fast_port",
     "prepare",
@@ -112,6 +121,16 @@ class FastPort:
     check_ip: bool
     addresses: tuple[str, ...]
     """The sources it may send from (with ``check_ip``): IPv4, IPv6, link-local."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tunnel:
+    """What the program knows of a VNI's VXLAN device: it has one only while it
+    serves every vnic of the VNI on this host (see :meth:`FastPath.plan_tunnels`)."""
+
+    ifindex: int
+    vni: int
+    zone: int
 
 
 def fast_port(vnic: Vnic, *, ifindex: int, zone: int | None, sniffed: bool) -> FastPort | None:
@@ -226,7 +245,15 @@ class FastPath:
             self.admission_fd = int(self._bpf.bpf_program__fd(admission))
             self._maps = {
                 name: int(self._bpf.bpf_object__find_map_fd_by_name(self._obj, name.encode()))
-                for name in ("ports", "dests", "addrs", "forwarded", "settings")
+                for name in (
+                    "ports",
+                    "dests",
+                    "addrs",
+                    "forwarded",
+                    "settings",
+                    "tunnels",
+                    "remotes",
+                )
             }
             self._cpus = int(self._bpf.libbpf_num_possible_cpus())
             self._timeouts, self.tcp = _settings()
@@ -245,6 +272,8 @@ class FastPath:
         self._ports: dict[str, FastPort] = {}
         self._by_vni: dict[int, set[str]] = {}
         """The vnics of :attr:`_ports` by VNI: a request looks at its VNIs only."""
+        self._tunnels: dict[int, Tunnel] = {}
+        """By VNI."""
 
     def close(self) -> None:
         """The program stays on the ports it is attached to, with its maps."""
@@ -367,8 +396,59 @@ class FastPath:
     def _sniffed(state: StateView, vni: int, ported: Callable[[Vnic], bool]) -> bool:
         return sniffed(vnic for vnic in state.sniffers_in(vni) if ported(vnic))
 
-    def set(self, ports: dict[str, FastPort | None]) -> None:
-        """Serve the vnics mapped to a port, stop serving those mapped to None."""
+    def tunnel(self, vni: int) -> Tunnel | None:
+        return self._tunnels.get(vni)
+
+    def tunnels(self) -> dict[int, Tunnel]:
+        return dict(self._tunnels)
+
+    def plan_tunnels(
+        self,
+        state: StateView,
+        vnis: Iterable[int],
+        ports: Mapping[str, FastPort | None],
+        *,
+        zones: Mapping[int, int],
+        tunnel_index: Callable[[int], int | None],
+        remade: bool,
+    ) -> dict[int, Tunnel | None]:
+        """What :meth:`set` should say of the VXLAN devices of ``vnis`` along with
+        ``ports`` (:meth:`plan`'s): a tunnel for each VNI every vnic of which
+        will be served, on its VXLAN device (``tunnel_index``, asked only of VNIs
+        without a tunnel, or of all when devices may have been ``remade``).
+
+        Only then: a bypassing or sniffed vnic's port learns MACs or copies
+        frames, so a MAC found in no map may be behind it, and the bridge must
+        still learn where other hosts' MACs are (from their frames), or it
+        would flood what it sends them to such ports."""
+        served = {vni: len(self._by_vni.get(vni, ())) for vni in vnis}
+        for vnic_id, port in ports.items():
+            old = self._ports.get(vnic_id)
+            if old is not None and old.vni in served:
+                served[old.vni] -= 1
+            if port is not None and port.vni in served:
+                served[port.vni] += 1
+        wanted: dict[int, Tunnel | None] = dict.fromkeys(served)
+        for vni, count in served.items():
+            zone, known = zones.get(vni), self._tunnels.get(vni)
+            if not count or zone is None or count != state.count_in(vni):
+                continue
+            index = known.ifindex if known is not None and not remade else tunnel_index(vni)
+            if index is not None:
+                wanted[vni] = Tunnel(index, vni, zone)
+        return wanted
+
+    def set(
+        self,
+        ports: Mapping[str, FastPort | None],
+        tunnels: Mapping[int, Tunnel | None] | None = None,
+    ) -> None:
+        """Serve the vnics mapped to a port and the VXLAN devices of the VNIs
+        mapped to a tunnel, stop serving those mapped to None. The tunnels that
+        end go first and the others last: a vnic no longer served but still on
+        the bridge would have its frames taken for another host's."""
+        tunnels = tunnels or {}
+        self._set_tunnels({vni: None for vni, tunnel in tunnels.items() if tunnel is None})
         for vnic_id, port in ports.items():
             old = self._ports.pop(vnic_id, None)
             if old == port:
@@ -384,9 +464,25 @@ class FastPath:
                 self._add(port, count=not same)
                 self._ports[vnic_id] = port
                 self._by_vni.setdefault(port.vni, set()).add(vnic_id)
+        self._set_tunnels(tunnels)
+
+    def _set_tunnels(self, tunnels: Mapping[int, Tunnel | None]) -> None:
+        for vni, tunnel in tunnels.items():
+            old = self._tunnels.pop(vni, None)
+            if old == tunnel:
+                if tunnel is not None:
+                    self._tunnels[vni] = tunnel
+                continue
+            same = old is not None and tunnel is not None and old.ifindex == tunnel.ifindex
+            if old is not None:
+                self._remove_tunnel(old, forget=not same)
+            if tunnel is not None:
+                self._add_tunnel(tunnel, count=not same)
+                self._tunnels[vni] = tunnel
 
     def forwarded(self, ifindex: int) -> tuple[int, int]:
-        """(frames, bytes) the program forwarded from port ``ifindex`` since it was loaded."""
+        """(frames, bytes) the program forwarded from port (or VXLAN device)
+        ``ifindex`` since it was loaded."""
         value = ctypes.create_string_buffer(16 * self._cpus)
         code = self._bpf.bpf_map_lookup_elem(
             self._maps["forwarded"], struct.pack("<I", ifindex), value
@@ -395,6 +491,20 @@ class FastPath:
             return 0, 0
         pairs = [struct.unpack_from("<QQ", value.raw, 16 * cpu) for cpu in range(self._cpus)]
         return sum(p for p, _ in pairs), sum(b for _, b in pairs)
+
+    def _add_tunnel(self, tunnel: Tunnel, *, count: bool) -> None:
+        index = struct.pack("<I", tunnel.ifindex)
+        if count:
+            self._update("forwarded", index, bytes(16 * self._cpus))
+        self._update("tunnels", index, _tunnel_value(tunnel))
+        self._update("remotes", struct.pack("<I", tunnel.vni), index)
+
+    def _remove_tunnel(self, tunnel: Tunnel, *, forget: bool) -> None:
+        index = struct.pack("<I", tunnel.ifindex)
+        self._delete("remotes", struct.pack("<I", tunnel.vni))
+        self._delete("tunnels", index)
+        if forget:
+            self._delete("forwarded", index)
 
     def _add(self, port: FastPort, *, count: bool) -> None:
         for key in _address_keys(port):
@@ -431,6 +541,10 @@ def _mac(mac: str) -> bytes:
 
 def _port_value(port: FastPort) -> bytes:
     return struct.pack("<IHBx6s2x", port.vni, port.zone, port.check_ip, _mac(port.mac))
+
+
+def _tunnel_value(tunnel: Tunnel) -> bytes:
+    return struct.pack("<IH2x", tunnel.vni, tunnel.zone)
 
 
 def _dest_key(port: FastPort) -> bytes:
@@ -548,4 +662,7 @@ def choose(
 
 def _loaded(fast: FastPath) -> str:
     tcp = "UDP and TCP (conntrack is liberal)" if fast.tcp else "UDP"
-    return f"ebpf: established {tcp} and admitted one-way UDP between local vnics"
+    return (
+        f"ebpf: established {tcp} between vnics, on this host and across hosts, "
+        "and admitted one-way UDP to local vnics"
+    )

@@ -54,6 +54,8 @@ class VniView:
     ports: tuple[PortView, ...]
     remote_vteps: tuple[tuple[str, int], ...] = ()
     """EVPN: the remote VTEPs FRR learned for the VNI, with their MAC counts."""
+    fast_path: str = ""
+    """What the eBPF fast path carries through the VXLAN device ("": nothing)."""
 
 
 def _quote(text: str) -> str:
@@ -78,7 +80,10 @@ def render(underlay: str, vnis: Sequence[VniView]) -> str:
         zone = f"conntrack zone {vni.zone}" if vni.zone is not None else "no conntrack zone"
         lines.append(f"  subgraph cluster_vni_{vni.vni} {{")
         lines.append(f"    label={_quote(f'vni {vni.vni}')};")
-        vx_label = _quote("\n".join([vni.vxlan, f"VXLAN {vni.vni}", vni.flooding]))
+        vx_lines = [vni.vxlan, f"VXLAN {vni.vni}", vni.flooding]
+        if vni.fast_path:
+            vx_lines.append(f"fast path: {vni.fast_path}")
+        vx_label = _quote("\n".join(vx_lines))
         br_label = _quote("\n".join([vni.bridge, zone]))
         lines.append(f"    {vx} [label={vx_label}{_missing(vni.present)}];")
         lines.append(f"    {br} [shape=component, label={br_label}{_missing(vni.present)}];")
@@ -132,6 +137,7 @@ def draw(
     fast_path: str = "off",
     vhost_loop: str = "",
     forwarded: Callable[[Vnic], str] = lambda vnic: "",
+    tunneled: Callable[[int], str] = lambda vni: "",
 ) -> str:
     """The picture of ``state`` on this host: ``links`` the names of the links
     present, ``zones`` each VNI's conntrack zone, ``drops`` the caps' drops by
@@ -139,7 +145,8 @@ def draw(
     ``tracing`` a vnic's trace file, ``guest`` where a vnic's guest is,
     ``fast_path`` whether the eBPF fast path is used and why, ``vhost_loop``
     which loop moves vhost-user frames and why ("": no vhost-user backend),
-    ``forwarded`` what it forwarded from a vnic."""
+    ``forwarded`` what it forwarded from a vnic, ``tunneled`` what it does
+    with a VNI's VXLAN device."""
     underlay = settings.underlay
     vnis = []
     for vni in sorted({vnic.vni for vnic in state.vnics()}):
@@ -170,6 +177,7 @@ def draw(
                 present=bridge_name(vni) in links and vxlan_name(vni) in links,
                 ports=ports,
                 remote_vteps=evpn.remote_vteps(vni) if evpn is not None else (),
+                fast_path=tunneled(vni),
             )
         )
     line = f"{underlay.ifname} {underlay.address} mtu {underlay.mtu}"

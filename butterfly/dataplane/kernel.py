@@ -581,6 +581,7 @@ class KernelDataplane:
             fast_path=self._fast_status,
             vhost_loop=self._vhost_loop,
             forwarded=partial(self._forwarded, self._fast.served() if self._fast else {}),
+            tunneled=self._tunneled,
         )
 
     # watching (butterfly.daemon.drift)
@@ -692,10 +693,12 @@ class KernelDataplane:
         """Tell the fast path which vnics of ``vnis`` it serves, on which port
         (``remade``: the vnics whose port may have been made again, None: all;
         ``changed``: the vnics whose settings a request changed; ``named``: the
-        only vnics a request changed, None: any; see :meth:`FastPath.plan`)."""
+        only vnics a request changed, None: any; see :meth:`FastPath.plan`),
+        then which of their VXLAN devices."""
         fast = self._fast
         if fast is None:
             return
+        vnis = set(vnis)
         wanted = fast.plan(
             state,
             vnis,
@@ -706,13 +709,40 @@ class KernelDataplane:
             changed=changed,
             named=named,
         )
+        tunnels = fast.plan_tunnels(
+            state,
+            vnis,
+            wanted,
+            zones=self._tables.zones,
+            tunnel_index=self._tunnel_index,
+            remade=remade is None,
+        )
         before = {vnic_id: fast.port(vnic_id) for vnic_id in wanted}
-        step(j, "fast path maps", partial(fast.set, wanted), partial(fast.set, before))
+        before_tunnels = {vni: fast.tunnel(vni) for vni in tunnels}
+        step(
+            j,
+            "fast path maps",
+            partial(fast.set, wanted, tunnels),
+            partial(fast.set, before, before_tunnels),
+        )
 
     def _port_index(self, vnic_id: str) -> int | None:
         """Asked of the kernel even during a reconcile's snapshot: it made ports."""
         link = self._netlink.link(tap_name(vnic_id), fresh=True)
         return link.index if link is not None else None
+
+    def _tunnel_index(self, vni: int) -> int | None:
+        link = self._netlink.link(vxlan_name(vni), fresh=True)
+        return link.index if link is not None else None
+
+    def _tunneled(self, vni: int) -> str:
+        """What the fast path does with the VNI's VXLAN device ("": nothing)."""
+        fast = self._fast
+        tunnel = fast.tunnel(vni) if fast is not None else None
+        if fast is None or tunnel is None:
+            return ""
+        frames, octets = fast.forwarded(tunnel.ifindex)
+        return f"to and from other hosts; {frames} frames, {octets} bytes forwarded from them"
 
     def _forwarded(self, served: Mapping[str, FastPort], vnic: Vnic) -> str:
         """What the fast path forwarded from ``vnic`` ("": it does not serve it);

@@ -10,6 +10,7 @@ from butterfly.dataplane.fastpath import (
     LOADING,
     FastPathMode,
     FastPort,
+    Tunnel,
     choose,
     fast_port,
     prepare,
@@ -66,6 +67,9 @@ def test_map_entries_have_the_c_structs_layout() -> None:
     v4, v6 = fastpath._address_keys(port)
     assert v4 == bytes([5, 0, 0, 0, 4, 0, 0, 0, 10, 0, 0, 1]) + bytes(12)
     assert v6 == bytes([5, 0, 0, 0, 6, 0, 0, 0, 0xFD]) + bytes(14) + bytes([1])
+    # struct bf_tunnel {u32 vni; u16 zone; u8 pad[2]}
+    tunnel = Tunnel(ifindex=5, vni=0x010203, zone=9)
+    assert fastpath._tunnel_value(tunnel) == bytes([3, 2, 1, 0, 9, 0, 0, 0])
 
 
 def test_off_loads_nothing_and_says_so(tmp_path: Path) -> None:

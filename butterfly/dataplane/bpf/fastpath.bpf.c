@@ -16,7 +16,7 @@
  * receiver. An unreplied entry proves only that some pair was admitted for
  * its 5-tuple; so admitted() below, on the egress of a receiving port (ahead
  * of the port guard), records for each frame the tables delivered there
- * (all guard bits, not forwarded here) the (sender port, receiver port) of
+ * (the guard's bits, not forwarded here) the (sender port, receiver port) of
  * its unreplied entry with the current generation, and the fast path
  * forwards the original direction of an unreplied entry only for that pair
  * and generation. The daemon bumps the generation at every change that may
@@ -30,6 +30,22 @@
  * not see would make a later FIN or RST look out of window (invalid). Even
  * then only segments without SYN, FIN or RST, of connections conntrack holds
  * as ESTABLISHED: conntrack follows every change of state itself.
+ *
+ * Across hosts, in the VNIs every local vnic of which the program serves
+ * (the daemon keeps their VXLAN devices in tunnels and remotes only then),
+ * the same program also runs on the ingress of the VNI's VXLAN device (the
+ * frames other hosts send, decapsulated), and a vnic's frame to a MAC of no
+ * local vnic goes to the VNI's VXLAN device:
+ * - from a port: a MAC found in no map is none of this host's, and the
+ *   bridge would send the frame to the VXLAN device alone; established
+ *   flows only, as conntrack holds them on this host (an unreplied flow to
+ *   another host takes the bridge path: admitted() records no VXLAN device);
+ * - from a VXLAN device, to a local vnic the program serves, of a flow
+ *   established in this host's own zone of the VNI (or unreplied and
+ *   admitted for the pair, the VXLAN device as the sender): the receiving
+ *   host judges with its own conntrack whatever the sending host let go.
+ * A VXLAN device's frames carry no MAC or address to check: the sending
+ * host checked them, and the tables here check none either.
  *
  * A forwarded frame carries the bits of the mark the port guard
  * (guard.py) wants: the fast path is one more proof of acceptance, and the
@@ -50,6 +66,8 @@
 #define TCP_STATE_CHANGES 0x07 /* FIN, SYN, RST in the flags byte */
 #define IP_FRAGMENTS 0x3FFF /* more fragments, offset */
 #define ALL_OK 0x70000000   /* guard.py's BRIDGE_OK | INBOUND_OK | OUTBOUND_OK */
+#define DELIVERED 0x30000000 /* BRIDGE_OK | INBOUND_OK: the tables let it in */
+#define SENDERS 0x48000000   /* OUTBOUND_OK | SENDER_OPEN (a VXLAN device's frames) */
 #define ZONE_BOTH_DIRECTIONS 3
 #define FORWARDED_HERE 0x04000000 /* a mark bit: admitted() must not record it */
 #define TC_ACT_UNSPEC (-1)	  /* the next filter (the port guard) decides */
@@ -61,6 +79,12 @@ struct bf_port {
 	__u8 pad;
 	__u8 mac[6];
 	__u8 pad2[2];
+};
+
+struct bf_tunnel {
+	__u32 vni;
+	__u16 zone;
+	__u8 pad[2];
 };
 
 struct bf_dest {
@@ -116,6 +140,20 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32); /* a VXLAN device's ifindex */
+	__type(value, struct bf_tunnel);
+} tunnels SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32); /* a VNI every local vnic of which is served */
+	__type(value, __u32); /* its VXLAN device's ifindex */
+} remotes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 262144);
 	__type(key, struct bf_addr);
 	__type(value, __u8);
@@ -124,7 +162,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, __u32); /* the sending port's ifindex */
+	__type(key, __u32); /* the sending port's (or VXLAN device's) ifindex */
 	__type(value, struct bf_counter);
 } forwarded SEC(".maps");
 
@@ -205,10 +243,11 @@ static __always_inline int ports_of(void *l4, void *end, __u8 proto, const struc
 }
 
 /* The flow's tuple and protocol, or 0 when the frame is not plain unicast UDP
- * (or TCP, see above). */
+ * (or TCP, see above) or, sent by the port of src (NULL: no source to
+ * check), not from one of its addresses when it checks them. */
 static __always_inline __u32 flow_tuple(struct __sk_buff *skb, struct bpf_sock_tuple *tuple,
 					__u8 *proto, const struct bf_port *src,
-					const struct bf_config *cfg, int sending)
+					const struct bf_config *cfg)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
@@ -226,7 +265,7 @@ static __always_inline __u32 flow_tuple(struct __sk_buff *skb, struct bpf_sock_t
 		*proto = ip->protocol;
 		if (!ports_of(ip + 1, end, *proto, cfg, &tuple->ipv4.sport, &tuple->ipv4.dport))
 			return 0;
-		if (sending && src->check_ip && !own_address(skb->ifindex, 4, &ip->saddr, 4))
+		if (src && src->check_ip && !own_address(skb->ifindex, 4, &ip->saddr, 4))
 			return 0;
 		tuple->ipv4.saddr = ip->saddr;
 		tuple->ipv4.daddr = ip->daddr;
@@ -240,7 +279,7 @@ static __always_inline __u32 flow_tuple(struct __sk_buff *skb, struct bpf_sock_t
 		*proto = ip6->nexthdr;
 		if (!ports_of(ip6 + 1, end, *proto, cfg, &tuple->ipv6.sport, &tuple->ipv6.dport))
 			return 0;
-		if (sending && src->check_ip && !own_address(skb->ifindex, 6, &ip6->saddr, 16))
+		if (src && src->check_ip && !own_address(skb->ifindex, 6, &ip6->saddr, 16))
 			return 0;
 		__builtin_memcpy(tuple->ipv6.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(tuple->ipv6.daddr, &ip6->daddr, 16);
@@ -313,31 +352,44 @@ int fastpath(struct __sk_buff *skb)
 	struct bpf_sock_tuple tuple = {};
 	struct bf_dest dest = {};
 	struct bf_counter *counter;
+	struct bf_tunnel *tunnel;
 	struct bf_port *src;
 	__u32 ifindex = skb->ifindex;
 	__u32 *out, tuple_len, mtu = 0, zero = 0;
 	struct bf_config *cfg;
+	__u16 zone;
 	__u8 proto = 0;
 
 	/* A VLAN tag was taken off into the skb before tc: the bridge path
 	 * judges such frames by their tag, this program does not. */
-	if ((void *)(eth + 1) > end || skb->vlan_present)
+	if ((void *)(eth + 1) > end || skb->vlan_present || (eth->h_dest[0] & 1))
 		return TC_ACT_OK;
 	src = bpf_map_lookup_elem(&ports, &ifindex);
-	if (!src || !same_mac(eth->h_source, src->mac) || (eth->h_dest[0] & 1))
-		return TC_ACT_OK;
-	dest.vni = src->vni;
+	if (src) {
+		if (!same_mac(eth->h_source, src->mac))
+			return TC_ACT_OK;
+		dest.vni = src->vni;
+		zone = src->zone;
+	} else {
+		tunnel = bpf_map_lookup_elem(&tunnels, &ifindex);
+		if (!tunnel)
+			return TC_ACT_OK;
+		dest.vni = tunnel->vni;
+		zone = tunnel->zone;
+	}
 	__builtin_memcpy(dest.mac, eth->h_dest, 6);
 	out = bpf_map_lookup_elem(&dests, &dest);
+	if (!out && src)
+		out = bpf_map_lookup_elem(&remotes, &dest.vni);
 	if (!out || *out == ifindex)
 		return TC_ACT_OK;
 	cfg = bpf_map_lookup_elem(&settings, &zero);
 	if (!cfg)
 		return TC_ACT_OK;
-	tuple_len = flow_tuple(skb, &tuple, &proto, src, cfg, 1);
-	if (!tuple_len || !established(skb, &tuple, tuple_len, proto, src->zone, *out, cfg))
+	tuple_len = flow_tuple(skb, &tuple, &proto, src, cfg);
+	if (!tuple_len || !established(skb, &tuple, tuple_len, proto, zone, *out, cfg))
 		return TC_ACT_OK;
-	/* Too big for the receiver's port: the bridge drops it, let it. */
+	/* Too big for the receiver's port (or VXLAN device): the bridge drops it, let it. */
 	if (bpf_check_mtu(skb, *out, &mtu, 0, 0))
 		return TC_ACT_OK;
 	counter = bpf_map_lookup_elem(&forwarded, &ifindex);
@@ -349,16 +401,30 @@ int fastpath(struct __sk_buff *skb)
 	return bpf_redirect(*out, 0);
 }
 
+/* The VNI of the port or VXLAN device ifindex, or 0 when it is neither. */
+static __always_inline __u32 vni_of(__u32 ifindex)
+{
+	struct bf_tunnel *tunnel;
+	struct bf_port *port;
+
+	port = bpf_map_lookup_elem(&ports, &ifindex);
+	if (port)
+		return port->vni;
+	tunnel = bpf_map_lookup_elem(&tunnels, &ifindex);
+	return tunnel ? tunnel->vni : 0;
+}
+
 /* On the egress of every port, ahead of the port guard: records the pair of
- * ports of each frame the tables delivered to a served port, of a UDP flow
- * conntrack holds unreplied in its original direction (see the header). */
+ * ports (the sender's may be a VXLAN device) of each frame the tables
+ * delivered to a served port, of a UDP flow conntrack holds unreplied in
+ * its original direction (see the header). */
 SEC("tc")
 int admitted(struct __sk_buff *skb)
 {
 	struct bpf_sock_tuple tuple = {};
 	struct bf_admission seen = {};
 	struct bf_flow key = {};
-	struct bf_port *dst, *src;
+	struct bf_port *dst;
 	__u32 ifindex = skb->ifindex, from = skb->ingress_ifindex, zero = 0;
 	struct bf_config *cfg;
 	__u32 mark = skb->mark, tuple_len;
@@ -368,14 +434,13 @@ int admitted(struct __sk_buff *skb)
 		skb->mark = mark & ~FORWARDED_HERE;
 		return TC_ACT_UNSPEC;
 	}
-	if ((mark & ALL_OK) != ALL_OK || skb->vlan_present)
+	if ((mark & DELIVERED) != DELIVERED || !(mark & SENDERS) || skb->vlan_present)
 		return TC_ACT_UNSPEC;
 	dst = bpf_map_lookup_elem(&ports, &ifindex);
-	src = bpf_map_lookup_elem(&ports, &from);
 	cfg = bpf_map_lookup_elem(&settings, &zero);
-	if (!dst || !src || !cfg || src->vni != dst->vni || from == ifindex)
+	if (!dst || !cfg || vni_of(from) != dst->vni || from == ifindex)
 		return TC_ACT_UNSPEC;
-	tuple_len = flow_tuple(skb, &tuple, &proto, src, cfg, 0);
+	tuple_len = flow_tuple(skb, &tuple, &proto, NULL, cfg);
 	if (!tuple_len || proto != PROTO_UDP)
 		return TC_ACT_UNSPEC;
 

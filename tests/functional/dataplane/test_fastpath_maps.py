@@ -105,8 +105,10 @@ class _FailAt:
 
 def test_requests_keep_the_maps_as_a_full_reconcile_would_make_them(lab: Lab) -> None:
     """A request looks at its own vnics only, while its VNI's zone and sniffing
-    stay; through adds, updates, moves, sniffing, a VNI emptied and a failed
-    request, the maps hold what a reconcile, looking at every vnic, makes."""
+    stay; through adds, updates, moves, sniffing, a VNI emptied and failed
+    requests, the maps hold what a reconcile, looking at every vnic, makes:
+    its vnics' ports, and the VXLAN devices of the VNIs every vnic of which
+    it serves."""
     host = lab.host()
     fast, status = host.run(lambda: choose(FastPathMode.EBPF))
     faults = _FailAt()
@@ -129,11 +131,12 @@ def test_requests_keep_the_maps_as_a_full_reconcile_would_make_them(lab: Lab) ->
             )
         )
 
-    def served_as_reconciled(*expected: str) -> None:
-        served = fast.served()
+    def served_as_reconciled(*expected: str, tunnels_of: set[int]) -> None:
+        served, tunnels = fast.served(), fast.tunnels()
         assert set(served) == set(expected)
+        assert set(tunnels) == tunnels_of
         dataplane.reconcile(state)
-        assert fast.served() == served
+        assert fast.served() == served and fast.tunnels() == tunnels
 
     def update(after: Vnic) -> None:
         before = state.put_vnic(after)
@@ -148,27 +151,29 @@ def test_requests_keep_the_maps_as_a_full_reconcile_would_make_them(lab: Lab) ->
     for n, vnic_id in enumerate("abc", 1):
         plug(dataplane, state, tap(vnic_id, 7, n))
     plug(dataplane, state, tap("d", 8, 4))
-    served_as_reconciled("a", "b", "c", "d")
+    served_as_reconciled("a", "b", "c", "d", tunnels_of={7, 8})
     update(tap("b", 7, 9))
     assert fast.served()["b"].addresses[0] == "10.0.1.9"
-    served_as_reconciled("a", "b", "c", "d")
+    served_as_reconciled("a", "b", "c", "d", tunnels_of={7, 8})
     plug(dataplane, state, tap("c", 8, 3))  # moved to VNI 8
     assert fast.served()["c"].vni == 8
-    served_as_reconciled("a", "b", "c", "d")
+    served_as_reconciled("a", "b", "c", "d", tunnels_of={7, 8})
     update(tap("a", 7, 1, bypass_filtering=True))
-    served_as_reconciled("b", "c", "d")
+    served_as_reconciled("b", "c", "d", tunnels_of={8})
     plug(dataplane, state, tap("e", 7, 5, sniff_target_nic_id="b"))  # VNI 7 sniffed
-    served_as_reconciled("c", "d")
+    served_as_reconciled("c", "d", tunnels_of={8})
     unplug("e")
-    served_as_reconciled("b", "c", "d")
+    served_as_reconciled("b", "c", "d", tunnels_of={8})
+    update(tap("a", 7, 1))
+    served_as_reconciled("a", "b", "c", "d", tunnels_of={7, 8})
     unplug("c")
-    served_as_reconciled("b", "d")
+    served_as_reconciled("a", "b", "d", tunnels_of={7, 8})
     unplug("d")  # VNI 8 empty: its zone is freed
-    served_as_reconciled("b")
+    served_as_reconciled("a", "b", tunnels_of={7})
     plug(dataplane, state, tap("d", 8, 4))
-    served_as_reconciled("b", "d")
+    served_as_reconciled("a", "b", "d", tunnels_of={7, 8})
     faults.step = "fast path maps"
     with pytest.raises(DataplaneError, match="injected failure"):
-        plug(dataplane, state, tap("f", 8, 6))
+        plug(dataplane, state, tap("f", 8, 6, bypass_filtering=True))
     state.remove_vnic("f")  # the service's undo
-    served_as_reconciled("b", "d")
+    served_as_reconciled("a", "b", "d", tunnels_of={7, 8})
