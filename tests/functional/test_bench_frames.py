@@ -157,6 +157,11 @@ def test_bench_frames_quick_prints_every_row_with_real_figures() -> None:
             "same host: TCP, 1 stream",
             "Gbit/s",
         ),
+        (
+            "butterfly, NETNS vnics, 20 SG rules, net.netfilter.nf_conntrack_tcp_be_liberal=1",
+            "across hosts: TCP, 1 stream",
+            "Gbit/s",
+        ),
         ("plain VXLAN between two namespace hosts", "across hosts: TCP, 1 stream", "Gbit/s"),
         (
             "bridge + br_netfilter, veths, conntrack floor (2 rules)",

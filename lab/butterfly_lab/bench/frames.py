@@ -32,9 +32,9 @@ between NETNS vnics of the same daemons, TCP (iperf3, one stream) and
 tcp_lat/udp_lat (qperf) against a plain bridge, on one host and across two over
 VXLAN against a plain VXLAN, each beside the same plain path with the least a
 stateful filter adds there (conntrack in a zone, two rules: the floor of the
-bridge path, no target), and on one host once more with
+bridge path, no target), and on two more daemons with
 ``nf_conntrack_tcp_be_liberal`` set, which puts TCP on the ``ebpf`` fast path
-(:func:`liberal_pair`); and butterfly's vhost-user vnic at 64 bytes both
+(:func:`liberal_pairs`); and butterfly's vhost-user vnic at 64 bytes both
 ways against the filtered path's C-writer figure on the same kind of flow: guest
 to switch, testpmd ``txonly`` into the vnic's socket and the C reader on the TAP
 vnic (a new flow, and an established one: the reader answers its first frame);
@@ -386,17 +386,22 @@ established TCP too (conntrack then checks no TCP window, so it need not see
 every segment); at 0, the kernel's default, TCP stays on the bridge path."""
 
 
-def liberal_pair(lab: Lab, label: str, index: int, options: Sequence[str]) -> Path:
-    """A same-host NETNS pair on a daemon of its own, started with :data:`LIBERAL`
-    at 1: the same-host TCP rows with TCP on the ``ebpf`` fast path."""
-    host = lab.host(start=False, log_level="warning", extra_args=options)
-    host.exec("sysctl", "-qw", f"{LIBERAL}=1")
-    host.start()
-    if "TCP (conntrack is liberal)" not in host.cli("status"):
-        raise BenchError(f"{host.name}: with {LIBERAL}=1 the fast path does not take TCP")
-    for sg in twenty_rules(CIDR):
-        host.call(MessageV0.Request(sg_add=sg))
-    return netns_pair(lab, label, index, 1000 + 100 * index + 1, one=host, far=host)
+def liberal_pairs(lab: Lab, label: str, index: int, options: Sequence[str]) -> tuple[Path, Path]:
+    """NETNS pairs on two daemons of their own, started with :data:`LIBERAL` at 1,
+    one on the same host and one across them: the TCP rows with TCP on the
+    ``ebpf`` fast path."""
+    hosts = [lab.host(start=False, log_level="warning", extra_args=options) for _ in range(2)]
+    for host in hosts:
+        host.exec("sysctl", "-qw", f"{LIBERAL}=1")
+        host.start()
+        if "TCP (conntrack is liberal)" not in host.cli("status"):
+            raise BenchError(f"{host.name}: with {LIBERAL}=1 the fast path does not take TCP")
+        for sg in twenty_rules(CIDR):
+            host.call(MessageV0.Request(sg_add=sg))
+    one, two = hosts
+    same_vni, across_vni = 1000 + 100 * index + 1, 1000 + 100 * index + 2
+    same_host = netns_pair(lab, label, index, same_vni, one=one, far=one)
+    return same_host, netns_pair(lab, label, index, across_vni, one=one, far=two)
 
 
 # ---------------------------------------------------------------- measures
@@ -930,13 +935,13 @@ def _traffic_specs(
     floors: tuple[Path, Path],
     butterflies: Sequence[Butterfly],
     *,
-    liberal: tuple[str, Path] | None,
+    liberal: tuple[str, tuple[Path, Path]] | None,
 ) -> list[Spec]:
     """TCP and latency rows, on one host against the plain bridge, across hosts
     against the plain VXLAN; beside each, the same with the stateful floor
     (:data:`~butterfly_lab.bench.dataplane.STATEFUL_FLOOR`), no target: what any
-    stateful filter on the bridge path costs here. ``liberal``: a label and a
-    same-host pair whose TCP takes the fast path (:func:`liberal_pair`)."""
+    stateful filter on the bridge path costs here. ``liberal``: a label and the
+    pairs (same host, across) whose TCP takes the fast path (:func:`liberal_pairs`)."""
     seconds = settings.tcp_seconds
 
     def tcp(path: Path) -> Series:
@@ -946,9 +951,11 @@ def _traffic_specs(
         return lambda path: Series("us", "", lambda: qperf(path, test, seconds, cpus))
 
     specs: list[Spec] = []
-    for scope, baseline, floor, name in (
-        ("same host", plain[0], floors[0], "bridge"),
-        ("across hosts", plain[1], floors[1], "vxlan"),
+    for side, (scope, baseline, floor, name) in enumerate(
+        (
+            ("same host", plain[0], floors[0], "bridge"),
+            ("across hosts", plain[1], floors[1], "vxlan"),
+        )
     ):
         baseline_label = (
             "bridge + br_netfilter (no rules), veths"
@@ -973,9 +980,9 @@ def _traffic_specs(
                 )
                 for butterfly in butterflies
             ]
-            if liberal is not None and name == "bridge":
-                label, path = liberal
-                rows.append((f"{label}, NETNS vnics, 20 SG rules, {LIBERAL}=1", path))
+            if liberal is not None:
+                label, paths = liberal
+                rows.append((f"{label}, NETNS vnics, 20 SG rules, {LIBERAL}=1", paths[side]))
             for label, path in rows:
                 specs.append(Spec(label, measure, make(path), reference, name, target, digits))
     return specs
@@ -1055,7 +1062,7 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus, tool: str, folder: str) -> 
             label = _label("ebpf", main_loop)
             index = len(modes) + len(other_loops)
             argv = ["--fast-path", "ebpf", *(["--vhost-loop", main_loop] if main_loop else [])]
-            liberal = label, liberal_pair(lab, label, index, argv)
+            liberal = label, liberal_pairs(lab, label, index, argv)
         mtu = vnic_mtu(hosts[0], "n1001-1")
         plain_paths = bridge_path(lab, mtu), vxlan_path(lab, mtu)
         floors = bridge_path(lab, mtu, stateful=True), vxlan_path(lab, mtu, stateful=True)
@@ -1063,7 +1070,7 @@ def _bench(lab: Lab, settings: Settings, cpus: Cpus, tool: str, folder: str) -> 
             *plain_paths,
             *floors,
             *(p for b in butterflies for p in (b.same_host, b.across)),
-            *([liberal[1]] if liberal else []),
+            *(liberal[1] if liberal else ()),
         ]
         for path in traffic_paths:
             start_servers(path.server, cpus)
