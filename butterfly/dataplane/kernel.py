@@ -728,12 +728,10 @@ class KernelDataplane:
 
     def _port_index(self, vnic_id: str) -> int | None:
         """Asked of the kernel even during a reconcile's snapshot: it made ports."""
-        link = self._netlink.link(tap_name(vnic_id), fresh=True)
-        return link.index if link is not None else None
+        return self._netlink.index(tap_name(vnic_id))
 
     def _tunnel_index(self, vni: int) -> int | None:
-        link = self._netlink.link(vxlan_name(vni), fresh=True)
-        return link.index if link is not None else None
+        return self._netlink.index(vxlan_name(vni))
 
     def _tunneled(self, vni: int) -> str:
         """What the fast path does with the VNI's VXLAN device ("": nothing)."""

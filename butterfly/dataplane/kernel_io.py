@@ -176,12 +176,15 @@ class UnderlayNetlink(Protocol):
 
 class KernelNetlink(LinksNetlink, VniNetlink, PortNetlink, UnderlayNetlink, Protocol):
     """All of the above, and what the data plane itself adds: one snapshot for
-    a reconcile, its own changes for the drift watch, IPv6 off on links an
-    older version made, closing."""
+    a reconcile, its own changes for the drift watch, a link's ifindex past
+    the snapshot (the fast path's maps), IPv6 off on links an older version
+    made, closing."""
 
     def snapshot(self) -> AbstractContextManager[None]: ...
 
     def link_names(self) -> set[str]: ...
+
+    def index(self, name: str) -> int | None: ...
 
     def take_touched(self) -> set[int]: ...
 

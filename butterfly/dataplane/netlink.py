@@ -186,6 +186,14 @@ class Netlink:
             return self._snapshot.get(name)
         return self._get(name)
 
+    def index(self, name: str) -> int | None:
+        """The ifindex of link ``name`` (None: there is none), asked of the kernel
+        even during a snapshot, with one ioctl (see :meth:`_index`)."""
+        try:
+            return socket.if_nametoindex(name)
+        except OSError:
+            return None
+
     def link_by_index(self, index: int) -> Link | None:
         with _translated(f"netlink: reading link #{index}"):
             raw = self._reader.get(index=index)

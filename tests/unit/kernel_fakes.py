@@ -110,6 +110,10 @@ class FakeNetlink:
     def link_names(self) -> set[str]:
         return set(self.by_name)
 
+    def index(self, name: str) -> int | None:
+        link = self.by_name.get(name)
+        return link.index if link is not None else None
+
     def put(self, link: Link) -> None:
         """A change made behind the data plane's back (not an event)."""
         for name, old in list(self.by_name.items()):
