@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
@@ -16,9 +18,24 @@ from scapy.packet import Raw
 from butterfly.dataplane.naming import tap_name
 from butterfly_lab.lab import Host, Vm
 
-__all__ = ["FLOW", "PORT", "TCP_FLOW", "TCP_PORT", "Switch", "add_probe", "udp_frame"]
+__all__ = [
+    "FLOW",
+    "ONE_WAY_PORT",
+    "PORT",
+    "TCP_FLOW",
+    "TCP_PORT",
+    "Switch",
+    "add_probe",
+    "one_way_batch",
+    "one_way_group",
+    "udp_frame",
+]
 
 PORT = 7000
+ONE_WAY_PORT = 7100
+"""Opened to srv only by :func:`one_way_group`; nothing listens, so flows to it
+stay unreplied in conntrack (the ICMP errors srv answers with are related, not
+replies)."""
 PROBE_TABLE = "s5fastprobe"
 
 FLOW = """
@@ -134,6 +151,45 @@ class Switch:
 
 def udp_frame(src_mac: str, src: str, sport: int, dst_mac: str, dst: str) -> Ether:
     return Ether(src=src_mac, dst=dst_mac) / IP(src=src, dst=dst) / UDP(sport=sport, dport=PORT)
+
+
+@contextmanager
+def one_way_group(host: Host, member: str) -> Iterator[None]:
+    """``host``'s srv also uses group ``oneway``: UDP ONE_WAY_PORT in from group
+    ``clients``, whose member is ``member``; taken away after."""
+    host.cli(
+        "sg", "add", "oneway", "clients",
+        "+", "sg", "member", "add", "clients", member,
+        "+", "sg", "rule", "add", "oneway", "--ip-proto", "udp", "--port", str(ONE_WAY_PORT),
+        "--sg-members", "clients",
+    )  # fmt: skip
+    host.cli("nic", "sg", "set", "srv", "udp", "oneway")
+    try:
+        yield
+    finally:
+        host.cli("nic", "sg", "set", "srv", "udp")
+        host.cli("sg", "del", "oneway", "clients")
+
+
+def one_way_batch(
+    switch: Switch,
+    sport: int,
+    tag: str,
+    count: int = 5,
+    *,
+    src: tuple[str, str],
+    dst: tuple[str, str],
+) -> set[str]:
+    """Which of ``count`` datagrams of one unreplied flow from cli (``src``: MAC,
+    address) to srv's (``dst``) ONE_WAY_PORT reach srv; a datagram of cli's to
+    srv's open port, from the next source port, closes the window."""
+    frames = {
+        f"{tag}-{i}": Ether(src=src[0], dst=dst[0])
+        / IP(src=src[1], dst=dst[1])
+        / UDP(sport=sport, dport=ONE_WAY_PORT)
+        for i in range(count)
+    }
+    return switch.seen("cli", "srv", frames, udp_frame(src[0], src[1], sport + 1, *dst))
 
 
 def add_probe(host: Host) -> None:

@@ -16,9 +16,20 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
-from fast_path_helpers import FLOW, PORT, TCP_PORT, Switch, add_probe, udp_frame
+from fast_path_helpers import (
+    FLOW,
+    ONE_WAY_PORT,
+    PORT,
+    TCP_PORT,
+    Switch,
+    add_probe,
+    one_way_batch,
+    one_way_group,
+    udp_frame,
+)
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 
@@ -301,42 +312,17 @@ def test_tcp_takes_the_fast_path_when_conntrack_is_liberal(lab: Lab) -> None:
     assert cli.blocked("tcp", SRV4, TCP_PORT + 1)
 
 
-ONE_WAY_PORT = 7100
-"""Opened to srv only by the tests below (group ``oneway``); nothing listens, so
-flows to it stay unreplied in conntrack (the ICMP errors srv answers with are
-related, not replies)."""
-
-
 @pytest.fixture
 def one_way(switch: Switch) -> Iterator[Switch]:
-    """srv also uses group ``oneway``: UDP ONE_WAY_PORT in from group ``clients``
-    (whose member is cli's address); taken away after the test."""
-    host = switch.host
-    host.cli(
-        "sg", "add", "oneway", "clients",
-        "+", "sg", "member", "add", "clients", CLI4,
-        "+", "sg", "rule", "add", "oneway", "--ip-proto", "udp", "--port", str(ONE_WAY_PORT),
-        "--sg-members", "clients",
-    )  # fmt: skip
-    host.cli("nic", "sg", "set", "srv", "udp", "oneway")
-    try:
-        yield switch
-    finally:
-        host.cli("nic", "sg", "set", "srv", "udp")
-        host.cli("nic", "sg", "set", "oth")
-        host.cli("sg", "del", "oneway", "clients")
+    """srv lets cli's one-way flows to ONE_WAY_PORT in (:func:`one_way_group`)."""
+    with one_way_group(switch.host, CLI4):
+        try:
+            yield switch
+        finally:
+            switch.host.cli("nic", "sg", "set", "oth")
 
 
-def _one_way_batch(switch: Switch, sport: int, tag: str) -> set[str]:
-    """Which of 5 datagrams of one unreplied flow (cli -> SRV4:ONE_WAY_PORT) reach
-    srv; a datagram of cli's to srv's open port 7000 closes the window."""
-    frames = {
-        f"{tag}-{i}": Ether(src=CLI_MAC, dst=SRV_MAC)
-        / IP(src=CLI4, dst=SRV4)
-        / UDP(sport=sport, dport=ONE_WAY_PORT)
-        for i in range(5)
-    }
-    return switch.seen("cli", "srv", frames, udp_frame(CLI_MAC, CLI4, sport + 1, SRV_MAC, SRV4))
+_one_way_batch = partial(one_way_batch, src=(CLI_MAC, CLI4), dst=(SRV_MAC, SRV4))
 
 
 def _unreplied(switch: Switch, sport: int) -> str:

@@ -18,7 +18,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from fast_path_helpers import FLOW, PORT, TCP_PORT, Switch, add_probe, udp_frame
+from fast_path_helpers import (
+    FLOW,
+    PORT,
+    TCP_PORT,
+    Switch,
+    add_probe,
+    one_way_batch,
+    one_way_group,
+    udp_frame,
+)
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 
@@ -37,7 +46,6 @@ OTH4, OTH_MAC = "10.42.0.12", "52:54:00:00:42:12"
 BYP4, BYP_MAC = "10.42.0.13", "52:54:00:00:42:13"
 FORGED_MAC = "52:54:00:00:42:99"
 CLOSED_PORT = 7001
-ONE_WAY_PORT = 7100
 
 
 @dataclass
@@ -267,34 +275,13 @@ def test_a_vxlan_device_deleted_by_hand_is_served_once_made_again(across: Across
 
 @pytest.fixture
 def one_way(across: Across) -> Iterator[Across]:
-    """srv also uses group ``oneway``: UDP ONE_WAY_PORT in from cli's address (a
-    member of ``clients``); taken away after the test."""
-    host = across.two.host
-    host.cli(
-        "sg", "add", "oneway", "clients",
-        "+", "sg", "member", "add", "clients", CLI4,
-        "+", "sg", "rule", "add", "oneway", "--ip-proto", "udp", "--port", str(ONE_WAY_PORT),
-        "--sg-members", "clients",
-    )  # fmt: skip
-    host.cli("nic", "sg", "set", "srv", "udp", "oneway")
-    try:
+    """srv lets cli's one-way flows to ONE_WAY_PORT in (:func:`one_way_group`)."""
+    with one_way_group(across.two.host, CLI4):
         yield across
-    finally:
-        host.cli("nic", "sg", "set", "srv", "udp")
-        host.cli("sg", "del", "oneway", "clients")
 
 
 def _one_way_batch(across: Across, sport: int, tag: str, count: int = 5) -> set[str]:
-    """Which of ``count`` datagrams of one unreplied flow (cli -> SRV4:ONE_WAY_PORT, where
-    nothing listens) reach srv; a datagram to srv's open port closes the window."""
-    frames = {
-        f"{tag}-{i}": Ether(src=CLI_MAC, dst=SRV_MAC)
-        / IP(src=CLI4, dst=SRV4)
-        / UDP(sport=sport, dport=ONE_WAY_PORT)
-        for i in range(count)
-    }
-    last = udp_frame(CLI_MAC, CLI4, sport + 1, SRV_MAC, SRV4)
-    return across.seen("cli", "srv", frames, last)
+    return one_way_batch(across.one, sport, tag, count, src=(CLI_MAC, CLI4), dst=(SRV_MAC, SRV4))
 
 
 def test_an_admitted_one_way_flow_from_another_host_until_a_narrowing_change(
