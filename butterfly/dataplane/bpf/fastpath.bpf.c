@@ -401,17 +401,17 @@ int fastpath(struct __sk_buff *skb)
 	return bpf_redirect(*out, 0);
 }
 
-/* The VNI of the port or VXLAN device ifindex, or 0 when it is neither. */
-static __always_inline __u32 vni_of(__u32 ifindex)
+/* Whether ifindex is a served port or VXLAN device of VNI vni. */
+static __always_inline int in_vni(__u32 ifindex, __u32 vni)
 {
 	struct bf_tunnel *tunnel;
 	struct bf_port *port;
 
 	port = bpf_map_lookup_elem(&ports, &ifindex);
 	if (port)
-		return port->vni;
+		return port->vni == vni;
 	tunnel = bpf_map_lookup_elem(&tunnels, &ifindex);
-	return tunnel ? tunnel->vni : 0;
+	return tunnel && tunnel->vni == vni;
 }
 
 /* On the egress of every port, ahead of the port guard: records the pair of
@@ -438,7 +438,7 @@ int admitted(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	dst = bpf_map_lookup_elem(&ports, &ifindex);
 	cfg = bpf_map_lookup_elem(&settings, &zero);
-	if (!dst || !cfg || vni_of(from) != dst->vni || from == ifindex)
+	if (!dst || !cfg || !in_vni(from, dst->vni) || from == ifindex)
 		return TC_ACT_UNSPEC;
 	tuple_len = flow_tuple(skb, &tuple, &proto, NULL, cfg);
 	if (!tuple_len || proto != PROTO_UDP)
