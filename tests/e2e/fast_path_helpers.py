@@ -123,6 +123,17 @@ class Switch:
                 return (int(found.group(1)), True) if found else (0, False)
         raise AssertionError(f"no VXLAN device of {vni} in the status graph:\n{graph}")
 
+    def twin_only(self, frame: Ether) -> tuple[set[str], bool]:
+        """(what of ``frame`` tcli's twin server tsrv gets, whether srv, the
+        server of the other VNI with the same MAC and address, got it too)."""
+        srv = self.vms["srv"]
+        assert srv.agent.call("sniff_start", ifname=tap_name("srv"))["ok"]
+        seen = self.seen("tcli", "tsrv", {"twin": frame}, frame)
+        capture = srv.agent.call(
+            "sniff_wait", ifname=tap_name("srv"), marker=b"twin".hex(), timeout=1
+        )
+        return seen, bool(capture["ok"])
+
     def bridged(self) -> int:
         """Frames to or from UDP port PORT that crossed a bridge (the slow path)."""
         listing = json.loads(self.host.exec("nft", "-j", "list", "table", "inet", PROBE_TABLE))
