@@ -674,10 +674,10 @@ class Netlink:
     def _index(self, name: str) -> int:
         """One ioctl (SIOCGIFINDEX): a netlink query decodes the whole link,
         ten times the cost, three times in a new VNI's nic_add."""
-        try:
-            return socket.if_nametoindex(name)
-        except OSError as exc:
-            raise DataplaneError(f"netlink: link {name} vanished") from exc
+        index = self.index(name)
+        if index is None:
+            raise DataplaneError(f"netlink: link {name} vanished")
+        return index
 
     def _name(self, index: int) -> str:
         if self._snapshot is not None:
