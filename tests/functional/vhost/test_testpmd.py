@@ -4,6 +4,7 @@ import os
 import re
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -40,10 +41,16 @@ def test_frames_flow_both_ways_through_io_forwarding(
     server_factory: ServerFactory,
     testpmd: Callable[..., PmdProcess],
     tap_socket: Callable[[str], TapSocket],
+    tmp_path: Path,
 ) -> None:
     server = server_factory()
     sock = tap_socket(server.tap_name)
-    pmd = testpmd(server.socket_path, "io")
+    # io forwarding drops what a full transmit ring refuses (our worker, short
+    # of CPU on a busy machine, drains it late: testpmd's TX-dropped, not ours);
+    # with retries testpmd waits for room, up to 0.1 s a burst.
+    commands = tmp_path / "testpmd.cmd"
+    commands.write_text("set burst tx delay 100 retry 1000\nset fwd io retry\n")
+    pmd = testpmd(server.socket_path, "io", f"--cmdline-file={commands}")
     wait_for(lambda: server.counters().connected, "testpmd to connect")
     probe = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x88\xb5" + b"probe".ljust(50, b".")
     sock.sock.settimeout(0.2)
