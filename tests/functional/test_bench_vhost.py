@@ -65,7 +65,12 @@ def test_bench_vhost_quick_prints_every_row() -> None:
     )
     guests = "TCP between two QEMU guests (iperf3, TCG), C loop"
     if shutil.which("qemu-system-x86_64"):
-        _row(out, guests, rf"vhost-user [0-9.]+ Gbit/s +tap [0-9.]+ Gbit/s +>= tap .* {RESULT}")
+        _row(
+            out,
+            guests,
+            rf"vhost-user [0-9.]+ Gbit/s \(x[0-9.]+\) +tap [0-9.]+ Gbit/s;"
+            rf" DPDK vhost [0-9.]+ Gbit/s \(x[0-9.]+\) +>= tap .* {RESULT}",
+        )
     else:
         _row(out, guests, r"n/a +n/a: .* n/a")
     latency = r"[0-9.]+ ms \(p50 [0-9.]+\)"

@@ -23,7 +23,9 @@ the conntrack-zoned filter, as in production. Measured:
   the kernel whole; against the DPDK backend likewise;
 * TCP between two QEMU guests (iperf3) over two vhost-user vnics, and the same over
   two TAP vnics, in rounds, median kept (needs qemu-system-x86_64; the guests are
-  those of the end-to-end tests, :mod:`butterfly_lab.guest`);
+  those of the end-to-end tests, :mod:`butterfly_lab.guest`); then, as the ceiling
+  of any vhost-user backend with these guests, the same over DPDK's backend
+  (testpmd ``io`` between two ``net_vhost`` ports, no kernel in between);
 * the API's latency, one request per frame: ``nic_list`` (the API path alone) and
   ``sg_member_add`` (an nftables set element and a synchronous SQLite commit too),
   idle, while ``src`` runs at full rate, and as a control while a DPDK pair keeps both
@@ -558,21 +560,59 @@ def parse_receiver_gbits(output: str) -> float:
     return float(found.group(1)) * _UNITS[found.group(2)]
 
 
-def guests_tcp(bench: Bench) -> tuple[float, float] | str:
-    """iperf3 Gbit/s between two guests over vhost-user vnics, and over TAP vnics;
-    or why it could not run."""
+@dataclass(frozen=True, slots=True)
+class GuestRates:
+    """Median iperf3 Gbit/s between the same two kinds of QEMU guests."""
+
+    vhost: float
+    """Over butterfly's vhost-user vnics."""
+    tap: float
+    """Over butterfly's TAP vnics (QEMU's own virtio-net backend on a tap)."""
+    dpdk: float
+    """Over DPDK's vhost-user backend (testpmd ``io`` between its two ports, polling a
+    core, no kernel, no filter): what the best backend gets from guests on this
+    machine, measured alone after the others (its polling core would slow them)."""
+
+
+def guests_tcp(bench: Bench) -> GuestRates | str:
+    """iperf3 between two guests over each kind of vnic; or why it could not run."""
     if shutil.which("qemu-system-x86_64") is None:
         return "qemu-system-x86_64 is not installed"
     try:
-        return _guests_tcp(bench)
+        image = guest.build_image()
+        vhost, tap = _butterfly_guests_tcp(bench, image)
+        return GuestRates(vhost, tap, _dpdk_guests_tcp(bench, image))
     except guest.GuestError as error:
         raise BenchError(f"guests: {error}") from error
 
 
-def _guests_tcp(bench: Bench) -> tuple[float, float]:
+def _guest(
+    image: guest.GuestImage,
+    name: str,
+    nic: guest.TapNic | guest.VhostUserNic,
+    ip: str,
+    netns: str | None = None,
+) -> guest.Guest:
+    return guest.Guest(
+        image, netns=netns, name=f"bfvb{os.getpid()}{name}", nic=nic, ipv4=f"{ip}/24",
+        # the device vhost-user guests need under TCG (no MSI-X), for every kind
+        extra_qemu_args=["-global", "virtio-net-pci.vectors=0"],
+    )  # fmt: skip
+
+
+def _iperf3(bench: Bench, client: guest.Guest, server_ip: str) -> float:
+    seconds = bench.settings.iperf_seconds
+    output = client.check(
+        "for try in 1 2 3 4 5; do "
+        f"iperf3 -c {server_ip} -t {seconds} && exit 0; sleep 0.5; done; exit 1",
+        timeout=5 * seconds + 60,
+    )
+    return parse_receiver_gbits(output)
+
+
+def _butterfly_guests_tcp(bench: Bench, image: guest.GuestImage) -> tuple[float, float]:
     host = bench.host
-    image = guest.build_image()
-    pairs: dict[str, list[Any]] = {"vhost": [], "tap": []}
+    pairs: dict[str, list[guest.Guest]] = {"vhost": [], "tap": []}
     ips = {"vhost": ("10.43.0.1", "10.43.0.2"), "tap": ("10.44.0.1", "10.44.0.2")}
     with contextlib.ExitStack() as stack:
         for kind, (one, two) in ips.items():
@@ -589,12 +629,9 @@ def _guests_tcp(bench: Bench) -> tuple[float, float]:
                     if kind == "tap"
                     else guest.VhostUserNic(Path(response.nic_add.path), mac=mac)
                 )
-                made = guest.Guest(
-                    image, name=f"bfvb{os.getpid()}{vnic_id}", nic=attach, ipv4=f"{ip}/24",
-                    netns=host.name if kind == "tap" else None,
-                    # the device vhost-user guests need under TCG (no MSI-X), for both
-                    extra_qemu_args=["-global", "virtio-net-pci.vectors=0"],
-                )  # fmt: skip
+                made = _guest(
+                    image, vnic_id, attach, ip, netns=host.name if kind == "tap" else None
+                )
                 stack.callback(made.close)
                 pairs[kind].append(made)
         guest.boot_all([made for pair in pairs.values() for made in pair])
@@ -602,17 +639,37 @@ def _guests_tcp(bench: Bench) -> tuple[float, float]:
             server.check("iperf3 -s -D")
         rates: dict[str, list[float]] = {"vhost": [], "tap": []}
         for round_ in range(bench.settings.rounds):
-            order = ["vhost", "tap"] if round_ % 2 == 0 else ["tap", "vhost"]
-            for kind in order:
-                client = pairs[kind][0]
-                seconds = bench.settings.iperf_seconds
-                output = client.check(
-                    "for try in 1 2 3 4 5; do "
-                    f"iperf3 -c {ips[kind][1]} -t {seconds} && exit 0; sleep 0.5; done; exit 1",
-                    timeout=5 * seconds + 60,
-                )
-                rates[kind].append(parse_receiver_gbits(output))
+            for kind in ["vhost", "tap"] if round_ % 2 == 0 else ["tap", "vhost"]:
+                rates[kind].append(_iperf3(bench, pairs[kind][0], ips[kind][1]))
     return statistics.median(rates["vhost"]), statistics.median(rates["tap"])
+
+
+def _dpdk_guests_tcp(bench: Bench, image: guest.GuestImage) -> float:
+    sockets = [os.path.join(bench.folder, f"guest-{end}.sock") for end in (1, 2)]
+    ips = ("10.45.0.1", "10.45.0.2")
+    with pmds() as started, contextlib.ExitStack() as stack:
+        bench.pmd(
+            started,
+            vdevs=[
+                f"net_vhost{end},iface={path},queues=1,tso=1" for end, path in enumerate(sockets)
+            ],
+            mode="io",
+            core=bench.cpus.switch,
+            main_core=bench.cpus.generator,
+        )
+        wait_for(
+            lambda: all(map(os.path.exists, sockets)), "DPDK's vhost backend to listen", timeout=30
+        )
+        pair = []
+        for end, (path, ip) in enumerate(zip(sockets, ips, strict=True), start=1):
+            nic = guest.VhostUserNic(Path(path), mac=f"52:54:00:43:02:0{end}")
+            made = _guest(image, f"d{end}", nic, ip)
+            stack.callback(made.close)
+            pair.append(made)
+        guest.boot_all(pair)
+        pair[1].check("iperf3 -s -D")
+        rates = [_iperf3(bench, pair[0], ips[1]) for _ in range(bench.settings.rounds)]
+    return statistics.median(rates)
 
 
 # ---------------------------------------------------------------- the table
@@ -687,16 +744,18 @@ def tso_row(ours: float, dpdk: float, loop: str) -> Row:
     )
 
 
-def guest_row(tcp: tuple[float, float] | str, loop: str) -> Row:
+def guest_row(tcp: GuestRates | str, loop: str) -> Row:
     measure = f"TCP between two QEMU guests (iperf3, TCG), {loop}"
     target = f">= tap guests (-{(1 - GUEST_MARGIN) * 100:.0f}% noise)"
     if isinstance(tcp, str):
         return Row(measure, "n/a", f"n/a: {tcp}", target, "n/a")
-    vhost, tap = tcp
     return Row(
-        measure, f"vhost-user {vhost:.2f} Gbit/s", f"tap {tap:.2f} Gbit/s", target,
-        _judge(vhost >= GUEST_MARGIN * tap),
-    )  # fmt: skip
+        measure,
+        f"vhost-user {tcp.vhost:.2f} Gbit/s (x{tcp.vhost / tcp.tap:.2f})",
+        f"tap {tcp.tap:.2f} Gbit/s; DPDK vhost {tcp.dpdk:.2f} Gbit/s (x{tcp.dpdk / tcp.tap:.2f})",
+        target,
+        _judge(tcp.vhost >= GUEST_MARGIN * tcp.tap),
+    )
 
 
 def api_rows(
