@@ -110,7 +110,7 @@ class Settings:
     """Timed member adds (and as many deletes) per vnic count."""
 
 
-FULL = Settings(rounds=7, seconds=1, vnics=1000, changes=50)
+FULL = Settings(rounds=7, seconds=1, vnics=1000, changes=1000)
 QUICK = Settings(rounds=1, seconds=1, vnics=100, changes=20)
 
 

@@ -122,7 +122,7 @@ class Settings:
     idle_seconds: float
 
 
-FULL = Settings(seconds=5, warmup=2, rounds=3, iperf_seconds=4, requests=200, idle_seconds=3)
+FULL = Settings(seconds=5, warmup=2, rounds=3, iperf_seconds=4, requests=1000, idle_seconds=3)
 QUICK = Settings(seconds=1, warmup=1, rounds=1, iperf_seconds=1, requests=50, idle_seconds=1)
 
 
