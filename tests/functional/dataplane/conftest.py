@@ -7,6 +7,11 @@ benchmarks). What is particular here: each *host* runs a
 namespace (so the test never touches the root namespace's links or
 nftables), instead of a butterflyd. Everything is made per test with the
 lab's run-unique prefix and removed in teardown, also on failure.
+
+Every test taking ``lab`` runs once per data path (the bridge + nftables
+path, then the eBPF fast path), or only on the one ``BUTTERFLY_FAST_PATH``
+names: the issue of the fast path asks the suites to pass on both, and CI
+runs pytest once.
 """
 
 import json
@@ -56,20 +61,35 @@ class Dataplane:
 
     def __init__(self, host: "Host", **options: Any) -> None:
         self.host = host
-        self._impl: KernelDataplane = host.run(lambda: _make(host.socket_dir, options))
+        self._impl: KernelDataplane = host.run(
+            lambda: _make(host.socket_dir, host.fast_path, options)
+        )
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self._impl, name)
         return lambda *args, **kwargs: self.host.run(lambda: method(*args, **kwargs))
 
 
-def _make(socket_dir: str, options: dict[str, Any]) -> KernelDataplane:
-    """A data plane with the fast path BUTTERFLY_FAST_PATH names (the suites run once
-    per path), unless the test chose one; run in the host's namespace."""
-    mode = os.environ.get(FAST_PATH_VARIABLE)
-    if mode and "fast_path" not in options:
-        options["fast_path"], options["fast_path_status"] = choose(FastPathMode(mode))
+def _make(socket_dir: str, mode: FastPathMode, options: dict[str, Any]) -> KernelDataplane:
+    """A data plane on the lab's fast path, unless the test chose one; run in the
+    host's namespace."""
+    if mode is not FastPathMode.OFF and "fast_path" not in options:
+        options["fast_path"], options["fast_path_status"] = choose(mode)
     return KernelDataplane(kernel=open_kernel(), socket_dir=socket_dir, **options)
+
+
+def _fast_paths() -> list[Any]:
+    """The one BUTTERFLY_FAST_PATH names, else both; the eBPF one needs its program built."""
+    named = os.environ.get(FAST_PATH_VARIABLE)
+    modes = [FastPathMode(named)] if named else [FastPathMode.OFF, FastPathMode.EBPF]
+    return [
+        pytest.param(
+            mode,
+            id=mode.value,
+            marks=[pytest.mark.needs("ebpf-fast-path")] if mode is FastPathMode.EBPF else [],
+        )
+        for mode in modes
+    ]
 
 
 class Host(bench_lab.Host):
@@ -80,6 +100,7 @@ class Host(bench_lab.Host):
         super().__init__(*args, **kwargs)
         self.socket_dir = self.folder
         self.dataplanes: list[Dataplane] = []
+        self.fast_path = FastPathMode.OFF
 
     def dataplane(self, **options: Any) -> Dataplane:
         options.setdefault("underlay_ip", self.address)
@@ -103,19 +124,25 @@ class Lab(bench_lab.Lab):
 
     host_class = Host
 
+    def __init__(self, fast_path: FastPathMode) -> None:
+        super().__init__()
+        self.fast_path = fast_path
+
     def host(self, *, v6: bool = False, **options: Any) -> Host:
-        """A host without a daemon: the test builds data planes in it."""
+        """A host without a daemon: the test builds data planes in it, on the
+        lab's fast path."""
         host = super().host(v6=v6, start=False, **options)
         assert isinstance(host, Host)
+        host.fast_path = self.fast_path
         return host
 
     def guest(self) -> Guest:
         return self.vm()
 
 
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    made = Lab()
+@pytest.fixture(params=_fast_paths())
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    made = Lab(request.param)
     try:
         yield made
     finally:

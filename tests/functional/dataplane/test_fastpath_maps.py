@@ -11,7 +11,12 @@ from butterfly.model import State, Vnic, VnicType, make_vnic
 
 from .conftest import Lab, open_sg, plug
 
-pytestmark = [pytest.mark.root, pytest.mark.needs("ebpf-fast-path")]
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.needs("ebpf-fast-path"),
+    # once, not once per path: every test here makes its fast path itself
+    pytest.mark.parametrize("lab", [FastPathMode.EBPF], ids=["ebpf"], indirect=True),
+]
 
 
 def _port(ifindex: int, check_ip: bool = False) -> FastPort:
