@@ -10,8 +10,8 @@ lab's run-unique prefix and removed in teardown, also on failure.
 
 Every test taking ``lab`` runs once per data path (the bridge + nftables
 path, then the eBPF fast path), or only on the one ``BUTTERFLY_FAST_PATH``
-names: the issue of the fast path asks the suites to pass on both, and CI
-runs pytest once.
+names: both paths must meet the same filtering, anti-spoofing and isolation
+tests, and CI runs pytest once.
 """
 
 import json
