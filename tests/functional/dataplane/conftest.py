@@ -45,6 +45,7 @@ __all__ = [
     "Lab",
     "link_index",
     "netns_vnic",
+    "only_on",
     "open_sg",
     "plug",
     "put_sg",
@@ -90,6 +91,12 @@ def _fast_paths() -> list[Any]:
         )
         for mode in modes
     ]
+
+
+def only_on(mode: FastPathMode) -> pytest.MarkDecorator:
+    """A module's mark that runs its tests once, on ``mode``: for tests that build no
+    data plane, or make their fast path themselves."""
+    return pytest.mark.parametrize("lab", [mode], ids=[mode.value], indirect=True)
 
 
 class Host(bench_lab.Host):

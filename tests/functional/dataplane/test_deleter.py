@@ -8,12 +8,13 @@ from collections.abc import Callable
 import pytest
 
 from butterfly.dataplane.deleter import LinkDeleter
+from butterfly.dataplane.fastpath import FastPathMode
 from butterfly.dataplane.rtlink import LinkReader
 from butterfly_lab.lab import wait_for
 
-from .conftest import Host, Lab
+from .conftest import Host, Lab, only_on
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, only_on(FastPathMode.OFF)]  # no data plane here
 
 
 def test_links_queued_together_are_deleted_and_no_other(lab: Lab) -> None:

@@ -9,13 +9,12 @@ from butterfly.dataplane.fastpath import FastPath, FastPathMode, FastPort, choos
 from butterfly.errors import DataplaneError
 from butterfly.model import State, Vnic, VnicType, make_vnic
 
-from .conftest import Lab, open_sg, plug
+from .conftest import Lab, only_on, open_sg, plug
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.needs("ebpf-fast-path"),
-    # once, not once per path: every test here makes its fast path itself
-    pytest.mark.parametrize("lab", [FastPathMode.EBPF], ids=["ebpf"], indirect=True),
+    only_on(FastPathMode.EBPF),
 ]
 
 

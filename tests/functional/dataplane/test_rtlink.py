@@ -5,13 +5,14 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
+from butterfly.dataplane.fastpath import FastPathMode
 from butterfly.dataplane.netlink import Netlink
 from butterfly.dataplane.rtlink import LinkReader
 from butterfly.dataplane.underlay import Underlay, find_underlay
 
-from .conftest import Lab
+from .conftest import Lab, only_on
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, only_on(FastPathMode.OFF)]  # no data plane here
 
 
 def _pyroute2(name: str) -> dict[str, Any]:
